@@ -1,0 +1,362 @@
+"""The Python API: load once, run tasks, get text and files back. The CLI is a thin layer over it.
+
+```python
+from anygpt_core.api import AnyGPT
+gpt = AnyGPT.load()                      # the embedded demo; or AnyGPT.load("fnlp/AnyGPT-base")
+result = gpt.run("text|music|a calm piano piece", seed=0)
+result.text, result.files
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anygpt_core.config import DecodingConfig, load_decoding_config
+from anygpt_core.errors import InputError, PluginError
+from anygpt_core.generation import Done, Event, Generator, SpanClosed
+from anygpt_core.plugins import PluginSet, discover
+from anygpt_core.prompts import InstructionBank, custom_prompt, from_text_prompt, to_text_prompt
+from anygpt_core.protocol import codes_to_string
+from anygpt_core.spec import Codec, ModalitySpec
+from anygpt_core.tasks import Task, atomic_output, output_name, parse_instruction
+
+if TYPE_CHECKING:
+    import torch
+
+    from anygpt_core.tokens import TokenSpace
+
+__all__ = ["TEXT_DECODING", "AnyGPT", "CodecSet", "Prepared", "Result"]
+
+logger = logging.getLogger(__name__)
+
+#: Text decoding as the reference effectively ran it (transformers 4.34: implicit top_k 50,
+#: min_new_tokens not applied).
+TEXT_DECODING = DecodingConfig(
+    do_sample=True, temperature=1.0, top_p=1.0, top_k=50, max_new_tokens=100, min_new_tokens=0
+)
+
+
+@dataclass
+class Result:
+    """What one task produced."""
+
+    instruction: str
+    prompt: str
+    text: str = ""
+    files: list[Path] = field(default_factory=list)
+    spans: list[SpanClosed] = field(default_factory=list)
+    new_tokens: int = 0
+    seconds: float = 0.0
+    finish_reason: str = ""
+    seed: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (what `anygpt run --json` prints)."""
+        return {
+            "instruction": self.instruction,
+            "prompt": self.prompt,
+            "text": self.text,
+            "files": [str(f) for f in self.files],
+            "spans": [
+                {"modality": s.modality, "shape": list(s.codes.shape), "forced_end": s.forced}
+                for s in self.spans
+            ],
+            "new_tokens": self.new_tokens,
+            "seconds": round(self.seconds, 3),
+            "finish_reason": self.finish_reason,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A task turned into a prompt and decoding settings, before any generation."""
+
+    task: Task
+    prompt: str
+    open_span: str | None
+    target_config: DecodingConfig
+    seed: int
+
+
+class CodecSet:
+    """The installed modalities' codecs, built lazily from option values.
+
+    Args:
+        plugins: the discovered plugins.
+        options: codec option values by name; absent ones take the option's default.
+    """
+
+    def __init__(self, plugins: PluginSet, options: Mapping[str, Any] | None = None) -> None:
+        self.plugins = plugins
+        self.options = dict(options or {})
+        self._codecs: dict[str, Codec] = {}
+
+    def spec(self, modality: str) -> ModalitySpec:
+        """The modality's spec (PluginError naming the package to install if absent)."""
+        return self.plugins.modality(modality)
+
+    def codec(self, modality: str) -> Codec:
+        """The modality's codec, built on first use (weights load on its first encode/decode)."""
+        if modality not in self._codecs:
+            spec = self.spec(modality)
+            values = {o.name: self.options.get(o.name, o.default) for o in spec.options}
+            self._codecs[modality] = spec.codec_factory(values)
+        return self._codecs[modality]
+
+    def encode(self, modality: str, source: Path | Any) -> torch.Tensor:  # noqa: ANN401
+        """Codes int64 [K, T] of a file or array, checked against the modality's spec."""
+        spec = self.spec(modality)
+        if isinstance(source, (str, Path)):
+            path = Path(source).expanduser()
+            if not path.is_file():
+                raise InputError(f"{path}: no such file")
+            source = path
+        codes = self.codec(modality).encode(source)
+        _check_codes(spec, codes)
+        return codes
+
+    def to_string(self, modality: str, source: Path | Any) -> str:  # noqa: ANN401
+        """The protocol string of a file or array."""
+        return codes_to_string(self.spec(modality), self.encode(modality, source))
+
+    def decode_to_file(
+        self,
+        modality: str,
+        codes: torch.Tensor,
+        directory: Path,
+        name: str,
+        *,
+        condition: Path | None = None,
+        seed: int | None = None,
+    ) -> Path:
+        """Decode codes and write the media atomically as a new file in `directory`."""
+        spec = self.spec(modality)
+        _check_codes(spec, codes)
+        codec = self.codec(modality)
+        media = codec.decode(codes, condition=condition, seed=seed)
+        return atomic_output(directory, name, lambda tmp: codec.save(media, tmp))
+
+
+def _check_codes(spec: ModalitySpec, codes: torch.Tensor) -> None:
+    from anygpt_core.protocol import flatten_codes
+
+    flatten_codes(spec, codes)  # raises GenerationError on a wrong shape or range
+
+
+class AnyGPT:
+    """A loaded model with its token space, codecs and instruction phrasings.
+
+    Build it with `AnyGPT.load`; `run` one task at a time, or `stream` events.
+    """
+
+    def __init__(
+        self,
+        model: Any,  # noqa: ANN401 - a transformers causal LM
+        tokenizer: Any,  # noqa: ANN401 - a transformers tokenizer
+        plugins: PluginSet,
+        codecs: CodecSet,
+        *,
+        instructions: Path | None = None,
+        output_dir: Path = Path("anygpt_output"),
+        is_demo: bool = False,
+    ) -> None:
+        from anygpt_core.backend import TransformersBackend
+        from anygpt_core.tokens import TokenSpace
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.plugins = plugins
+        self.codecs = codecs
+        self.instructions = instructions
+        self.output_dir = Path(output_dir)
+        self.is_demo = is_demo
+        self.space: TokenSpace = TokenSpace(tokenizer, plugins.modalities)
+        self.backend = TransformersBackend(model)
+        self.generator = Generator(self.backend, self.space)
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        plugins: PluginSet | None = None,
+        codec_options: Mapping[str, Any] | None = None,
+        instructions: Path | None = None,
+        output_dir: Path | str = "anygpt_output",
+    ) -> AnyGPT:
+        """Load a model by directory or hub id; with `model=None`, the embedded demo.
+
+        `codec_options` hold codec option values by name (e.g. `music_tokenizer_path`); with the demo,
+        options left out point at the demo's tiny codec checkpoints.
+        """
+        from anygpt_core.demo import ensure_demo
+        from anygpt_core.loading import load_language_model
+
+        plugins = plugins or discover()
+        options = {k: v for k, v in (codec_options or {}).items() if v is not None}
+        is_demo = model is None
+        if is_demo:
+            demo = ensure_demo(plugins)
+            model = demo.model_dir
+            options = {**demo.options, **options}
+        lm, tokenizer = load_language_model(model, device=device, dtype=dtype)
+        return cls(
+            lm,
+            tokenizer,
+            plugins,
+            CodecSet(plugins, options),
+            instructions=instructions,
+            output_dir=Path(output_dir),
+            is_demo=is_demo,
+        )
+
+    def config_for(self, modality: str) -> DecodingConfig:
+        """The default decoding config of a modality (`text` included)."""
+        return TEXT_DECODING if modality == "text" else self.codecs.spec(modality).decoding
+
+    def prepare(
+        self,
+        task: Task | str,
+        *,
+        config: Path | None = None,
+        seed: int | None = None,
+        force_span: bool = True,
+        **overrides: Any,  # noqa: ANN401 - DecodingConfig fields
+    ) -> Prepared:
+        """Check a task, encode its input and build the exact prompt; no generation yet.
+
+        Args:
+            task: a `Task` or a line in the seed's format.
+            config: a decoding config JSON file applied to the target modality's default.
+            seed: seeds the phrasing choice, sampling and decoders; None picks one (reported).
+            force_span: for text -> modality, start the answer with the modality's start token (as
+                the reference chat's force flags did), so the model always writes a span.
+            overrides: decoding fields (e.g. `max_new_tokens`) applied last.
+        """
+        task = parse_instruction(task) if isinstance(task, str) else task
+        seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+        for name in {task.source, task.target} - {"text"}:
+            self.codecs.spec(name)
+            self.space.require(name)
+        if task.source != "text" and task.target != "text":
+            raise InputError(
+                f"task {task.source}|{task.target}: the base model maps a modality to text or text "
+                "to a modality; use `anygpt chat` for other combinations"
+            )
+        if task.condition is not None and task.target == "text":
+            raise InputError(f"{task.condition}: a voice or condition file needs a media target")
+        target_config = self.config_for(task.target)
+        if config is not None:
+            target_config = load_decoding_config(Path(config), base=target_config)
+        target_config = target_config.merged(**overrides)
+        bank = InstructionBank.from_specs(self.plugins.modalities, seed=seed, path=self.instructions)
+        open_span = None
+        if task.source == "text" and task.target == "text":
+            prompt = custom_prompt(task.payload)
+        elif task.source == "text":
+            prompt = from_text_prompt(bank.choose(task.target, "from_text"), task.payload)
+            if force_span:
+                open_span = task.target
+                prompt += " " + self.space.require(task.target).spec.start
+        else:
+            span = self.codecs.to_string(task.source, Path(task.payload).expanduser())
+            prompt = to_text_prompt(bank.choose(task.source, "to_text"), span)
+        if task.condition is not None and not Path(task.condition).expanduser().is_file():
+            raise InputError(f"{task.condition}: no such file")
+        return Prepared(task, prompt, open_span, target_config, seed)
+
+    def stream(self, prepared: Prepared) -> Iterator[Event]:
+        """Generate for a prepared task, yielding the loop's events (the last one is `Done`)."""
+        import torch
+
+        task = prepared.task
+        text_config = prepared.target_config if task.target == "text" else TEXT_DECODING
+        span_configs = {name: spec.decoding for name, spec in self.plugins.modalities.items()}
+        if task.target != "text":
+            span_configs[task.target] = prepared.target_config
+        input_ids = self.tokenizer(prepared.prompt, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            yield from self.generator.generate(
+                input_ids,
+                text_config=text_config,
+                span_configs=span_configs,
+                max_new_tokens=prepared.target_config.max_new_tokens,
+                open_span=prepared.open_span,
+                stop_after_span=prepared.open_span is not None,
+                seed=prepared.seed,
+            )
+
+    def run(
+        self,
+        task: Task | str,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        dry_run: bool = False,
+        **options: Any,  # noqa: ANN401 - see `prepare`
+    ) -> Result:
+        """Run one task end to end: prompt, generate, decode spans to files in `output_dir`."""
+        started = time.perf_counter()
+        prepared = self.prepare(task, **options)
+        result = Result(prepared.task.instruction, prepared.prompt, seed=prepared.seed)
+        if dry_run:
+            return result
+        done: Done | None = None
+        for event in self.stream(prepared):
+            if on_event is not None:
+                on_event(event)
+            if isinstance(event, Done):
+                done = event
+        assert done is not None  # noqa: S101 - the loop always ends with Done
+        result.new_tokens = len(done.token_ids)
+        result.finish_reason = done.reason
+        result.spans = done.spans
+        result.text = self.text_of(done.token_ids)
+        condition = prepared.task.condition
+        for span in done.spans:
+            spec = self.codecs.spec(span.modality)
+            name = output_name(prepared.task.payload, spec.output_extension)
+            cond = Path(condition).expanduser() if condition and span.modality == prepared.task.target else None
+            result.files.append(
+                self.codecs.decode_to_file(
+                    span.modality, span.codes, self.output_dir, name, condition=cond, seed=prepared.seed
+                )
+            )
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def text_of(self, token_ids: list[int]) -> str:
+        """The text of generated ids: span tokens and end-of-turn tokens left out."""
+        import torch
+
+        ids = torch.tensor(token_ids, dtype=torch.long)
+        if not len(ids):
+            return ""
+        in_span = torch.zeros(len(ids), dtype=torch.bool)
+        depth = 0
+        starts, ends = set(self.space.start_ids), set(self.space.end_ids)
+        for i, token in enumerate(token_ids):
+            if token in starts:
+                depth = 1
+            in_span[i] = depth > 0
+            if token in ends:
+                depth = 0
+        keep = ~in_span & ~torch.isin(ids, torch.tensor(self.space.stop_ids))
+        return self.tokenizer.decode(ids[keep].tolist(), skip_special_tokens=True).strip()
+
+
+def require_plugin(plugins: PluginSet, modality: str) -> ModalitySpec:
+    """The spec of `modality`, or a PluginError naming the package that provides it."""
+    try:
+        return plugins.modality(modality)
+    except PluginError:
+        raise

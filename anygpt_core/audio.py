@@ -1,0 +1,115 @@
+"""Audio file I/O shared by audio plugins: any file `soundfile` reads, to mono at one rate.
+
+Channels are always mixed the same way, by averaging (the reference kept channel 0 for speech input,
+averaged exactly-stereo voice prompts and averaged music: REFERENCE.md §9.10). Import cost is kept low:
+torch and torchaudio load only when a function is called.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anygpt_core.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+__all__ = ["AUDIO_SUFFIXES", "load_audio", "to_mono_tensor", "write_wav"]
+
+logger = logging.getLogger(__name__)
+
+#: Suffixes libsndfile reads (mp3 since libsndfile 1.1).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
+
+
+def to_mono_tensor(
+    samples: np.ndarray | torch.Tensor, source_rate: int, target_rate: int
+) -> torch.Tensor:
+    """Mix an array to mono by averaging channels and resample it.
+
+    Args:
+        samples: float [T], [T, C] (soundfile layout) or [C, T] with C < T.
+        source_rate: sample rate of `samples`.
+        target_rate: wanted sample rate.
+
+    Returns:
+        float32 [T'] at `target_rate`.
+    """
+    import torch
+
+    wav = torch.as_tensor(samples, dtype=torch.float32)
+    if wav.ndim == 2:
+        channel_axis = 1 if wav.shape[1] <= wav.shape[0] else 0
+        wav = wav.mean(dim=channel_axis)
+    elif wav.ndim != 1:
+        raise InputError(f"audio array must be [T] or [T, channels], got shape {tuple(wav.shape)}")
+    if source_rate != target_rate:
+        import torchaudio.functional as AF  # noqa: N812 - torchaudio's usual alias
+
+        wav = AF.resample(wav, source_rate, target_rate)
+    return wav.contiguous()
+
+
+def load_audio(
+    path: str | Path,
+    sample_rate: int,
+    *,
+    max_seconds: float | None = None,
+    clip: bool = True,
+) -> torch.Tensor:
+    """Read an audio file from its start as mono float32 [T] at `sample_rate`.
+
+    Args:
+        path: any file libsndfile reads (wav, flac, ogg, mp3, ...), any rate and channel count.
+        sample_rate: output rate.
+        max_seconds: longest input accepted.
+        clip: if True a longer file is cut to `max_seconds` with a logged notice; if False it is an error.
+
+    Raises:
+        InputError: the file is missing, empty, unreadable, not audio, or too long (with `clip=False`).
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise InputError(f"{path}: not a readable audio file ({_reason(err)})") from err
+    frames = info.frames
+    if max_seconds is not None and frames > max_seconds * info.samplerate:
+        seconds = frames / info.samplerate
+        if not clip:
+            raise InputError(f"{path}: {seconds:.1f} s is longer than the {max_seconds:g} s limit")
+        logger.warning("%s: %.1f s clipped to its first %g s", path, seconds, max_seconds)
+        frames = int(max_seconds * info.samplerate)
+    try:
+        data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise InputError(f"{path}: not a readable audio file ({_reason(err)})") from err
+    if data.shape[0] == 0:
+        raise InputError(f"{path}: no audio samples")
+    return to_mono_tensor(data, rate, sample_rate)
+
+
+def write_wav(wav: torch.Tensor | np.ndarray, path: str | Path, sample_rate: int) -> Path:
+    """Write mono or [C, T] float audio as 16-bit PCM wav and return the path."""
+    import numpy as np
+    import soundfile as sf
+
+    array = np.asarray(wav.detach().cpu() if hasattr(wav, "detach") else wav, dtype=np.float32)
+    array = np.squeeze(array)
+    if array.ndim == 2:
+        array = array.T  # soundfile wants [T, C]
+    sf.write(str(path), np.clip(array, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    return Path(path)
+
+
+def _reason(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -1,0 +1,59 @@
+"""Errors the user sees: one root, one exit code per family.
+
+The core raises these and never prints or exits; the CLI turns them into one line on stderr and the
+family's exit code. Exit code 2 stays Typer's usage error.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AnyGPTError",
+    "CheckpointError",
+    "ConfigError",
+    "GenerationError",
+    "InputError",
+    "ModalityUnavailableError",
+    "PluginError",
+]
+
+
+class AnyGPTError(Exception):
+    """Root of every error the CLI reports as one line."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class InputError(AnyGPTError):
+    """A missing, empty, corrupt or unsupported input, or an instruction that cannot be parsed."""
+
+    exit_code: ClassVar[int] = 3
+
+
+class CheckpointError(AnyGPTError):
+    """A missing model or checkpoint, or one whose files, keys or shapes do not match."""
+
+    exit_code: ClassVar[int] = 4
+
+
+class PluginError(AnyGPTError):
+    """A modality without an installed plugin, or a plugin that is broken or blocked."""
+
+    exit_code: ClassVar[int] = 5
+
+
+class ModalityUnavailableError(PluginError):
+    """The model's tokenizer lacks the tokens of a modality, so it cannot read or write it."""
+
+
+class ConfigError(AnyGPTError):
+    """A decoding or training configuration with an unknown or invalid field."""
+
+    exit_code: ClassVar[int] = 6
+
+
+class GenerationError(AnyGPTError):
+    """The model produced something that cannot be turned into the requested output."""
+
+    exit_code: ClassVar[int] = 7

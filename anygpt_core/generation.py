@@ -1,0 +1,307 @@
+"""The generation loop: a state machine that switches decoding config and vocabulary inside spans.
+
+Text state samples with the text config over the whole vocabulary (stray code and end tokens
+masked). A start token opens a span of its modality: from then on only that modality's legal ids
+are scored (a slice of the output embedding, not a mask over the vocabulary), with the modality's
+config, and length rules guarantee that every span decodes: a fixed-length modality gets exactly its
+frame count, an RVQ modality gets codebook k at position k of each frame and may end only on a frame
+boundary, and a span is closed before the token budget runs out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from anygpt_core.config import DecodingConfig
+from anygpt_core.errors import ConfigError, GenerationError
+from anygpt_core.tokens import ModalityTokens, TokenSpace
+
+if TYPE_CHECKING:
+    import torch
+
+    from anygpt_core.backend import Backend
+
+__all__ = ["Done", "Event", "Generator", "SpanClosed", "SpanOpened", "TokenEvent", "sample"]
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token; `modality` is None in text, else the open span's modality."""
+
+    token_id: int
+    modality: str | None
+
+
+@dataclass(frozen=True)
+class SpanOpened:
+    """A span of `modality` was opened (by the model, or forced by the caller).
+
+    `max_tokens` is the most code tokens it can hold (frames × codebooks).
+    """
+
+    modality: str
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class SpanClosed:
+    """A span closed; `codes` is int64 [num_codebooks, T]; `forced` if a length rule closed it."""
+
+    modality: str
+    codes: torch.Tensor
+    forced: bool
+
+
+@dataclass(frozen=True)
+class Done:
+    """Generation ended: `stop` (end-of-turn token), `length` (budget spent) or `span` (target closed)."""
+
+    token_ids: list[int]
+    reason: Literal["stop", "length", "span"]
+    spans: list[SpanClosed] = field(default_factory=list)
+
+
+Event = TokenEvent | SpanOpened | SpanClosed | Done
+
+
+def sample(
+    logits: torch.Tensor,
+    config: DecodingConfig,
+    *,
+    seen: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Pick one column of `logits` (float32 [N]) as `config` says.
+
+    Applies, in transformers' order: repetition penalty (on columns where `seen` is True), then for
+    sampling temperature, top-k and top-p, then a multinomial draw with `generator`.
+    """
+    import torch
+
+    if config.repetition_penalty != 1.0 and seen is not None:
+        penalty = config.repetition_penalty
+        scaled = torch.where(logits < 0, logits * penalty, logits / penalty)
+        logits = torch.where(seen, scaled, logits)
+    if not config.do_sample:
+        return int(torch.argmax(logits))
+    if config.temperature != 1.0:
+        logits = logits / config.temperature
+    if config.top_k and config.top_k < logits.numel():
+        threshold = torch.topk(logits, config.top_k).values[-1]
+        logits = logits.masked_fill(logits < threshold, -math.inf)
+    if config.top_p < 1.0:
+        ordered, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(ordered, dim=-1)
+        before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
+        drop = before > config.top_p
+        logits = logits.scatter(0, order, ordered.masked_fill(drop, -math.inf))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class Generator:
+    """Drives a `Backend` through text and modality spans, yielding events.
+
+    Args:
+        backend: the language model.
+        space: the token ids of the model's tokenizer.
+        mask_stray: in text, forbid code and end tokens that have no open span.
+        slice_logits: inside a span, score only its legal rows (False scores the whole vocabulary
+            and masks; kept for the benchmark baseline).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        space: TokenSpace,
+        *,
+        mask_stray: bool = True,
+        slice_logits: bool = True,
+    ) -> None:
+        import torch
+
+        self.backend = backend
+        self.space = space
+        self.slice_logits = slice_logits
+        stray = [m.code_ids for m in space.modalities.values()]
+        stray += [torch.tensor([m.end_id]) for m in space.modalities.values()]
+        self.stray_ids = (
+            torch.cat(stray).to(backend.device) if mask_stray and stray else None
+        )
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        text_config: DecodingConfig,
+        span_configs: Mapping[str, DecodingConfig],
+        max_new_tokens: int,
+        open_span: str | None = None,
+        stop_after_span: bool = False,
+        seed: int | None = None,
+    ) -> Iterator[Event]:
+        """Generate after the prompt `input_ids` (int64 [1, T]), yielding events; the last is `Done`.
+
+        Args:
+            input_ids: the prompt; when `open_span` is set it already ends with that start token.
+            text_config: decoding config of the text state.
+            span_configs: decoding config per modality (missing ones use `text_config`).
+            max_new_tokens: budget for the whole answer.
+            open_span: start generating inside a span of this modality.
+            stop_after_span: end as soon as the first span closes (text-to-modality tasks).
+            seed: seeds the sampling generator; None draws from torch's global generator.
+        """
+        import torch
+
+        for config in (text_config, *span_configs.values()):
+            if config.num_beams != 1:
+                raise ConfigError(
+                    f"num_beams {config.num_beams}: the modality-aware loop decodes one beam; set 1"
+                )
+        device = self.backend.device
+        rng = None
+        if seed is not None:
+            rng = torch.Generator(device=device).manual_seed(seed)
+        size = max(self.space.size, self.backend.vocab_size)
+        seen = torch.zeros(size, dtype=torch.bool, device=device)
+        seen[input_ids.reshape(-1).to(device)] = True
+        hidden = self.backend.start(input_ids)
+        new_ids: list[int] = []
+        spans: list[SpanClosed] = []
+        span: _Span | None = None
+        if open_span is not None:
+            span = self._open(open_span, max_new_tokens)
+            yield SpanOpened(open_span, span.max_frames * span.tokens.spec.num_codebooks)
+        step_input = torch.empty((1, 1), dtype=torch.long, device=device)
+        while True:
+            remaining = max_new_tokens - len(new_ids)
+            if span is None:
+                if remaining <= 0:
+                    yield Done(new_ids, "length", spans)
+                    return
+                token = self._text_token(hidden, text_config, seen, len(new_ids), remaining, rng)
+            else:
+                config = span_configs.get(span.tokens.spec.name, text_config)
+                token = self._span_token(hidden, span, config, seen, rng)
+            new_ids.append(token)
+            seen[token] = True
+            if span is None:
+                yield TokenEvent(token, None)
+                if token in self.space.stop_ids:
+                    yield Done(new_ids, "stop", spans)
+                    return
+                if token in self.space.start_ids:
+                    span = self._open(self.space.start_ids[token], remaining - 1)
+                    yield SpanOpened(
+                        span.tokens.spec.name, span.max_frames * span.tokens.spec.num_codebooks
+                    )
+            else:
+                yield TokenEvent(token, span.tokens.spec.name)
+                if token == span.tokens.end_id:
+                    codes = self.space.ids_to_codes(span.tokens.spec.name, torch.tensor(span.ids))
+                    closed = SpanClosed(span.tokens.spec.name, codes, span.forced)
+                    spans.append(closed)
+                    span = None
+                    yield closed
+                    if stop_after_span:
+                        yield Done(new_ids, "span", spans)
+                        return
+                else:
+                    span.ids.append(token)
+            step_input.fill_(token)
+            hidden = self.backend.advance(step_input)
+
+    def _open(self, name: str, budget: int) -> _Span:
+        """A span of `name` with `budget` tokens left for its codes and end token."""
+        tokens = self.space.require(name)
+        spec = tokens.spec
+        k = spec.num_codebooks
+        frames = (budget - 1) // k
+        if spec.max_frames is not None:
+            frames = min(frames, spec.max_frames)
+        if spec.fixed_frames is not None:
+            if frames < spec.fixed_frames:
+                raise GenerationError(
+                    f"max_new_tokens leaves room for {max(frames, 0)} {name} codes; a {name} span "
+                    f"needs {spec.fixed_frames * k + 1} tokens: raise --max-new-tokens"
+                )
+            frames = spec.fixed_frames
+        if frames < 1:
+            raise GenerationError(f"max_new_tokens leaves no room for a {name} span")
+        return _Span(tokens, frames)
+
+    def _min_span_tokens(self, tokens: ModalityTokens) -> int:
+        spec = tokens.spec
+        return (spec.fixed_frames or 1) * spec.num_codebooks + 2
+
+    def _text_token(
+        self,
+        hidden: torch.Tensor,
+        config: DecodingConfig,
+        seen: torch.Tensor,
+        produced: int,
+        remaining: int,
+        rng: torch.Generator | None,
+    ) -> int:
+        logits = self.backend.project(hidden)
+        if self.stray_ids is not None:
+            logits.index_fill_(0, self.stray_ids, -math.inf)
+        for start_id, name in self.space.start_ids.items():
+            if remaining < self._min_span_tokens(self.space.modalities[name]):
+                logits[start_id] = -math.inf
+        if produced < config.min_new_tokens:
+            logits[list(self.space.stop_ids)] = -math.inf
+        return sample(logits, config, seen=seen[: logits.numel()], generator=rng)
+
+    def _span_token(
+        self,
+        hidden: torch.Tensor,
+        span: _Span,
+        config: DecodingConfig,
+        seen: torch.Tensor,
+        rng: torch.Generator | None,
+    ) -> int:
+        import torch
+
+        tokens = span.tokens
+        spec = tokens.spec
+        k = spec.num_codebooks
+        position = len(span.ids)
+        layer = position % k
+        frames_done = position // k
+        if layer == 0 and frames_done >= span.max_frames:
+            span.forced = spec.fixed_frames is None
+            return tokens.end_id
+        can_end = layer == 0 and frames_done > 0 and spec.fixed_frames is None
+        ids = tokens.layer_ids[layer]
+        rng_slice = tokens.layer_ranges[layer]
+        if self.slice_logits:
+            rows: slice | torch.Tensor = slice(*rng_slice) if rng_slice else ids
+            logits = self.backend.project(hidden, rows)
+            cols_seen = seen[rows] if isinstance(rows, slice) else seen[ids.to(seen.device)]
+            if can_end:
+                end = slice(tokens.end_id, tokens.end_id + 1)
+                logits = torch.cat([logits, self.backend.project(hidden, end)])
+                cols_seen = torch.cat([cols_seen, seen[end]])
+        else:
+            full = self.backend.project(hidden)
+            legal = ids.to(full.device)
+            if can_end:
+                legal = torch.cat([legal, torch.tensor([tokens.end_id], device=full.device)])
+            logits = full[legal]
+            cols_seen = seen[legal]
+        column = sample(logits, config, seen=cols_seen, generator=rng)
+        if column == len(ids):
+            return tokens.end_id
+        return int(ids[column])
+
+
+@dataclass
+class _Span:
+    tokens: ModalityTokens
+    max_frames: int
+    ids: list[int] = field(default_factory=list)
+    forced: bool = False

@@ -1,0 +1,113 @@
+"""Loading the language model and its tokenizer by local directory or hub id, without pickled code."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from anygpt_core.errors import CheckpointError, ConfigError
+
+__all__ = ["load_language_model", "pick_device", "pick_dtype", "resolve_model_dir"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """A local directory holding a Hugging Face model, from a path or a hub id in the local cache.
+
+    Raises:
+        CheckpointError: no such directory, not a model directory, or a hub id that is not available
+            locally (and cannot be downloaded, e.g. offline).
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: not a directory; pass the model's directory")
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
+        return path
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise CheckpointError(f"{text}: no such model directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True))
+    except Exception as err:  # noqa: BLE001 - any hub failure means "not here"; retried online below
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+            raise CheckpointError(
+                f"{text}: model not available locally (offline); download it with "
+                f"`hf download {text}` or pass its directory"
+            ) from err
+    try:
+        return Path(snapshot_download(text))
+    except Exception as err:  # noqa: BLE001 - network, auth and missing repos all end here
+        raise CheckpointError(
+            f"{text}: model not available locally and download failed "
+            f"({type(err).__name__}); pass a local directory"
+        ) from err
+
+
+def pick_device(device: str = "auto") -> Any:  # noqa: ANN401 - torch.device
+    """`auto` -> cuda when available, else cpu; `cpu`, `cuda`, `cuda:N` as given."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"--device {device}: expected cpu, cuda, cuda:N or auto") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    return chosen
+
+
+def pick_dtype(dtype: str, device: Any) -> Any:  # noqa: ANN401 - torch types
+    """`auto` -> float16 on GPU, float32 on CPU; else float32, float16 or bfloat16."""
+    import torch
+
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in names:
+        raise ConfigError(f"--dtype {dtype}: expected auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def load_language_model(
+    name_or_path: str | Path, *, device: str = "auto", dtype: str = "auto"
+) -> tuple[Any, Any]:
+    """Load a LLaMA-family causal LM and its tokenizer; weights without pickled code.
+
+    Returns:
+        `(model, tokenizer)`, the model in eval mode on the chosen device.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    directory = resolve_model_dir(name_or_path)
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except Exception as err:  # noqa: BLE001 - transformers raises many types for bad files
+        raise CheckpointError(f"{directory}: cannot load its tokenizer ({_first_line(err)})") from err
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
+    except Exception as err:  # noqa: BLE001 - see above
+        raise CheckpointError(f"{directory}: cannot load the model ({_first_line(err)})") from err
+    if model.get_output_embeddings() is None:
+        raise CheckpointError(f"{directory}: model has no output embedding; not a causal LM")
+    model.to(torch_device).eval()
+    return model, tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__

@@ -1,0 +1,258 @@
+"""Plugin discovery: entry points in the group `anygpt`, loaded one at a time, faults isolated."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import pluggy
+from pydantic import ValidationError
+
+from anygpt_core import hookspecs
+from anygpt_core.errors import PluginError
+from anygpt_core.spec import CodecOption, ModalitySpec
+
+__all__ = [
+    "CANONICAL_ORDER",
+    "FIRST_PARTY",
+    "PluginInfo",
+    "PluginSet",
+    "discover",
+    "package_for_flag",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Modalities of the published models come first, in this order; the rest follow sorted by name.
+CANONICAL_ORDER = ("image", "speech", "music")
+
+#: Which of our distributions provides a modality, for "install X" hints.
+FIRST_PARTY = {
+    "image": "anygpt-image",
+    "speech": "anygpt-speech",
+    "music": "anygpt-music",
+    "audio": "anygpt-music",
+}
+
+_FLAG_PREFIXES = {
+    "--image-": "anygpt-image",
+    "--speech-": "anygpt-speech",
+    "--soundstorm-": "anygpt-speech",
+    "--voice-prompt-": "anygpt-speech",
+    "--music-": "anygpt-music",
+    "--audio-": "anygpt-music",
+}
+
+State = Literal["loaded", "broken", "conflict", "blocked", "not selected"]
+
+
+@dataclass
+class PluginInfo:
+    """What `anygpt plugins` shows about one entry point."""
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    state: State = "loaded"
+    error: str | None = None
+    modalities: list[ModalitySpec] = field(default_factory=list)
+    hooks: list[str] = field(default_factory=list)
+    plugin: ModuleType | object | None = None
+
+
+def _csv(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def package_for_flag(flag: str) -> str | None:
+    """The first-party distribution that adds a command-line flag, e.g. `--music-seconds`."""
+    for prefix, package in _FLAG_PREFIXES.items():
+        if flag.startswith(prefix):
+            return package
+    return None
+
+
+def _order_key(spec: ModalitySpec) -> tuple[int, str]:
+    if spec.name in CANONICAL_ORDER:
+        return (CANONICAL_ORDER.index(spec.name), "")
+    return (len(CANONICAL_ORDER), spec.name)
+
+
+class PluginSet:
+    """The plugins found in this environment and the modalities they registered."""
+
+    def __init__(self, infos: list[PluginInfo], manager: pluggy.PluginManager) -> None:
+        self.infos = infos
+        self.manager = manager
+        specs = [spec for info in infos if info.state == "loaded" for spec in info.modalities]
+        self.modalities: dict[str, ModalitySpec] = {
+            spec.name: spec for spec in sorted(specs, key=_order_key)
+        }
+
+    def modality(self, name: str) -> ModalitySpec:
+        """The spec of an installed modality.
+
+        Raises:
+            PluginError: no loaded plugin provides it; the message names what to install.
+        """
+        if name in self.modalities:
+            return self.modalities[name]
+        for info in self.infos:
+            if info.state != "loaded" and any(m.name == name for m in info.modalities):
+                raise PluginError(f"modality {name!r}: plugin {info.name!r} is {info.state}")
+        if name in FIRST_PARTY:
+            raise PluginError(
+                f"modality {name!r} needs a plugin: pip install {FIRST_PARTY[name]}"
+            )
+        known = ", ".join(["text", *self.modalities]) or "text"
+        raise PluginError(f"unknown modality {name!r}; installed: {known}")
+
+    def options(self) -> list[CodecOption]:
+        """Every codec option of the installed modalities, without duplicates, in modality order."""
+        seen: dict[str, CodecOption] = {}
+        for spec in self.modalities.values():
+            for option in spec.options:
+                seen.setdefault(option.name, option)
+        return list(seen.values())
+
+    def key(self) -> str:
+        """A string identifying the installed modalities and plugin versions (the demo's cache key)."""
+        parts = []
+        for info in self.infos:
+            if info.state == "loaded":
+                names = ",".join(m.name for m in info.modalities)
+                parts.append(f"{info.name}={info.version or '0'}[{names}]")
+        return ";".join(sorted(parts))
+
+    def demo_assets(self, directory: Path) -> dict[str, Any]:
+        """Call each loaded plugin's `anygpt_demo_assets` hook with its own subdirectory."""
+        values: dict[str, Any] = {}
+        for impl in self.manager.hook.anygpt_demo_assets.get_hookimpls():
+            name = self.manager.get_name(impl.plugin) or "plugin"
+            target = directory / name
+            target.mkdir(parents=True, exist_ok=True)
+            result = impl.function(directory=target)
+            values.update(dict(result or {}))
+        return values
+
+
+def _entry_point_info(ep: EntryPoint) -> PluginInfo:
+    dist = getattr(ep, "dist", None)
+    return PluginInfo(
+        name=ep.name,
+        module=ep.value,
+        distribution=dist.metadata["Name"] if dist is not None else None,
+        version=dist.version if dist is not None else None,
+    )
+
+
+def _clash(spec: ModalitySpec, taken: Mapping[str, str]) -> str | None:
+    for what, value in (
+        ("name", spec.name),
+        ("prefix", spec.prefix),
+        ("start token", spec.start),
+        ("end token", spec.end),
+    ):
+        owner = taken.get(value)
+        if owner is not None:
+            return f"modality {spec.name!r}: {what} {value!r} already registered by {owner!r}"
+    return None
+
+
+def discover(
+    *,
+    block: Iterable[str] = (),
+    load_only: Iterable[str] | None = None,
+    extra: Mapping[str, ModuleType | object] | None = None,
+    use_entry_points: bool = True,
+) -> PluginSet:
+    """Find, load and validate plugins one at a time.
+
+    Args:
+        block: plugin names to skip (added to `ANYGPT_BLOCK_PLUGINS`).
+        load_only: if given, only these plugins load (default `ANYGPT_LOAD_PLUGINS`, if set).
+        extra: plugin objects registered directly (name -> module), after the entry points.
+        use_entry_points: read the `anygpt` entry-point group of the environment.
+
+    A plugin that fails to import, implements an unknown hook, returns an invalid spec, or registers a
+    modality clashing with an earlier one is recorded with its reason and skipped.
+    """
+    blocked = set(block) | set(_csv(os.environ.get("ANYGPT_BLOCK_PLUGINS")))
+    only_env = _csv(os.environ.get("ANYGPT_LOAD_PLUGINS"))
+    only = set(load_only) if load_only is not None else (set(only_env) if only_env else None)
+
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    candidates: list[tuple[PluginInfo, EntryPoint | None, object | None]] = []
+    if use_entry_points:
+        eps = sorted(entry_points(group=hookspecs.PROJECT), key=lambda e: e.name)
+        candidates += [(_entry_point_info(ep), ep, None) for ep in eps]
+    for name, obj in (extra or {}).items():
+        module = getattr(obj, "__name__", type(obj).__name__)
+        candidates.append((PluginInfo(name=name, module=module), None, obj))
+
+    infos: list[PluginInfo] = []
+    taken: dict[str, str] = {}
+    for info, ep, obj in candidates:
+        infos.append(info)
+        if info.name in blocked:
+            info.state = "blocked"
+            continue
+        if only is not None and info.name not in only:
+            info.state = "not selected"
+            continue
+        _load_one(manager, info, ep, obj, taken)
+    return PluginSet(infos, manager)
+
+
+def _load_one(
+    manager: pluggy.PluginManager,
+    info: PluginInfo,
+    ep: EntryPoint | None,
+    obj: object | None,
+    taken: dict[str, str],
+) -> None:
+    try:
+        plugin = ep.load() if ep is not None else obj
+        if manager.is_registered(plugin) or manager.get_plugin(info.name) is not None:
+            raise PluginError(f"plugin {info.name!r} is registered twice")
+        manager.register(plugin, name=info.name)
+        try:
+            manager.check_pending()
+            info.hooks = sorted({c.name for c in manager.get_hookcallers(plugin) or []})
+            raw: list[Any] = []
+            for impl in manager.hook.anygpt_modalities.get_hookimpls():
+                if impl.plugin is plugin:
+                    raw.extend(impl.function() or [])
+            specs = [ModalitySpec.model_validate(s) for s in raw]
+        except BaseException:
+            manager.unregister(plugin)
+            raise
+    except ValidationError as err:
+        info.state, info.error = "broken", f"invalid modality spec: {err.errors()[0]['msg']}"
+        logger.warning("plugin %s skipped: %s", info.name, info.error)
+        return
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - a broken plugin must not stop the others
+        info.state, info.error = "broken", f"{type(err).__name__}: {err}".splitlines()[0]
+        logger.warning("plugin %s skipped: %s", info.name, info.error)
+        return
+    info.plugin = plugin
+    info.modalities = specs
+    own: dict[str, str] = {}
+    for spec in specs:
+        problem = _clash(spec, taken) or _clash(spec, own)
+        if problem:
+            manager.unregister(plugin)
+            info.state, info.error = "conflict", problem
+            logger.warning("plugin %s skipped: %s", info.name, problem)
+            return
+        for value in (spec.name, spec.prefix, spec.start, spec.end):
+            own[value] = info.name
+    taken.update(own)

@@ -1,0 +1,147 @@
+"""What a plugin declares: its modalities (`ModalitySpec`), their codecs (`Codec`) and CLI options."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from anygpt_core.config import DecodingConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+__all__ = ["Codec", "CodecOption", "Instructions", "ModalitySpec"]
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Turns media into discrete codes and back. Heavy weights load on first use, not in `__init__`."""
+
+    def encode(self, source: Path | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Encode a file or an in-memory array.
+
+        Returns:
+            codes: int64 [num_codebooks, T], each value in [0, codebook_size).
+
+        Raises:
+            InputError: the file is missing, empty, corrupt, too long or of an unsupported format.
+        """
+        ...
+
+    def decode(
+        self, codes: torch.Tensor, *, condition: Path | None = None, seed: int | None = None
+    ) -> Any:  # noqa: ANN401 - media type is the codec's own (PIL image, waveform, ...)
+        """Decode codes int64 [num_codebooks, T] into media.
+
+        Args:
+            codes: int64 [num_codebooks, T].
+            condition: an optional file that steers decoding (a voice prompt for speech); codecs that
+                take none raise `InputError` when given one.
+            seed: makes sampling decoders (diffusion, mask-predict) reproducible.
+        """
+        ...
+
+    def save(self, media: Any, path: Path) -> Path:  # noqa: ANN401 - see decode
+        """Write media to `path` (its suffix picks the format) and return the path written."""
+        ...
+
+
+class CodecOption(BaseModel):
+    """A command-line option a modality adds to `anygpt run`, `encode`, `decode` and `chat`.
+
+    `name` is a Python identifier; the flag is `--` + name with `_` replaced by `-`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Identifier, e.g. `music_tokenizer_path`.")
+    help: str = Field(description="One line for --help.")
+    type: Literal["str", "path", "int", "float", "bool"] = Field("str", description="Value type.")
+    default: str | int | float | bool | None = Field(None, description="Value when the flag is absent.")
+
+    @property
+    def flag(self) -> str:
+        """The command-line spelling, e.g. `--music-tokenizer-path`."""
+        return "--" + self.name.replace("_", "-")
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"option name {value!r} must be a lowercase identifier")
+        return value
+
+
+class Instructions(BaseModel):
+    """Phrasings used in base-model prompts, in the reference's `other2text`/`text2other` roles."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    to_text: tuple[str, ...] = Field(description="Ask to turn this modality into text (other2text).")
+    from_text: tuple[str, ...] = Field(description="Ask to turn text into this modality (text2other).")
+
+
+class ModalitySpec(BaseModel):
+    """A modality: its tokens in the LLM vocabulary, its codec and how to decode inside its spans.
+
+    The tokens are `<{prefix}{i}>` for i in 0..codebook_size*num_codebooks-1, then `start`, then `end`.
+    RVQ codebooks are flattened frame-major: frame t, layer k is token `code + codebook_size * k`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    name: str = Field(description="Lowercase identifier used in instructions, e.g. `music`.")
+    prefix: str = Field(description="Token prefix, e.g. `🎶` (token `<🎶17>`).")
+    start: str = Field(description="Span start token, e.g. `<somu>`.")
+    end: str = Field(description="Span end token, e.g. `<eomu>`.")
+    codebook_size: int = Field(gt=0, description="Codes per codebook.")
+    num_codebooks: int = Field(1, gt=0, description="RVQ layers per frame (flattened frame-major).")
+    fixed_frames: int | None = Field(
+        None, gt=0, description="Every item has exactly this many frames (image: 32)."
+    )
+    frame_rate: float | None = Field(None, gt=0, description="Frames per second, for timed media.")
+    max_frames: int | None = Field(None, gt=0, description="Longest span the loop lets a model write.")
+    decoding: DecodingConfig = Field(description="Default decoding config inside this modality.")
+    input_extensions: tuple[str, ...] = Field((), description="File suffixes encode accepts.")
+    output_extension: str = Field(description="Suffix of files decode writes, e.g. `.wav`.")
+    instructions: Instructions = Field(description="Prompt phrasings for this modality.")
+    options: tuple[CodecOption, ...] = Field((), description="CLI options passed to the codec.")
+    codec_factory: Callable[[Mapping[str, Any]], Codec] = Field(
+        description="Build the codec from option values; called lazily, must not load weights yet."
+    )
+    description: str = Field("", description="One line for `anygpt plugins`.")
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"modality name {value!r} must be a lowercase identifier")
+        return value
+
+    @model_validator(mode="after")
+    def _tokens_distinct(self) -> ModalitySpec:
+        if self.start == self.end:
+            raise ValueError("start and end tokens must differ")
+        if not self.prefix or any(c in self.prefix for c in "<>0123456789"):
+            raise ValueError(f"prefix {self.prefix!r} must be non-empty without digits or angle brackets")
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of code tokens (codebook_size × num_codebooks)."""
+        return self.codebook_size * self.num_codebooks
+
+    def code_token(self, index: int) -> str:
+        """The token string of flattened code index `index` (already offset by its layer)."""
+        return f"<{self.prefix}{index}>"
+
+    def token_strings(self) -> list[str]:
+        """All token strings in the canonical order: codes, then start, then end."""
+        return [self.code_token(i) for i in range(self.vocab_size)] + [self.start, self.end]

@@ -1,0 +1,134 @@
+"""The seed's instruction format (`source|target|payload[|condition]`) and safe output names."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from anygpt_core.errors import InputError
+
+__all__ = ["Task", "atomic_output", "atomic_write", "output_name", "parse_instruction"]
+
+_MODALITY = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One request: turn `payload` (text, or a file path) of `source` into `target`.
+
+    `condition` is an optional file steering the target's decoder (a voice prompt for speech).
+    """
+
+    source: str
+    target: str
+    payload: str
+    condition: str | None = None
+
+    @property
+    def instruction(self) -> str:
+        """The task in the seed's format."""
+        parts = [self.source, self.target, self.payload]
+        return "|".join([*parts, self.condition] if self.condition else parts)
+
+
+def parse_instruction(line: str) -> Task:
+    """Parse `source|target|payload[|condition]`, e.g. `text|image|a red bus`, `speech|text|a.wav`.
+
+    Text payloads may contain `|` when source and target are given: a text-to-speech line keeps its
+    last field as a voice prompt only if it names an existing file.
+
+    Raises:
+        InputError: fewer than three fields, a malformed modality name or an empty payload.
+    """
+    fields = line.strip().split("|")
+    if len(fields) < 3:
+        raise InputError(
+            f"cannot parse {line.strip()[:60]!r}: expected source|target|input, e.g. 'text|image|a red bus'"
+        )
+    source, target = fields[0].strip().lower(), fields[1].strip().lower()
+    for name in (source, target):
+        if not _MODALITY.match(name):
+            raise InputError(f"cannot parse {line.strip()[:60]!r}: {name!r} is not a modality name")
+    rest = fields[2:]
+    condition = None
+    if source != "text":
+        if len(rest) > 2:
+            raise InputError(f"cannot parse {line.strip()[:60]!r}: too many fields for a file input")
+        payload = rest[0].strip()
+        condition = rest[1].strip() or None if len(rest) == 2 else None
+    elif len(rest) > 1 and target != "text" and Path(rest[-1].strip()).expanduser().is_file():
+        payload, condition = "|".join(rest[:-1]).strip(), rest[-1].strip()
+    elif len(rest) > 1 and target != "text" and rest[-1].strip() == "":
+        payload = "|".join(rest[:-1]).strip()
+    else:
+        payload = "|".join(rest).strip()
+    if not payload:
+        raise InputError(f"cannot parse {line.strip()[:60]!r}: the input field is empty")
+    return Task(source, target, payload, condition)
+
+
+def output_name(payload: str, suffix: str, *, when: datetime | None = None, limit: int = 50) -> str:
+    """A file name from the prompt and time (as the seed names outputs), made safe.
+
+    Separators, `..`, control and shell-special characters become `_`; the stem is at most `limit`
+    characters; the result never leaves the output directory.
+    """
+    stem = Path(payload).stem if os.sep in payload or Path(payload).suffix else payload
+    stem = re.sub(r"[^\w\-]+", "_", stem, flags=re.UNICODE).strip("_.")[:limit] or "output"
+    stamp = (when or datetime.now()).strftime("%m%d_%H%M%S")
+    return f"{stem}_{stamp}{suffix}"
+
+
+def atomic_output(directory: Path, name: str, write: Callable[[Path], object]) -> Path:
+    """Write a new file `directory/name` atomically through `write(tmp_path)`; never overwrite.
+
+    A clash gets `-1`, `-2`, … before the suffix. The temporary file keeps the suffix, so writers
+    that pick the format from it work; it is removed if `write` fails.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    base = Path(name)
+    if base.name != name or name in {"", ".", ".."}:
+        raise InputError(f"{name!r}: output names must not contain directories")
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=base.suffix, dir=directory)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        for attempt in range(1000):
+            stem = base.stem if attempt == 0 else f"{base.stem}-{attempt}"
+            final = directory / f"{stem}{base.suffix}"
+            try:
+                os.link(tmp, final)  # fails if `final` exists: no overwrite race
+            except FileExistsError:
+                continue
+            return final
+        raise InputError(f"{directory}: too many files named {name}")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write: Callable[[Path], object], *, overwrite: bool = False) -> Path:
+    """Write exactly `path` through `write(tmp_path)` and rename it into place atomically.
+
+    Raises:
+        InputError: `path` exists and `overwrite` is False, or its directory is missing.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists; use --force to overwrite")
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: no such output directory")
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,1 @@
+"""The `anygpt` command line."""

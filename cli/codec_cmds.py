@@ -1,0 +1,116 @@
+"""`anygpt encode` and `anygpt decode`: check a tokenizer, prepare data, listen to a span."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from anygpt_cli.options import with_codec_options
+from anygpt_core.errors import InputError
+
+if TYPE_CHECKING:
+    from anygpt_core.api import CodecSet
+    from anygpt_core.plugins import PluginSet
+
+__all__ = ["register"]
+
+
+def _codecs(plugins: PluginSet, codec_options: dict[str, Any], use_demo: bool) -> CodecSet:
+    from anygpt_core.api import CodecSet
+
+    options = dict(codec_options)
+    if use_demo:
+        from anygpt_cli.console import stderr
+        from anygpt_core.demo import ensure_demo
+
+        stderr.print("[yellow]Using the demo codecs: their codes and media are meaningless.[/yellow]")
+        options = {**ensure_demo(plugins).options, **options}
+    return CodecSet(plugins, options)
+
+
+def _read_span(span: str) -> str:
+    if span == "-":
+        return sys.stdin.read()
+    if span.startswith("@"):
+        path = Path(span[1:])
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError as err:
+            raise InputError(f"{path}: no such file") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"{path}: not a readable text file ({err})") from err
+    return span
+
+
+Demo = Annotated[
+    bool,
+    typer.Option("--demo", help="Use the embedded demo's tiny codecs for options not given."),
+]
+
+
+def register(app: typer.Typer, plugins: PluginSet) -> None:
+    """Add `encode` and `decode` with the installed plugins' options."""
+
+    @app.command("encode")
+    @with_codec_options(plugins.options())
+    def encode_command(
+        modality: Annotated[str, typer.Argument(help="Modality name, e.g. music.")],
+        file: Annotated[Path, typer.Argument(help="Media file to encode.")],
+        *,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print the codes [K, T] as JSON instead.")
+        ] = False,
+        demo: Demo = False,
+        codec_options: dict[str, Any],
+    ) -> None:
+        """Print the protocol string of FILE (`<somu><🎶…>…<eomu>`)."""
+        from anygpt_core.protocol import codes_to_string
+
+        codecs = _codecs(plugins, codec_options, demo)
+        spec = codecs.spec(modality)
+        codes = codecs.encode(modality, file)
+        if as_json:
+            typer.echo(json.dumps({"modality": modality, "shape": list(codes.shape), "codes": codes.tolist()}))
+        else:
+            typer.echo(codes_to_string(spec, codes))
+
+    @app.command("decode")
+    @with_codec_options(plugins.options())
+    def decode_command(
+        modality: Annotated[str, typer.Argument(help="Modality name, e.g. music.")],
+        span: Annotated[
+            str, typer.Argument(help="The span `<somu>…<eomu>`, `@file` holding it, or `-` (stdin).")
+        ],
+        *,
+        output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
+        voice_prompt: Annotated[
+            Path | None,
+            typer.Option("--voice-prompt", "--condition", help="Voice prompt (speech) or condition file."),
+        ] = None,
+        seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling decoders.")] = None,
+        lenient: Annotated[
+            bool, typer.Option("--lenient", help="Repair a malformed span (with a warning).")
+        ] = False,
+        force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT.")] = False,
+        demo: Demo = False,
+        codec_options: dict[str, Any],
+    ) -> None:
+        """Decode a span into a media file."""
+        from anygpt_core.protocol import string_to_codes
+        from anygpt_core.tasks import atomic_write
+
+        codecs = _codecs(plugins, codec_options, demo)
+        spec = codecs.spec(modality)
+        codes = string_to_codes(spec, _read_span(span), strict=not lenient)
+        if output.exists() and not force:
+            raise InputError(f"{output}: already exists; use --force to overwrite")
+        if voice_prompt is not None and not voice_prompt.is_file():
+            raise InputError(f"{voice_prompt}: no such file")
+        codec = codecs.codec(modality)
+        media = codec.decode(codes, condition=voice_prompt, seed=seed)
+        written = atomic_write(output, lambda tmp: codec.save(media, tmp), overwrite=force)
+        typer.echo(str(written))

@@ -1,0 +1,54 @@
+"""Options shared by commands that load a model, and the loader behind them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from anygpt_core.api import AnyGPT
+    from anygpt_core.plugins import PluginSet
+
+__all__ = ["Device", "Dtype", "ModelPath", "OutputDir", "load_model"]
+
+ModelPath = Annotated[
+    str | None,
+    typer.Option(
+        "--model-name-or-path",
+        help="Model directory or hub id (e.g. fnlp/AnyGPT-base). Default: the embedded demo.",
+    ),
+]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, float16 or bfloat16.")]
+OutputDir = Annotated[Path, typer.Option("--output-dir", help="Where output files are written.")]
+
+
+def load_model(
+    plugins: PluginSet,
+    model: str | None,
+    *,
+    device: str,
+    dtype: str,
+    codec_options: dict[str, Any],
+    output_dir: Path,
+    instructions: Path | None = None,
+) -> AnyGPT:
+    """Load the model (or the demo, with its one-line notice on stderr) with a spinner."""
+    from anygpt_cli.console import stderr
+    from anygpt_core.api import AnyGPT
+    from anygpt_core.demo import DEMO_NOTICE
+
+    if model is None:
+        stderr.print(f"[yellow]{DEMO_NOTICE}[/yellow]")
+    with stderr.status("Loading model…"):
+        return AnyGPT.load(
+            model,
+            device=device,
+            dtype=dtype,
+            plugins=plugins,
+            codec_options=codec_options,
+            instructions=instructions,
+            output_dir=output_dir,
+        )

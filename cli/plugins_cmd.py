@@ -1,0 +1,81 @@
+"""`anygpt plugins`: what is installed, with token ranges and state. Imports no torch."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from anygpt_core.plugins import PluginSet
+
+__all__ = ["register"]
+
+
+def describe(plugins: PluginSet) -> list[dict[str, Any]]:
+    """One dict per plugin (what `--json` prints)."""
+    rows = []
+    for info in plugins.infos:
+        rows.append(
+            {
+                "name": info.name,
+                "module": info.module,
+                "distribution": info.distribution,
+                "version": info.version,
+                "state": info.state,
+                "error": info.error,
+                "hooks": info.hooks,
+                "modalities": [
+                    {
+                        "name": m.name,
+                        "prefix": m.prefix,
+                        "start": m.start,
+                        "end": m.end,
+                        "codebooks": m.num_codebooks,
+                        "codebook_size": m.codebook_size,
+                        "tokens": f"<{m.prefix}0>…<{m.prefix}{m.vocab_size - 1}>",
+                        "fixed_frames": m.fixed_frames,
+                        "options": [o.flag for o in m.options],
+                    }
+                    for m in info.modalities
+                ],
+            }
+        )
+    return rows
+
+
+def register(app: typer.Typer, plugins: PluginSet) -> None:
+    """Add the `plugins` command."""
+
+    @app.command("plugins")
+    def plugins_command(
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """List installed plugins: version, modalities, tokens, state and errors."""
+        rows = describe(plugins)
+        if as_json:
+            typer.echo(json.dumps(rows, ensure_ascii=False, indent=1))
+            return
+        from rich.table import Table
+
+        from anygpt_cli.console import stdout
+
+        if not rows:
+            stdout.print("No plugins installed: only text. Try `pip install anygpt-music`.")
+            return
+        table = Table("plugin", "version", "state", "modality", "tokens", "start/end", "K × size")
+        for row in rows:
+            mods = row["modalities"] or [None]
+            for i, m in enumerate(mods):
+                first = i == 0
+                state = row["state"] + (f": {row['error']}" if row["error"] and first else "")
+                table.add_row(
+                    row["name"] if first else "",
+                    (row["version"] or "") if first else "",
+                    state if first else "",
+                    m["name"] if m else "",
+                    m["tokens"] if m else "",
+                    f"{m['start']} {m['end']}" if m else "",
+                    f"{m['codebooks']} × {m['codebook_size']}" if m else "",
+                )
+        stdout.print(table)

@@ -1,0 +1,204 @@
+"""`anygpt run`: tasks in the seed's instruction format, from arguments, a file or stdin."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from anygpt_cli.common import Device, Dtype, ModelPath, OutputDir, load_model
+from anygpt_cli.options import with_codec_options
+from anygpt_core.errors import AnyGPTError, InputError
+
+if TYPE_CHECKING:
+    from anygpt_core.api import AnyGPT, Result
+    from anygpt_core.plugins import PluginSet
+
+__all__ = ["register"]
+
+HELP = """Run tasks in the seed's format SOURCE|TARGET|INPUT[|VOICE_PROMPT].
+
+Examples: 'text|image|a red bus', 'image|text|photo.jpg', 'speech|text|question.wav',
+'text|speech|Hello there|voice.wav', 'text|music|calm piano', 'text|text|Tell me a joke'.
+With no INSTRUCTION and no --input-file, instructions are read from stdin, one per line,
+with the model kept loaded.
+"""
+
+
+def _lines(instructions: list[str] | None, input_file: Path | None) -> Iterable[str]:
+    if instructions:
+        yield from instructions
+    if input_file is not None:
+        try:
+            text = input_file.read_text(encoding="utf-8")
+        except FileNotFoundError as err:
+            raise InputError(f"{input_file}: no such file") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"{input_file}: not a readable text file ({err})") from err
+        yield from (line for line in text.splitlines() if line.strip())
+    if not instructions and input_file is None:
+        for line in sys.stdin:
+            if line.strip() in {"quit", "exit"}:
+                return
+            if line.strip():
+                yield line
+
+
+def register(app: typer.Typer, plugins: PluginSet) -> None:
+    """Add the `run` command with the installed plugins' options."""
+
+    @app.command("run", help=HELP)
+    @with_codec_options(plugins.options())
+    def run_command(
+        instruction: Annotated[
+            list[str] | None, typer.Argument(help="Tasks like 'text|image|a red bus'.", show_default=False)
+        ] = None,
+        *,
+        input_file: Annotated[
+            Path | None, typer.Option("--input-file", help="Read instructions from a file, one per line.")
+        ] = None,
+        model_name_or_path: ModelPath = None,
+        device: Device = "auto",
+        dtype: Dtype = "auto",
+        output_dir: OutputDir = Path("anygpt_output"),
+        config: Annotated[
+            Path | None, typer.Option("--config", help="Decoding config JSON for the target modality.")
+        ] = None,
+        seed: Annotated[int | None, typer.Option("--seed", help="Seed for reproducible output.")] = None,
+        max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
+        temperature: Annotated[float | None, typer.Option("--temperature")] = None,
+        top_p: Annotated[float | None, typer.Option("--top-p")] = None,
+        top_k: Annotated[int | None, typer.Option("--top-k")] = None,
+        instructions: Annotated[
+            Path | None,
+            typer.Option("--instructions", help="Phrasings JSON (other2text/text2other layout)."),
+        ] = None,
+        force_span: Annotated[
+            bool,
+            typer.Option(
+                "--force-span/--no-force-span",
+                help="For text->media, open the target span right after the prompt.",
+            ),
+        ] = True,
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per task.")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the prompt and stop.")] = False,
+        codec_options: dict[str, Any],
+    ) -> None:
+        from anygpt_core.config import DecodingConfig, load_decoding_config
+        from anygpt_core.tasks import parse_instruction
+
+        for line in instruction or []:  # fail before loading anything
+            task = parse_instruction(line)
+            for name in {task.source, task.target} - {"text"}:
+                plugins.modality(name)
+        if config is not None:
+            load_decoding_config(config, base=DecodingConfig())
+        gpt = load_model(
+            plugins,
+            model_name_or_path,
+            device=device,
+            dtype=dtype,
+            codec_options=codec_options,
+            output_dir=output_dir,
+            instructions=instructions,
+        )
+        options = {
+            "config": config,
+            "seed": seed,
+            "force_span": force_span,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+        }
+        failures = 0
+        from_args = bool(instruction) or input_file is not None
+        for line in _lines(instruction, input_file):
+            try:
+                _run_one(gpt, line.strip(), options, as_json=as_json, dry_run=dry_run)
+            except AnyGPTError as err:
+                if from_args and len(instruction or []) == 1 and input_file is None:
+                    raise
+                failures += 1
+                sys.stderr.write(f"Error: {str(err).splitlines()[0]}\n")
+        if failures:
+            raise typer.Exit(1)
+
+
+def _run_one(gpt: AnyGPT, line: str, options: dict[str, Any], *, as_json: bool, dry_run: bool) -> None:
+    from anygpt_cli.console import stderr, stdout
+
+    if dry_run:
+        result = gpt.run(line, dry_run=True, **options)
+        if as_json:
+            typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
+        else:
+            stdout.print(result.prompt, markup=False)
+        return
+    with _Progress(stderr, enabled=not as_json and stderr.is_terminal) as progress:
+        result = gpt.run(line, on_event=progress.update, **options)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        _summary(result)
+
+
+def _summary(result: Result) -> None:
+    from anygpt_cli.console import stdout
+
+    stdout.print(f"[bold]{result.instruction}[/bold]", markup=True)
+    if result.text:
+        stdout.print(result.text, markup=False)
+    for path in result.files:
+        stdout.print(f"[green]wrote[/green] {path}")
+    stdout.print(
+        f"[dim]{result.new_tokens} tokens in {result.seconds:.2f} s · {result.finish_reason} · "
+        f"seed {result.seed}[/dim]"
+    )
+
+
+class _Progress:
+    """Live token count and span progress on stderr, from the loop's events."""
+
+    def __init__(self, console: Any, *, enabled: bool) -> None:  # noqa: ANN401 - rich Console
+        self.console = console
+        self.enabled = enabled
+        self.progress: Any = None
+        self.task: Any = None
+        self.tokens = 0
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                console=self.console, transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("generating text", total=None)
+        return self
+
+    def update(self, event: object) -> None:
+        from anygpt_core.generation import SpanClosed, SpanOpened, TokenEvent
+
+        if self.progress is None:
+            return
+        if isinstance(event, SpanOpened):
+            self.progress.update(
+                self.task, description=f"writing {event.modality}", completed=0, total=event.max_tokens
+            )
+            self.tokens = 0
+        elif isinstance(event, SpanClosed):
+            self.progress.update(self.task, description="generating text", total=None, completed=0)
+        elif isinstance(event, TokenEvent):
+            self.tokens += 1
+            self.progress.advance(self.task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
