@@ -111,8 +111,10 @@ class PluginSet:
             raise PluginError(
                 f"modality {name!r} needs a plugin: pip install {FIRST_PARTY[name]}"
             )
-        known = ", ".join(["text", *self.modalities]) or "text"
-        raise PluginError(f"unknown modality {name!r}; installed: {known}")
+        known = ", ".join(["text", *self.modalities])
+        skipped = [f"{i.name} ({i.state})" for i in self.infos if i.state != "loaded"]
+        hint = f"; not loaded: {', '.join(skipped)}" if skipped else ""
+        raise PluginError(f"unknown modality {name!r}; installed: {known}{hint}")
 
     def options(self) -> list[CodecOption]:
         """Every codec option of the installed modalities, without duplicates, in modality order."""
@@ -192,7 +194,11 @@ def discover(
     manager.add_hookspecs(hookspecs)
     candidates: list[tuple[PluginInfo, EntryPoint | None, object | None]] = []
     if use_entry_points:
-        eps = sorted(entry_points(group=hookspecs.PROJECT), key=lambda e: e.name)
+        # Our own plugins first, then the rest by name: the earlier one wins a conflict.
+        eps = sorted(
+            entry_points(group=hookspecs.PROJECT),
+            key=lambda e: (e.name not in FIRST_PARTY, e.name),
+        )
         candidates += [(_entry_point_info(ep), ep, None) for ep in eps]
     for name, obj in (extra or {}).items():
         module = getattr(obj, "__name__", type(obj).__name__)

@@ -50,8 +50,9 @@ def build_app(plugins: PluginSet) -> typer.Typer:
         add_completion=False,
     )
 
-    @app.callback()
+    @app.callback(invoke_without_command=True)
     def root(
+        ctx: typer.Context,
         version: Annotated[
             bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)
         ] = False,
@@ -66,6 +67,9 @@ def build_app(plugins: PluginSet) -> typer.Typer:
             raise typer.Exit
         del block_plugin  # applied before the app was built
         _setup_logging(verbose)
+        if ctx.invoked_subcommand is None:
+            typer.echo(ctx.get_help())
+            raise typer.Exit
 
     plugins_cmd.register(app, plugins)
     run.register(app, plugins)

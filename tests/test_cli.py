@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+
+def test_version(capsys):
+    code, out, _ = run_cli(["--version"], capsys)
+    assert code == 0 and out.strip() == "anygpt 0.1.0"
+
+
+def test_help_and_plugins_do_not_import_torch(toy_env):
+    script = (
+        "import sys\n"
+        "from anygpt_cli.app import main\n"
+        "for args in (['--help'], ['plugins', '--json'], ['run', '--help']):\n"
+        "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'transformers' not in sys.modules, 'transformers imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=toy_env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert '"name": "toy"' in proc.stdout
+    assert "--toy-codec-path" in proc.stdout  # run --help lists the plugin's option
+
+
+def test_plugins_json_reports_states(toy_env, monkeypatch, capsys):
+    monkeypatch.setenv("ANYGPT_LOAD_PLUGINS", "toy,broken")
+    code, out, _ = run_cli(["plugins", "--json"], capsys)
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0
+    assert rows["toy"]["modalities"][0]["tokens"] == "<🧪0>…<🧪31>"
+    assert rows["toy"]["modalities"][0]["codebooks"] == 2
+    assert rows["broken"]["state"] == "broken"
+
+
+def test_block_plugin_flag_hides_its_options(toy_env, capsys):
+    code, _, err = run_cli(["--block-plugin", "toy", "run", "text|text|hi", "--toy-codec-path", "x"], capsys)
+    assert code == 2  # unknown option: the blocked plugin's flag is gone
+    code, out, _ = run_cli(["--block-plugin", "toy", "plugins", "--json"], capsys)
+    assert {r["name"]: r["state"] for r in json.loads(out)}["toy"] == "blocked"
+
+
+def test_flag_of_absent_plugin_names_the_package(text_only_env, capsys):
+    code, _, err = run_cli(["run", "text|text|hi", "--music-seconds", "3"], capsys)
+    assert code == 5
+    assert err == "Error: --music-seconds belongs to the plugin anygpt-music: pip install anygpt-music\n"
+
+
+def test_run_text_json_is_reproducible(text_only_env, capsys, tmp_path):
+    args = ["run", "text|text|Hello there", "--seed", "4", "--max-new-tokens", "12", "--json",
+            "--output-dir", str(tmp_path / "out")]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["prompt"] == "[Human]: Hello there<eoh>[MMGPT]: "
+    assert first["new_tokens"] == 12 and first["seed"] == 4 and first["files"] == []
+    assert "demo model" in err
+    _, again, _ = run_cli(args, capsys)
+    assert json.loads(again)["text"] == first["text"]
+    assert not (tmp_path / "out").exists()  # text answers write nothing
+
+
+def test_dry_run_prints_the_exact_prompt(toy_env, capsys):
+    code, out, _ = run_cli(["run", "text|toy|a wave", "--dry-run", "--seed", "1"], capsys)
+    assert code == 0
+    assert out.startswith("[Human]: ")
+    assert out.rstrip("\n").endswith(" This is input: a wave<eoh> [MMGPT]: <soty>")
+
+
+def test_run_text_to_toy_writes_a_decodable_file(toy_env, capsys, tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(
+        ["run", "text|toy|a rising ../../wave", "--seed", "2", "--json", "--output-dir", str(out_dir)],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    (path,) = map(Path, result["files"])
+    assert path.parent == out_dir and path.name.startswith("wave_") and path.suffix == ".txt"
+    values = [float(v) for v in path.read_text().split()]
+    assert len(values) == result["spans"][0]["shape"][1] >= 1
+    assert all(-1.6 <= v <= 1.6 for v in values)
+    assert result["finish_reason"] == "span"
+    assert [p.name for p in out_dir.iterdir()] == [path.name]  # no temporary files left
+
+
+def test_run_toy_to_text_uses_the_codec(toy_env, capsys, tmp_path):
+    series = tmp_path / "series.txt"
+    series.write_text("0.1 0.5 -0.3 0.9")
+    code, out, err = run_cli(["run", f"toy|text|{series}", "--dry-run", "--json", "--seed", "0"], capsys)
+    assert code == 0, err
+    prompt = json.loads(out)["prompt"]
+    assert prompt.endswith("<soty><🧪8><🧪28><🧪11><🧪28><🧪5><🧪28><🧪14><🧪28><eoty><eoh> [MMGPT]:")
+
+
+def test_instructions_file_and_seeded_choice(toy_env, capsys, tmp_path):
+    phrasings = tmp_path / "ins.json"
+    phrasings.write_text(json.dumps({"text2other": {"toy": ["One.", "Two.", "Three.", "Four."]}}))
+    prompts = set()
+    for seed in (1, 1, 2, 3, 4, 5):
+        _, out, _ = run_cli(
+            ["run", "text|toy|x", "--dry-run", "--json", "--seed", str(seed), "--instructions", str(phrasings)],
+            capsys,
+        )
+        prompts.add((seed, json.loads(out)["prompt"]))
+    assert len({p for s, p in prompts if s == 1}) == 1
+    assert all(p.split(": ", 1)[1].split(" This")[0] in {"One.", "Two.", "Three.", "Four."} for _, p in prompts)
+    assert len({p for _, p in prompts}) > 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["run", "nonsense"], 3, "Error: cannot parse 'nonsense': expected source|target|input"),
+        (["run", "text|smell|x"], 5, "Error: unknown modality 'smell'; installed: text, toy"),
+        (["run", "text|speech|x"], 5, "Error: modality 'speech' needs a plugin: pip install anygpt-speech"),
+        (["run", "toy|text|/no/such.txt"], 3, "Error: /no/such.txt: no such file"),
+        (["run", "text|text|x", "--model-name-or-path", "/no/model"], 4, "Error: /no/model: no such model directory"),
+        (["run", "text|text|x", "--model-name-or-path", "someone/missing-model"], 4,
+         "Error: someone/missing-model: model not available locally (offline); download it with "
+         "`hf download someone/missing-model` or pass its directory"),
+        (["run", "toy|toy|x"], 3, "Error: task toy|toy: the base model maps a modality to text"),
+        (["encode", "toy", "/no/file.txt", "--demo"], 3, "Error: /no/file.txt: no such file"),
+    ],
+)
+def test_bad_input_gives_one_line(toy_env, capsys, tmp_path, monkeypatch, args, code, message):
+    monkeypatch.chdir(tmp_path)
+    got, out, err = run_cli(args, capsys)
+    assert got == code
+    lines = [line for line in err.splitlines() if not line.startswith("Using the")]
+    assert len(lines) == 1 and lines[0].startswith(message), err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_config_with_unknown_field(toy_env, capsys, tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"top_p": 2, "beams": 3}))
+    code, _, err = run_cli(["run", "text|toy|x", "--config", str(config)], capsys)
+    assert code == 6
+    assert err.strip() == f"Error: {config}: top_p: Input should be less than or equal to 1; beams: unknown field"
+
+
+def test_model_without_modality_tokens(toy_env, capsys, monkeypatch, tmp_path):
+    from anygpt_core.demo import ensure_demo
+    from anygpt_core.plugins import discover
+
+    monkeypatch.setenv("ANYGPT_LOAD_PLUGINS", "__none__")
+    text_only = ensure_demo(discover()).model_dir  # built without the toy's tokens
+    monkeypatch.setenv("ANYGPT_LOAD_PLUGINS", "toy")
+    code, _, err = run_cli(["run", "text|toy|x", "--model-name-or-path", str(text_only)], capsys)
+    assert code == 5
+    assert "lacks 34 of the 34 toy tokens (e.g. <🧪0>), so it cannot read or write toy" in err
+
+
+def test_encode_decode_round_trip(toy_env, capsys, tmp_path):
+    series = tmp_path / "s.txt"
+    series.write_text("0.0 0.25 -0.75")
+    code, span, err = run_cli(["encode", "toy", str(series), "--demo"], capsys)
+    assert code == 0, err
+    assert span.strip().startswith("<soty><🧪") and span.strip().endswith("<eoty>")
+    code, codes, _ = run_cli(["encode", "toy", str(series), "--demo", "--json"], capsys)
+    assert json.loads(codes)["shape"] == [2, 3]
+    out = tmp_path / "back.txt"
+    code, printed, err = run_cli(["decode", "toy", span.strip(), "-o", str(out), "--demo"], capsys)
+    assert code == 0, err and printed.strip() == str(out)
+    back = torch.tensor([float(v) for v in out.read_text().split()])
+    assert torch.allclose(back, torch.tensor([0.0, 0.25, -0.75]), atol=0.01)
+    code, _, err = run_cli(["decode", "toy", span.strip(), "-o", str(out), "--demo"], capsys)
+    assert code == 3 and "already exists; use --force" in err
+    code, _, err = run_cli(["decode", "toy", "<soty><🧪1><eoty>", "-o", str(tmp_path / "x.txt"), "--demo"], capsys)
+    assert code == 7 and err.splitlines()[-1] == "Error: span <soty> at 0: ends inside a frame (1 of 2 codebooks)"
+    assert not (tmp_path / "x.txt").exists()
+
+
+def test_stdin_mode_keeps_going_after_a_bad_line(text_only_env, capsys, monkeypatch):
+    lines = "text|text|one\nbroken line\ntext|text|two\n"
+    code, out, err = run_cli(["run", "--json", "--max-new-tokens", "3", "--seed", "1"], capsys, lines, monkeypatch)
+    assert code == 1
+    assert [json.loads(line)["instruction"] for line in out.splitlines()] == ["text|text|one", "text|text|two"]
+    assert "Error: cannot parse 'broken line'" in err
+
+
+def test_console_script_installed():
+    proc = subprocess.run([Path(sys.executable).parent / "anygpt", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "anygpt 0.1.0"

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from anygpt_core import ConfigError, DecodingConfig, GenerationError
+from anygpt_core.generation import Done, Generator, SpanClosed, SpanOpened, TokenEvent, sample
+from anygpt_core.protocol import parse_response
+
+GREEDY = DecodingConfig(do_sample=False, max_new_tokens=64)
+
+
+def events_of(gpt, prompt, **kwargs):
+    ids = gpt.tokenizer(prompt, return_tensors="pt").input_ids
+    kwargs.setdefault("text_config", GREEDY)
+    kwargs.setdefault("span_configs", {})
+    kwargs.setdefault("max_new_tokens", 64)
+    with torch.inference_mode():
+        return list(gpt.generator.generate(ids, **kwargs))
+
+
+def test_greedy_text_equals_model_generate(text_only_env):
+    from anygpt_core.api import AnyGPT
+
+    gpt = AnyGPT.load(device="cpu")
+    for prompt in ["[Human]: Hello there<eoh>[MMGPT]: ", "[Human]: A red bus<eoh> [MMGPT]:"]:
+        ids = gpt.tokenizer(prompt, return_tensors="pt").input_ids
+        events = events_of(gpt, prompt, max_new_tokens=48)
+        done = events[-1]
+        assert isinstance(done, Done)
+        with torch.inference_mode():
+            reference = gpt.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=48,
+                eos_token_id=list(gpt.space.stop_ids),
+                pad_token_id=0,
+            )
+        assert done.token_ids == reference[0, ids.shape[1] :].tolist()
+        assert len(done.token_ids) > 10
+
+
+def test_toy_spans_always_well_formed(toy_gpt):
+    """On the random demo model, every span the loop writes parses strictly and decodes."""
+    toy = toy_gpt.space.require("toy")
+    sampled = DecodingConfig(do_sample=True, top_k=0, temperature=3.0, max_new_tokens=300)
+    opened = 0
+    for seed in range(12):
+        events = events_of(
+            toy_gpt,
+            "[Human]: Turn this text into a signal. This is input: waves<eoh> [MMGPT]:",
+            text_config=sampled,
+            span_configs={"toy": sampled},
+            max_new_tokens=300 if seed % 2 else 23,
+            open_span="toy" if seed % 3 == 0 else None,
+            seed=seed,
+        )
+        tokens = [e.token_id for e in events if isinstance(e, TokenEvent)]
+        in_span = False
+        for e in events:
+            if isinstance(e, SpanOpened):
+                opened += 1
+                in_span = True
+            if isinstance(e, SpanClosed):
+                in_span = False
+                assert e.codes.shape[0] == 2 and e.codes.shape[1] >= 1
+                assert int(e.codes.max()) < 16
+        assert not in_span
+        # Every token id inside spans is a legal code for its position, and spans end on frames.
+        text = toy_gpt.tokenizer.decode(tokens)
+        if seed % 3 == 0:
+            text = "<soty>" + text
+        spans = [s for s in parse_response(text, {"toy": toy.spec}) if hasattr(s, "codes")]
+        closed = [e for e in events if isinstance(e, SpanClosed)]
+        assert len(spans) == len(closed)
+        for span, event in zip(spans, closed):
+            assert torch.equal(span.codes, event.codes)
+        # Stray code tokens never appear outside spans.
+        assert len(tokens) <= (300 if seed % 2 else 23)
+    assert opened >= 4
+
+
+def test_span_budget_closes_on_frame_boundary(toy_gpt):
+    events = events_of(
+        toy_gpt, "[Human]: x<eoh> [MMGPT]:", open_span="toy", max_new_tokens=8, seed=0,
+        span_configs={"toy": DecodingConfig(do_sample=True, top_k=0)},
+    )
+    (closed,) = [e for e in events if isinstance(e, SpanClosed)]
+    assert closed.codes.shape == (2, 3)  # 7 tokens for 3 frames of 2 codebooks + end token
+    done = events[-1]
+    assert done.token_ids[6] == toy_gpt.space.require("toy").end_id
+    assert len(done.token_ids) == 8 and done.reason == "length"
+
+
+def test_fixed_length_span_needs_room(toy_gpt, monkeypatch):
+    import dataclasses
+
+    toy = toy_gpt.space.require("toy")
+    fixed = dataclasses.replace(toy, spec=toy.spec.model_copy(update={"fixed_frames": 5}))
+    monkeypatch.setitem(toy_gpt.space.modalities, "toy", fixed)
+    events = events_of(toy_gpt, "[Human]: x<eoh> [MMGPT]:", open_span="toy", max_new_tokens=40, seed=1)
+    (closed,) = [e for e in events if isinstance(e, SpanClosed)]
+    assert closed.codes.shape == (2, 5) and not closed.forced
+    with pytest.raises(GenerationError, match="needs 11 tokens"):
+        events_of(toy_gpt, "[Human]: x<eoh> [MMGPT]:", open_span="toy", max_new_tokens=9)
+
+
+def test_min_new_tokens_blocks_stop_tokens(text_only_env):
+    from anygpt_core.api import AnyGPT
+
+    gpt = AnyGPT.load(device="cpu")
+    prompt = "[Human]: Hello<eoh>[MMGPT]: "
+    hidden_stop = DecodingConfig(do_sample=False, min_new_tokens=30)
+
+    class StopLover:
+        """A backend wrapper whose logits always favour <eos>."""
+
+        def __init__(self, inner):
+            self.inner, self.vocab_size, self.device = inner, inner.vocab_size, inner.device
+
+        def start(self, ids):
+            return self.inner.start(ids)
+
+        def advance(self, tok):
+            return self.inner.advance(tok)
+
+        def project(self, hidden, rows=None):
+            logits = self.inner.project(hidden, rows)
+            if rows is None:
+                logits[gpt.space.eos_id] = 1e4
+            return logits
+
+    loop = Generator(StopLover(gpt.backend), gpt.space)
+    ids = gpt.tokenizer(prompt, return_tensors="pt").input_ids
+    done = list(loop.generate(ids, text_config=hidden_stop, span_configs={}, max_new_tokens=64))[-1]
+    assert done.reason == "stop" and len(done.token_ids) == 31
+
+
+def test_seeded_sampling_repeats(toy_gpt):
+    cfg = DecodingConfig(do_sample=True, top_k=0)
+    runs = [
+        events_of(toy_gpt, "[Human]: x<eoh> [MMGPT]:", text_config=cfg, span_configs={"toy": cfg},
+                  open_span="toy", max_new_tokens=30, seed=7)[-1].token_ids
+        for _ in range(2)
+    ]
+    other = events_of(toy_gpt, "[Human]: x<eoh> [MMGPT]:", text_config=cfg, span_configs={"toy": cfg},
+                      open_span="toy", max_new_tokens=30, seed=8)[-1].token_ids
+    assert runs[0] == runs[1] != other
+
+
+def test_sliced_logits_match_full_vocabulary(toy_gpt):
+    cfg = DecodingConfig(do_sample=True, top_k=0, repetition_penalty=1.3)
+    kwargs = dict(text_config=cfg, span_configs={"toy": cfg}, open_span="toy", max_new_tokens=40, seed=3)
+    ids = toy_gpt.tokenizer("[Human]: x<eoh> [MMGPT]:", return_tensors="pt").input_ids
+    sliced = list(toy_gpt.generator.generate(ids, **kwargs))[-1].token_ids
+    full = list(Generator(toy_gpt.backend, toy_gpt.space, slice_logits=False).generate(ids, **kwargs))
+    assert sliced == full[-1].token_ids
+
+
+def test_beam_search_is_refused(toy_gpt):
+    with pytest.raises(ConfigError, match="num_beams 5"):
+        events_of(toy_gpt, "x", text_config=DecodingConfig(num_beams=5))
+
+
+def test_sample_top_k_top_p_repetition_penalty():
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0])
+    greedy = DecodingConfig(do_sample=False, repetition_penalty=3.0)
+    assert sample(logits, greedy) == 0
+    assert sample(logits, greedy, seen=torch.tensor([True, False, False, False])) == 1
+    gen = torch.Generator().manual_seed(0)
+    top1 = DecodingConfig(top_k=1)
+    assert {sample(logits, top1, generator=gen) for _ in range(20)} == {0}
+    probs = torch.softmax(logits, 0)
+    nucleus = DecodingConfig(top_p=float(probs[0]) - 1e-3)  # only the first token is needed
+    assert {sample(logits, nucleus, generator=gen) for _ in range(20)} == {0}
+    wide = DecodingConfig(top_p=float(probs[0] + probs[1]) + 1e-3)
+    assert {sample(logits, wide, generator=gen) for _ in range(200)} <= {0, 1, 2}
+    assert not math.isnan(float(probs.sum()))

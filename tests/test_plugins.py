@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+
+from anygpt_core import PluginError
+from anygpt_core.plugins import discover
+
+
+def states(plugins):
+    return {info.name: (info.state, info.error) for info in plugins.infos}
+
+
+def test_toy_discovered_through_its_entry_point(toy_env):
+    plugins = discover()
+    info = next(i for i in plugins.infos if i.name == "toy")
+    assert info.state == "loaded"
+    assert info.distribution == "anygpt-toy" and info.version == "0.1"
+    assert info.hooks == ["anygpt_demo_assets", "anygpt_modalities"]
+    assert list(plugins.modalities) == ["toy"]
+    assert [o.flag for o in plugins.options()] == ["--toy-codec-path"]
+
+
+def test_broken_and_conflicting_plugins_are_isolated(toy_env, monkeypatch):
+    monkeypatch.setenv("ANYGPT_LOAD_PLUGINS", "toy,broken,clash,typo")
+    plugins = discover()
+    found = states(plugins)
+    # Entry points load in name order (ours first), so `clash` registers the prefix before `toy`.
+    assert found["clash"] == ("loaded", None)
+    assert found["broken"] == ("broken", "RuntimeError: this plugin is broken on purpose")
+    assert found["toy"][0] == "conflict"
+    assert "prefix '🧪' already registered by 'clash'" in found["toy"][1]
+    assert found["typo"][0] == "broken" and "anygpt_modalitys" in found["typo"][1]
+    assert list(plugins.modalities) == ["clash"]
+
+
+def test_blocked_by_argument_and_environment(toy_env, monkeypatch):
+    assert states(discover(block=["toy"]))["toy"][0] == "blocked"
+    monkeypatch.setenv("ANYGPT_BLOCK_PLUGINS", "broken, toy")
+    plugins = discover()
+    assert states(plugins)["toy"][0] == "blocked"
+    with pytest.raises(PluginError, match=r"not loaded: .*toy \(blocked\)"):
+        plugins.modality("toy")
+
+
+def test_load_only_selects(toy_env, monkeypatch):
+    monkeypatch.setenv("ANYGPT_LOAD_PLUGINS", "clash")
+    plugins = discover()
+    assert states(plugins)["toy"][0] == "not selected"
+    assert list(plugins.modalities) == ["clash"]  # without toy, clash has no conflict
+
+
+def test_missing_first_party_modality_names_the_package(text_only_env):
+    with pytest.raises(PluginError, match="pip install anygpt-speech"):
+        discover().modality("speech")
+    with pytest.raises(PluginError, match="unknown modality 'smell'; installed: text"):
+        discover().modality("smell")
+
+
+def test_hook_anygpt_modalities(toy_env):
+    (impl,) = [i for i in discover().manager.hook.anygpt_modalities.get_hookimpls()]
+    (spec,) = impl.function()
+    assert spec.token_strings()[:2] == ["<🧪0>", "<🧪1>"]
+    assert spec.token_strings()[-2:] == ["<soty>", "<eoty>"]
+    assert len(spec.token_strings()) == 34
+
+
+def test_hook_anygpt_demo_assets(toy_env, tmp_path):
+    values = discover().demo_assets(tmp_path)
+    assert values == {"toy_codec_path": str(tmp_path / "toy" / "toy_codec.json")}
+    assert (tmp_path / "toy" / "toy_codec.json").is_file()
+
+
+def test_every_hook_is_documented_and_tested():
+    import inspect
+    from pathlib import Path
+
+    from anygpt_core import hookspecs
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    source = Path(__file__).read_text()
+    hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("anygpt_")]
+    assert hooks
+    for name in hooks:
+        assert f"`{name}" in readme, f"{name} is not documented in README.md"
+        assert f"def test_hook_{name}(" in source, f"{name} has no test"
