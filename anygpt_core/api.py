@@ -168,7 +168,7 @@ class AnyGPT:
         output_dir: Path = Path("anygpt_output"),
         is_demo: bool = False,
     ) -> None:
-        from anygpt_core.backend import TransformersBackend
+        from anygpt_core.backend import make_backend
         from anygpt_core.tokens import TokenSpace
 
         self.model = model
@@ -179,7 +179,7 @@ class AnyGPT:
         self.output_dir = Path(output_dir)
         self.is_demo = is_demo
         self.space: TokenSpace = TokenSpace(tokenizer, plugins.modalities)
-        self.backend = TransformersBackend(model)
+        self.backend = make_backend(model)
         self.generator = Generator(self.backend, self.space)
 
     @classmethod
@@ -259,7 +259,9 @@ class AnyGPT:
         if config is not None:
             target_config = load_decoding_config(Path(config), base=target_config)
         target_config = target_config.merged(**overrides)
-        bank = InstructionBank.from_specs(self.plugins.modalities, seed=seed, path=self.instructions)
+        bank = InstructionBank.from_specs(
+            self.plugins.modalities, seed=seed, path=self.instructions
+        )
         open_span = None
         if task.source == "text" and task.target == "text":
             prompt = custom_prompt(task.payload)
@@ -316,7 +318,7 @@ class AnyGPT:
                 on_event(event)
             if isinstance(event, Done):
                 done = event
-        assert done is not None  # noqa: S101 - the loop always ends with Done
+        assert done is not None
         result.new_tokens = len(done.token_ids)
         result.finish_reason = done.reason
         result.spans = done.spans
@@ -325,10 +327,19 @@ class AnyGPT:
         for span in done.spans:
             spec = self.codecs.spec(span.modality)
             name = output_name(prepared.task.payload, spec.output_extension)
-            cond = Path(condition).expanduser() if condition and span.modality == prepared.task.target else None
+            cond = (
+                Path(condition).expanduser()
+                if condition and span.modality == prepared.task.target
+                else None
+            )
             result.files.append(
                 self.codecs.decode_to_file(
-                    span.modality, span.codes, self.output_dir, name, condition=cond, seed=prepared.seed
+                    span.modality,
+                    span.codes,
+                    self.output_dir,
+                    name,
+                    condition=cond,
+                    seed=prepared.seed,
                 )
             )
         result.seconds = time.perf_counter() - started

@@ -47,7 +47,7 @@ def to_mono_tensor(
     elif wav.ndim != 1:
         raise InputError(f"audio array must be [T] or [T, channels], got shape {tuple(wav.shape)}")
     if source_rate != target_rate:
-        import torchaudio.functional as AF  # noqa: N812 - torchaudio's usual alias
+        import torchaudio.functional as AF
 
         wav = AF.resample(wav, source_rate, target_rate)
     return wav.contiguous()

@@ -23,14 +23,22 @@ class DecodingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    do_sample: bool = Field(True, description="Sample from the distribution; False picks the argmax.")
+    do_sample: bool = Field(
+        True, description="Sample from the distribution; False picks the argmax."
+    )
     temperature: float = Field(1.0, gt=0, description="Softmax temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus probability mass; 1 disables it.")
-    top_k: int | None = Field(None, ge=0, description="Keep the k most likely tokens; null or 0 disables.")
-    repetition_penalty: float = Field(
-        1.0, gt=0, description="CTRL-style penalty on tokens already in the sequence; 1 disables it."
+    top_k: int | None = Field(
+        None, ge=0, description="Keep the k most likely tokens; null or 0 disables."
     )
-    max_new_tokens: int = Field(100, gt=0, description="Most tokens generated for the whole answer.")
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0,
+        description="CTRL-style penalty on tokens already in the sequence; 1 disables it.",
+    )
+    max_new_tokens: int = Field(
+        100, gt=0, description="Most tokens generated for the whole answer."
+    )
     min_new_tokens: int = Field(
         0, ge=0, description="End tokens are forbidden until this many tokens were generated."
     )
@@ -41,7 +49,7 @@ class DecodingConfig(BaseModel):
         None, gt=0, description="Mask-predict steps of a speech decoder (SoundStorm); speech only."
     )
 
-    def merged(self, **overrides: Any) -> DecodingConfig:
+    def merged(self, **overrides: Any) -> DecodingConfig:  # noqa: ANN401 - field values
         """Return a copy with the non-None overrides applied and validated."""
         values = {k: v for k, v in overrides.items() if v is not None}
         if not values:

@@ -78,7 +78,11 @@ def ensure_demo(plugins: PluginSet, *, home: Path | None = None) -> DemoAssets:
 def _relative(options: Mapping[str, Any], base: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in options.items():
-        if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(base):
+        if (
+            isinstance(value, str)
+            and Path(value).is_absolute()
+            and Path(value).is_relative_to(base)
+        ):
             out[name] = {"relative": str(Path(value).relative_to(base))}
         else:
             out[name] = value
@@ -99,7 +103,9 @@ def _build(directory: Path, plugins: PluginSet) -> dict[str, Any]:
 
     llm = directory / "llm"
     llm.mkdir()
-    tokenizer_size = write_extended_tokenizer(_train_sentencepiece(plugins.modalities), llm, plugins.modalities)
+    tokenizer_size = write_extended_tokenizer(
+        _train_sentencepiece(plugins.modalities), llm, plugins.modalities
+    )
     _write_model(llm, tokenizer_size, _byte_ids(llm))
     torch.manual_seed(_SEED)
     return plugins.demo_assets(directory / "codecs")

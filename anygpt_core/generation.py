@@ -125,12 +125,11 @@ class Generator:
 
         self.backend = backend
         self.space = space
+        self._rows: dict[tuple[str, int, bool], slice | torch.Tensor] = {}
         self.slice_logits = slice_logits
         stray = [m.code_ids for m in space.modalities.values()]
         stray += [torch.tensor([m.end_id]) for m in space.modalities.values()]
-        self.stray_ids = (
-            torch.cat(stray).to(backend.device) if mask_stray and stray else None
-        )
+        self.stray_ids = torch.cat(stray).to(backend.device) if mask_stray and stray else None
 
     def generate(
         self,
@@ -233,6 +232,28 @@ class Generator:
             raise GenerationError(f"max_new_tokens leaves no room for a {name} span")
         return _Span(tokens, frames)
 
+    def _legal_rows(
+        self, tokens: ModalityTokens, layer: int, can_end: bool
+    ) -> slice | torch.Tensor:
+        """Output rows a span may score: the layer's codes, then its end token when allowed.
+
+        A contiguous range is a slice (a view of the output embedding); otherwise an index tensor,
+        built once so the backend can cache the gathered rows.
+        """
+        import torch
+
+        key = (tokens.spec.name, layer, can_end)
+        if key not in self._rows:
+            span_range = tokens.layer_ranges[layer]
+            if not can_end and span_range is not None:
+                self._rows[key] = slice(*span_range)
+            elif can_end:
+                end = torch.tensor([tokens.end_id])
+                self._rows[key] = torch.cat([tokens.layer_ids[layer], end])
+            else:
+                self._rows[key] = tokens.layer_ids[layer]
+        return self._rows[key]
+
     def _min_span_tokens(self, tokens: ModalityTokens) -> int:
         spec = tokens.spec
         return (spec.fixed_frames or 1) * spec.num_codebooks + 2
@@ -277,20 +298,16 @@ class Generator:
             return tokens.end_id
         can_end = layer == 0 and frames_done > 0 and spec.fixed_frames is None
         ids = tokens.layer_ids[layer]
-        rng_slice = tokens.layer_ranges[layer]
         if self.slice_logits:
-            rows: slice | torch.Tensor = slice(*rng_slice) if rng_slice else ids
+            rows = self._legal_rows(tokens, layer, can_end)
             logits = self.backend.project(hidden, rows)
-            cols_seen = seen[rows] if isinstance(rows, slice) else seen[ids.to(seen.device)]
-            if can_end:
-                end = slice(tokens.end_id, tokens.end_id + 1)
-                logits = torch.cat([logits, self.backend.project(hidden, end)])
-                cols_seen = torch.cat([cols_seen, seen[end]])
+            cols_seen = seen[rows] if isinstance(rows, slice) else seen[rows.to(seen.device)]
         else:
             full = self.backend.project(hidden)
-            legal = ids.to(full.device)
-            if can_end:
-                legal = torch.cat([legal, torch.tensor([tokens.end_id], device=full.device)])
+            legal = self._legal_rows(tokens, layer, can_end)
+            if isinstance(legal, slice):
+                legal = torch.arange(legal.start, legal.stop)
+            legal = legal.to(full.device)
             logits = full[legal]
             cols_seen = seen[legal]
         column = sample(logits, config, seen=cols_seen, generator=rng)

@@ -36,7 +36,7 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
 
     try:
         return Path(snapshot_download(text, local_files_only=True))
-    except Exception as err:  # noqa: BLE001 - any hub failure means "not here"; retried online below
+    except Exception as err:
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
             raise CheckpointError(
                 f"{text}: model not available locally (offline); download it with "
@@ -44,7 +44,7 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
             ) from err
     try:
         return Path(snapshot_download(text))
-    except Exception as err:  # noqa: BLE001 - network, auth and missing repos all end here
+    except Exception as err:
         raise CheckpointError(
             f"{text}: model not available locally and download failed "
             f"({type(err).__name__}); pass a local directory"
@@ -96,11 +96,13 @@ def load_language_model(
     torch_dtype = pick_dtype(dtype, torch_device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
-    except Exception as err:  # noqa: BLE001 - transformers raises many types for bad files
-        raise CheckpointError(f"{directory}: cannot load its tokenizer ({_first_line(err)})") from err
+    except Exception as err:
+        raise CheckpointError(
+            f"{directory}: cannot load its tokenizer ({_first_line(err)})"
+        ) from err
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
-    except Exception as err:  # noqa: BLE001 - see above
+    except Exception as err:
         raise CheckpointError(f"{directory}: cannot load the model ({_first_line(err)})") from err
     if model.get_output_embeddings() is None:
         raise CheckpointError(f"{directory}: model has no output embedding; not a causal LM")

@@ -108,9 +108,7 @@ class PluginSet:
             if info.state != "loaded" and any(m.name == name for m in info.modalities):
                 raise PluginError(f"modality {name!r}: plugin {info.name!r} is {info.state}")
         if name in FIRST_PARTY:
-            raise PluginError(
-                f"modality {name!r} needs a plugin: pip install {FIRST_PARTY[name]}"
-            )
+            raise PluginError(f"modality {name!r} needs a plugin: pip install {FIRST_PARTY[name]}")
         known = ", ".join(["text", *self.modalities])
         skipped = [f"{i.name} ({i.state})" for i in self.infos if i.state != "loaded"]
         hint = f"; not loaded: {', '.join(skipped)}" if skipped else ""

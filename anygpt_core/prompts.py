@@ -138,7 +138,9 @@ def _read_instruction_file(path: Path) -> dict[tuple[str, Direction], list[str]]
         raise ConfigError(f"{path}: expected an object with 'other2text' and/or 'text2other'")
     unknown = sorted(set(data) - set(_FILE_KEYS) - {"source"})
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; expected 'other2text', 'text2other'")
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r}; expected 'other2text', 'text2other'"
+        )
     lists: dict[tuple[str, Direction], list[str]] = {}
     for key, direction in _FILE_KEYS.items():
         section = data.get(key, {})

@@ -125,13 +125,15 @@ def frames_from_flat(
         repairs.append(message)
 
     kept: list[int] = []
-    for index, pos in zip(flat, positions):
+    for index, pos in zip(flat, positions, strict=True):
         if index >= spec.vocab_size:
             problem(f"code {index} at {pos} is out of range [0, {spec.vocab_size})")
             continue
         expected = len(kept) % k_count
         if index // size != expected:
-            problem(f"code {index} at {pos} belongs to codebook {index // size}, expected {expected}")
+            problem(
+                f"code {index} at {pos} belongs to codebook {index // size}, expected {expected}"
+            )
             if expected:  # drop the broken frame and resynchronise on the next layer-0 code
                 del kept[len(kept) - expected :]
             if index // size != 0:
@@ -187,7 +189,9 @@ def parse_response(
         return [TextSegment(text)] if text else []
     starts = {s.start: s for s in specs}
     ends = {s.end: s for s in specs}
-    marker = re.compile("|".join(re.escape(t) for t in sorted({*starts, *ends}, key=len, reverse=True)))
+    marker = re.compile(
+        "|".join(re.escape(t) for t in sorted({*starts, *ends}, key=len, reverse=True))
+    )
     segments: list[TextSegment | SpanSegment] = []
     buffer: list[str] = []
     pos = 0

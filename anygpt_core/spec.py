@@ -64,7 +64,9 @@ class CodecOption(BaseModel):
     name: str = Field(description="Identifier, e.g. `music_tokenizer_path`.")
     help: str = Field(description="One line for --help.")
     type: Literal["str", "path", "int", "float", "bool"] = Field("str", description="Value type.")
-    default: str | int | float | bool | None = Field(None, description="Value when the flag is absent.")
+    default: str | int | float | bool | None = Field(
+        None, description="Value when the flag is absent."
+    )
 
     @property
     def flag(self) -> str:
@@ -84,8 +86,12 @@ class Instructions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    to_text: tuple[str, ...] = Field(description="Ask to turn this modality into text (other2text).")
-    from_text: tuple[str, ...] = Field(description="Ask to turn text into this modality (text2other).")
+    to_text: tuple[str, ...] = Field(
+        description="Ask to turn this modality into text (other2text)."
+    )
+    from_text: tuple[str, ...] = Field(
+        description="Ask to turn text into this modality (text2other)."
+    )
 
 
 class ModalitySpec(BaseModel):
@@ -107,7 +113,9 @@ class ModalitySpec(BaseModel):
         None, gt=0, description="Every item has exactly this many frames (image: 32)."
     )
     frame_rate: float | None = Field(None, gt=0, description="Frames per second, for timed media.")
-    max_frames: int | None = Field(None, gt=0, description="Longest span the loop lets a model write.")
+    max_frames: int | None = Field(
+        None, gt=0, description="Longest span the loop lets a model write."
+    )
     decoding: DecodingConfig = Field(description="Default decoding config inside this modality.")
     input_extensions: tuple[str, ...] = Field((), description="File suffixes encode accepts.")
     output_extension: str = Field(description="Suffix of files decode writes, e.g. `.wav`.")
@@ -130,7 +138,9 @@ class ModalitySpec(BaseModel):
         if self.start == self.end:
             raise ValueError("start and end tokens must differ")
         if not self.prefix or any(c in self.prefix for c in "<>0123456789"):
-            raise ValueError(f"prefix {self.prefix!r} must be non-empty without digits or angle brackets")
+            raise ValueError(
+                f"prefix {self.prefix!r} must be non-empty without digits or angle brackets"
+            )
         return self
 
     @property

@@ -58,7 +58,9 @@ def parse_instruction(line: str) -> Task:
     condition = None
     if source != "text":
         if len(rest) > 2:
-            raise InputError(f"cannot parse {line.strip()[:60]!r}: too many fields for a file input")
+            raise InputError(
+                f"cannot parse {line.strip()[:60]!r}: too many fields for a file input"
+            )
         payload = rest[0].strip()
         condition = rest[1].strip() or None if len(rest) == 2 else None
     elif len(rest) > 1 and target != "text" and Path(rest[-1].strip()).expanduser().is_file():

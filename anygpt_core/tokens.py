@@ -62,7 +62,10 @@ class TokenSpace:
             )
         self.human_id, self.mmgpt_id, self.eoh_id, self.eos_id = (vocab[t] for t in ROLE_TOKENS)
         self.stop_ids = tuple(
-            sorted({self.eos_id} | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+            sorted(
+                {self.eos_id}
+                | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+            )
         )
         self.modalities: dict[str, ModalityTokens] = {}
         self.missing: dict[str, str] = {}
@@ -74,7 +77,7 @@ class TokenSpace:
         for spec in modalities.values():
             strings = spec.token_strings()
             ids = [vocab.get(s, -1) for s in strings]
-            lacking = [s for s, i in zip(strings, ids) if i < 0]
+            lacking = [s for s, i in zip(strings, ids, strict=True) if i < 0]
             if lacking:
                 self.missing[spec.name] = (
                     f"the model's tokenizer lacks {len(lacking)} of the {len(strings)} {spec.name} "

@@ -27,7 +27,9 @@ def _codecs(plugins: PluginSet, codec_options: dict[str, Any], use_demo: bool) -
         from anygpt_cli.console import stderr
         from anygpt_core.demo import ensure_demo
 
-        stderr.print("[yellow]Using the demo codecs: their codes and media are meaningless.[/yellow]")
+        stderr.print(
+            "[yellow]Using the demo codecs: their codes and media are meaningless.[/yellow]"
+        )
         options = {**ensure_demo(plugins).options, **options}
     return CodecSet(plugins, options)
 
@@ -74,7 +76,11 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         spec = codecs.spec(modality)
         codes = codecs.encode(modality, file)
         if as_json:
-            typer.echo(json.dumps({"modality": modality, "shape": list(codes.shape), "codes": codes.tolist()}))
+            typer.echo(
+                json.dumps(
+                    {"modality": modality, "shape": list(codes.shape), "codes": codes.tolist()}
+                )
+            )
         else:
             typer.echo(codes_to_string(spec, codes))
 
@@ -83,15 +89,20 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     def decode_command(
         modality: Annotated[str, typer.Argument(help="Modality name, e.g. music.")],
         span: Annotated[
-            str, typer.Argument(help="The span `<somu>…<eomu>`, `@file` holding it, or `-` (stdin).")
+            str,
+            typer.Argument(help="The span `<somu>…<eomu>`, `@file` holding it, or `-` (stdin)."),
         ],
         *,
         output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
         voice_prompt: Annotated[
             Path | None,
-            typer.Option("--voice-prompt", "--condition", help="Voice prompt (speech) or condition file."),
+            typer.Option(
+                "--voice-prompt", "--condition", help="Voice prompt (speech) or condition file."
+            ),
         ] = None,
-        seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling decoders.")] = None,
+        seed: Annotated[
+            int | None, typer.Option("--seed", help="Seed for sampling decoders.")
+        ] = None,
         lenient: Annotated[
             bool, typer.Option("--lenient", help="Repair a malformed span (with a warning).")
         ] = False,

@@ -56,7 +56,7 @@ def with_codec_options(
             given = {}
             for name in names:
                 value = kwargs.pop(name)
-                if value is not None and value != defaults.get(name, None):
+                if value is not None and value != defaults.get(name):
                     given[name] = str(value) if isinstance(value, Path) else value
             return func(codec_options=given, **kwargs)
 

@@ -55,20 +55,25 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     @with_codec_options(plugins.options())
     def run_command(
         instruction: Annotated[
-            list[str] | None, typer.Argument(help="Tasks like 'text|image|a red bus'.", show_default=False)
+            list[str] | None,
+            typer.Argument(help="Tasks like 'text|image|a red bus'.", show_default=False),
         ] = None,
         *,
         input_file: Annotated[
-            Path | None, typer.Option("--input-file", help="Read instructions from a file, one per line.")
+            Path | None,
+            typer.Option("--input-file", help="Read instructions from a file, one per line."),
         ] = None,
         model_name_or_path: ModelPath = None,
         device: Device = "auto",
         dtype: Dtype = "auto",
         output_dir: OutputDir = Path("anygpt_output"),
         config: Annotated[
-            Path | None, typer.Option("--config", help="Decoding config JSON for the target modality.")
+            Path | None,
+            typer.Option("--config", help="Decoding config JSON for the target modality."),
         ] = None,
-        seed: Annotated[int | None, typer.Option("--seed", help="Seed for reproducible output.")] = None,
+        seed: Annotated[
+            int | None, typer.Option("--seed", help="Seed for reproducible output.")
+        ] = None,
         max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
         temperature: Annotated[float | None, typer.Option("--temperature")] = None,
         top_p: Annotated[float | None, typer.Option("--top-p")] = None,
@@ -85,7 +90,9 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             ),
         ] = True,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per task.")] = False,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the prompt and stop.")] = False,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Print the prompt and stop.")
+        ] = False,
         codec_options: dict[str, Any],
     ) -> None:
         from anygpt_core.config import DecodingConfig, load_decoding_config
@@ -129,7 +136,9 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             raise typer.Exit(1)
 
 
-def _run_one(gpt: AnyGPT, line: str, options: dict[str, Any], *, as_json: bool, dry_run: bool) -> None:
+def _run_one(
+    gpt: AnyGPT, line: str, options: dict[str, Any], *, as_json: bool, dry_run: bool
+) -> None:
     from anygpt_cli.console import stderr, stdout
 
     if dry_run:
@@ -176,8 +185,11 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
             self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                console=self.console, transient=True,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=self.console,
+                transient=True,
             )
             self.progress.start()
             self.task = self.progress.add_task("generating text", total=None)
@@ -190,7 +202,10 @@ class _Progress:
             return
         if isinstance(event, SpanOpened):
             self.progress.update(
-                self.task, description=f"writing {event.modality}", completed=0, total=event.max_tokens
+                self.task,
+                description=f"writing {event.modality}",
+                completed=0,
+                total=event.max_tokens,
             )
             self.tokens = 0
         elif isinstance(event, SpanClosed):

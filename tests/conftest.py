@@ -10,7 +10,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 TOY_DIR = Path(__file__).parent / "toy"
-TOY_PLUGINS = {"toy": "anygpt_toy", "broken": "anygpt_broken", "clash": "anygpt_clash", "typo": "anygpt_typo"}
+TOY_PLUGINS = {
+    "toy": "anygpt_toy",
+    "broken": "anygpt_broken",
+    "clash": "anygpt_clash",
+    "typo": "anygpt_typo",
+}
 
 
 def write_dist(site: Path, name: str, module: str) -> None:
@@ -64,7 +69,9 @@ def text_only_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANYGPT_LOAD_PLUGINS", "__none__")
 
 
-def run_cli(args: list[str], capsys, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
+def run_cli(
+    args: list[str], capsys, stdin: str | None = None, monkeypatch=None
+) -> tuple[int, str, str]:
     """Call the console script's `main()` in-process; return (exit code, stdout, stderr)."""
     import io
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
 
 
@@ -25,7 +24,9 @@ def test_help_and_plugins_do_not_import_torch(toy_env):
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'transformers' not in sys.modules, 'transformers imported'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], env=toy_env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=toy_env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert '"name": "toy"' in proc.stdout
     assert "--toy-codec-path" in proc.stdout  # run --help lists the plugin's option
@@ -42,7 +43,9 @@ def test_plugins_json_reports_states(toy_env, monkeypatch, capsys):
 
 
 def test_block_plugin_flag_hides_its_options(toy_env, capsys):
-    code, _, err = run_cli(["--block-plugin", "toy", "run", "text|text|hi", "--toy-codec-path", "x"], capsys)
+    code, _, _ = run_cli(
+        ["--block-plugin", "toy", "run", "text|text|hi", "--toy-codec-path", "x"], capsys
+    )
     assert code == 2  # unknown option: the blocked plugin's flag is gone
     code, out, _ = run_cli(["--block-plugin", "toy", "plugins", "--json"], capsys)
     assert {r["name"]: r["state"] for r in json.loads(out)}["toy"] == "blocked"
@@ -51,12 +54,24 @@ def test_block_plugin_flag_hides_its_options(toy_env, capsys):
 def test_flag_of_absent_plugin_names_the_package(text_only_env, capsys):
     code, _, err = run_cli(["run", "text|text|hi", "--music-seconds", "3"], capsys)
     assert code == 5
-    assert err == "Error: --music-seconds belongs to the plugin anygpt-music: pip install anygpt-music\n"
+    assert (
+        err
+        == "Error: --music-seconds belongs to the plugin anygpt-music: pip install anygpt-music\n"
+    )
 
 
 def test_run_text_json_is_reproducible(text_only_env, capsys, tmp_path):
-    args = ["run", "text|text|Hello there", "--seed", "4", "--max-new-tokens", "12", "--json",
-            "--output-dir", str(tmp_path / "out")]
+    args = [
+        "run",
+        "text|text|Hello there",
+        "--seed",
+        "4",
+        "--max-new-tokens",
+        "12",
+        "--json",
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     first = json.loads(out)
@@ -78,7 +93,15 @@ def test_dry_run_prints_the_exact_prompt(toy_env, capsys):
 def test_run_text_to_toy_writes_a_decodable_file(toy_env, capsys, tmp_path):
     out_dir = tmp_path / "out"
     code, out, err = run_cli(
-        ["run", "text|toy|a rising ../../wave", "--seed", "2", "--json", "--output-dir", str(out_dir)],
+        [
+            "run",
+            "text|toy|a rising ../../wave",
+            "--seed",
+            "2",
+            "--json",
+            "--output-dir",
+            str(out_dir),
+        ],
         capsys,
     )
     assert code == 0, err
@@ -95,10 +118,14 @@ def test_run_text_to_toy_writes_a_decodable_file(toy_env, capsys, tmp_path):
 def test_run_toy_to_text_uses_the_codec(toy_env, capsys, tmp_path):
     series = tmp_path / "series.txt"
     series.write_text("0.1 0.5 -0.3 0.9")
-    code, out, err = run_cli(["run", f"toy|text|{series}", "--dry-run", "--json", "--seed", "0"], capsys)
+    code, out, err = run_cli(
+        ["run", f"toy|text|{series}", "--dry-run", "--json", "--seed", "0"], capsys
+    )
     assert code == 0, err
     prompt = json.loads(out)["prompt"]
-    assert prompt.endswith("<soty><🧪8><🧪28><🧪11><🧪28><🧪5><🧪28><🧪14><🧪28><eoty><eoh> [MMGPT]:")
+    assert prompt.endswith(
+        "<soty><🧪8><🧪28><🧪11><🧪28><🧪5><🧪28><🧪14><🧪28><eoty><eoh> [MMGPT]:"
+    )
 
 
 def test_instructions_file_and_seeded_choice(toy_env, capsys, tmp_path):
@@ -107,12 +134,24 @@ def test_instructions_file_and_seeded_choice(toy_env, capsys, tmp_path):
     prompts = set()
     for seed in (1, 1, 2, 3, 4, 5):
         _, out, _ = run_cli(
-            ["run", "text|toy|x", "--dry-run", "--json", "--seed", str(seed), "--instructions", str(phrasings)],
+            [
+                "run",
+                "text|toy|x",
+                "--dry-run",
+                "--json",
+                "--seed",
+                str(seed),
+                "--instructions",
+                str(phrasings),
+            ],
             capsys,
         )
         prompts.add((seed, json.loads(out)["prompt"]))
     assert len({p for s, p in prompts if s == 1}) == 1
-    assert all(p.split(": ", 1)[1].split(" This")[0] in {"One.", "Two.", "Three.", "Four."} for _, p in prompts)
+    assert all(
+        p.split(": ", 1)[1].split(" This")[0] in {"One.", "Two.", "Three.", "Four."}
+        for _, p in prompts
+    )
     assert len({p for _, p in prompts}) > 1
 
 
@@ -121,19 +160,30 @@ def test_instructions_file_and_seeded_choice(toy_env, capsys, tmp_path):
     [
         (["run", "nonsense"], 3, "Error: cannot parse 'nonsense': expected source|target|input"),
         (["run", "text|smell|x"], 5, "Error: unknown modality 'smell'; installed: text, toy"),
-        (["run", "text|speech|x"], 5, "Error: modality 'speech' needs a plugin: pip install anygpt-speech"),
+        (
+            ["run", "text|speech|x"],
+            5,
+            "Error: modality 'speech' needs a plugin: pip install anygpt-speech",
+        ),
         (["run", "toy|text|/no/such.txt"], 3, "Error: /no/such.txt: no such file"),
-        (["run", "text|text|x", "--model-name-or-path", "/no/model"], 4, "Error: /no/model: no such model directory"),
-        (["run", "text|text|x", "--model-name-or-path", "someone/missing-model"], 4,
-         "Error: someone/missing-model: model not available locally (offline); download it with "
-         "`hf download someone/missing-model` or pass its directory"),
+        (
+            ["run", "text|text|x", "--model-name-or-path", "/no/model"],
+            4,
+            "Error: /no/model: no such model directory",
+        ),
+        (
+            ["run", "text|text|x", "--model-name-or-path", "someone/missing-model"],
+            4,
+            "Error: someone/missing-model: model not available locally (offline); download it with "
+            "`hf download someone/missing-model` or pass its directory",
+        ),
         (["run", "toy|toy|x"], 3, "Error: task toy|toy: the base model maps a modality to text"),
         (["encode", "toy", "/no/file.txt", "--demo"], 3, "Error: /no/file.txt: no such file"),
     ],
 )
 def test_bad_input_gives_one_line(toy_env, capsys, tmp_path, monkeypatch, args, code, message):
     monkeypatch.chdir(tmp_path)
-    got, out, err = run_cli(args, capsys)
+    got, _, err = run_cli(args, capsys)
     assert got == code
     lines = [line for line in err.splitlines() if not line.startswith("Using the")]
     assert len(lines) == 1 and lines[0].startswith(message), err
@@ -145,7 +195,10 @@ def test_config_with_unknown_field(toy_env, capsys, tmp_path):
     config.write_text(json.dumps({"top_p": 2, "beams": 3}))
     code, _, err = run_cli(["run", "text|toy|x", "--config", str(config)], capsys)
     assert code == 6
-    assert err.strip() == f"Error: {config}: top_p: Input should be less than or equal to 1; beams: unknown field"
+    assert (
+        err.strip()
+        == f"Error: {config}: top_p: Input should be less than or equal to 1; beams: unknown field"
+    )
 
 
 def test_model_without_modality_tokens(toy_env, capsys, monkeypatch, tmp_path):
@@ -175,19 +228,32 @@ def test_encode_decode_round_trip(toy_env, capsys, tmp_path):
     assert torch.allclose(back, torch.tensor([0.0, 0.25, -0.75]), atol=0.01)
     code, _, err = run_cli(["decode", "toy", span.strip(), "-o", str(out), "--demo"], capsys)
     assert code == 3 and "already exists; use --force" in err
-    code, _, err = run_cli(["decode", "toy", "<soty><🧪1><eoty>", "-o", str(tmp_path / "x.txt"), "--demo"], capsys)
-    assert code == 7 and err.splitlines()[-1] == "Error: span <soty> at 0: ends inside a frame (1 of 2 codebooks)"
+    code, _, err = run_cli(
+        ["decode", "toy", "<soty><🧪1><eoty>", "-o", str(tmp_path / "x.txt"), "--demo"], capsys
+    )
+    assert (
+        code == 7
+        and err.splitlines()[-1]
+        == "Error: span <soty> at 0: ends inside a frame (1 of 2 codebooks)"
+    )
     assert not (tmp_path / "x.txt").exists()
 
 
 def test_stdin_mode_keeps_going_after_a_bad_line(text_only_env, capsys, monkeypatch):
     lines = "text|text|one\nbroken line\ntext|text|two\n"
-    code, out, err = run_cli(["run", "--json", "--max-new-tokens", "3", "--seed", "1"], capsys, lines, monkeypatch)
+    code, out, err = run_cli(
+        ["run", "--json", "--max-new-tokens", "3", "--seed", "1"], capsys, lines, monkeypatch
+    )
     assert code == 1
-    assert [json.loads(line)["instruction"] for line in out.splitlines()] == ["text|text|one", "text|text|two"]
+    assert [json.loads(line)["instruction"] for line in out.splitlines()] == [
+        "text|text|one",
+        "text|text|two",
+    ]
     assert "Error: cannot parse 'broken line'" in err
 
 
 def test_console_script_installed():
-    proc = subprocess.run([Path(sys.executable).parent / "anygpt", "--version"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [Path(sys.executable).parent / "anygpt", "--version"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "anygpt 0.1.0"

@@ -15,8 +15,15 @@ def test_demo_is_deterministic_and_in_the_published_layout(toy_env, tmp_path):
     first = ensure_demo(plugins, home=tmp_path / "a")
     second = ensure_demo(plugins, home=tmp_path / "b")
     names = {p.name for p in first.model_dir.iterdir()}
-    assert {"tokenizer.model", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json",
-            "config.json", "generation_config.json", "model.safetensors"} <= names
+    assert {
+        "tokenizer.model",
+        "added_tokens.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    } <= names
     assert digest(first.model_dir) == digest(second.model_dir)
     assert first.options["toy_codec_path"].startswith(str(tmp_path / "a"))
     assert ensure_demo(plugins, home=tmp_path / "a") == first  # cached

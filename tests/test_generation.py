@@ -76,7 +76,7 @@ def test_toy_spans_always_well_formed(toy_gpt):
         spans = [s for s in parse_response(text, {"toy": toy.spec}) if hasattr(s, "codes")]
         closed = [e for e in events if isinstance(e, SpanClosed)]
         assert len(spans) == len(closed)
-        for span, event in zip(spans, closed):
+        for span, event in zip(spans, closed, strict=True):
             assert torch.equal(span.codes, event.codes)
         # Stray code tokens never appear outside spans.
         assert len(tokens) <= (300 if seed % 2 else 23)
@@ -85,7 +85,11 @@ def test_toy_spans_always_well_formed(toy_gpt):
 
 def test_span_budget_closes_on_frame_boundary(toy_gpt):
     events = events_of(
-        toy_gpt, "[Human]: x<eoh> [MMGPT]:", open_span="toy", max_new_tokens=8, seed=0,
+        toy_gpt,
+        "[Human]: x<eoh> [MMGPT]:",
+        open_span="toy",
+        max_new_tokens=8,
+        seed=0,
         span_configs={"toy": DecodingConfig(do_sample=True, top_k=0)},
     )
     (closed,) = [e for e in events if isinstance(e, SpanClosed)]
@@ -101,7 +105,9 @@ def test_fixed_length_span_needs_room(toy_gpt, monkeypatch):
     toy = toy_gpt.space.require("toy")
     fixed = dataclasses.replace(toy, spec=toy.spec.model_copy(update={"fixed_frames": 5}))
     monkeypatch.setitem(toy_gpt.space.modalities, "toy", fixed)
-    events = events_of(toy_gpt, "[Human]: x<eoh> [MMGPT]:", open_span="toy", max_new_tokens=40, seed=1)
+    events = events_of(
+        toy_gpt, "[Human]: x<eoh> [MMGPT]:", open_span="toy", max_new_tokens=40, seed=1
+    )
     (closed,) = [e for e in events if isinstance(e, SpanClosed)]
     assert closed.codes.shape == (2, 5) and not closed.forced
     with pytest.raises(GenerationError, match="needs 11 tokens"):
@@ -142,21 +148,39 @@ def test_min_new_tokens_blocks_stop_tokens(text_only_env):
 def test_seeded_sampling_repeats(toy_gpt):
     cfg = DecodingConfig(do_sample=True, top_k=0)
     runs = [
-        events_of(toy_gpt, "[Human]: x<eoh> [MMGPT]:", text_config=cfg, span_configs={"toy": cfg},
-                  open_span="toy", max_new_tokens=30, seed=7)[-1].token_ids
+        events_of(
+            toy_gpt,
+            "[Human]: x<eoh> [MMGPT]:",
+            text_config=cfg,
+            span_configs={"toy": cfg},
+            open_span="toy",
+            max_new_tokens=30,
+            seed=7,
+        )[-1].token_ids
         for _ in range(2)
     ]
-    other = events_of(toy_gpt, "[Human]: x<eoh> [MMGPT]:", text_config=cfg, span_configs={"toy": cfg},
-                      open_span="toy", max_new_tokens=30, seed=8)[-1].token_ids
+    other = events_of(
+        toy_gpt,
+        "[Human]: x<eoh> [MMGPT]:",
+        text_config=cfg,
+        span_configs={"toy": cfg},
+        open_span="toy",
+        max_new_tokens=30,
+        seed=8,
+    )[-1].token_ids
     assert runs[0] == runs[1] != other
 
 
 def test_sliced_logits_match_full_vocabulary(toy_gpt):
     cfg = DecodingConfig(do_sample=True, top_k=0, repetition_penalty=1.3)
-    kwargs = dict(text_config=cfg, span_configs={"toy": cfg}, open_span="toy", max_new_tokens=40, seed=3)
+    kwargs = dict(
+        text_config=cfg, span_configs={"toy": cfg}, open_span="toy", max_new_tokens=40, seed=3
+    )
     ids = toy_gpt.tokenizer("[Human]: x<eoh> [MMGPT]:", return_tensors="pt").input_ids
     sliced = list(toy_gpt.generator.generate(ids, **kwargs))[-1].token_ids
-    full = list(Generator(toy_gpt.backend, toy_gpt.space, slice_logits=False).generate(ids, **kwargs))
+    full = list(
+        Generator(toy_gpt.backend, toy_gpt.space, slice_logits=False).generate(ids, **kwargs)
+    )
     assert sliced == full[-1].token_ids
 
 

@@ -78,7 +78,9 @@ def test_every_hook_is_documented_and_tested():
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     source = Path(__file__).read_text()
-    hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("anygpt_")]
+    hooks = [
+        n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("anygpt_")
+    ]
     assert hooks
     for name in hooks:
         assert f"`{name}" in readme, f"{name} is not documented in README.md"

@@ -44,9 +44,7 @@ def test_codes_to_string_music_is_frame_major_with_layer_offsets():
     # First frame of the reference's music-1m.jsonl sample: <🎶166><🎶3979><🎶6115><🎶7914>.
     codes = torch.tensor([[166, 1], [3979 - 2048, 2], [6115 - 4096, 3], [7914 - 6144, 4]])
     text = codes_to_string(MUSIC, codes)
-    assert text == (
-        "<somu><🎶166><🎶3979><🎶6115><🎶7914><🎶1><🎶2050><🎶4099><🎶6148><eomu>"
-    )
+    assert text == ("<somu><🎶166><🎶3979><🎶6115><🎶7914><🎶1><🎶2050><🎶4099><🎶6148><eomu>")
 
 
 def test_speech_prefix_is_two_code_points():

@@ -4,10 +4,10 @@ import random
 
 import pytest
 import torch
+from test_protocol import IMAGE, MUSIC, SPEECH
 
 from anygpt_core import CheckpointError, ModalityUnavailableError
 from anygpt_core.tokens import TokenSpace
-from test_protocol import IMAGE, MUSIC, SPEECH
 
 
 class FakeTokenizer:
@@ -32,8 +32,15 @@ def published_order():
 
 
 def test_ids_of_the_published_order():
-    space = TokenSpace(FakeTokenizer(published_order()), {"image": IMAGE, "speech": SPEECH, "music": MUSIC})
-    assert (space.human_id, space.mmgpt_id, space.eoh_id, space.eos_id) == (32000, 32001, 32002, 32003)
+    space = TokenSpace(
+        FakeTokenizer(published_order()), {"image": IMAGE, "speech": SPEECH, "music": MUSIC}
+    )
+    assert (space.human_id, space.mmgpt_id, space.eoh_id, space.eos_id) == (
+        32000,
+        32001,
+        32002,
+        32003,
+    )
     image, speech, music = (space.require(n) for n in ("image", "speech", "music"))
     assert int(image.code_ids[0]) == 32004 and (image.start_id, image.end_id) == (40196, 40197)
     assert int(speech.code_ids[0]) == 40198 and (speech.start_id, speech.end_id) == (41222, 41223)
@@ -43,7 +50,16 @@ def test_ids_of_the_published_order():
 
 
 def test_codes_ids_round_trip_when_tokens_are_not_contiguous():
-    tokens = ["<unk>", "<s>", "</s>", "[Human]", "[MMGPT]", "<eoh>", "<eos>", *MUSIC.token_strings()]
+    tokens = [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "[Human]",
+        "[MMGPT]",
+        "<eoh>",
+        "<eos>",
+        *MUSIC.token_strings(),
+    ]
     head, rest = tokens[:3], tokens[3:]
     random.Random(0).shuffle(rest)
     space = TokenSpace(FakeTokenizer(head + rest), {"music": MUSIC})
@@ -56,7 +72,16 @@ def test_codes_ids_round_trip_when_tokens_are_not_contiguous():
 
 
 def test_missing_modality_tokens_are_named():
-    tokens = ["<unk>", "<s>", "</s>", "[Human]", "[MMGPT]", "<eoh>", "<eos>", *SPEECH.token_strings()]
+    tokens = [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "[Human]",
+        "[MMGPT]",
+        "<eoh>",
+        "<eos>",
+        *SPEECH.token_strings(),
+    ]
     space = TokenSpace(FakeTokenizer(tokens), {"speech": SPEECH, "music": MUSIC})
     assert list(space.modalities) == ["speech"]
     with pytest.raises(ModalityUnavailableError, match="lacks 8194 of the 8194 music tokens"):

@@ -8,7 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from anygpt_core import CodecOption, DecodingConfig, InputError, Instructions, ModalitySpec, hookimpl
+from anygpt_core import (
+    CodecOption,
+    DecodingConfig,
+    InputError,
+    Instructions,
+    ModalitySpec,
+    hookimpl,
+)
 
 LEVELS = 16
 
