@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import torch
+
+from anygpt_core.backend import LlamaBackend, TransformersBackend, make_backend
+
+
+def tiny_llama(**overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    values = dict(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+    )
+    config = LlamaConfig(**{**values, **overrides})
+    return LlamaForCausalLM(config).eval()
+
+
+def test_lean_llama_path_equals_transformers_hidden_states():
+    model = tiny_llama()
+    lean, generic = LlamaBackend(model), TransformersBackend(model)
+    prompt = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(lean.start(prompt), generic.start(prompt), rtol=0, atol=1e-6)
+        for token in (5, 17, 299, 0):
+            step = torch.tensor([[token]])
+            a, b = lean.advance(step), generic.advance(step)
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+            torch.testing.assert_close(lean.project(a), generic.project(b), rtol=0, atol=1e-5)
+        full = model(torch.cat([prompt, torch.tensor([[5, 17, 299, 0]])], dim=1)).logits[0, -1]
+        torch.testing.assert_close(lean.project(a), full, rtol=0, atol=1e-5)
+
+
+def test_unsupported_configurations_take_the_generic_path():
+    assert isinstance(make_backend(tiny_llama()), LlamaBackend)
+    grouped = tiny_llama(num_key_value_heads=2)
+    assert type(make_backend(grouped)) is TransformersBackend
+    assert type(make_backend(tiny_llama(attention_bias=True))) is TransformersBackend
+
+
+def test_projection_of_row_subsets():
+    backend = LlamaBackend(tiny_llama())
+    hidden = torch.randn(32)
+    full = backend.project(hidden)
+    ids = torch.tensor([7, 3, 250])
+    torch.testing.assert_close(backend.project(hidden, slice(10, 20)), full[10:20])
+    torch.testing.assert_close(backend.project(hidden, ids), full[ids])
