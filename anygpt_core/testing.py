@@ -42,7 +42,10 @@ def check_codec_contract(
     import torch
 
     values = {o.name: options.get(o.name, o.default) for o in spec.options}
-    missing_paths = {name: str(workdir / "does-not-exist") for name in values}
+    missing_paths = {
+        o.name: str(workdir / "does-not-exist") if o.type in {"str", "path"} else values[o.name]
+        for o in spec.options
+    }
     lazy = spec.codec_factory(missing_paths)  # must not touch the (missing) weight files
     if not isinstance(lazy, Codec):
         raise AssertionError(f"{spec.name}: codec_factory must return a Codec")

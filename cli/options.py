@@ -10,6 +10,8 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
+from rich.markup import escape
+
 from anygpt_core.spec import CodecOption
 
 __all__ = ["with_codec_options"]
@@ -19,11 +21,11 @@ _TYPES: dict[str, type] = {"str": str, "path": Path, "int": int, "float": float,
 
 def _parameter(option: CodecOption) -> inspect.Parameter:
     kind = _TYPES[option.type]
-    info = typer.Option(option.flag, help=option.help, rich_help_panel="Plugin options")
+    info = typer.Option(option.flag, help=escape(option.help), rich_help_panel="Plugin options")
     if option.type == "bool":
         flag = option.flag
         info = typer.Option(
-            f"{flag}/--no-{flag[2:]}", help=option.help, rich_help_panel="Plugin options"
+            f"{flag}/--no-{flag[2:]}", help=escape(option.help), rich_help_panel="Plugin options"
         )
         return inspect.Parameter(
             option.name,

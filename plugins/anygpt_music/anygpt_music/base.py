@@ -1,0 +1,178 @@
+"""What the music and audio codecs share: reading input, checking codes, writing wav files."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anygpt_core.audio import load_audio, to_mono_tensor, write_wav
+from anygpt_core.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+__all__ = ["WaveCodec"]
+
+logger = logging.getLogger(__name__)
+
+
+class WaveCodec(ABC):
+    """An RVQ audio codec: mono audio at one rate <-> int64 codes [num_codebooks, T].
+
+    Subclasses load their model in `_load` (called once, on the first encode or decode) and
+    implement
+    `_encode_wave` and `_decode_codes`; this class handles files, arrays, length limits, code checks
+    and saving.
+    """
+
+    #: Modality name used in messages.
+    name: str
+    sample_rate: int
+    num_codebooks: int
+    codebook_size: int
+
+    def __init__(self, *, max_seconds: float | str | None) -> None:
+        self._max_seconds = max_seconds  # checked on first use: building a codec must stay cheap
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def max_seconds(self) -> float | None:
+        """Longest input in seconds; longer input is clipped with a notice. None: no limit.
+
+        Raises:
+            ConfigError: the limit given is not a positive number.
+        """
+        value = self._max_seconds
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = float("nan")
+        if not 0 < seconds < float("inf"):
+            raise ConfigError(
+                f"--{self.name}-seconds: must be a positive number of seconds, got {value!r}"
+            )
+        return seconds
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (they load on the first encode or decode)."""
+        return self._model is not None
+
+    def model(self) -> Any:  # noqa: ANN401 - each subclass holds its own model type
+        """The underlying model, loaded on first use."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    @abstractmethod
+    def _load(self) -> Any:  # noqa: ANN401 - see `model`
+        """Load and return the model in eval mode."""
+
+    @abstractmethod
+    def _encode_wave(self, wav: torch.Tensor) -> torch.Tensor:
+        """Codes int64 [num_codebooks, T] of mono float32 wav [samples] at `sample_rate`."""
+
+    @abstractmethod
+    def _decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Mono float32 wav [samples] of checked codes int64 [num_codebooks, T]."""
+
+    def encode(self, source: Path | str | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Encode an audio file, or an array already at `sample_rate`.
+
+        Args:
+            source: a file libsndfile reads (any rate and channel count, read from its start), or
+                float samples [T], [T, C] or [C, T] at `sample_rate`.
+
+        Returns:
+            codes: int64 [num_codebooks, T], each value in [0, codebook_size).
+
+        Raises:
+            InputError: the file is missing, empty, corrupt or not audio, or the array is empty.
+        """
+        import numpy as np
+        import torch
+
+        limit_s = self.max_seconds
+        if isinstance(source, (str, Path)):
+            wav = load_audio(source, self.sample_rate, max_seconds=limit_s, clip=True)
+            what = str(source)
+        else:
+            what = f"{self.name} array"
+            if np.size(source) == 0 if isinstance(source, np.ndarray) else source.numel() == 0:
+                raise InputError(f"{what}: empty")
+            wav = to_mono_tensor(source, self.sample_rate, self.sample_rate)
+            if limit_s is not None and wav.shape[-1] > int(limit_s * self.sample_rate):
+                seconds = wav.shape[-1] / self.sample_rate
+                logger.warning("%s: %.1f s clipped to its first %g s", what, seconds, limit_s)
+                wav = wav[: int(limit_s * self.sample_rate)]
+        if not torch.isfinite(wav).all():
+            raise InputError(f"{what}: audio holds NaN or infinite samples")
+        with torch.inference_mode():
+            codes = self._encode_wave(wav)
+        return codes.to(torch.int64).contiguous()
+
+    def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Validate decoder input and return it as int64 [num_codebooks, T].
+
+        Raises:
+            InputError: wrong number of dimensions or codebooks, no frames, or a code out of range.
+        """
+        import torch
+
+        codes = torch.as_tensor(codes)
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise InputError(f"{self.name} codes must be integers, got {codes.dtype}")
+        if codes.ndim != 2 or codes.shape[0] != self.num_codebooks:
+            raise InputError(
+                f"{self.name} codes must have shape [{self.num_codebooks}, T], "
+                f"got {list(codes.shape)}"
+            )
+        if codes.shape[1] == 0:
+            raise InputError(f"{self.name} codes: no frames to decode")
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= self.codebook_size:
+            bad = low if low < 0 else high
+            raise InputError(
+                f"{self.name} code {bad} out of range: "
+                f"each codebook holds 0..{self.codebook_size - 1}"
+            )
+        return codes.to(torch.int64)
+
+    def decode(
+        self, codes: torch.Tensor, *, condition: Path | None = None, seed: int | None = None
+    ) -> torch.Tensor:
+        """Decode codes into a waveform.
+
+        Args:
+            codes: int64 [num_codebooks, T].
+            condition: not used by EnCodec; giving one is an error.
+            seed: ignored (EnCodec decoding is deterministic).
+
+        Returns:
+            wav: float32 [T * hop] at `sample_rate`, mono.
+
+        Raises:
+            InputError: bad codes, or a condition file was given.
+        """
+        import torch
+
+        del seed  # deterministic decoder
+        if condition is not None:
+            raise InputError(f"{condition}: {self.name} decoding takes no condition file")
+        codes = self.check_codes(codes)
+        with torch.inference_mode():
+            wav = self._decode_codes(codes)
+        return wav.detach().to(torch.float32).reshape(-1).cpu()
+
+    def save(self, media: torch.Tensor, path: Path) -> Path:
+        """Write a waveform as 16-bit PCM wav at `sample_rate` and return `path`."""
+        return write_wav(media, path, self.sample_rate)
