@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anygpt_core.config import DecodingConfig, load_decoding_config
-from anygpt_core.errors import InputError, PluginError
-from anygpt_core.generation import Done, Event, Generator, SpanClosed
+from anygpt_core.errors import GenerationError, InputError
+from anygpt_core.generation import Done, Event, Generator, SpanClosed, TokenEvent
 from anygpt_core.plugins import PluginSet, discover
 from anygpt_core.prompts import InstructionBank, custom_prompt, from_text_prompt, to_text_prompt
 from anygpt_core.protocol import codes_to_string
@@ -312,17 +312,18 @@ class AnyGPT:
         result = Result(prepared.task.instruction, prepared.prompt, seed=prepared.seed)
         if dry_run:
             return result
-        done: Done | None = None
+        events: list[Event] = []
         for event in self.stream(prepared):
             if on_event is not None:
                 on_event(event)
-            if isinstance(event, Done):
-                done = event
-        assert done is not None
+            events.append(event)
+        done = events[-1]
+        if not isinstance(done, Done):
+            raise GenerationError("generation ended without a Done event")
         result.new_tokens = len(done.token_ids)
         result.finish_reason = done.reason
         result.spans = done.spans
-        result.text = self.text_of(done.token_ids)
+        result.text = self.text_of(events)
         condition = prepared.task.condition
         for span in done.spans:
             spec = self.codecs.spec(span.modality)
@@ -345,29 +346,14 @@ class AnyGPT:
         result.seconds = time.perf_counter() - started
         return result
 
-    def text_of(self, token_ids: list[int]) -> str:
-        """The text of generated ids: span tokens and end-of-turn tokens left out."""
-        import torch
-
-        ids = torch.tensor(token_ids, dtype=torch.long)
-        if not len(ids):
-            return ""
-        in_span = torch.zeros(len(ids), dtype=torch.bool)
-        depth = 0
-        starts, ends = set(self.space.start_ids), set(self.space.end_ids)
-        for i, token in enumerate(token_ids):
-            if token in starts:
-                depth = 1
-            in_span[i] = depth > 0
-            if token in ends:
-                depth = 0
-        keep = ~in_span & ~torch.isin(ids, torch.tensor(self.space.stop_ids))
-        return self.tokenizer.decode(ids[keep].tolist(), skip_special_tokens=True).strip()
-
-
-def require_plugin(plugins: PluginSet, modality: str) -> ModalitySpec:
-    """The spec of `modality`, or a PluginError naming the package that provides it."""
-    try:
-        return plugins.modality(modality)
-    except PluginError:
-        raise
+    def text_of(self, events: list[Event]) -> str:
+        """The text the model wrote: tokens generated outside spans, end-of-turn tokens left out."""
+        ids = [
+            e.token_id
+            for e in events
+            if isinstance(e, TokenEvent)
+            and e.modality is None
+            and e.token_id not in self.space.stop_ids
+            and e.token_id not in self.space.start_ids
+        ]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -67,22 +67,3 @@ def toy_gpt(toy_env):
 def text_only_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No plugins at all: the core alone."""
     monkeypatch.setenv("ANYGPT_LOAD_PLUGINS", "__none__")
-
-
-def run_cli(
-    args: list[str], capsys, stdin: str | None = None, monkeypatch=None
-) -> tuple[int, str, str]:
-    """Call the console script's `main()` in-process; return (exit code, stdout, stderr)."""
-    import io
-
-    from anygpt_cli.app import main
-
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from cli_runner import run_cli
 
 
 def test_version(capsys):
@@ -112,6 +112,7 @@ def test_run_text_to_toy_writes_a_decodable_file(toy_env, capsys, tmp_path):
     assert len(values) == result["spans"][0]["shape"][1] >= 1
     assert all(-1.6 <= v <= 1.6 for v in values)
     assert result["finish_reason"] == "span"
+    assert result["text"] == ""  # the answer is the span alone; its tokens are not text
     assert [p.name for p in out_dir.iterdir()] == [path.name]  # no temporary files left
 
 
