@@ -1,0 +1,105 @@
+"""Hook implementations of the speech plugin (entry point `speech` in the group `anygpt`).
+
+Cheap to import: the codec class is named here but imports torch only when it first loads weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from anygpt_core import CodecOption, DecodingConfig, ModalitySpec, hookimpl
+from anygpt_core.audio import AUDIO_SUFFIXES
+from anygpt_speech.checkpoints import HUB_REPO
+from anygpt_speech.codec import SpeechCodec
+from anygpt_speech.phrasings import SPEECH_INSTRUCTIONS
+
+SPEECH = ModalitySpec(
+    name="speech",
+    prefix="🗣️",  # U+1F5E3 U+FE0F
+    start="<sosp>",
+    end="<eosp>",
+    codebook_size=1024,
+    num_codebooks=1,
+    frame_rate=50.0,
+    # The reference's effective speech sampling (transformers 4.34 added top_k 50 and dropped
+    # min_new_tokens); vc_steps 3 is the value its SoundStorm call actually used.
+    decoding=DecodingConfig(
+        temperature=1.0,
+        top_p=1.0,
+        top_k=50,
+        do_sample=True,
+        max_new_tokens=1500,
+        min_new_tokens=0,
+        repetition_penalty=1.05,
+        vc_steps=3,
+    ),
+    input_extensions=AUDIO_SUFFIXES,
+    output_extension=".wav",
+    instructions=SPEECH_INSTRUCTIONS,
+    options=(
+        CodecOption(
+            name="speech_tokenizer_path",
+            help="SpeechTokenizer checkpoint: ckpt.dev file, its directory, or a hub id.",
+            type="str",
+            default=HUB_REPO,
+        ),
+        CodecOption(
+            name="speech_tokenizer_config",
+            help="SpeechTokenizer config.json (default: beside the checkpoint).",
+            type="path",
+        ),
+        CodecOption(
+            name="soundstorm_path",
+            help="SoundStorm checkpoint (.pt state dict), its directory, or a hub id.",
+            type="str",
+            default=HUB_REPO,
+        ),
+        CodecOption(
+            name="soundstorm_config",
+            help="JSON with codebook_size, num_quantizers, dim, depth, heads, dim_head "
+            "(default: the published architecture).",
+            type="path",
+        ),
+        CodecOption(
+            name="soundstorm_steps",
+            help="Mask-predict steps of SoundStorm's first acoustic layer (vc_steps).",
+            type="int",
+            default=3,
+        ),
+        CodecOption(
+            name="speech_max_seconds",
+            help="Longest speech input accepted, in seconds.",
+            type="float",
+            default=60.0,
+        ),
+        CodecOption(
+            name="voice_prompt_seconds",
+            help="Seconds from the start of a voice prompt used as the voice.",
+            type="float",
+            default=3.0,
+        ),
+        CodecOption(
+            name="speech_device",
+            help="Device of the speech models: auto, cpu, cuda or cuda:N.",
+            type="str",
+            default="auto",
+        ),
+    ),
+    codec_factory=SpeechCodec,
+    description="SpeechTokenizer (RVQ layer 0, 50 Hz) + SoundStorm, 16 kHz, voice prompts",
+)
+
+
+@hookimpl
+def anygpt_modalities() -> list[ModalitySpec]:
+    """The speech modality."""
+    return [SPEECH]
+
+
+@hookimpl
+def anygpt_demo_assets(directory: Path) -> dict[str, Any]:
+    """Tiny seeded SpeechTokenizer and SoundStorm in the published layout."""
+    from anygpt_speech.demo import demo_options
+
+    return dict(demo_options(directory))
