@@ -1,0 +1,94 @@
+"""Entry point of `anygpt-image`: the `image` modality (SEED-2 codes, Stable unCLIP pictures).
+
+Imports stay cheap: torch, diffusers and the model code load inside the codec on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from anygpt_core import CodecOption, DecodingConfig, Instructions, ModalitySpec, hookimpl
+from anygpt_core.spec import Codec
+from anygpt_image.phrasings import FROM_TEXT, TO_TEXT
+
+__all__ = ["IMAGE", "anygpt_demo_assets", "anygpt_modalities"]
+
+
+def _codec(options: Mapping[str, Any]) -> Codec:
+    from anygpt_image.codec import ImageCodec
+
+    return ImageCodec(options)
+
+
+IMAGE = ModalitySpec(
+    name="image",
+    prefix="👀",
+    start="<soim>",
+    end="<eoim>",
+    codebook_size=8192,
+    num_codebooks=1,
+    fixed_frames=32,
+    # The reference's image_generate_config.json as transformers 4.34 applied it: top_k 50 implicit,
+    # min_new_tokens without effect.
+    decoding=DecodingConfig(
+        temperature=1.0, top_p=1.0, top_k=50, do_sample=True, max_new_tokens=200, min_new_tokens=0
+    ),
+    input_extensions=(".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"),
+    output_extension=".jpg",
+    instructions=Instructions(to_text=TO_TEXT, from_text=FROM_TEXT),
+    options=(
+        CodecOption(
+            name="image_tokenizer_path",
+            help="SEED-2 seed_quantizer.pt: a file, a directory holding it, or a hub id.",
+            type="str",
+            default="AILab-CVC/seed-tokenizer-2",
+        ),
+        CodecOption(
+            name="image_vit_path",
+            help="EVA-ViT-g weights (LAVIS eva_vit_g.pth) when the tokenizer file lacks them.",
+            type="str",
+        ),
+        CodecOption(
+            name="image_decoder_path",
+            help="Stable unCLIP diffusers pipeline: a local directory or a hub id.",
+            type="str",
+            default="stabilityai/stable-diffusion-2-1-unclip",
+        ),
+        CodecOption(name="image_steps", help="Diffusion steps per image.", type="int", default=20),
+        CodecOption(
+            name="image_guidance_scale",
+            help="Classifier-free guidance scale of the decoder.",
+            type="float",
+            default=10.0,
+        ),
+        CodecOption(
+            name="image_low_memory",
+            help="Offload decoder models to the CPU between uses and slice attention (24 GB GPUs).",
+            type="bool",
+            default=False,
+        ),
+        CodecOption(
+            name="image_device",
+            help="Device for image models (default: cuda if present).",
+            type="str",
+        ),
+    ),
+    codec_factory=_codec,
+    description="SEED-2 image tokens (32 per image) and Stable unCLIP decoding.",
+)
+
+
+@hookimpl
+def anygpt_modalities() -> list[ModalitySpec]:
+    """Register the image modality."""
+    return [IMAGE]
+
+
+@hookimpl
+def anygpt_demo_assets(directory: Path) -> dict[str, Any]:
+    """Write the tiny SEED-2 tokenizer, ViT file and unCLIP pipeline; return their option values."""
+    from anygpt_image.demo import write_demo_assets
+
+    return write_demo_assets(directory)

@@ -1,0 +1,164 @@
+"""Stable unCLIP decoding: a SEED image embedding in, a picture out.
+
+diffusers' `StableUnCLIPImg2ImgPipeline` conditions its UNet on an image embedding; the reference
+calls it with `image_embeds`, an empty prompt, `noise_level=0`, guidance 10, 20 steps. The published
+pipeline ships a CLIP image encoder that this path never runs, so it is not loaded; the subclass
+below only lets the pipeline run without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from anygpt_core.errors import CheckpointError
+
+# diffusers imports transformers' CLIPImageProcessor, whose torchvision advice does not apply: the
+# pipeline's image processor is never used on this path.
+_import_log = logging.getLogger("transformers.utils.import_utils")
+_level = _import_log.level
+_import_log.setLevel(logging.ERROR)
+from diffusers import StableUnCLIPImg2ImgPipeline  # noqa: E402
+
+_import_log.setLevel(_level)
+
+__all__ = [
+    "UNCLIP_HUB_ID",
+    "EmbeddingUnCLIPPipeline",
+    "StableUnCLIPImg2ImgPipeline",
+    "load_unclip",
+    "render",
+]
+
+logger = logging.getLogger(__name__)
+
+UNCLIP_HUB_ID = "stabilityai/stable-diffusion-2-1-unclip"
+
+
+class EmbeddingUnCLIPPipeline(StableUnCLIPImg2ImgPipeline):
+    """`StableUnCLIPImg2ImgPipeline` that runs without image encoder given `image_embeds`."""
+
+    _optional_components = ["feature_extractor", "image_encoder"]  # noqa: RUF012 - diffusers' name
+
+    def _encode_image(
+        self,
+        image: Any,  # noqa: ANN401 - diffusers' signature
+        device: torch.device,
+        batch_size: int,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        noise_level: torch.Tensor,
+        generator: torch.Generator | None,
+        image_embeds: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if self.image_encoder is not None or image_embeds is None:
+            return super()._encode_image(
+                image,
+                device,
+                batch_size,
+                num_images_per_prompt,
+                do_classifier_free_guidance,
+                noise_level,
+                generator,
+                image_embeds,
+            )
+        embeds = self.noise_image_embeddings(
+            image_embeds=image_embeds.to(device), noise_level=noise_level, generator=generator
+        )  # (B, 2 * dim): noised embedding, then the noise-level embedding
+        embeds = embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        if do_classifier_free_guidance:
+            embeds = torch.cat([torch.zeros_like(embeds), embeds])
+        return embeds
+
+
+def _resolve(location: str | Path) -> Path:
+    path = Path(location).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise CheckpointError(
+                f"{path}: no model_index.json; --image-decoder-path wants a diffusers pipeline "
+                "directory such as stable-diffusion-2-1-unclip"
+            )
+        return path
+    text = str(location)
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"{path}: not a diffusers pipeline directory (--image-decoder-path)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True))
+    except (EntryNotFoundError, HFValidationError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{text} is not in the local Hugging Face cache; run `hf download {text}` or pass a "
+            "local pipeline directory with --image-decoder-path"
+        ) from err
+
+
+def load_unclip(
+    location: str | Path, *, device: torch.device, dtype: torch.dtype, low_memory: bool
+) -> EmbeddingUnCLIPPipeline:
+    """Load the unCLIP pipeline without its image encoder.
+
+    `low_memory` keeps each model on the CPU until it runs (accelerate's model offload, CUDA only)
+    and slices attention and VAE decoding, so a 24 GB GPU renders 768x768.
+
+    Raises:
+        CheckpointError: the directory or hub snapshot is missing or not a loadable pipeline.
+    """
+    path = _resolve(location)
+    try:
+        pipe = EmbeddingUnCLIPPipeline.from_pretrained(
+            path, dtype=dtype, image_encoder=None, feature_extractor=None
+        )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a loadable Stable unCLIP pipeline ({first})") from err
+    pipe.set_progress_bar_config(disable=True)
+    if low_memory:
+        pipe.enable_attention_slicing()
+        pipe.vae.enable_slicing()
+        if device.type == "cuda":
+            pipe.enable_model_cpu_offload(device=device)
+            return pipe
+        logger.info("image low-memory mode: model offload needs a GPU; slicing only on %s", device)
+    return pipe.to(device)
+
+
+def render(
+    pipe: EmbeddingUnCLIPPipeline,
+    embedding: torch.Tensor,
+    *,
+    steps: int,
+    guidance_scale: float,
+    seed: int | None,
+) -> Image.Image:
+    """Denoise from seeded latents conditioned on `embedding` (1, dim); returns one PIL image.
+
+    Latents and the embedding-noising draw come from one CPU generator, so a seed gives the same
+    picture on any device.
+    """
+    generator = torch.Generator("cpu")
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    unet = pipe.unet
+    size = unet.config.sample_size
+    latents = torch.randn((1, unet.config.in_channels, size, size), generator=generator)
+    latents = latents * pipe.scheduler.init_noise_sigma
+    device = pipe._execution_device
+    result = pipe(
+        image_embeds=embedding.to(device=device, dtype=unet.dtype),
+        prompt="",
+        guidance_scale=guidance_scale,
+        noise_level=0,
+        num_inference_steps=steps,
+        latents=latents.to(device=device, dtype=unet.dtype),
+        generator=generator,
+    )
+    return result.images[0]

@@ -1,0 +1,152 @@
+from pathlib import Path
+
+import pytest
+import torch
+from anygpt_image.checkpoint import VIT_PREFIX, load_seed, read_state_dict, resolve_file
+from anygpt_image.codec import ImageCodec
+from anygpt_image.config import CONFIG_NAME, SeedConfig
+from anygpt_image.demo import build_tiny_seed
+
+from anygpt_core.errors import CheckpointError
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_state() -> dict:
+    return build_tiny_seed(0).state_dict()
+
+
+def _write(directory: Path, state: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    SeedConfig.tiny().save(directory / CONFIG_NAME)
+    torch.save(state, directory / "seed_quantizer.pt")
+    return directory / "seed_quantizer.pt"
+
+
+def test_demo_layout_loads_with_separate_vit(demo_options):
+    seed = resolve_file(
+        demo_options["image_tokenizer_path"], "seed_quantizer.pt", what="t", flag="f"
+    )
+    vit = Path(demo_options["image_vit_path"])
+    assert not any(k.startswith(VIT_PREFIX) for k in read_state_dict(seed))
+    assert not any(k.startswith(VIT_PREFIX) for k in read_state_dict(vit))
+    model = load_seed(seed, vit, device=CPU, dtype=torch.float32)
+    assert model.config == SeedConfig.tiny()
+
+
+def test_combined_file_needs_no_vit_path(tmp_path, tiny_state):
+    path = _write(tmp_path / "all", tiny_state)
+    model = load_seed(path, None, device=CPU, dtype=torch.float32)
+    for key, value in tiny_state.items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_published_layout_without_vit_path_names_the_flag(tmp_path, tiny_state):
+    state = {k: v for k, v in tiny_state.items() if not k.startswith(VIT_PREFIX)}
+    path = _write(tmp_path / "novit", state)
+    with pytest.raises(CheckpointError, match="--image-vit-path"):
+        load_seed(path, None, device=CPU, dtype=torch.float32)
+
+
+def test_missing_keys_are_named(tmp_path, tiny_state):
+    state = {k: v for k, v in tiny_state.items() if not k.startswith("distill_image_proj")}
+    path = _write(tmp_path / "missing", state)
+    with pytest.raises(
+        CheckpointError, match=r"2 SEED-2 keys missing \(distill_image_proj\.weight"
+    ):
+        load_seed(path, None, device=CPU, dtype=torch.float32)
+
+
+def test_wrong_shapes_are_named(tmp_path, tiny_state):
+    state = dict(tiny_state, **{"quantize.embedding.weight": torch.zeros(100, 8)})
+    path = _write(tmp_path / "shape", state)
+    with pytest.raises(
+        CheckpointError, match=r"quantize\.embedding\.weight \(100, 8\) != \(8192, 8\)"
+    ):
+        load_seed(path, None, device=CPU, dtype=torch.float32)
+
+
+def test_training_only_keys_are_optional_and_extra_keys_ignored(tmp_path, tiny_state):
+    state = {
+        k: v
+        for k, v in tiny_state.items()
+        if not k.startswith(("pos_embed", "blocks.", "Qformer.bert.embeddings.position_ids"))
+    }
+    assert "pos_embed_image" not in state  # the prefix filter also drops it ...
+    state["pos_embed_image"] = tiny_state["pos_embed_image"]  # ... so put the used one back
+    state["Qformer.cls.predictions.bias"] = torch.zeros(10)
+    path = _write(tmp_path / "optional", state)
+    model = load_seed(path, None, device=CPU, dtype=torch.float32)
+    assert torch.equal(model.Qformer.bert.embeddings.position_ids, torch.arange(64).unsqueeze(0))
+    assert torch.count_nonzero(model.pos_embed) == 0
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "seed_quantizer.pt"
+    path.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_state_dict(path)
+
+
+def test_empty_checkpoint(tmp_path):
+    path = tmp_path / "seed_quantizer.pt"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty checkpoint"):
+        read_state_dict(path)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "seed_quantizer.pt"
+    torch.save({"weights": torch.zeros(2), "extra": Path("x")}, path)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_state_dict(path)
+
+
+def test_not_a_flat_state_dict(tmp_path):
+    path = tmp_path / "seed_quantizer.pt"
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(CheckpointError, match="flat state dict"):
+        read_state_dict(path)
+
+
+def test_missing_tokenizer_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        resolve_file(
+            tmp_path / "nope.pt", "seed_quantizer.pt", what="t", flag="--image-tokenizer-path"
+        )
+
+
+def test_directory_without_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match=r"no seed_quantizer\.pt in this directory"):
+        resolve_file(tmp_path, "seed_quantizer.pt", what="t", flag="--image-tokenizer-path")
+
+
+def test_hub_id_not_cached_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        resolve_file("AILab-CVC/seed-tokenizer-2", "seed_quantizer.pt", what="t", flag="f")
+
+
+def test_codec_reports_missing_decoder(demo_options, tmp_path, picture_path):
+    codec = ImageCodec({**demo_options, "image_decoder_path": str(tmp_path)})
+    codes = codec.encode(picture_path)
+    with pytest.raises(CheckpointError, match=r"no model_index\.json"):
+        codec.decode(codes, seed=0)
+
+
+def test_codec_reports_uncached_decoder_hub_id(demo_options, picture_path, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    codec = ImageCodec(
+        {**demo_options, "image_decoder_path": "stabilityai/stable-diffusion-2-1-unclip"}
+    )
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        codec.decode(codec.encode(picture_path), seed=0)
+
+
+def test_codec_reports_wrong_tokenizer_file(demo_options, tmp_path, picture_path):
+    wrong = tmp_path / "other.pt"
+    torch.save({"some.weight": torch.zeros(3)}, wrong)
+    codec = ImageCodec({**demo_options, "image_tokenizer_path": str(wrong), "image_vit_path": None})
+    with pytest.raises(CheckpointError, match="holds no EVA-ViT-g weights"):
+        codec.encode(picture_path)
