@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def run_cli(
@@ -22,3 +23,7 @@ def run_cli(
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+#: Where the toy plugins' modules live (their dist-infos are written by conftest's `toy_site`).
+TOY_DIR = Path(__file__).parent / "toy"

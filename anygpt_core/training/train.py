@@ -1,0 +1,198 @@
+"""Pretraining and SFT with the transformers Trainer (torchrun, accelerate, DeepSpeed, FSDP as is).
+
+Everything the user can get wrong (config fields, data lines, a model without AnyGPT tokens, a
+modality the model lacks) is checked before the weights load. The output directory holds the
+tokenizer in the published slow layout from the start, each checkpoint gets a copy, and the final
+model is saved beside it, so `anygpt run --model-name-or-path OUTPUT_DIR` loads it as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from anygpt_core.errors import CheckpointError, ConfigError
+from anygpt_core.plugins import PluginSet
+from anygpt_core.training.config import TrainConfig, training_arguments
+from anygpt_core.training.datasets import ChatDataset, PretrainDataset, collate, read_examples
+from anygpt_core.training.extend import CHAT_TOKENS, resize_embeddings, write_tokenizer
+
+__all__ = ["TrainResult", "train"]
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["pretrain", "sft"]
+
+_TOKENIZER_FILES = (
+    "tokenizer.model",
+    "added_tokens.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+)
+
+
+@dataclass
+class TrainResult:
+    """What a run did: where the model is, the steps taken and the logged losses `(step, loss)`."""
+
+    output_dir: Path
+    steps: int = 0
+    resumed_from: Path | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    added_tokens: list[str] = field(default_factory=list)
+
+
+def _copy_tokenizer(source: Path, target: Path) -> None:
+    for name in _TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+
+
+def _callback(output_dir: Path) -> Any:  # noqa: ANN401 - a TrainerCallback
+    from transformers import TrainerCallback
+
+    class TokenizerFiles(TrainerCallback):
+        """Copy the slow-layout tokenizer into each checkpoint, so each one loads as a model."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: ANN401
+            del kwargs, control
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and checkpoint.is_dir():
+                _copy_tokenizer(output_dir, checkpoint)
+
+    return TokenizerFiles()
+
+
+def train(
+    kind: Kind,
+    config: TrainConfig,
+    plugins: PluginSet,
+    *,
+    source: Path | None = None,
+    callbacks: list[Any] | None = None,
+    on_ready: Callable[[int, Path | None], None] | None = None,
+) -> TrainResult:
+    """Pretrain or fine-tune a model extended with AnyGPT tokens.
+
+    Args:
+        kind: `pretrain` (modality <-> text pairs, loss on all tokens) or `sft` (conversations,
+            loss on the assistant replies; adds `<-Res->`, `<-Ins->` if missing).
+        config: the validated config.
+        plugins: installed modalities (their phrasings and tokens).
+        source: the config file, for messages.
+        callbacks: extra `TrainerCallback`s.
+        on_ready: called with (examples, checkpoint resumed from) once everything is checked.
+
+    Raises:
+        ConfigError, InputError, CheckpointError, ModalityUnavailableError: before any weights load.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from anygpt_core.prompts import ANYGPT_CHAT, MMGPT_CHAT, InstructionBank
+    from anygpt_core.tokens import TokenSpace
+    from anygpt_core.training.extend import check_base
+
+    args = training_arguments(config, source=source)
+    base = check_base(config.model)
+    lines, used = read_examples(config.data, kind, plugins.modalities)
+    bank = InstructionBank.from_specs(plugins.modalities, path=config.instructions)
+    if kind == "pretrain":
+        for name in used:
+            for direction in ("to_text", "from_text"):
+                if not bank.lists.get((name, direction)):
+                    raise ConfigError(
+                        f"no {direction} phrasings for {name}; add them with instructions:"
+                    )
+    resume = None
+    if config.resume and config.output_dir.is_dir():
+        resume = get_last_checkpoint(str(config.output_dir))
+    output_dir = config.output_dir
+    added: list[str] = []
+    space = TokenSpace(_load_tokenizer(base), plugins.modalities)
+    for name in sorted(used):
+        space.require(name)
+    with args.main_process_first(desc="tokenizer"):
+        if args.local_process_index == 0:
+            _, added = write_tokenizer(base, output_dir, CHAT_TOKENS if kind == "sft" else ())
+        tokenizer = _load_tokenizer(output_dir)
+    dataset: PretrainDataset | ChatDataset
+    if kind == "pretrain":
+        dataset = PretrainDataset(
+            lines,
+            tokenizer,
+            bank.lists,
+            max_length=config.max_length,
+            seed=config.seed,
+            x2t_probability=config.x2t_probability,
+        )
+    else:
+        template = MMGPT_CHAT if config.template == "mmgpt" else ANYGPT_CHAT
+        dataset = ChatDataset(lines, tokenizer, template, max_length=config.max_length)
+    if on_ready is not None:
+        on_ready(len(lines), Path(resume) if resume else None)
+    model = _load_model(base, tokenizer)
+    result = _run_trainer(model, args, dataset, tokenizer, output_dir, resume, callbacks or [])
+    result.added_tokens = added
+    return result
+
+
+def _load_tokenizer(directory: Path) -> Any:  # noqa: ANN401 - a transformers tokenizer
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if not getattr(tokenizer, "is_fast", False):
+        raise CheckpointError(
+            f"{directory}: training needs a tokenizer with character offsets (fast)"
+        )
+    return tokenizer
+
+
+def _load_model(base: Path, tokenizer: Any) -> Any:  # noqa: ANN401 - a transformers causal LM
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(f"{base}: cannot load the model ({first})") from err
+    size = max(tokenizer.get_vocab().values()) + 1
+    rows = model.get_input_embeddings().weight.shape[0]
+    if size > rows:
+        resize_embeddings(model, size, rows)
+    return model
+
+
+def _run_trainer(
+    model: Any,  # noqa: ANN401
+    args: Any,  # noqa: ANN401
+    dataset: Any,  # noqa: ANN401
+    tokenizer: Any,  # noqa: ANN401
+    output_dir: Path,
+    resume: str | None,
+    callbacks: list[Any],
+) -> TrainResult:
+    from transformers import Trainer
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=partial(collate, pad_id=pad_id),
+        callbacks=[_callback(output_dir), *callbacks],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(output_dir))
+    losses = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
+    return TrainResult(
+        output_dir, trainer.state.global_step, Path(resume) if resume else None, losses
+    )

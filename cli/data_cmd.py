@@ -1,0 +1,127 @@
+"""`anygpt data prepare`: encode a manifest's media into training JSONL with protocol strings."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from anygpt_cli.options import with_codec_options
+from anygpt_core.errors import InputError
+
+if TYPE_CHECKING:
+    from anygpt_core.plugins import PluginSet
+    from anygpt_core.training.data import PrepareSummary
+
+__all__ = ["register"]
+
+_SHOWN = 20
+
+
+def register(app: typer.Typer, plugins: PluginSet) -> None:
+    """Add the `data` command group with the installed plugins' codec options."""
+    group = typer.Typer(help="Prepare training data.", no_args_is_help=True)
+    app.add_typer(group, name="data")
+
+    @group.command("prepare")
+    @with_codec_options(plugins.options())
+    def prepare_command(
+        manifest: Annotated[
+            Path, typer.Argument(help="JSONL manifest: text + media paths, or chats.")
+        ],
+        out: Annotated[
+            Path, typer.Argument(help="Training JSONL to write (resumed if interrupted).")
+        ],
+        *,
+        workers: Annotated[int, typer.Option("--workers", "-j", help="Encoding processes.")] = 1,
+        max_tokens: Annotated[
+            int,
+            typer.Option("--max-tokens", help="Most span tokens per example; longer are skipped."),
+        ] = 4096,
+        overwrite: Annotated[
+            bool, typer.Option("--overwrite", help="Start again from scratch.")
+        ] = False,
+        demo: Annotated[
+            bool,
+            typer.Option(
+                "--demo", help="Use the embedded demo's tiny codecs for options not given."
+            ),
+        ] = False,
+        codec_options: dict[str, Any],
+    ) -> None:
+        """Replace media paths by protocol strings; bad lines are skipped and listed by number."""
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        from anygpt_cli.console import stderr
+        from anygpt_core.training.data import prepare_dataset
+
+        options = dict(codec_options)
+        if demo:
+            from anygpt_core.demo import ensure_demo
+
+            stderr.print("[yellow]Using the demo codecs: their codes are meaningless.[/yellow]")
+            options = {**ensure_demo(plugins).options, **options}
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            transient=True,
+            disable=not stderr.is_terminal,
+        )
+        task = progress.add_task("encoding", total=None)
+
+        def update(done: int, total: int, skipped: int) -> None:
+            progress.update(
+                task, completed=done, total=total, description=f"encoding ({skipped} skipped)"
+            )
+
+        with progress:
+            summary = prepare_dataset(
+                manifest,
+                out,
+                plugins=plugins,
+                options=options,
+                workers=workers,
+                max_tokens=max_tokens,
+                overwrite=overwrite,
+                on_progress=update,
+            )
+        _report(summary)
+        if summary.written == 0:
+            raise InputError(f"{manifest}: no usable examples; nothing written to {out}")
+
+
+def _report(summary: PrepareSummary) -> None:
+    from rich.table import Table
+
+    from anygpt_cli.console import stdout
+
+    resumed = ""
+    if summary.resumed_at >= summary.total:
+        resumed = " (already complete; --overwrite to start again)"
+    elif summary.resumed_at:
+        resumed = f" (resumed at line {summary.resumed_at + 1})"
+    stdout.print(
+        f"[green]wrote[/green] {summary.out}: {summary.written} examples from {summary.total} "
+        f"lines, {len(summary.skipped)} skipped{resumed}"
+    )
+    if not summary.skipped:
+        return
+    counts = Counter(s.kind for s in summary.skipped)
+    stdout.print("skipped: " + ", ".join(f"{n} {kind}" for kind, n in counts.most_common()))
+    table = Table("line", "reason", box=None, pad_edge=False)
+    for item in summary.skipped[:_SHOWN]:
+        table.add_row(str(item.line), item.reason)
+    stdout.print(table)
+    if len(summary.skipped) > _SHOWN:
+        stdout.print(f"… and {len(summary.skipped) - _SHOWN} more (see {summary.out}.state.json)")

@@ -1,0 +1,52 @@
+"""`anygpt train pretrain` and `anygpt train sft`: the transformers Trainer on AnyGPT data.
+
+Run on many GPUs unchanged: `torchrun --nproc-per-node 8 $(which anygpt) train pretrain cfg.yaml`
+(or `accelerate launch`, with DeepSpeed / FSDP settings under `trainer:` in the config).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from anygpt_core.plugins import PluginSet
+    from anygpt_core.training.train import Kind
+
+__all__ = ["register"]
+
+Config = Annotated[Path, typer.Argument(help="Training config, YAML or JSON.")]
+
+
+def register(app: typer.Typer, plugins: PluginSet) -> None:
+    """Add the `train` command group."""
+    group = typer.Typer(help="Pretrain or fine-tune an extended model.", no_args_is_help=True)
+    app.add_typer(group, name="train")
+
+    @group.command("pretrain")
+    def pretrain_command(config: Config) -> None:
+        """Pretrain on modality <-> text pairs (direction and phrasing seeded per example)."""
+        _train("pretrain", config, plugins)
+
+    @group.command("sft")
+    def sft_command(config: Config) -> None:
+        """Fine-tune on conversations; the loss covers only the assistant replies."""
+        _train("sft", config, plugins)
+
+
+def _train(kind: Kind, path: Path, plugins: PluginSet) -> None:
+    from anygpt_cli.console import stderr, stdout
+    from anygpt_core.training.config import load_train_config
+    from anygpt_core.training.train import train
+
+    config = load_train_config(path)
+
+    def ready(examples: int, resumed: Path | None) -> None:
+        where = f", resuming from {resumed}" if resumed else ""
+        stderr.print(f"{kind}: {examples} examples from {len(config.data)} file(s){where}")
+
+    result = train(kind, config, plugins, source=path, on_ready=ready)
+    last = f", last loss {result.losses[-1][1]:.4f}" if result.losses else ""
+    stdout.print(f"[green]saved[/green] {result.output_dir} after {result.steps} steps{last}")

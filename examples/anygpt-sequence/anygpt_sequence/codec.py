@@ -1,0 +1,235 @@
+"""A residual vector quantiser for numeric series: frames of `frame_size` values -> 2 x 64 codes.
+
+The checkpoint is one safetensors file with `codebooks` float32 [num_codebooks, codebook_size,
+frame_size] and `scale` float32 [1] (values are divided by it before quantising). `fit_codebooks`
+learns the codebooks from your own series with seeded k-means, stage by stage on the residuals.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anygpt_core import CheckpointError, InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+__all__ = [
+    "CODEBOOK_SIZE",
+    "NUM_CODEBOOKS",
+    "SequenceCodec",
+    "fit_codebooks",
+    "read_series",
+    "save_checkpoint",
+]
+
+#: Codes per codebook and RVQ stages; the modality's tokens are `<📈0>`…`<📈127>`.
+CODEBOOK_SIZE = 64
+NUM_CODEBOOKS = 2
+
+
+def read_series(path: Path) -> np.ndarray:
+    """Read a 1-D series from `.npy` or text (`.csv`, `.txt`: numbers split by commas or spaces).
+
+    A first line that is not numeric (a CSV header) is skipped.
+
+    Returns:
+        values: float32 [N].
+
+    Raises:
+        InputError: the file is missing, empty, not numeric or holds NaN / infinite values.
+    """
+    import numpy as np
+
+    try:
+        if path.suffix.lower() == ".npy":
+            values = np.load(path, allow_pickle=False).astype(np.float32).reshape(-1)
+        else:
+            rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8").replace(" ", ","))))
+            cells = [c for row in rows for c in row if c.strip()]
+            if rows and cells and not _numeric(cells[0]):
+                cells = [c for row in rows[1:] for c in row if c.strip()]
+            values = np.array([float(c) for c in cells], dtype=np.float32)
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: no such file") from err
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path}: not a numeric series ({str(err).splitlines()[0][:80]})") from err
+    if values.size == 0:
+        raise InputError(f"{path}: empty series")
+    if not np.isfinite(values).all():
+        raise InputError(f"{path}: series holds NaN or infinite values")
+    return values
+
+
+def _numeric(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+class SequenceCodec:
+    """Encode a series to codes int64 [num_codebooks, T] (T frames) and back.
+
+    Args:
+        path: the safetensors checkpoint; read on first use, so building the codec is free.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._codebooks: torch.Tensor | None = None
+        self._scale = 1.0
+
+    def _load(self) -> torch.Tensor:
+        if self._codebooks is None:
+            if not self.path:
+                raise CheckpointError(
+                    "sequence codec: pass --sequence-codec-path codec.safetensors"
+                )
+            from safetensors.torch import load_file
+
+            try:
+                tensors = load_file(self.path)
+            except FileNotFoundError as err:
+                raise CheckpointError(f"{self.path}: no such sequence codec checkpoint") from err
+            except Exception as err:
+                raise CheckpointError(f"{self.path}: not a safetensors file ({err})") from err
+            books = tensors.get("codebooks")
+            shape = (NUM_CODEBOOKS, CODEBOOK_SIZE)
+            if (
+                books is None
+                or books.ndim != 3
+                or tuple(books.shape[:2]) != shape
+                or "scale" not in tensors
+            ):
+                raise CheckpointError(
+                    f"{self.path}: expected tensors 'codebooks' [{shape[0]}, {shape[1]}, F] "
+                    "and 'scale'"
+                )
+            self._codebooks = books.float()
+            self._scale = float(tensors["scale"].reshape(-1)[0])
+        return self._codebooks
+
+    @property
+    def frame_size(self) -> int:
+        """Values per frame (loads the checkpoint)."""
+        return int(self._load().shape[2])
+
+    def encode(self, source: Path | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Quantise a series; the last frame is padded by repeating the last value.
+
+        Returns:
+            codes: int64 [num_codebooks, ceil(N / frame_size)].
+        """
+        import torch
+
+        books = self._load()
+        values = read_series(source) if isinstance(source, Path) else source
+        x = torch.as_tensor(values, dtype=torch.float32).reshape(-1) / self._scale
+        if x.numel() == 0:
+            raise InputError("sequence codec: empty series")
+        frame = books.shape[2]
+        pad = (-x.numel()) % frame
+        x = torch.cat([x, x[-1:].expand(pad)])
+        return _quantise(x.view(-1, frame), books)
+
+    def decode(
+        self, codes: torch.Tensor, *, condition: Path | None = None, seed: int | None = None
+    ) -> np.ndarray:
+        """Sum the chosen codewords of each stage: codes int64 [K, T] -> float32 [T * frame]."""
+        del seed  # decoding is deterministic
+        if condition is not None:
+            raise InputError("the sequence codec takes no condition file")
+        books = self._load()
+        frames = sum(books[k][codes[k]] for k in range(books.shape[0]))  # (T, frame)
+        return (frames.reshape(-1) * self._scale).numpy()
+
+    def save(self, media: np.ndarray, path: Path) -> Path:
+        """Write values as `.npy`, or as text with one value per line (any other suffix)."""
+        import numpy as np
+
+        path = Path(path)
+        if path.suffix.lower() == ".npy":
+            with path.open("wb") as handle:  # np.save would append .npy to a temporary name
+                np.save(handle, np.asarray(media, dtype=np.float32))
+        else:
+            path.write_text("".join(f"{v:.6g}\n" for v in np.asarray(media).tolist()))
+        return path
+
+
+def _quantise(frames: torch.Tensor, books: torch.Tensor) -> torch.Tensor:
+    """Residual quantisation: frames float32 [T, F], books [K, V, F] -> codes int64 [K, T]."""
+    import torch
+
+    residual = frames.clone()
+    codes = []
+    for book in books:
+        index = torch.cdist(residual, book).argmin(dim=1)  # (T,)
+        residual -= book[index]
+        codes.append(index)
+    return torch.stack(codes).long()
+
+
+def fit_codebooks(
+    series: Sequence[np.ndarray],
+    *,
+    frame_size: int = 4,
+    codebook_size: int = CODEBOOK_SIZE,
+    num_codebooks: int = NUM_CODEBOOKS,
+    iterations: int = 20,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Learn RVQ codebooks with seeded k-means, one stage at a time on the previous residuals.
+
+    Args:
+        series: 1-D float arrays; each is cut into frames of `frame_size` (a short tail is dropped).
+        frame_size: values per frame.
+        codebook_size: codewords per stage.
+        num_codebooks: residual stages.
+        iterations: k-means iterations per stage.
+        seed: seeds the choice of initial centres.
+
+    Returns:
+        The checkpoint tensors: `codebooks` float32 [K, V, F] and `scale` float32 [1] (the largest
+        absolute value seen, so quantised values lie in [-1, 1]).
+    """
+    import torch
+
+    chunks = []
+    for values in series:
+        x = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+        usable = x.numel() - x.numel() % frame_size
+        chunks.append(x[:usable].view(-1, frame_size))
+    frames = torch.cat(chunks)
+    if len(frames) < codebook_size:
+        raise InputError(f"fit_codebooks: {len(frames)} frames, need at least {codebook_size}")
+    scale = frames.abs().max().clamp(min=1e-8)
+    residual = frames / scale
+    generator = torch.Generator().manual_seed(seed)
+    books = []
+    for _ in range(num_codebooks):
+        centres = residual[
+            torch.randperm(len(residual), generator=generator)[:codebook_size]
+        ].clone()
+        for _ in range(iterations):
+            assign = torch.cdist(residual, centres).argmin(dim=1)
+            sums = torch.zeros_like(centres).index_add_(0, assign, residual)
+            counts = torch.bincount(assign, minlength=codebook_size).unsqueeze(1)
+            centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+        residual = residual - centres[torch.cdist(residual, centres).argmin(dim=1)]
+        books.append(centres)
+    return {"codebooks": torch.stack(books).contiguous(), "scale": scale.reshape(1)}
+
+
+def save_checkpoint(tensors: dict[str, torch.Tensor], path: Path) -> Path:
+    """Write checkpoint tensors (from `fit_codebooks`) as safetensors."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    return Path(path)

@@ -1,0 +1,75 @@
+"""Run with the package installed: `pip install -e . && pytest tests`."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import numpy as np
+import pytest
+import torch
+from anygpt_sequence.codec import SequenceCodec, fit_codebooks, read_series, save_checkpoint
+from anygpt_sequence.demo import synthetic_series, write_demo_codec
+from anygpt_sequence.plugin import SEQUENCE
+
+from anygpt_core.protocol import codes_to_string, string_to_codes
+from anygpt_core.testing import check_codec_contract
+
+
+@pytest.fixture
+def codec_path(tmp_path):
+    return write_demo_codec(tmp_path)
+
+
+@pytest.fixture
+def series_csv(tmp_path):
+    path = tmp_path / "series.csv"
+    np.savetxt(path, synthetic_series(1, 50, seed=3)[0], header="value", comments="")
+    return path
+
+
+def test_entry_point_is_discovered():
+    from anygpt_core.plugins import discover
+
+    assert "sequence" in {ep.name for ep in entry_points(group="anygpt")}
+    assert "sequence" in discover(load_only=["sequence"]).modalities
+
+
+def test_codec_contract(codec_path, series_csv, tmp_path):
+    codes = check_codec_contract(
+        SEQUENCE, {"sequence_codec_path": str(codec_path)}, series_csv, tmp_path
+    )
+    assert codes.shape == (2, 13)  # 50 values -> 13 frames of 4 (the last one padded)
+
+
+def test_round_trip_error_is_small(codec_path, series_csv):
+    codec = SequenceCodec(str(codec_path))
+    values = read_series(series_csv)
+    decoded = codec.decode(codec.encode(series_csv))[: len(values)]
+    assert np.abs(decoded - values).mean() < 0.1
+
+
+def test_span_is_frame_major_with_layer_offsets(codec_path, series_csv):
+    codes = SequenceCodec(str(codec_path)).encode(series_csv)
+    span = codes_to_string(SEQUENCE, codes)
+    assert span.startswith(f"<sosq><📈{int(codes[0, 0])}><📈{64 + int(codes[1, 0])}>")
+    assert torch.equal(string_to_codes(SEQUENCE, span), codes)
+
+
+def test_fit_codebooks_is_seeded(tmp_path):
+    data = synthetic_series(8, 64)
+    first, second = fit_codebooks(data, seed=1), fit_codebooks(data, seed=1)
+    assert torch.equal(first["codebooks"], second["codebooks"])
+    assert first["codebooks"].shape == (2, 64, 4)
+    save_checkpoint(first, tmp_path / "c.safetensors")
+    assert SequenceCodec(str(tmp_path / "c.safetensors")).frame_size == 4
+
+
+def test_bad_inputs_are_one_line_errors(codec_path, tmp_path):
+    from anygpt_core import CheckpointError, InputError
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1\nnan\n")
+    with pytest.raises(InputError, match="NaN"):
+        SequenceCodec(str(codec_path)).encode(bad)
+    with pytest.raises(CheckpointError, match="pass --sequence-codec-path"):
+        SequenceCodec(None).encode(bad)

@@ -1,0 +1,151 @@
+"""`anygpt data prepare`: protocol strings from the example plugin's codec, skips, resume, workers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import test_training_pipeline as pipeline
+from cli_runner import run_cli
+from test_training_pipeline import write_jsonl, write_series
+
+# the example plugin's fixtures, shared with the pipeline tests
+sequence_env = pipeline.sequence_env
+plugins = pipeline.plugins
+demo_options = pipeline.demo_options
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    rows = write_series(tmp_path, 12)
+    (tmp_path / "media" / "bad.csv").write_text("time,value\n0,abc\n")
+    (tmp_path / "media" / "long.csv").write_text("\n".join(str(i / 500) for i in range(400)))
+    lines = [
+        rows[0],
+        {"text": "gone", "sequence": "media/missing.csv"},
+        {"text": "broken", "sequence": "media/bad.csv"},
+        {"text": "a smell", "smell": "media/0.csv"},
+        "{not json",
+        {"text": "long", "sequence": "media/long.csv"},
+        {
+            "id": "chat",
+            "conversation": [
+                {"role": "user", "message": "{sequence} What is it?", "sequence": "media/1.csv"},
+                {"role": "assistant", "message": "A falling line."},
+            ],
+        },
+        *rows[1:],
+    ]
+    return write_jsonl(tmp_path / "manifest.jsonl", lines)
+
+
+def test_prepare_writes_spans_and_reports_bad_lines(manifest, plugins, demo_options, tmp_path):
+    from anygpt_core.api import CodecSet
+    from anygpt_core.training import prepare_dataset
+
+    out = tmp_path / "train.jsonl"
+    summary = prepare_dataset(manifest, out, plugins=plugins, options=demo_options, max_tokens=100)
+    assert [(s.line, s.kind) for s in summary.skipped] == [
+        (2, "missing file"),
+        (3, "corrupt file"),
+        (4, "unknown modality"),
+        (5, "bad line"),
+        (6, "too long"),
+    ]
+    assert summary.skipped[0].reason == "media/missing.csv: no such file"
+    assert "not a numeric series" in summary.skipped[1].reason
+    assert summary.skipped[2].reason == "unknown modality 'smell' (installed: sequence)"
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert summary.written == len(rows) == 13
+    codecs = CodecSet(plugins, demo_options)
+    assert rows[0] == {
+        "text": "a rising line",
+        "sequence": codecs.to_string("sequence", tmp_path / "media/0.csv"),
+    }
+    span = codecs.to_string("sequence", tmp_path / "media/1.csv")
+    assert rows[1] == {
+        "id": "chat",
+        "conversation": [
+            {"role": "user", "message": f"{span} What is it?"},
+            {"role": "assistant", "message": "A falling line."},
+        ],
+    }
+    assert span.startswith("<sosq><📈") and span.endswith("<eosq>") and span.count("<📈") == 32
+
+
+def test_prepare_resumes_after_an_interruption(manifest, plugins, demo_options, tmp_path):
+    from anygpt_core.training import prepare_dataset
+    from anygpt_core.training.data import state_path
+
+    reference = tmp_path / "reference.jsonl"
+    prepare_dataset(manifest, reference, plugins=plugins, options=demo_options, max_tokens=100)
+
+    def stop_at_line_9(done, total, skipped):
+        if done == 9:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "train.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(
+            manifest,
+            out,
+            plugins=plugins,
+            options=demo_options,
+            max_tokens=100,
+            on_progress=stop_at_line_9,
+        )
+    state = json.loads(state_path(out).read_text())
+    assert state["lines"] == 9 and not state["complete"]
+    with out.open("a") as handle:
+        handle.write('{"text": "half a li')  # as if killed in the middle of a write
+    summary = prepare_dataset(
+        manifest, out, plugins=plugins, options=demo_options, max_tokens=100, workers=2
+    )
+    assert summary.resumed_at == 9
+    assert out.read_bytes() == reference.read_bytes()
+    assert [s.line for s in summary.skipped] == [2, 3, 4, 5, 6]
+    again = prepare_dataset(manifest, out, plugins=plugins, options=demo_options, max_tokens=100)
+    assert again.written == 13 and out.read_bytes() == reference.read_bytes()
+
+
+def test_prepare_refuses_to_resume_with_another_manifest(manifest, plugins, demo_options, tmp_path):
+    from anygpt_core.errors import InputError
+    from anygpt_core.training import prepare_dataset
+
+    out = tmp_path / "train.jsonl"
+    prepare_dataset(manifest, out, plugins=plugins, options=demo_options)
+    manifest.write_text(
+        manifest.read_text() + json.dumps({"text": "more", "sequence": "media/2.csv"}) + "\n"
+    )
+    with pytest.raises(InputError, match="prepared with another manifest; use --overwrite"):
+        prepare_dataset(manifest, out, plugins=plugins, options=demo_options)
+    summary = prepare_dataset(manifest, out, plugins=plugins, options=demo_options, overwrite=True)
+    assert summary.written == 15  # the long series fits the default --max-tokens
+
+
+def test_cli_prepare_prints_a_summary(manifest, sequence_env, tmp_path, capsys):
+    out = tmp_path / "train.jsonl"
+    code, stdout, err = run_cli(
+        ["data", "prepare", str(manifest), str(out), "--demo", "--max-tokens", "100", "-j", "2"],
+        capsys,
+    )
+    assert code == 0, err
+    assert f"wrote {out}: 13 examples from 18 lines, 5 skipped" in " ".join(stdout.split())
+    assert "1 missing file" in stdout and "1 too long" in stdout
+    assert "unknown modality 'smell'" in stdout
+
+
+def test_cli_prepare_missing_manifest(sequence_env, tmp_path, capsys):
+    code, _, err = run_cli(
+        ["data", "prepare", str(tmp_path / "nope.jsonl"), str(tmp_path / "o.jsonl")], capsys
+    )
+    assert code == 3 and err == f"Error: {tmp_path / 'nope.jsonl'}: no such manifest\n"
+
+
+def test_cli_prepare_without_codec_weights_stops_with_one_line(
+    manifest, sequence_env, tmp_path, capsys
+):
+    code, _, err = run_cli(["data", "prepare", str(manifest), str(tmp_path / "o.jsonl")], capsys)
+    assert (
+        code == 4 and err == "Error: sequence codec: pass --sequence-codec-path codec.safetensors\n"
+    )
