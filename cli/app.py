@@ -40,7 +40,7 @@ def _check_plugin_flags(argv: list[str], plugins: PluginSet) -> None:
 
 def build_app(plugins: PluginSet) -> typer.Typer:
     """The Typer application for the given plugin set."""
-    from anygpt_cli import codec_cmds, plugins_cmd, run
+    from anygpt_cli import chat, codec_cmds, data_cmd, model_cmd, plugins_cmd, run, train_cmd
 
     app = typer.Typer(
         name="anygpt",
@@ -74,6 +74,10 @@ def build_app(plugins: PluginSet) -> typer.Typer:
     plugins_cmd.register(app, plugins)
     run.register(app, plugins)
     codec_cmds.register(app, plugins)
+    chat.register(app, plugins)
+    model_cmd.register(app, plugins)
+    data_cmd.register(app, plugins)
+    train_cmd.register(app, plugins)
     return app
 
 
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted\n")
         raise SystemExit(130) from None
-    except Exception as err:  # noqa: BLE001 - the one place unexpected errors become one line
+    except Exception as err:
         if debug:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""

@@ -1,0 +1,612 @@
+"""Multi-turn chat: interleaved multimodal turns in a chat template, with a history that fits the context.
+
+```python
+from anygpt_core.api import AnyGPT
+from anygpt_core.chat import Conversation
+chat = Conversation(AnyGPT.load())
+reply = chat.send("Draw me a beach", to="image", seed=0)
+reply.text, reply.files, chat.history
+```
+
+A user turn is built with the reference's `interleaved` rule (REFERENCE.md §2): each image span and a
+space, each music span (and any other modality's) and a space, each speech span and a space, then the
+text; with speech present the whole is wrapped in the `Speech-Instruction` task prompt. The history
+holds exactly what the model said, text and spans as protocol strings, never the prompt's echo
+(REFERENCE.md §9.5-9.7).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from anygpt_core.config import DecodingConfig, load_decoding_config
+from anygpt_core.errors import InputError
+from anygpt_core.generation import Event, SpanClosed, SpanOpened, TokenEvent
+from anygpt_core.prompts import ANYGPT_CHAT, MMGPT_CHAT, ChatTemplate
+from anygpt_core.protocol import codes_to_string
+from anygpt_core.tasks import output_name
+
+if TYPE_CHECKING:
+    from anygpt_core.api import AnyGPT
+    from anygpt_core.tokens import TokenSpace
+
+__all__ = [
+    "SPEECH_INSTRUCTION",
+    "TEMPLATES",
+    "ChatLine",
+    "Conversation",
+    "Reply",
+    "TextStream",
+    "Turn",
+    "classify_file",
+    "parse_line",
+    "user_message",
+]
+
+#: The reference's `Speech-Instruction` task prompt, wrapped around a turn holding speech.
+SPEECH_INSTRUCTION = "{speech} Please recognize the voice command and give reply and voice"
+#: Chat templates by `--chat-template` name.
+TEMPLATES: dict[str, ChatTemplate] = {"mmgpt": MMGPT_CHAT, "anygpt": ANYGPT_CHAT}
+#: The modality whose spans a voice prompt conditions.
+VOICE_MODALITY = "speech"
+_INS, _RES = "<-Ins->", "<-Res->"
+_LINE_FIELDS = ("task", "text", "modality", "image", "voice prompt", "speech", "music")
+_TASK_WORD = re.compile(r"^[A-Za-z][\w-]*$")
+_MODALITY = re.compile(r"^[a-z][a-z0-9_]*$")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+Source = str | Path | Any
+Sources = Source | Sequence[Source] | None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One exchange in the history: the user's message and the model's answer, as the prompt holds them."""
+
+    user: str
+    assistant: str
+
+
+@dataclass
+class Reply:
+    """What one turn produced.
+
+    Attributes:
+        text: the answer's text, spans left out.
+        message: the answer as stored in the history (text and spans as protocol strings).
+        files: media written for the answer's spans, in order.
+        spans: the spans the model wrote.
+        prompt: the exact prompt the model continued.
+        to: the answer modality asked for.
+        finish_reason: `stop` (end of turn), `length` (max_new_tokens spent; the turn is closed).
+        dropped: how many of the oldest turns were cut so the prompt fits the context.
+    """
+
+    text: str
+    message: str
+    prompt: str
+    to: str
+    files: list[Path] = field(default_factory=list)
+    spans: list[SpanClosed] = field(default_factory=list)
+    finish_reason: str = "stop"
+    new_tokens: int = 0
+    seconds: float = 0.0
+    seed: int | None = None
+    dropped: int = 0
+
+    @property
+    def transcript(self) -> str | None:
+        """The model's transcription of a spoken instruction (after `<-Ins->`), if it wrote one."""
+        if _INS not in self.text:
+            return None
+        return self.text.split(_INS, 1)[1].split(_RES, 1)[0].strip()
+
+    @property
+    def answer(self) -> str:
+        """The answer's text after `<-Res->` when the model used that convention, else the text."""
+        return self.text.split(_RES, 1)[1].strip() if _RES in self.text else self.text
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (what `anygpt chat --json` prints per turn)."""
+        return {
+            "to": self.to,
+            "text": self.text,
+            "message": self.message,
+            "transcript": self.transcript,
+            "files": [str(f) for f in self.files],
+            "spans": [
+                {"modality": s.modality, "shape": list(s.codes.shape), "forced_end": s.forced}
+                for s in self.spans
+            ],
+            "prompt": self.prompt,
+            "new_tokens": self.new_tokens,
+            "finish_reason": self.finish_reason,
+            "dropped_turns": self.dropped,
+            "seconds": round(self.seconds, 3),
+            "seed": self.seed,
+        }
+
+
+def user_message(text: str, spans: Mapping[str, Sequence[str]]) -> str:
+    """A user turn by the reference's `interleaved` rule.
+
+    Args:
+        text: the typed instruction (may be empty).
+        spans: protocol strings per modality.
+
+    Returns:
+        Image spans, then music and other modalities' spans (by name), then speech spans, each
+        followed by a space, then the text, stripped; wrapped in `SPEECH_INSTRUCTION` when speech
+        is present.
+    """
+    others = sorted(set(spans) - {"image", "music", VOICE_MODALITY})
+    order = ["image", "music", *others, VOICE_MODALITY]
+    message = "".join(span + " " for name in order for span in spans.get(name, ()))
+    message = (message + text).strip()
+    if spans.get(VOICE_MODALITY):
+        # stripped first: with no text, `{speech}  Please` (the reference's double space) becomes
+        # `{speech} Please`, the Speech-Instruction form the chat model was tuned on
+        message = SPEECH_INSTRUCTION.format(speech=message)
+    return message
+
+
+def classify_file(path: Path) -> Literal["image", "audio"]:
+    """Tell an image from an audio file by its content: PIL opens it => image; soundfile reads it => audio.
+
+    Without PIL installed, a file soundfile cannot read counts as an image if its suffix is an
+    image suffix.
+
+    Raises:
+        InputError: the file is missing or is neither.
+    """
+    import soundfile as sf
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        from PIL import Image
+    except ImportError:
+        image_module = None
+    else:
+        image_module = Image
+    if image_module is not None:
+        try:
+            with image_module.open(path) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError):
+            pass
+        else:
+            return "image"
+    try:
+        sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        pass
+    else:
+        return "audio"
+    if image_module is None and path.suffix.lower() in _IMAGE_SUFFIXES:
+        return "image"
+    raise InputError(f"{path}: neither an image nor an audio file")
+
+
+@dataclass(frozen=True)
+class ChatLine:
+    """One parsed input line.
+
+    Attributes:
+        command: `send` a message, `clear` the history or `exit`.
+        text: the typed instruction.
+        to: the answer modality, or None to keep the session's choice.
+        inputs: attached files per modality.
+        voice_prompt: a voice for spoken answers.
+    """
+
+    command: Literal["send", "clear", "exit"]
+    text: str = ""
+    to: str | None = None
+    inputs: Mapping[str, tuple[Path, ...]] = field(default_factory=dict)
+    voice_prompt: Path | None = None
+
+
+def _paths(value: str) -> list[Path]:
+    return [Path(p.strip()).expanduser() for p in value.split(",") if p.strip()]
+
+
+def parse_line(line: str) -> ChatLine:
+    """Parse a chat line: plain text, `|clear`, `quit`, or the seed's interleaved format.
+
+    The format is `interleaved|TEXT|MODALITY|IMAGE|VOICE_PROMPT|SPEECH|MUSIC` as the seed's README
+    documents it; its code reads VOICE_PROMPT before IMAGE (REFERENCE.md §7), so fields 3 and 4 are
+    sorted by content (`classify_file`). Path fields take comma-separated lists; empty fields are
+    none; MODALITY defaults to text.
+
+    Raises:
+        InputError: a malformed line, a missing file, or two voice prompts.
+    """
+    stripped = line.strip()
+    fields = [f.strip() for f in stripped.split("|")]
+    if stripped.lower() in {"quit", "exit"}:
+        return ChatLine("exit")
+    if len(fields) > 1 and fields[0] == "" and fields[1].lower() == "clear" and len(fields) == 2:
+        return ChatLine("clear")
+    is_interleaved = fields[0].lower() == "interleaved" and len(fields) > 1
+    if not is_interleaved and (len(fields) < 3 or not _TASK_WORD.match(fields[0])):
+        return ChatLine("send", text=stripped)
+    if not is_interleaved:
+        raise InputError(
+            f"cannot parse {stripped[:60]!r}: task {fields[0]!r} is not a chat task; chat lines are "
+            "plain text or interleaved|TEXT|MODALITY|IMAGE|VOICE_PROMPT|SPEECH|MUSIC"
+        )
+    if len(fields) > len(_LINE_FIELDS):
+        raise InputError(
+            f"cannot parse {stripped[:60]!r}: {len(fields)} fields, at most {len(_LINE_FIELDS)} "
+            "(interleaved|TEXT|MODALITY|IMAGE|VOICE_PROMPT|SPEECH|MUSIC)"
+        )
+    fields += [""] * (len(_LINE_FIELDS) - len(fields))
+    _, text, to, first, second, speech, music = fields
+    if text.lower() == "clear" and not any(fields[2:]):
+        return ChatLine("clear")
+    to = to.lower() or "text"
+    if not _MODALITY.match(to):
+        raise InputError(f"cannot parse {stripped[:60]!r}: {to!r} is not a modality name")
+    images: list[Path] = []
+    voices: list[Path] = []
+    for path in _paths(first) + _paths(second):
+        (images if classify_file(path) == "image" else voices).append(path)
+    if len(voices) > 1:
+        raise InputError(
+            f"cannot parse {stripped[:60]!r}: {len(voices)} voice prompts "
+            f"({', '.join(str(v) for v in voices)}); give one"
+        )
+    inputs = {
+        "image": tuple(images),
+        "speech": tuple(_paths(speech)),
+        "music": tuple(_paths(music)),
+    }
+    return ChatLine(
+        "send",
+        text=text,
+        to=to,
+        inputs={name: paths for name, paths in inputs.items() if paths},
+        voice_prompt=voices[0] if voices else None,
+    )
+
+
+class TextStream:
+    """An answer's printable text, decoded incrementally from the loop's events.
+
+    Text tokens are decoded as a run, so characters spread over byte tokens and word-initial spaces
+    come out right; `feed` returns only what is new and complete. Spans end a run and are kept as
+    protocol strings. With `stop` (a template's end-of-turn string that is not a stop token), text
+    that may begin it is held back and `stopped` turns True once the answer ends with it.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        space: the model's token space.
+        stop: an end-of-turn string to watch for, or None.
+    """
+
+    def __init__(self, tokenizer: Any, space: TokenSpace, *, stop: str | None = None) -> None:  # noqa: ANN401
+        self.tokenizer = tokenizer
+        self.space = space
+        self.stop = stop or None
+        self.stopped = False
+        self.parts: list[tuple[bool, str]] = []  # (is_span, text)
+        self.run: list[int] = []
+        self.context: int | None = None  # id decoded before the run, so its leading space survives
+        self.shown = ""
+        self.tokens = 0
+
+    def feed(self, event: Event) -> str:
+        """Take one event; return the text to show now (often empty)."""
+        if isinstance(event, TokenEvent):
+            self.tokens += 1
+            token = event.token_id
+            if event.modality is not None or token in self.space.stop_ids:
+                return ""
+            if token in self.space.start_ids:
+                return ""
+            self.run.append(token)
+            return self._advance()
+        if isinstance(event, SpanOpened):
+            self._end_run()
+        elif isinstance(event, SpanClosed):
+            tokens = self.space.require(event.modality)
+            self.parts.append((True, codes_to_string(tokens.spec, event.codes)))
+            self.context = tokens.end_id
+        return ""
+
+    def _decode(self) -> str:
+        if self.context is None:
+            return str(self.tokenizer.decode(self.run, skip_special_tokens=True))
+        before = str(self.tokenizer.decode([self.context], skip_special_tokens=True))
+        text = str(self.tokenizer.decode([self.context, *self.run], skip_special_tokens=True))
+        if text.startswith(before):
+            return text[len(before) :]
+        return str(self.tokenizer.decode(self.run, skip_special_tokens=True))
+
+    def _advance(self) -> str:
+        text = self._decode()
+        hold = 0
+        if self.stop is not None:
+            if text.endswith(self.stop):
+                self.stopped = True
+                text = text[: -len(self.stop)]
+            else:
+                hold = next(
+                    (k for k in range(len(self.stop) - 1, 0, -1) if text.endswith(self.stop[:k])), 0
+                )
+        if text.endswith("\ufffd") and not self.stopped:
+            return ""  # a character still incomplete
+        visible = text[: len(text) - hold]
+        common = 0
+        while common < min(len(visible), len(self.shown)) and visible[common] == self.shown[common]:
+            common += 1
+        delta = visible[common:]
+        self.shown = visible
+        return delta
+
+    def _end_run(self) -> None:
+        if self.run:
+            text = self._decode()
+            if self.stop is not None and text.endswith(self.stop):
+                text = text[: -len(self.stop)]
+            self.parts.append((False, text))
+        self.run, self.shown = [], ""
+
+    @property
+    def message(self) -> str:
+        """The answer so far as the history stores it: text and spans as protocol strings."""
+        self._end_run()
+        return "".join(text for _, text in self.parts).strip()
+
+    @property
+    def text(self) -> str:
+        """The answer's text so far, spans left out."""
+        self._end_run()
+        return re.sub(r"\s{2,}", " ", " ".join(t.strip() for s, t in self.parts if not s)).strip()
+
+
+def _as_list(value: Sources) -> list[Source]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+class Conversation:
+    """A conversation with a chat model: history, template, truncation and media files.
+
+    Args:
+        gpt: the loaded model.
+        template: a `ChatTemplate` or a name in `TEMPLATES` (`mmgpt`, the reference chat tool's
+            default, or `anygpt`, the SFT template).
+        output_dir: where media answers are written (default: `gpt.output_dir`).
+        config: a decoding config JSON file applied to each turn's answer modality.
+        context_length: positions the model holds (default: its `max_position_embeddings`).
+        overrides: decoding fields (e.g. `max_new_tokens`, `temperature`) applied last.
+    """
+
+    def __init__(
+        self,
+        gpt: AnyGPT,
+        *,
+        template: ChatTemplate | str = MMGPT_CHAT,
+        output_dir: Path | str | None = None,
+        config: Path | None = None,
+        context_length: int | None = None,
+        **overrides: Any,  # noqa: ANN401 - DecodingConfig fields
+    ) -> None:
+        if isinstance(template, str):
+            if template not in TEMPLATES:
+                raise InputError(
+                    f"chat template {template!r}: choose one of {', '.join(TEMPLATES)}"
+                )
+            template = TEMPLATES[template]
+        self.gpt = gpt
+        self.template = template
+        self.output_dir = Path(output_dir) if output_dir is not None else gpt.output_dir
+        self.config = Path(config) if config is not None else None
+        self.overrides = overrides
+        if context_length is None:
+            context_length = getattr(gpt.model.config, "max_position_embeddings", None)
+        self.context_length: int | None = context_length
+        self.history: list[Turn] = []
+
+    #: Spans of this modality are decoded with the voice prompt as their condition.
+    voice_modality = VOICE_MODALITY
+
+    def clear(self) -> None:
+        """Forget every turn (the system line stays)."""
+        self.history = []
+
+    def render(self, turns: Sequence[Turn] | None = None, message: str | None = None) -> str:
+        """The template applied to `turns` (default: the history), then `message` as the next user turn.
+
+        As `ChatTemplate.render`, except that an empty answer still closes its turn
+        (`[MMGPT]: <eos>`), where FastChat's empty-message rule would leave `[MMGPT]:` open.
+        """
+        t = self.template
+        done = list(self.history if turns is None else turns)
+        lines = [f"{t.user}: {x.user}{t.user_end}\n{t.bot}: {x.assistant}{t.bot_end}" for x in done]
+        if message is not None:
+            lines.append(f"{t.user}: {message}{t.user_end}\n{t.bot}:")
+        return t.system + "\n" + "\n".join(lines)
+
+    def target_config(self, to: str) -> DecodingConfig:
+        """The decoding config of an answer in modality `to` (its default, the config file, overrides)."""
+        config = self.gpt.config_for(to)
+        if self.config is not None:
+            config = load_decoding_config(self.config, base=config)
+        return config.merged(**self.overrides)
+
+    def message(
+        self,
+        text: str | None = None,
+        *,
+        inputs: Mapping[str, Sources] | None = None,
+    ) -> str:
+        """Encode the attachments and build the user turn (`user_message`).
+
+        Raises:
+            InputError: nothing to send, or a missing or unreadable file.
+            PluginError: an attachment whose modality is not installed or not in the model.
+        """
+        spans: dict[str, list[str]] = {}
+        for name, sources in (inputs or {}).items():
+            for source in _as_list(sources):
+                self.gpt.codecs.spec(name)
+                self.gpt.space.require(name)
+                spans.setdefault(name, []).append(self.gpt.codecs.to_string(name, source))
+        message = user_message((text or "").strip(), spans)
+        if not message:
+            raise InputError("empty message: type some text or attach a file")
+        return message
+
+    def send(
+        self,
+        text: str | None = None,
+        *,
+        image: Sources = None,
+        speech: Sources = None,
+        music: Sources = None,
+        voice_prompt: Path | str | None = None,
+        inputs: Mapping[str, Sources] | None = None,
+        to: str = "text",
+        seed: int | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Reply:
+        """Send one user turn and return the answer; the history gains the turn once its files are written.
+
+        Args:
+            text: the typed instruction.
+            image: image file(s) or array(s) to show.
+            speech: spoken instruction(s); the turn is wrapped in the Speech-Instruction prompt.
+            music: music file(s).
+            voice_prompt: the voice of spoken answers (passed to the speech codec's decoder).
+            inputs: attachments of any installed modality by name (e.g. `{"toy": "series.txt"}`).
+            to: the answer modality; other than text, the answer is started with its start token.
+            seed: seeds sampling and the decoders; None picks one (reported in the reply).
+            on_event: called with each event of the generation loop.
+            on_text: called with each new piece of the answer's text, as it is generated.
+
+        Raises:
+            InputError, PluginError, ConfigError, GenerationError: the turn is not added; the
+            history is unchanged. So is it when generation is interrupted (KeyboardInterrupt).
+        """
+        started = time.perf_counter()
+        to = to.strip().lower() or "text"
+        if to != "text":
+            self.gpt.codecs.spec(to)
+            self.gpt.space.require(to)
+        voice = Path(voice_prompt).expanduser() if voice_prompt is not None else None
+        if voice is not None and not voice.is_file():
+            raise InputError(f"{voice}: no such file")
+        attachments: dict[str, Sources] = {"image": image, "music": music, "speech": speech}
+        for name, sources in (inputs or {}).items():
+            attachments[name] = _as_list(attachments.get(name)) + _as_list(sources)
+        message = self.message(text, inputs=attachments)
+        target = self.target_config(to)
+        seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+        prompt, input_ids, dropped = self._fit(message, to, target.max_new_tokens)
+        stream, spans, reason = self._generate(input_ids, to, target, seed, on_event, on_text)
+        reply = Reply(
+            text=stream.text,
+            message=stream.message,
+            prompt=prompt,
+            to=to,
+            spans=spans,
+            finish_reason=reason,
+            new_tokens=stream.tokens,
+            seed=seed,
+            dropped=dropped,
+        )
+        for span in reply.spans:
+            spec = self.gpt.codecs.spec(span.modality)
+            name = output_name(text or span.modality, spec.output_extension)
+            condition = voice if span.modality == self.voice_modality else None
+            reply.files.append(
+                self.gpt.codecs.decode_to_file(
+                    span.modality, span.codes, self.output_dir, name, condition=condition, seed=seed
+                )
+            )
+        self.history = [*self.history[dropped:], Turn(message, reply.message)]
+        reply.seconds = time.perf_counter() - started
+        return reply
+
+    def _fit(self, message: str, to: str, budget: int) -> tuple[str, Any, int]:
+        """The prompt, its ids and how many of the oldest turns were cut so it fits the context."""
+        suffix = "" if to == "text" else " " + self.gpt.space.require(to).spec.start
+        limit = None if self.context_length is None else self.context_length - budget
+        if limit is not None and limit <= 0:
+            raise InputError(
+                f"max_new_tokens {budget} leaves no room in the model's context of "
+                f"{self.context_length} positions"
+            )
+        dropped = 0
+        while True:
+            prompt = self.render(self.history[dropped:], message) + suffix
+            input_ids = self.gpt.tokenizer(prompt, return_tensors="pt").input_ids
+            if limit is None or input_ids.shape[1] <= limit:
+                return prompt, input_ids, dropped
+            if dropped == len(self.history):
+                raise InputError(
+                    f"message too long: the prompt is {input_ids.shape[1]} tokens, the context "
+                    f"holds {limit} besides max_new_tokens {budget}"
+                )
+            dropped += 1
+
+    def _generate(
+        self,
+        input_ids: Any,  # noqa: ANN401 - int64 [1, T]
+        to: str,
+        target: DecodingConfig,
+        seed: int,
+        on_event: Callable[[Event], None] | None,
+        on_text: Callable[[str], None] | None,
+    ) -> tuple[TextStream, list[SpanClosed], str]:
+        """Run the loop, feeding a `TextStream`; stop early on the template's end string."""
+        import torch
+
+        from anygpt_core.api import TEXT_DECODING
+        from anygpt_core.generation import Done
+
+        span_configs = {name: spec.decoding for name, spec in self.gpt.plugins.modalities.items()}
+        if to != "text":
+            span_configs[to] = target
+        end = self.template.bot_end
+        vocab = self.gpt.tokenizer.get_vocab()
+        stop = None if end in vocab and vocab[end] in self.gpt.space.stop_ids else end
+        stream = TextStream(self.gpt.tokenizer, self.gpt.space, stop=stop)
+        spans: list[SpanClosed] = []
+        reason = "stop"
+        with torch.inference_mode():
+            events = self.gpt.generator.generate(
+                input_ids,
+                text_config=target if to == "text" else TEXT_DECODING,
+                span_configs=span_configs,
+                max_new_tokens=target.max_new_tokens,
+                open_span=None if to == "text" else to,
+                seed=seed,
+            )
+            for event in events:  # leaving early closes the loop's generator
+                if on_event is not None:
+                    on_event(event)
+                piece = stream.feed(event)
+                if piece and on_text is not None:
+                    on_text(piece)
+                if isinstance(event, SpanClosed):
+                    spans.append(event)
+                elif isinstance(event, Done):
+                    reason = event.reason
+                if stream.stopped:
+                    break
+        return stream, spans, reason
