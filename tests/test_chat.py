@@ -291,7 +291,7 @@ def test_real_plugins_in_a_conversation(tmp_path, monkeypatch):
     plugins = discover()
     installed = [m for m in plugins.modalities if m in {"image", "speech", "music", "audio"}]
     gpt = AnyGPT.load(device="cpu", plugins=plugins, output_dir=tmp_path / "out")
-    chat = Conversation(gpt, max_new_tokens=40)
+    chat = Conversation(gpt, max_new_tokens=8)
     files = {
         "speech": write_wav(tmp_path / "ask.wav"),
         "music": write_wav(tmp_path / "song.wav", 1.0, 32000),
