@@ -310,10 +310,28 @@ def _results(
         _init_worker(*init_args)
         yield from map(_work, _jobs(manifest, start))
         return
-    # spawn, not fork: a fork of a process with torch / tokenizer threads can deadlock
+    # spawn, not fork: a fork of a process with torch / tokenizer threads can deadlock. An executor,
+    # not multiprocessing.Pool: a worker that dies or fails to start raises here instead of hanging.
+    from collections import deque
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
-        yield from pool.imap(_work, _jobs(manifest, start), chunksize=2)
+    window: deque[Future[tuple[int, str | None, Skipped | None]]] = deque()
+    try:
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=init_args
+        ) as pool:
+            for job in _jobs(manifest, start):
+                window.append(pool.submit(_work, job))
+                if len(window) >= 4 * workers:  # bounded, in manifest order
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+    except BrokenProcessPool as err:
+        raise InputError(
+            f"{manifest}: a prepare worker process died ({err}); retry with -j 1"
+        ) from err
 
 
 def _resume_state(out: Path, settings: dict[str, Any], *, overwrite: bool) -> dict[str, Any]:
