@@ -136,12 +136,16 @@ class CodecSet:
         *,
         condition: Path | None = None,
         seed: int | None = None,
+        config: DecodingConfig | None = None,
     ) -> Path:
-        """Decode codes and write the media atomically as a new file in `directory`."""
+        """Decode codes and write the media atomically as a new file in `directory`.
+
+        `config` defaults to the modality's own decoding config.
+        """
         spec = self.spec(modality)
         _check_codes(spec, codes)
         codec = self.codec(modality)
-        media = codec.decode(codes, condition=condition, seed=seed)
+        media = codec.decode(codes, condition=condition, seed=seed, config=config or spec.decoding)
         return atomic_output(directory, name, lambda tmp: codec.save(media, tmp))
 
 
@@ -341,6 +345,9 @@ class AnyGPT:
                     name,
                     condition=cond,
                     seed=prepared.seed,
+                    config=prepared.target_config
+                    if span.modality == prepared.task.target
+                    else None,
                 )
             )
         result.seconds = time.perf_counter() - started

@@ -36,7 +36,12 @@ class Codec(Protocol):
         ...
 
     def decode(
-        self, codes: torch.Tensor, *, condition: Path | None = None, seed: int | None = None
+        self,
+        codes: torch.Tensor,
+        *,
+        condition: Path | None = None,
+        seed: int | None = None,
+        config: DecodingConfig | None = None,
     ) -> Any:  # noqa: ANN401 - media type is the codec's own (PIL image, waveform, ...)
         """Decode codes int64 [num_codebooks, T] into media.
 
@@ -45,6 +50,8 @@ class Codec(Protocol):
             condition: an optional file that steers decoding (a voice prompt for speech); codecs that
                 take none raise `InputError` when given one.
             seed: makes sampling decoders (diffusion, mask-predict) reproducible.
+            config: the decoding config in effect for this modality (the default, a user's
+                `--config` file, flags); decoders read their own fields, e.g. speech `vc_steps`.
         """
         ...
 

@@ -66,7 +66,7 @@ def check_codec_contract(
         raise AssertionError(f"{spec.name}: protocol string does not round-trip")
     if not torch.equal(codec.encode(sample), codes):
         raise AssertionError(f"{spec.name}: encode is not deterministic")
-    media = codec.decode(codes, seed=0)
+    media = codec.decode(codes, seed=0, config=spec.decoding)
     target = workdir / f"contract{spec.output_extension}"
     written = Path(codec.save(media, target))
     if not written.is_file() or written.stat().st_size == 0:

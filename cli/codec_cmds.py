@@ -122,6 +122,6 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         if voice_prompt is not None and not voice_prompt.is_file():
             raise InputError(f"{voice_prompt}: no such file")
         codec = codecs.codec(modality)
-        media = codec.decode(codes, condition=voice_prompt, seed=seed)
+        media = codec.decode(codes, condition=voice_prompt, seed=seed, config=spec.decoding)
         written = atomic_write(output, lambda tmp: codec.save(media, tmp), overwrite=force)
         typer.echo(str(written))

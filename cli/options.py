@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
-
 from rich.markup import escape
 
 from anygpt_core.spec import CodecOption

@@ -56,7 +56,7 @@ class ToyCodec:
         fine = ((residual / step) + LEVELS / 2).round().clamp(0, LEVELS - 1).long()
         return torch.stack([coarse, fine])
 
-    def decode(self, codes, *, condition=None, seed=None):
+    def decode(self, codes, *, condition=None, seed=None, config=None):
         if condition is not None:
             raise InputError("toy codec takes no condition file")
         step = self._load()

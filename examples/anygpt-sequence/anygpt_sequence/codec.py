@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from anygpt_core.config import DecodingConfig
+
 __all__ = [
     "CODEBOOK_SIZE",
     "NUM_CODEBOOKS",
@@ -140,7 +142,12 @@ class SequenceCodec:
         return _quantise(x.view(-1, frame), books)
 
     def decode(
-        self, codes: torch.Tensor, *, condition: Path | None = None, seed: int | None = None
+        self,
+        codes: torch.Tensor,
+        *,
+        condition: Path | None = None,
+        seed: int | None = None,
+        config: DecodingConfig | None = None,
     ) -> np.ndarray:
         """Sum the chosen codewords of each stage: codes int64 [K, T] -> float32 [T * frame]."""
         del seed  # decoding is deterministic

@@ -19,6 +19,7 @@ from anygpt_image.preprocess import open_image, to_pixels
 if TYPE_CHECKING:
     from PIL import Image
 
+    from anygpt_core.config import DecodingConfig
     from anygpt_image.seed import SeedTokenizer
     from anygpt_image.unclip import EmbeddingUnCLIPPipeline
 
@@ -165,7 +166,12 @@ class ImageCodec:
         return self.seed_model.embed(codes.to(self.device))
 
     def decode(
-        self, codes: torch.Tensor, *, condition: Path | None = None, seed: int | None = None
+        self,
+        codes: torch.Tensor,
+        *,
+        condition: Path | None = None,
+        seed: int | None = None,
+        config: DecodingConfig | None = None,
     ) -> Image.Image:
         """Render codes int64 [1, 32] as a picture (768x768 with the published pipeline).
 
@@ -173,6 +179,7 @@ class ImageCodec:
             codes: int64 [1, 32] in [0, 8192).
             condition: not used by images; giving one is an error.
             seed: fixes the diffusion latents, so the same codes and seed give the same picture.
+            config: ignored; diffusion settings are the `--image-*` options.
 
         Raises:
             InputError: bad codes, or a condition file was given.

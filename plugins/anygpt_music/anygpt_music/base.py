@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from anygpt_core.config import DecodingConfig
+
 __all__ = ["WaveCodec"]
 
 logger = logging.getLogger(__name__)
@@ -148,7 +150,12 @@ class WaveCodec(ABC):
         return codes.to(torch.int64)
 
     def decode(
-        self, codes: torch.Tensor, *, condition: Path | None = None, seed: int | None = None
+        self,
+        codes: torch.Tensor,
+        *,
+        condition: Path | None = None,
+        seed: int | None = None,
+        config: DecodingConfig | None = None,
     ) -> torch.Tensor:
         """Decode codes into a waveform.
 
@@ -156,6 +163,7 @@ class WaveCodec(ABC):
             codes: int64 [num_codebooks, T].
             condition: not used by EnCodec; giving one is an error.
             seed: ignored (EnCodec decoding is deterministic).
+            config: ignored (no decoding-time settings).
 
         Returns:
             wav: float32 [T * hop] at `sample_rate`, mono.

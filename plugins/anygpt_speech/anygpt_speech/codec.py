@@ -34,12 +34,16 @@ if TYPE_CHECKING:
     import torch
     from speechtokenizer import SpeechTokenizer
 
+    from anygpt_core.config import DecodingConfig
     from anygpt_speech.soundstorm import SoundStorm, SoundStormConfig
     from anygpt_speech.tokenizer import SpeechTokenizerConfig
 
 __all__ = ["SpeechCodec"]
 
 logger = logging.getLogger(__name__)
+
+#: SoundStorm steps the reference used (its generate_config.json `vc_steps`).
+DEFAULT_VC_STEPS = 3
 
 
 class SpeechCodec:
@@ -200,7 +204,12 @@ class SpeechCodec:
         return encode_all_layers(self.tokenizer, wav)[:1].cpu()
 
     def decode(
-        self, codes: torch.Tensor, *, condition: Path | None = None, seed: int | None = None
+        self,
+        codes: torch.Tensor,
+        *,
+        condition: Path | None = None,
+        seed: int | None = None,
+        config: DecodingConfig | None = None,
     ) -> torch.Tensor:
         """Speech from semantic codes, in the voice of `condition` when given.
 
@@ -208,16 +217,25 @@ class SpeechCodec:
             codes: int64 [1, frames] (or [frames]) semantic codes.
             condition: a voice prompt; its first `--voice-prompt-seconds` give the voice.
             seed: seeds SoundStorm's sampling; None draws from torch's global generator.
+            config: the speech decoding config; its `vc_steps` sets SoundStorm's steps unless
+                `--soundstorm-steps` is given.
 
         Returns:
             waveform: float32 [frames * 320] at `sample_rate`.
         """
         from anygpt_speech.tokenizer import decode_codes
 
-        return decode_codes(self.tokenizer, self.all_layers(codes, condition=condition, seed=seed))
+        steps = None if config is None else config.vc_steps
+        layers = self.all_layers(codes, condition=condition, seed=seed, steps=steps)
+        return decode_codes(self.tokenizer, layers)
 
     def all_layers(
-        self, codes: torch.Tensor, *, condition: Path | None = None, seed: int | None = None
+        self,
+        codes: torch.Tensor,
+        *,
+        condition: Path | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
     ) -> torch.Tensor:
         """All RVQ codes for semantic codes: SoundStorm's acoustic layers under the semantic layer.
 
@@ -234,7 +252,9 @@ class SpeechCodec:
         from anygpt_speech.tokenizer import encode_all_layers
 
         semantic = _check_codes(codes, self.tokenizer_config.codebook_size)
-        steps = int(self._number("soundstorm_steps", int))
+        if self.options.get("soundstorm_steps") is not None:  # the flag wins over the config
+            steps = int(self._number("soundstorm_steps", int))
+        steps = steps or DEFAULT_VC_STEPS
         prompt = None
         if condition is not None:
             seconds = self._number("voice_prompt_seconds", float)

@@ -63,9 +63,10 @@ SPEECH = ModalitySpec(
         ),
         CodecOption(
             name="soundstorm_steps",
-            help="Mask-predict steps of SoundStorm's first acoustic layer (vc_steps).",
+            help="Mask-predict steps of SoundStorm's first acoustic layer "
+            "(default: the speech decoding config's vc_steps, 3).",
             type="int",
-            default=3,
+            default=None,
         ),
         CodecOption(
             name="speech_max_seconds",

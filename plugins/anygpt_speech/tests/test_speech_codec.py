@@ -203,3 +203,20 @@ def test_codec_missing_soundstorm_file(tiny_options, codes, tmp_path):
     codec = SpeechCodec({**tiny_options, "soundstorm_path": str(Path(tmp_path) / "nope.pt")})
     with pytest.raises(CheckpointError, match=r"--soundstorm-path .*nope\.pt: no such file"):
         codec.decode(codes, seed=0)
+
+
+def test_codec_vc_steps_come_from_the_decoding_config(tiny_options, codes, monkeypatch):
+    codec = SpeechCodec(tiny_options)
+    seen: list[int] = []
+    original = type(codec.soundstorm).generate
+
+    def spy(self, *args, steps, **kwargs):
+        seen.append(steps)
+        return original(self, *args, steps=steps, **kwargs)
+
+    monkeypatch.setattr(type(codec.soundstorm), "generate", spy)
+    codec.decode(codes, seed=0)
+    codec.decode(codes, seed=0, config=SPEECH.decoding.merged(vc_steps=5))
+    flagged = SpeechCodec({**tiny_options, "soundstorm_steps": 2})
+    flagged.decode(codes, seed=0, config=SPEECH.decoding.merged(vc_steps=5))
+    assert seen == [3, 5, 2]  # default, the config's vc_steps, the flag over the config
