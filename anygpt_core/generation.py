@@ -108,7 +108,8 @@ class Generator:
     Args:
         backend: the language model.
         space: the token ids of the model's tokenizer.
-        mask_stray: in text, forbid code and end tokens that have no open span.
+        mask_stray: in text, forbid code and end tokens that have no open span, and the role
+            tokens `[Human]`, `[MMGPT]`, `<eoh>` (False: score exactly as `model.generate`).
         slice_logits: inside a span, score only its legal rows (False scores the whole vocabulary
             and masks; kept for the benchmark baseline).
     """
@@ -129,6 +130,8 @@ class Generator:
         self.slice_logits = slice_logits
         stray = [m.code_ids for m in space.modalities.values()]
         stray += [torch.tensor([m.end_id]) for m in space.modalities.values()]
+        # Inside an answer a role token would start a new turn: never part of a reply.
+        stray.append(torch.tensor([space.human_id, space.mmgpt_id, space.eoh_id]))
         self.stray_ids = torch.cat(stray).to(backend.device) if mask_stray and stray else None
 
     def generate(

@@ -25,9 +25,14 @@ def test_greedy_text_equals_model_generate(text_only_env):
     from anygpt_core.api import AnyGPT
 
     gpt = AnyGPT.load(device="cpu")
+    loop = Generator(gpt.backend, gpt.space, mask_stray=False)
     for prompt in ["[Human]: Hello there<eoh>[MMGPT]: ", "[Human]: A red bus<eoh> [MMGPT]:"]:
         ids = gpt.tokenizer(prompt, return_tensors="pt").input_ids
-        events = events_of(gpt, prompt, max_new_tokens=48)
+        ids_in = gpt.tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            events = list(
+                loop.generate(ids_in, text_config=GREEDY, span_configs={}, max_new_tokens=48)
+            )
         done = events[-1]
         assert isinstance(done, Done)
         with torch.inference_mode():
@@ -78,7 +83,8 @@ def test_toy_spans_always_well_formed(toy_gpt):
         assert len(spans) == len(closed)
         for span, event in zip(spans, closed, strict=True):
             assert torch.equal(span.codes, event.codes)
-        # Stray code tokens never appear outside spans.
+        space = toy_gpt.space
+        assert not {space.human_id, space.mmgpt_id, space.eoh_id} & set(tokens)  # no role tokens
         assert len(tokens) <= (300 if seed % 2 else 23)
     assert opened >= 4
 

@@ -112,6 +112,9 @@ def load_unclip(
     """
     path = _resolve(location)
     try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # the CLI shows its own progress
         pipe = EmbeddingUnCLIPPipeline.from_pretrained(
             path, dtype=dtype, image_encoder=None, feature_extractor=None
         )
