@@ -131,22 +131,29 @@ class LlamaBackend(TransformersBackend):
         )
 
     def __init__(self, model: Any) -> None:  # noqa: ANN401
+        import torch
+
         super().__init__(model)
         config = model.config
         self.heads = config.num_attention_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scaling = self.head_dim**-0.5
         self.embed = self.body.embed_tokens.weight
+        # q/k/v and gate/up run as one matrix product each (rows stacked once, here): the same
+        # dot products as separate layers, with fewer kernel launches per token.
         self.layers = [
             (
                 layer.input_layernorm.weight,
-                layer.self_attn.q_proj.weight,
-                layer.self_attn.k_proj.weight,
-                layer.self_attn.v_proj.weight,
+                torch.cat(
+                    [
+                        layer.self_attn.q_proj.weight,
+                        layer.self_attn.k_proj.weight,
+                        layer.self_attn.v_proj.weight,
+                    ]
+                ),
                 layer.self_attn.o_proj.weight,
                 layer.post_attention_layernorm.weight,
-                layer.mlp.gate_proj.weight,
-                layer.mlp.up_proj.weight,
+                torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
                 layer.mlp.down_proj.weight,
             )
             for layer in self.body.layers[: config.num_hidden_layers]
@@ -163,6 +170,35 @@ class LlamaBackend(TransformersBackend):
         """Run the prompt with an empty cache and return the last hidden state [H]."""
         self.keys, self.values, self.length = [], [], 0
         return self._run(input_ids.to(self.device))
+
+    def _cache(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v (1, heads, T, head_dim) to the layer's preallocated cache; return the views.
+
+        Buffers grow by doubling, so a step writes in place instead of copying the whole cache.
+        """
+        import torch
+
+        start, end = self.length, self.length + k.shape[2]
+        if layer == len(self.keys) or end > self.keys[layer].shape[2]:
+            capacity = max(256, 2 * end)
+            grown = [
+                torch.empty(
+                    (1, self.heads, capacity, self.head_dim), dtype=k.dtype, device=k.device
+                )
+                for _ in range(2)
+            ]
+            if layer < len(self.keys):
+                grown[0][:, :, :start] = self.keys[layer][:, :, :start]
+                grown[1][:, :, :start] = self.values[layer][:, :, :start]
+                self.keys[layer], self.values[layer] = grown
+            else:
+                self.keys.append(grown[0])
+                self.values.append(grown[1])
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         import torch
@@ -185,26 +221,23 @@ class LlamaBackend(TransformersBackend):
         sin = (emb.sin() * self.rope_scale).to(h.dtype)[:, None]
         half = self.head_dim // 2
         shape = (1, steps, self.heads, self.head_dim)
-        first = not self.keys
-        for i, (ln1, wq, wk, wv, wo, ln2, wg, wu, wd) in enumerate(self.layers):
+        width = self.heads * self.head_dim
+        for i, (ln1, wqkv, wo, ln2, wgu, wd) in enumerate(self.layers):
             x = self._rms(h, ln1)
-            q = F.linear(x, wq).view(shape).transpose(1, 2)  # (1, heads, T, head_dim)
-            k = F.linear(x, wk).view(shape).transpose(1, 2)
-            v = F.linear(x, wv).view(shape).transpose(1, 2)
+            q, k, v = F.linear(x, wqkv).split(width, dim=-1)
+            q = q.view(shape).transpose(1, 2)  # (1, heads, T, head_dim)
+            k = k.view(shape).transpose(1, 2)
+            v = v.view(shape).transpose(1, 2)
             q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
-            if first:
-                self.keys.append(k)
-                self.values.append(v)
-            else:
-                self.keys[i] = k = torch.cat([self.keys[i], k], dim=-2)
-                self.values[i] = v = torch.cat([self.values[i], v], dim=-2)
+            k, v = self._cache(i, k, v)
             a = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=None, dropout_p=0.0, scale=self.scaling, is_causal=steps > 1
             )
             a = a.transpose(1, 2).contiguous().reshape(1, steps, -1).contiguous()
             h = h + F.linear(a, wo)
             x = self._rms(h, ln2)
-            h = h + F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
+            gate, up = F.linear(x, wgu).chunk(2, dim=-1)
+            h = h + F.linear(F.silu(gate) * up, wd)
         self.length += steps
         return self._rms(h, self.norm)[0, -1]

@@ -11,7 +11,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from anygpt_cli.common import Device, Dtype, ModelPath, OutputDir, load_model
+from anygpt_cli.common import (
+    ConfigFile,
+    Device,
+    Dtype,
+    MaxNewTokens,
+    ModelPath,
+    OutputDir,
+    Seed,
+    Temperature,
+    TopK,
+    TopP,
+    load_model,
+)
 from anygpt_cli.options import with_codec_options
 from anygpt_core.errors import AnyGPTError, InputError
 
@@ -71,17 +83,12 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         to: Annotated[
             str, typer.Option("--to", help="Answer modality of plain lines (change with /to).")
         ] = "text",
-        config: Annotated[
-            Path | None,
-            typer.Option("--config", help="Decoding config JSON for the answer modality."),
-        ] = None,
-        seed: Annotated[
-            int | None, typer.Option("--seed", help="Seed every turn for reproducible output.")
-        ] = None,
-        max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
-        temperature: Annotated[float | None, typer.Option("--temperature")] = None,
-        top_p: Annotated[float | None, typer.Option("--top-p")] = None,
-        top_k: Annotated[int | None, typer.Option("--top-k")] = None,
+        config: ConfigFile = None,
+        seed: Seed = None,
+        max_new_tokens: MaxNewTokens = None,
+        temperature: Temperature = None,
+        top_p: TopP = None,
+        top_k: TopK = None,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per turn.")] = False,
         codec_options: dict[str, Any],
     ) -> None:

@@ -11,7 +11,19 @@ if TYPE_CHECKING:
     from anygpt_core.api import AnyGPT
     from anygpt_core.plugins import PluginSet
 
-__all__ = ["Device", "Dtype", "ModelPath", "OutputDir", "load_model"]
+__all__ = [
+    "ConfigFile",
+    "Device",
+    "Dtype",
+    "MaxNewTokens",
+    "ModelPath",
+    "OutputDir",
+    "Seed",
+    "Temperature",
+    "TopK",
+    "TopP",
+    "load_model",
+]
 
 ModelPath = Annotated[
     str | None,
@@ -23,6 +35,15 @@ ModelPath = Annotated[
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, float16 or bfloat16.")]
 OutputDir = Annotated[Path, typer.Option("--output-dir", help="Where output files are written.")]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="Decoding config JSON for the answer's modality."),
+]
+Seed = Annotated[int | None, typer.Option("--seed", help="Seed for reproducible output.")]
+MaxNewTokens = Annotated[int | None, typer.Option("--max-new-tokens", help="Token budget.")]
+Temperature = Annotated[float | None, typer.Option("--temperature", help="Softmax temperature.")]
+TopP = Annotated[float | None, typer.Option("--top-p", help="Nucleus probability mass.")]
+TopK = Annotated[int | None, typer.Option("--top-k", help="Keep the k most likely tokens.")]
 
 
 def load_model(
