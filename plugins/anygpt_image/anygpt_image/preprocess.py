@@ -20,6 +20,10 @@ __all__ = ["ImageSource", "open_image", "to_pixels"]
 
 ImageSource = Path | str | np.ndarray | torch.Tensor | Image.Image
 
+#: Largest image accepted, in pixels (PIL's own decompression-bomb threshold): every input is
+#: resized to 224x224 anyway, and a larger header is more likely a bomb than a photo.
+MAX_PIXELS = 89_478_485
+
 
 def _from_file(path: Path) -> Image.Image:
     if not path.exists():
@@ -32,8 +36,16 @@ def _from_file(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
+                width, height = opened.size
+                if width * height > MAX_PIXELS:
+                    raise InputError(
+                        f"{path}: {width}x{height} pixels is too large (limit {MAX_PIXELS:,}); "
+                        "resize it first"
+                    )
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{path}: too large to decode safely ({err})") from err
     except UnidentifiedImageError as err:
         raise InputError(f"{path}: not an image PIL can read (PNG, JPEG, WebP, ...)") from err
     except (OSError, SyntaxError, ValueError) as err:

@@ -224,3 +224,12 @@ def test_low_memory_mode_decodes_on_cpu(demo_options, picture_path):
 def test_decode_output_is_an_image(codec, tmp_path: Path, picture_path):
     picture = codec.decode(codec.encode(picture_path), seed=1)
     assert codec.save(picture, tmp_path / "decoded.jpg").stat().st_size > 0
+
+
+def test_decompression_bomb_is_refused_before_decoding(codec, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 10_000)).save(path)  # 100 M pixels in a few kB
+    with pytest.raises(InputError, match=r"10000x10000 pixels is too large"):
+        codec.encode(path)
