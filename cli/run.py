@@ -203,7 +203,7 @@ class _Progress:
         return self
 
     def update(self, event: object) -> None:
-        from anygpt_core.generation import SpanClosed, SpanOpened, TokenEvent
+        from anygpt_core.generation import Done, SpanClosed, SpanOpened, TokenEvent
 
         if self.progress is None:
             return
@@ -217,6 +217,9 @@ class _Progress:
             self.tokens = 0
         elif isinstance(event, SpanClosed):
             self.progress.update(self.task, description="generating text", total=None, completed=0)
+        elif isinstance(event, Done) and event.spans:
+            names = ", ".join(sorted({s.modality for s in event.spans}))
+            self.progress.update(self.task, description=f"decoding {names}", total=None, completed=0)
         elif isinstance(event, TokenEvent):
             self.tokens += 1
             self.progress.advance(self.task)
