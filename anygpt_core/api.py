@@ -209,11 +209,14 @@ class AnyGPT:
         plugins = plugins or discover()
         options = {k: v for k, v in (codec_options or {}).items() if v is not None}
         is_demo = model is None
-        if is_demo:
+        location: str | Path
+        if model is None:
             demo = ensure_demo(plugins)
-            model = demo.model_dir
+            location = demo.model_dir
             options = {**demo.options, **options}
-        lm, tokenizer = load_language_model(model, device=device, dtype=dtype)
+        else:
+            location = model
+        lm, tokenizer = load_language_model(location, device=device, dtype=dtype)
         return cls(
             lm,
             tokenizer,

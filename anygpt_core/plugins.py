@@ -139,7 +139,9 @@ class PluginSet:
             target = directory / name
             target.mkdir(parents=True, exist_ok=True)
             result = impl.function(directory=target)
-            values.update(dict(result or {}))
+            if not isinstance(result, Mapping):
+                raise PluginError(f"plugin {name!r}: anygpt_demo_assets must return a mapping")
+            values.update(result)
         return values
 
 
@@ -234,7 +236,10 @@ def _load_one(
             raw: list[Any] = []
             for impl in manager.hook.anygpt_modalities.get_hookimpls():
                 if impl.plugin is plugin:
-                    raw.extend(impl.function() or [])
+                    returned = impl.function()
+                    if not isinstance(returned, (list, tuple)):
+                        raise PluginError("anygpt_modalities must return a list of ModalitySpec")
+                    raw.extend(returned)
             specs = [ModalitySpec.model_validate(s) for s in raw]
         except BaseException:
             manager.unregister(plugin)
