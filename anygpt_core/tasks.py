@@ -108,6 +108,12 @@ def atomic_output(directory: Path, name: str, write: Callable[[Path], object]) -
                 os.link(tmp, final)  # fails if `final` exists: no overwrite race
             except FileExistsError:
                 continue
+            except OSError:  # no hard links here: claim the name exclusively, then replace it
+                try:
+                    os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    continue
+                os.replace(tmp, final)
             return final
         raise InputError(f"{directory}: too many files named {name}")
     finally:

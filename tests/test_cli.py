@@ -258,3 +258,21 @@ def test_console_script_installed():
         [Path(sys.executable).parent / "anygpt", "--version"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "anygpt 0.1.0"
+
+
+def test_atomic_output_never_overwrites_and_works_without_hard_links(tmp_path, monkeypatch):
+    import os
+
+    from anygpt_core.tasks import atomic_output
+
+    first = atomic_output(tmp_path, "a.txt", lambda p: p.write_text("1"))
+    second = atomic_output(tmp_path, "a.txt", lambda p: p.write_text("2"))
+    assert (first.name, second.name) == ("a.txt", "a-1.txt")
+
+    def no_links(*args):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    third = atomic_output(tmp_path, "a.txt", lambda p: p.write_text("3"))
+    assert third.name == "a-2.txt" and third.read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.txt", "a-2.txt", "a.txt"]
