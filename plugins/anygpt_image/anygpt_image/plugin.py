@@ -65,7 +65,7 @@ IMAGE = ModalitySpec(
         ),
         CodecOption(
             name="image_low_memory",
-            help="Offload decoder models to the CPU between uses and slice attention (24 GB GPUs).",
+            help="Offload decoder models to the CPU between uses and decode the VAE in slices (24 GB GPUs).",
             type="bool",
             default=False,
         ),

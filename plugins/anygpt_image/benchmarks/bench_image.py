@@ -10,6 +10,7 @@ Measures, on this machine's device (CPU float32 / GPU float16):
 - peak resident memory (and peak CUDA memory on a GPU).
 
 Run: python plugins/anygpt_image/benchmarks/bench_image.py [--unet-steps N] [--skip-unet]
+     [--skip-seed] [--low-memory]   (peak RSS is per process: compare low-memory in two runs)
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def bench_seed(device: torch.device, dtype: torch.dtype, repeats: int) -> None:
     print(f"  peak RSS so far: {peak_rss_gib():.2f} GiB")
 
 
-def bench_unet(device: torch.device, dtype: torch.dtype, steps: int) -> None:
+def bench_unet(device: torch.device, dtype: torch.dtype, steps: int, *, low_memory: bool) -> None:
     from diffusers import UNet2DConditionModel
 
     start = time.perf_counter()
@@ -97,6 +98,8 @@ def bench_unet(device: torch.device, dtype: torch.dtype, steps: int) -> None:
         .to(device, dtype)
         .eval()
     )
+    if low_memory:  # what --image-low-memory does to the UNet on any device
+        unet.set_attention_slice("auto")
     params = sum(p.numel() for p in unet.parameters())
     print(
         f"unCLIP-size UNet: {params / 1e6:.0f} M parameters, built in {time.perf_counter() - start:.1f} s"
@@ -136,13 +139,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--unet-steps", type=int, default=2)
     parser.add_argument("--skip-unet", action="store_true")
+    parser.add_argument(
+        "--skip-seed", action="store_true", help="Time only the UNet (own peak RSS)."
+    )
+    parser.add_argument(
+        "--low-memory", action="store_true", help="Sliced attention, as --image-low-memory."
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     print(f"device {device}, dtype {dtype}, torch threads {torch.get_num_threads()}")
-    bench_seed(device, dtype, args.repeats)
+    if not args.skip_seed:
+        bench_seed(device, dtype, args.repeats)
     if not args.skip_unet:
-        bench_unet(device, dtype, args.unet_steps)
+        bench_unet(device, dtype, args.unet_steps, low_memory=args.low_memory)
     bench_tiny_decode(args.repeats)
     print(f"peak RSS: {peak_rss_gib():.2f} GiB")
     if device.type == "cuda":
