@@ -30,6 +30,7 @@ from anygpt_core.tasks import Task, atomic_output, output_name, parse_instructio
 if TYPE_CHECKING:
     import torch
 
+    from anygpt_core.tokenization import ReferencePromptEncoder
     from anygpt_core.tokens import TokenSpace
 
 __all__ = ["TEXT_DECODING", "AnyGPT", "CodecSet", "Prepared", "Result"]
@@ -171,6 +172,7 @@ class AnyGPT:
         instructions: Path | None = None,
         output_dir: Path = Path("anygpt_output"),
         is_demo: bool = False,
+        prompt_encoder: ReferencePromptEncoder | None = None,
     ) -> None:
         from anygpt_core.backend import make_backend
         from anygpt_core.tokens import TokenSpace
@@ -182,6 +184,7 @@ class AnyGPT:
         self.instructions = instructions
         self.output_dir = Path(output_dir)
         self.is_demo = is_demo
+        self.prompt_encoder = prompt_encoder
         self.space: TokenSpace = TokenSpace(tokenizer, plugins.modalities)
         self.backend = make_backend(model)
         self.generator = Generator(self.backend, self.space)
@@ -204,7 +207,8 @@ class AnyGPT:
         options left out point at the demo's tiny codec checkpoints.
         """
         from anygpt_core.demo import ensure_demo
-        from anygpt_core.loading import load_language_model
+        from anygpt_core.loading import load_language_model, resolve_model_dir
+        from anygpt_core.tokenization import ReferencePromptEncoder
 
         plugins = plugins or discover()
         options = {k: v for k, v in (codec_options or {}).items() if v is not None}
@@ -217,6 +221,7 @@ class AnyGPT:
         else:
             location = model
         lm, tokenizer = load_language_model(location, device=device, dtype=dtype)
+        encoder = ReferencePromptEncoder.from_directory(resolve_model_dir(location), tokenizer)
         return cls(
             lm,
             tokenizer,
@@ -225,7 +230,20 @@ class AnyGPT:
             instructions=instructions,
             output_dir=Path(output_dir),
             is_demo=is_demo,
+            prompt_encoder=encoder,
         )
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Token ids int64 [1, T] of a prompt, as the reference's tokenizer produced them.
+
+        With a SentencePiece `tokenizer.model` in the model directory, `ReferencePromptEncoder`
+        reproduces transformers 4.34 (what the published models were trained with); otherwise the
+        loaded tokenizer encodes.
+        """
+        if self.prompt_encoder is not None:
+            return self.prompt_encoder.encode(prompt)
+        ids: torch.Tensor = self.tokenizer(prompt, return_tensors="pt").input_ids
+        return ids
 
     def config_for(self, modality: str) -> DecodingConfig:
         """The default decoding config of a modality (`text` included)."""
@@ -293,7 +311,7 @@ class AnyGPT:
         span_configs = {name: spec.decoding for name, spec in self.plugins.modalities.items()}
         if task.target != "text":
             span_configs[task.target] = prepared.target_config
-        input_ids = self.tokenizer(prepared.prompt, return_tensors="pt").input_ids
+        input_ids = self.encode_prompt(prepared.prompt)
         with torch.inference_mode():
             yield from self.generator.generate(
                 input_ids,

@@ -429,7 +429,7 @@ class Conversation:
         dropped = 0
         while True:
             prompt = self.render(self.history[dropped:], message) + suffix
-            input_ids = self.gpt.tokenizer(prompt, return_tensors="pt").input_ids
+            input_ids = self.gpt.encode_prompt(prompt)
             if limit is None or input_ids.shape[1] <= limit:
                 return prompt, input_ids, dropped
             if dropped == len(self.history):
