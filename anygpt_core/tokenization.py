@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ReferencePromptEncoder"]
+__all__ = ["ReferencePromptEncoder", "ReferenceTokenizer"]
 
 _UNDERLINE = "\u2581"
 _SHAPED = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")
@@ -96,47 +97,123 @@ class ReferencePromptEncoder:
             add_bos=bool(config.get("add_bos_token", True)),
         )
 
-    def _split(self, text: str) -> list[str]:
-        chunks: list[str] = []
+    def _split(self, text: str) -> list[tuple[str, int]]:
+        """`text` cut into (chunk, character offset) around added tokens, strip flags applied."""
+        texts: list[str] = []
+        starts: list[int] = []
         position = 0
         for match in self.pattern.finditer(text):
-            if match.group(0) not in self.added:
-                continue
-            chunks += [text[position : match.start()], match.group(0)]
-            position = match.end()
-        chunks.append(text[position:])
-        for i, chunk in enumerate(chunks):  # 4.34 `tokenize`: an added token's strip flags
-            if chunk in self.rstrip and i + 1 < len(chunks):
-                chunks[i + 1] = chunks[i + 1].lstrip()
+            if match.group(0) in self.added:
+                texts += [text[position : match.start()], match.group(0)]
+                starts += [position, match.start()]
+                position = match.end()
+        texts.append(text[position:])
+        starts.append(position)
+        for i, chunk in enumerate(list(texts)):  # 4.34 `tokenize`: an added token's strip flags
+            if chunk in self.rstrip and i + 1 < len(texts):
+                stripped = texts[i + 1].lstrip()
+                starts[i + 1] += len(texts[i + 1]) - len(stripped)
+                texts[i + 1] = stripped
             if chunk in self.lstrip and i > 0:
-                chunks[i - 1] = chunks[i - 1].rstrip()
-        return [c for c in chunks if c]
+                texts[i - 1] = texts[i - 1].rstrip()
+        return [(c, o) for c, o in zip(texts, starts, strict=True) if c]
 
-    def _pieces(self, chunk: str) -> list[str]:
-        pieces: list[str] = self.sp.encode(chunk, out_type=str)
-        if self.legacy or not chunk.startswith((_UNDERLINE, " ")):
-            return pieces
-        pieces = self.sp.encode("<unk>" + chunk, out_type=str)
-        return pieces[self.unk_length :] if len(pieces) >= self.unk_length else pieces
+    def _pieces(self, chunk: str) -> list[tuple[str, int, int]]:
+        """4.34.1 `_tokenize`: pieces of a text chunk with their character spans in the chunk."""
+        prefix = ""
+        if not self.legacy and chunk.startswith((_UNDERLINE, " ")):
+            prefix = "<unk>"
+        encoded = self.sp.encode(prefix + chunk, return_type="proto")
+        data = (prefix + chunk).encode("utf-8")
+        to_char = [len(data[:i].decode("utf-8", errors="ignore")) for i in range(len(data) + 1)]
+        pieces = [(p.piece, to_char[p.begin], to_char[p.end]) for p in encoded.pieces]
+        if prefix:
+            if len(pieces) >= self.unk_length:
+                pieces = pieces[self.unk_length :]
+            pieces = [
+                (piece, max(0, b - len(prefix)), max(0, e - len(prefix))) for piece, b, e in pieces
+            ]
+        return pieces
+
+    def tokens_with_offsets(self, text: str) -> list[tuple[str, int, int]]:
+        """Token strings of `text` (without BOS) with their character spans in `text`."""
+        shift = 0
+        if not self.legacy and text:
+            text = _UNDERLINE + text.replace(_UNDERLINE, " ")
+            shift = 1
+        out: list[tuple[str, int, int]] = []
+        for chunk, offset in self._split(text):
+            if chunk in self.added:
+                out.append((chunk, offset, offset + len(chunk)))
+            else:
+                out += [(p, offset + b, offset + e) for p, b, e in self._pieces(chunk)]
+        if (
+            not self.legacy
+            and len(out) > 1
+            and out[0][0] == _UNDERLINE
+            and out[1][0] in self.special
+        ):
+            out = out[1:]
+        return [(t, max(0, b - shift), max(0, e - shift)) for t, b, e in out]
 
     def tokens(self, text: str) -> list[str]:
         """The token strings of `text` (without BOS)."""
-        if not self.legacy and text:
-            text = _UNDERLINE + text.replace(_UNDERLINE, " ")
-        out: list[str] = []
-        for chunk in self._split(text):
-            out += [chunk] if chunk in self.added else self._pieces(chunk)
-        if not self.legacy and len(out) > 1 and out[0] == _UNDERLINE and out[1] in self.special:
-            out = out[1:]
-        return out
+        return [t for t, _, _ in self.tokens_with_offsets(text)]
+
+    def ids_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids (BOS first when the tokenizer adds it) and each token's character span."""
+        triples = self.tokens_with_offsets(text)
+        ids = [self.added[t] if t in self.added else self.sp.piece_to_id(t) for t, _, _ in triples]
+        offsets = [(b, e) for _, b, e in triples]
+        if self.add_bos:
+            ids, offsets = [self.bos_id, *ids], [(0, 0), *offsets]
+        return ids, offsets
 
     def encode(self, text: str) -> torch.Tensor:
         """Token ids int64 [1, T] of a prompt, BOS first as the model was trained."""
         import torch
 
-        ids = [
-            self.added[t] if t in self.added else self.sp.piece_to_id(t) for t in self.tokens(text)
-        ]
-        if self.add_bos:
-            ids = [self.bos_id, *ids]
-        return torch.tensor([ids], dtype=torch.long)
+        return torch.tensor([self.ids_with_offsets(text)[0]], dtype=torch.long)
+
+
+class ReferenceTokenizer:
+    """A tokenizer whose calls encode text as transformers 4.34 did (for training data).
+
+    Everything else (ids of special tokens, saving, padding) is the wrapped tokenizer's.
+
+    Args:
+        tokenizer: the loaded transformers tokenizer.
+        encoder: the model directory's `ReferencePromptEncoder`.
+    """
+
+    def __init__(self, tokenizer: Any, encoder: ReferencePromptEncoder) -> None:  # noqa: ANN401
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - the wrapped tokenizer's attributes
+        return getattr(self.tokenizer, name)
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    def __call__(
+        self,
+        text: str,
+        *,
+        truncation: bool = False,
+        max_length: int | None = None,
+        return_offsets_mapping: bool = False,
+    ) -> SimpleNamespace:
+        """`input_ids` (and `offset_mapping`, character spans) of one text."""
+        ids, offsets = self.encoder.ids_with_offsets(text)
+        if truncation and max_length is not None:
+            ids, offsets = ids[:max_length], offsets[:max_length]
+        if return_offsets_mapping:
+            return SimpleNamespace(input_ids=ids, offset_mapping=offsets)
+        return SimpleNamespace(input_ids=ids)
+
+    @classmethod
+    def wrap(cls, directory: Path, tokenizer: Any) -> Any:  # noqa: ANN401
+        """The reference tokenizer for a model directory, or `tokenizer` itself without a `.model`."""
+        encoder = ReferencePromptEncoder.from_directory(directory, tokenizer)
+        return tokenizer if encoder is None else cls(tokenizer, encoder)

@@ -202,3 +202,28 @@ def test_the_api_uses_the_reference_encoding(text_only_env):
 
 def test_without_a_sentencepiece_model_there_is_no_reference_encoder(tmp_path):
     assert ReferencePromptEncoder.from_directory(tmp_path, tokenizer=None) is None
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_offsets_point_at_the_text_of_each_token(demo_dir, tmp_path, legacy):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from anygpt_core.tokenization import ReferenceTokenizer
+
+    directory = tmp_path / "tok"
+    shutil.copytree(demo_dir, directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "legacy": legacy}))
+    tokenizer = ReferenceTokenizer.wrap(directory, AutoTokenizer.from_pretrained(directory))
+    text = PROMPTS[2]
+    encoded = tokenizer(text, return_offsets_mapping=True)
+    tokens = tokenizer.convert_ids_to_tokens(encoded.input_ids)
+    assert tokens == GOLDEN["t_true" if legacy else "t_false"][2]
+    for token, (start, end) in zip(tokens, encoded.offset_mapping, strict=True):
+        if token in {"[Human]", "[MMGPT]", "<eoh>", "<eos>"}:
+            assert text[start:end] == token
+        elif token.startswith("▁") and len(token) > 1 and end > start:
+            assert text[start:end].strip() == token[1:]
+    assert tokenizer(text, truncation=True, max_length=5).input_ids == encoded.input_ids[:5]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from anygpt_core.errors import CheckpointError, ConfigError
 from anygpt_core.plugins import PluginSet
+from anygpt_core.tokenization import ReferenceTokenizer
 from anygpt_core.training.config import TrainConfig, training_arguments
 from anygpt_core.training.datasets import ChatDataset, PretrainDataset, collate, read_examples
 from anygpt_core.training.extend import CHAT_TOKENS, resize_embeddings, write_tokenizer
@@ -121,11 +122,13 @@ def train(
         if args.local_process_index == 0:
             _, added = write_tokenizer(base, output_dir, CHAT_TOKENS if kind == "sft" else ())
         tokenizer = _load_tokenizer(output_dir)
+    # Examples are tokenized as transformers 4.34 did, like prompts at inference (tokenization.py).
+    data_tokenizer = ReferenceTokenizer.wrap(output_dir, tokenizer)
     dataset: PretrainDataset | ChatDataset
     if kind == "pretrain":
         dataset = PretrainDataset(
             lines,
-            tokenizer,
+            data_tokenizer,
             bank.lists,
             max_length=config.max_length,
             seed=config.seed,
@@ -133,7 +136,7 @@ def train(
         )
     else:
         template = MMGPT_CHAT if config.template == "mmgpt" else ANYGPT_CHAT
-        dataset = ChatDataset(lines, tokenizer, template, max_length=config.max_length)
+        dataset = ChatDataset(lines, data_tokenizer, template, max_length=config.max_length)
     if on_ready is not None:
         on_ready(len(lines), Path(resume) if resume else None)
     model = _load_model(base, tokenizer)
