@@ -14,147 +14,17 @@ PROMPTS = [
     "[Human]: hi<eoh>[MMGPT]: ",
     "You are an assistant.\n[Human]: Hi<eoh>\n[MMGPT]: Hello<eos>\n[Human]:  two  spaces<eoh>\n[MMGPT]:",
 ]
+# Each entry is the token strings joined by single spaces (no piece holds a space).
 GOLDEN = {
     "t_true": [
-        [
-            "<s>",
-            "[Human]",
-            "▁",
-            ":",
-            "▁T",
-            "ell",
-            "▁me",
-            "▁a",
-            "▁s",
-            "t",
-            "or",
-            "y",
-            ".",
-            "<eoh>",
-            "▁",
-            "▁",
-            "[MMGPT]",
-            "▁",
-            ":",
-        ],
-        ["<s>", "[Human]", "▁", ":", "▁", "hi", "<eoh>", "[MMGPT]", "▁", ":", "▁"],
-        [
-            "<s>",
-            "▁",
-            "<0x59>",
-            "ou",
-            "▁are",
-            "▁an",
-            "▁as",
-            "s",
-            "is",
-            "t",
-            "an",
-            "t",
-            ".",
-            "<0x0A>",
-            "[Human]",
-            "▁",
-            ":",
-            "▁H",
-            "i",
-            "<eoh>",
-            "▁",
-            "<0x0A>",
-            "[MMGPT]",
-            "▁",
-            ":",
-            "▁H",
-            "ell",
-            "o",
-            "<eos>",
-            "▁",
-            "<0x0A>",
-            "[Human]",
-            "▁",
-            ":",
-            "▁",
-            "▁t",
-            "w",
-            "o",
-            "▁",
-            "▁s",
-            "p",
-            "ac",
-            "es",
-            "<eoh>",
-            "▁",
-            "<0x0A>",
-            "[MMGPT]",
-            "▁",
-            ":",
-        ],
+        "<s> [Human] ▁ : ▁T ell ▁me ▁a ▁s t or y . <eoh> ▁ ▁ [MMGPT] ▁ :",
+        "<s> [Human] ▁ : ▁ hi <eoh> [MMGPT] ▁ : ▁",
+        "<s> ▁ <0x59> ou ▁are ▁an ▁as s is t an t . <0x0A> [Human] ▁ : ▁H i <eoh> ▁ <0x0A> [MMGPT] ▁ : ▁H ell o <eos> ▁ <0x0A> [Human] ▁ : ▁ ▁t w o ▁ ▁s p ac es <eoh> ▁ <0x0A> [MMGPT] ▁ :",
     ],
     "t_false": [
-        [
-            "<s>",
-            "▁",
-            "[Human]",
-            ":",
-            "▁T",
-            "ell",
-            "▁me",
-            "▁a",
-            "▁s",
-            "t",
-            "or",
-            "y",
-            ".",
-            "<eoh>",
-            "▁",
-            "[MMGPT]",
-            ":",
-        ],
-        ["<s>", "▁", "[Human]", ":", "▁", "hi", "<eoh>", "[MMGPT]", ":", "▁"],
-        [
-            "<s>",
-            "▁",
-            "<0x59>",
-            "ou",
-            "▁are",
-            "▁an",
-            "▁as",
-            "s",
-            "is",
-            "t",
-            "an",
-            "t",
-            ".",
-            "<0x0A>",
-            "[Human]",
-            ":",
-            "▁H",
-            "i",
-            "<eoh>",
-            "<0x0A>",
-            "[MMGPT]",
-            ":",
-            "▁H",
-            "ell",
-            "o",
-            "<eos>",
-            "<0x0A>",
-            "[Human]",
-            ":",
-            "▁",
-            "▁t",
-            "w",
-            "o",
-            "▁",
-            "▁s",
-            "p",
-            "ac",
-            "es",
-            "<eoh>",
-            "<0x0A>",
-            "[MMGPT]",
-            ":",
-        ],
+        "<s> ▁ [Human] : ▁T ell ▁me ▁a ▁s t or y . <eoh> ▁ [MMGPT] :",
+        "<s> ▁ [Human] : ▁ hi <eoh> [MMGPT] : ▁",
+        "<s> ▁ <0x59> ou ▁are ▁an ▁as s is t an t . <0x0A> [Human] : ▁H i <eoh> <0x0A> [MMGPT] : ▁H ell o <eos> <0x0A> [Human] : ▁ ▁t w o ▁ ▁s p ac es <eoh> <0x0A> [MMGPT] :",
     ],
 }
 
@@ -167,21 +37,31 @@ def demo_dir(text_only_env):
     return ensure_demo(discover()).model_dir
 
 
-@pytest.mark.parametrize("legacy", [True, False])
-def test_prompts_tokenize_as_transformers_4_34(demo_dir, tmp_path, legacy):
+def with_legacy(demo_dir, tmp_path, legacy):
+    """A copy of the demo's tokenizer files whose tokenizer_config.json says `legacy`."""
     import shutil
-
-    from transformers import AutoTokenizer
 
     directory = tmp_path / "tok"
     shutil.copytree(demo_dir, directory)
     config = json.loads((directory / "tokenizer_config.json").read_text())
     (directory / "tokenizer_config.json").write_text(json.dumps({**config, "legacy": legacy}))
+    return directory
+
+
+def golden(legacy, index):
+    return GOLDEN["t_true" if legacy else "t_false"][index].split(" ")
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_prompts_tokenize_as_transformers_4_34(demo_dir, tmp_path, legacy):
+    from transformers import AutoTokenizer
+
+    directory = with_legacy(demo_dir, tmp_path, legacy)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     encoder = ReferencePromptEncoder.from_directory(directory, tokenizer)
-    for prompt, expected in zip(PROMPTS, GOLDEN["t_true" if legacy else "t_false"], strict=True):
+    for index, prompt in enumerate(PROMPTS):
         ids = encoder.encode(prompt)[0].tolist()
-        assert tokenizer.convert_ids_to_tokens(ids) == expected
+        assert tokenizer.convert_ids_to_tokens(ids) == golden(legacy, index)
 
 
 def test_transformers_5_alone_differs_which_is_why_this_exists(demo_dir):
@@ -189,7 +69,7 @@ def test_transformers_5_alone_differs_which_is_why_this_exists(demo_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(demo_dir)  # the demo says "legacy": true
     ids = tokenizer(PROMPTS[0]).input_ids
-    assert tokenizer.convert_ids_to_tokens(ids) != GOLDEN["t_true"][0]
+    assert tokenizer.convert_ids_to_tokens(ids) != golden(True, 0)
 
 
 def test_the_api_uses_the_reference_encoding(text_only_env):
@@ -197,7 +77,7 @@ def test_the_api_uses_the_reference_encoding(text_only_env):
 
     gpt = AnyGPT.load(device="cpu")
     ids = gpt.encode_prompt(PROMPTS[0])[0].tolist()
-    assert gpt.tokenizer.convert_ids_to_tokens(ids) == GOLDEN["t_true"][0]
+    assert gpt.tokenizer.convert_ids_to_tokens(ids) == golden(True, 0)
 
 
 def test_without_a_sentencepiece_model_there_is_no_reference_encoder(tmp_path):
@@ -206,21 +86,16 @@ def test_without_a_sentencepiece_model_there_is_no_reference_encoder(tmp_path):
 
 @pytest.mark.parametrize("legacy", [True, False])
 def test_offsets_point_at_the_text_of_each_token(demo_dir, tmp_path, legacy):
-    import shutil
-
     from transformers import AutoTokenizer
 
     from anygpt_core.tokenization import ReferenceTokenizer
 
-    directory = tmp_path / "tok"
-    shutil.copytree(demo_dir, directory)
-    config = json.loads((directory / "tokenizer_config.json").read_text())
-    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "legacy": legacy}))
+    directory = with_legacy(demo_dir, tmp_path, legacy)
     tokenizer = ReferenceTokenizer.wrap(directory, AutoTokenizer.from_pretrained(directory))
     text = PROMPTS[2]
     encoded = tokenizer(text, return_offsets_mapping=True)
     tokens = tokenizer.convert_ids_to_tokens(encoded.input_ids)
-    assert tokens == GOLDEN["t_true" if legacy else "t_false"][2]
+    assert tokens == golden(legacy, 2)
     for token, (start, end) in zip(tokens, encoded.offset_mapping, strict=True):
         if token in {"[Human]", "[MMGPT]", "<eoh>", "<eos>"}:
             assert text[start:end] == token
