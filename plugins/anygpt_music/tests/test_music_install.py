@@ -17,18 +17,22 @@ CORE_ROOT = PLUGIN_ROOT.parents[1]
 
 @pytest.mark.slow
 def test_music_entry_point_is_discovered_after_pip_install(tmp_path):
-    # Copy the sources so the build leaves no build/ or egg-info in the repository.
-    core = shutil.copytree(
-        CORE_ROOT,
-        tmp_path / "core",
-        ignore=shutil.ignore_patterns(
-            "plugins", "tests", ".git", "*.egg-info", "__pycache__", "build"
-        ),
-    )
+    # Copy only what the build reads (never a virtual environment that lives in the checkout), so
+    # the build leaves no build/ or egg-info in the repository.
+    core = tmp_path / "core"
+    core.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(CORE_ROOT / name, core / name)
+    for name in ("anygpt_core", "cli"):
+        shutil.copytree(
+            CORE_ROOT / name,
+            core / name,
+            ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "build"),
+        )
     music = shutil.copytree(
         PLUGIN_ROOT,
         tmp_path / "anygpt_music",
-        ignore=shutil.ignore_patterns("tests", "*.egg-info", "__pycache__", "build"),
+        ignore=shutil.ignore_patterns("tests", "*.egg-info", "__pycache__", "build", ".venv*"),
     )
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
