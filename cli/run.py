@@ -219,7 +219,9 @@ class _Progress:
             self.progress.update(self.task, description="generating text", total=None, completed=0)
         elif isinstance(event, Done) and event.spans:
             names = ", ".join(sorted({s.modality for s in event.spans}))
-            self.progress.update(self.task, description=f"decoding {names}", total=None, completed=0)
+            self.progress.update(
+                self.task, description=f"decoding {names}", total=None, completed=0
+            )
         elif isinstance(event, TokenEvent):
             self.tokens += 1
             self.progress.advance(self.task)

@@ -10,8 +10,13 @@ def tiny_llama(**overrides):
 
     torch.manual_seed(0)
     values = dict(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
     )
     config = LlamaConfig(**{**values, **overrides})
     return LlamaForCausalLM(config).eval()

@@ -18,7 +18,9 @@ EXAMPLE = Path(__file__).parents[1] / "examples" / "anygpt-sequence"
 def test_pip_installed_example_plugin_is_discovered_and_encodes(tmp_path):
     source = tmp_path / "anygpt-sequence"  # a copy: building writes build/ and *.egg-info beside it
     shutil.copytree(
-        EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".venv*")
+        EXAMPLE,
+        source,
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".venv*"),
     )
     venv = tmp_path / "venv"
     subprocess.run(

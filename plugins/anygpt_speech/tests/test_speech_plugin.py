@@ -54,7 +54,9 @@ def test_plugin_decoding_defaults_are_the_reference_effective_ones():
         "num_beams": 1,
         "vc_steps": 3,
     }
-    assert next(o for o in SPEECH.options if o.name == "soundstorm_steps").default is None  # vc_steps rules
+    assert (
+        next(o for o in SPEECH.options if o.name == "soundstorm_steps").default is None
+    )  # vc_steps rules
 
 
 def test_plugin_options_carry_speech_prefixes():
