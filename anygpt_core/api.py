@@ -266,7 +266,8 @@ class AnyGPT:
             seed: seeds the phrasing choice, sampling and decoders; None picks one (reported).
             force_span: for text -> modality, start the answer with the modality's start token (as
                 the reference chat's force flags did), so the model always writes a span.
-            overrides: decoding fields (e.g. `max_new_tokens`) applied last.
+            overrides: decoding fields (e.g. `max_new_tokens`) applied last; `num_beams` only to
+                text answers.
         """
         task = parse_instruction(task) if isinstance(task, str) else task
         seed = random.SystemRandom().randrange(2**31) if seed is None else seed
@@ -283,6 +284,8 @@ class AnyGPT:
         target_config = self.config_for(task.target)
         if config is not None:
             target_config = load_decoding_config(Path(config), base=target_config)
+        if task.target != "text":
+            overrides = {**overrides, "num_beams": None}  # beams are for text answers
         target_config = target_config.merged(**overrides)
         bank = InstructionBank.from_specs(
             self.plugins.modalities, seed=seed, path=self.instructions

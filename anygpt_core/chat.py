@@ -316,11 +316,15 @@ class Conversation:
         return t.system + "\n" + "\n".join(lines)
 
     def target_config(self, to: str) -> DecodingConfig:
-        """The decoding config of an answer in modality `to` (its default, the config file, overrides)."""
+        """The decoding config of an answer in modality `to` (its default, the config file, overrides).
+
+        A `num_beams` override applies to text answers only (media spans decode token by token).
+        """
         config = self.gpt.config_for(to)
         if self.config is not None:
             config = load_decoding_config(self.config, base=config)
-        return config.merged(**self.overrides)
+        overrides = self.overrides if to == "text" else {**self.overrides, "num_beams": None}
+        return config.merged(**overrides)
 
     def message(
         self,

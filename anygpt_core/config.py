@@ -43,7 +43,12 @@ class DecodingConfig(BaseModel):
         0, ge=0, description="End tokens are forbidden until this many tokens were generated."
     )
     num_beams: int = Field(
-        1, ge=1, description="Beam count; the modality-aware loop decodes one beam (1) only."
+        1,
+        ge=1,
+        description=(
+            "Beams for a text answer (beam search, or beam sampling with do_sample); 1 for the "
+            "token-by-token loop, which modality spans need."
+        ),
     )
     vc_steps: int | None = Field(
         None, gt=0, description="Mask-predict steps of a speech decoder (SoundStorm); speech only."

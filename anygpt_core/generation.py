@@ -158,11 +158,20 @@ class Generator:
         """
         import torch
 
-        for config in (text_config, *span_configs.values()):
+        for name, config in span_configs.items():
             if config.num_beams != 1:
                 raise ConfigError(
-                    f"num_beams {config.num_beams}: the modality-aware loop decodes one beam; set 1"
+                    f"num_beams {config.num_beams} for {name}: beam search decodes text answers "
+                    "only; set num_beams 1 for a modality"
                 )
+        if text_config.num_beams > 1:
+            if open_span is not None:
+                raise ConfigError(
+                    f"num_beams {text_config.num_beams}: beam search decodes text answers only, "
+                    f"and this answer is a {open_span} span; set num_beams 1"
+                )
+            yield from self._beam_text(input_ids, text_config, max_new_tokens, seed)
+            return
         device = self.backend.device
         rng = None
         if seed is not None:
@@ -215,6 +224,75 @@ class Generator:
                     span.ids.append(token)
             step_input.fill_(token)
             hidden = self.backend.advance(step_input)
+
+    def _beam_text(
+        self,
+        input_ids: torch.Tensor,
+        config: DecodingConfig,
+        max_new_tokens: int,
+        seed: int | None,
+    ) -> Iterator[Event]:
+        """A text-only answer by beam search (or beam sampling), as the reference chat decoded.
+
+        Runs transformers' own beam search on the backend's model, with the same masks as the
+        text state plus every modality's start token: beams are compared by their summed log
+        probabilities, which spans of constrained codes would distort, so the answer is text. The
+        tokens come out together once the best beam is known.
+        """
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        model = getattr(self.backend, "model", None)
+        if model is None or not hasattr(model, "generate"):
+            raise ConfigError(
+                f"num_beams {config.num_beams}: beam search needs a transformers model backend"
+            )
+        device = self.backend.device
+        banned = [torch.tensor(sorted(self.space.start_ids), dtype=torch.long)]
+        if self.stray_ids is not None:
+            banned.append(self.stray_ids.cpu())
+        stops = sorted(self.space.stop_ids)
+        processor = _TextOnly(
+            torch.cat(banned).to(device),
+            torch.tensor(stops, dtype=torch.long, device=device),
+            prompt_length=input_ids.shape[1],
+            min_new_tokens=config.min_new_tokens,
+        )
+        pad = getattr(model.generation_config, "pad_token_id", None)
+        pad = pad if isinstance(pad, int) else stops[0]  # fills beams that ended early; cut below
+        generation = GenerationConfig(
+            num_beams=config.num_beams,
+            num_return_sequences=1,
+            do_sample=config.do_sample,
+            temperature=config.temperature,
+            top_k=config.top_k or 0,
+            top_p=config.top_p,
+            repetition_penalty=config.repetition_penalty,
+            max_new_tokens=max_new_tokens,
+            length_penalty=1.0,
+            early_stopping=False,
+            eos_token_id=stops,
+            pad_token_id=pad,
+        )
+        prompt = input_ids.to(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = model.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                generation_config=generation,
+                logits_processor=LogitsProcessorList([processor]),
+            )
+        new_ids: list[int] = []
+        reason: Literal["stop", "length"] = "length"
+        for token in out[0, prompt.shape[1] :].tolist():
+            new_ids.append(token)
+            yield TokenEvent(token, None)
+            if token in self.space.stop_ids:
+                reason = "stop"
+                break
+        yield Done(new_ids, reason, [])
 
     def _open(self, name: str, budget: int) -> _Span:
         """A span of `name` with `budget` tokens left for its codes and end token."""
@@ -325,3 +403,26 @@ class _Span:
     max_frames: int
     ids: list[int] = field(default_factory=list)
     forced: bool = False
+
+
+class _TextOnly:
+    """A transformers logits processor: banned ids never, end ids not before `min_new_tokens`."""
+
+    def __init__(
+        self,
+        banned: torch.Tensor,
+        stops: torch.Tensor,
+        *,
+        prompt_length: int,
+        min_new_tokens: int,
+    ) -> None:
+        self.banned = banned
+        self.stops = stops
+        self.prompt_length = prompt_length
+        self.min_new_tokens = min_new_tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.index_fill(1, self.banned, -math.inf)
+        if input_ids.shape[1] - self.prompt_length < self.min_new_tokens:
+            scores = scores.index_fill(1, self.stops, -math.inf)
+        return scores

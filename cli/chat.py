@@ -17,6 +17,7 @@ from anygpt_cli.common import (
     Dtype,
     MaxNewTokens,
     ModelPath,
+    NumBeams,
     OutputDir,
     Seed,
     Temperature,
@@ -49,8 +50,9 @@ modality) attach files to the next message; '/send' sends attachments without te
 sets the answer modality; '/voice PATH' sets the voice of spoken answers ('/voice' alone clears
 it); '/history'; '/help'; '/exit'.
 
-Text answers use the text default (top-k 50 sampling, 100 new tokens): the seed's chat used
-generate_config.json, whose num_beams 5 this loop refuses. The oldest turns are cut, with a notice,
+Text answers use the text default (top-k 50 sampling, 100 new tokens) and stream as they are
+written; the seed's chat sampled 5 beams (its generate_config.json): --num-beams 5, or --config with
+that file, does so too, and the answer then comes at once. The oldest turns are cut, with a notice,
 when the conversation outgrows the model's context. Without a terminal, lines are read from stdin
 (anygpt chat < script.txt); --json prints one object per turn.
 """
@@ -89,6 +91,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         temperature: Temperature = None,
         top_p: TopP = None,
         top_k: TopK = None,
+        num_beams: NumBeams = None,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per turn.")] = False,
         codec_options: dict[str, Any],
     ) -> None:
@@ -120,6 +123,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
+            num_beams=num_beams,
         )
         session = _Session(conversation, to=to, seed=seed, as_json=as_json)
         failures = session.loop()

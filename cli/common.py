@@ -17,6 +17,7 @@ __all__ = [
     "Dtype",
     "MaxNewTokens",
     "ModelPath",
+    "NumBeams",
     "OutputDir",
     "Seed",
     "Temperature",
@@ -44,6 +45,13 @@ MaxNewTokens = Annotated[int | None, typer.Option("--max-new-tokens", help="Toke
 Temperature = Annotated[float | None, typer.Option("--temperature", help="Softmax temperature.")]
 TopP = Annotated[float | None, typer.Option("--top-p", help="Nucleus probability mass.")]
 TopK = Annotated[int | None, typer.Option("--top-k", help="Keep the k most likely tokens.")]
+NumBeams = Annotated[
+    int | None,
+    typer.Option(
+        "--num-beams",
+        help="Beam search for text answers (the seed chat used 5, sampled); the answer comes at once.",
+    ),
+]
 
 
 def load_model(

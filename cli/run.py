@@ -16,6 +16,7 @@ from anygpt_cli.common import (
     Dtype,
     MaxNewTokens,
     ModelPath,
+    NumBeams,
     OutputDir,
     Seed,
     Temperature,
@@ -85,6 +86,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         temperature: Temperature = None,
         top_p: TopP = None,
         top_k: TopK = None,
+        num_beams: NumBeams = None,
         instructions: Annotated[
             Path | None,
             typer.Option("--instructions", help="Phrasings JSON (other2text/text2other layout)."),
@@ -128,6 +130,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             "temperature": temperature,
             "top_p": top_p,
             "top_k": top_k,
+            "num_beams": num_beams,
         }
         failures = 0
         from_args = bool(instruction) or input_file is not None

@@ -208,6 +208,18 @@ def test_conversation_keeps_exactly_what_the_model_said(chat_gpt, series, tmp_pa
     assert chat.history == [] and chat.render() == MMGPT_CHAT.system + "\n"
 
 
+def test_beams_shape_text_answers_and_leave_spans_alone(chat_gpt):
+    beams = Conversation(chat_gpt, num_beams=4, max_new_tokens=16)
+    shown: list[str] = []
+    reply = beams.send("Hello there", seed=0, on_text=shown.append)
+    single = Conversation(chat_gpt, max_new_tokens=16).send("Hello there", seed=0)
+    assert reply.text and reply.spans == [] and "".join(shown).strip() == reply.text
+    assert reply.message != single.message  # the beams chose another answer
+    drawn = beams.send("now draw one", to="toy", seed=2)  # spans decode token by token
+    assert [s.modality for s in drawn.spans][:1] == ["toy"]
+    assert beams.target_config("toy").num_beams == 1 and beams.target_config("text").num_beams == 4
+
+
 def test_reply_cut_at_max_new_tokens_is_closed(chat_gpt):
     chat = Conversation(chat_gpt, max_new_tokens=5)
     reply = chat.send("tell me everything", seed=3)
@@ -394,7 +406,7 @@ def test_chat_help_documents_the_line_format(toy_env, capsys, monkeypatch):
     code, out, _ = run_cli(["chat", "--help"], capsys)
     assert code == 0
     assert "interleaved|TEXT|MODALITY|IMAGE|VOICE_PROMPT|SPEECH|MUSIC" in out
-    assert "README" in out and "num_beams 5" in out
+    assert "README" in out and "--num-beams 5" in out
     assert "--chat-template" in out and "--toy-codec-path" in out
 
 

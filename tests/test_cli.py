@@ -83,6 +83,50 @@ def test_run_text_json_is_reproducible(text_only_env, capsys, tmp_path):
     assert not (tmp_path / "out").exists()  # text answers write nothing
 
 
+def test_beam_search_from_the_seed_chat_config(toy_env, capsys, tmp_path):
+    """The seed chat's generate_config.json (5 sampled beams) drives text answers; media ignore
+    --num-beams, and a config file that asks beams of a modality is refused in one line."""
+    seed_chat = tmp_path / "generate_config.json"
+    seed_chat.write_text(
+        json.dumps(
+            {
+                "temperature": 1.0,
+                "top_p": 1.0,
+                "do_sample": True,
+                "max_new_tokens": 500,
+                "min_new_tokens": 10,
+                "repetition_penalty": 1.0,
+                "vc_steps": 3,
+                "num_beams": 5,
+            }
+        )
+    )
+    out_dir = str(tmp_path / "out")
+    text = ["run", "text|text|Hello", "--config", str(seed_chat), "--max-new-tokens", "24"]
+    runs = [run_cli([*text, "--seed", "3", "--json"], capsys) for _ in range(2)]
+    assert runs[0][0] == 0, runs[0][2]
+    answer = json.loads(runs[0][1])
+    assert (
+        answer["new_tokens"] >= 10
+        and answer["text"]
+        and answer
+        == {
+            **json.loads(runs[1][1]),
+            "seconds": answer["seconds"],
+        }
+    )
+    toy = ["run", "text|toy|a wave", "--num-beams", "4", "--seed", "1", "--json"]
+    code, out, err = run_cli([*toy, "--output-dir", out_dir], capsys)
+    assert code == 0, err
+    assert len(json.loads(out)["files"]) == 1
+    code, _, err = run_cli(["run", "text|toy|a wave", "--config", str(seed_chat)], capsys)
+    assert code == 6
+    assert err.strip().splitlines()[-1] == (
+        "Error: num_beams 5 for toy: beam search decodes text answers only; set num_beams 1 for "
+        "a modality"
+    )
+
+
 def test_dry_run_prints_the_exact_prompt(toy_env, capsys):
     code, out, _ = run_cli(["run", "text|toy|a wave", "--dry-run", "--seed", "1"], capsys)
     assert code == 0

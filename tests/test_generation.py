@@ -190,9 +190,91 @@ def test_sliced_logits_match_full_vocabulary(toy_gpt):
     assert sliced == full[-1].token_ids
 
 
-def test_beam_search_is_refused(toy_gpt):
-    with pytest.raises(ConfigError, match="num_beams 5"):
-        events_of(toy_gpt, "x", text_config=DecodingConfig(num_beams=5))
+def _reference_beam_search(model, ids, beams, steps, banned):
+    """Plain beam search, recomputing every prefix: log-softmax, then bans, top `beams` overall."""
+    hypotheses = [(ids[0].tolist(), 0.0)]
+    for _ in range(steps):
+        candidates = []
+        for tokens, score in hypotheses:
+            logits = model(torch.tensor([tokens])).logits[0, -1].float()
+            logp = torch.log_softmax(logits, -1)
+            logp[banned] = -math.inf
+            top = torch.topk(logp, beams)
+            candidates += [
+                ([*tokens, int(i)], score + float(v))
+                for v, i in zip(top.values, top.indices, strict=True)
+            ]
+        hypotheses = sorted(candidates, key=lambda c: -c[1])[:beams]
+    return hypotheses[0][0][ids.shape[1] :]
+
+
+def test_beam_search_finds_the_best_beam(text_only_env):
+    from anygpt_core.api import AnyGPT
+
+    gpt = AnyGPT.load(device="cpu")
+    prompt = "[Human]: Hello there<eoh>[MMGPT]: "
+    ids = gpt.tokenizer(prompt, return_tensors="pt").input_ids
+    steps = 12  # min_new_tokens = max_new_tokens: no beam ends early, all are compared at 12
+    beam = DecodingConfig(do_sample=False, num_beams=3, min_new_tokens=steps)
+    with torch.inference_mode():
+        done = list(
+            gpt.generator.generate(ids, text_config=beam, span_configs={}, max_new_tokens=steps)
+        )[-1]
+        greedy = events_of(gpt, prompt, max_new_tokens=steps)[-1]
+        banned = torch.cat([gpt.generator.stray_ids, torch.tensor(list(gpt.space.stop_ids))])
+        expected = _reference_beam_search(gpt.model, ids, 3, steps, banned)
+    assert done.reason == "length"
+    assert done.token_ids == expected
+    assert done.token_ids != greedy.token_ids  # the beams found something greedy did not
+
+
+def test_beam_search_answers_in_text_and_honours_min_new_tokens(toy_gpt, monkeypatch):
+    head = toy_gpt.model.get_output_embeddings()
+    start = toy_gpt.space.require("toy").start_id
+    eos = toy_gpt.space.eos_id
+    forward = head.forward
+
+    def favour_span_then_eos(hidden):
+        logits = forward(hidden).clone()
+        logits[..., start] += 1e4  # the greedy loop would open a toy span at once
+        logits[..., eos] += 50.0
+        return logits
+
+    # model.generate, which beam search runs on, calls the head's forward
+    monkeypatch.setattr(head, "forward", favour_span_then_eos)
+    ids = toy_gpt.tokenizer("[Human]: hi<eoh> [MMGPT]:", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        plain = toy_gpt.model.generate(ids, do_sample=False, max_new_tokens=1, pad_token_id=0)
+    assert int(plain[0, -1]) == start
+    for sampled in (False, True):
+        beam = DecodingConfig(do_sample=sampled, num_beams=4, min_new_tokens=6)
+        events = events_of(
+            toy_gpt, "[Human]: hi<eoh> [MMGPT]:", text_config=beam, max_new_tokens=20, seed=1
+        )
+        done = events[-1]
+        assert isinstance(done, Done) and done.reason == "stop" and not done.spans
+        assert len(done.token_ids) == 7 and done.token_ids[-1] == eos  # not before 6 tokens
+        codes = set(toy_gpt.generator.stray_ids.tolist()) | set(toy_gpt.space.start_ids)
+        assert not codes & set(done.token_ids)
+        assert [e.token_id for e in events[:-1]] == done.token_ids
+
+
+def test_seeded_beam_sampling_repeats(toy_gpt):
+    beam = DecodingConfig(do_sample=True, num_beams=3, top_k=0, temperature=2.0)
+
+    def answer(seed):
+        return events_of(
+            toy_gpt, "[Human]: x<eoh> [MMGPT]:", text_config=beam, max_new_tokens=16, seed=seed
+        )[-1].token_ids
+
+    assert answer(5) == answer(5) != answer(6)
+
+
+def test_beam_search_is_for_text_answers_only(toy_gpt):
+    with pytest.raises(ConfigError, match="num_beams 5 for toy"):
+        events_of(toy_gpt, "x", span_configs={"toy": DecodingConfig(num_beams=5)})
+    with pytest.raises(ConfigError, match="this answer is a toy span"):
+        events_of(toy_gpt, "x", text_config=DecodingConfig(num_beams=2), open_span="toy")
 
 
 def test_sample_top_k_top_p_repetition_penalty():
