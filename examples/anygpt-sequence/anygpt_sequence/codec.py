@@ -154,7 +154,9 @@ class SequenceCodec:
         if condition is not None:
             raise InputError("the sequence codec takes no condition file")
         books = self._load()
-        frames = sum(books[k][codes[k]] for k in range(books.shape[0]))  # (T, frame)
+        frames = books[0][codes[0]]  # (T, frame)
+        for k in range(1, books.shape[0]):
+            frames = frames + books[k][codes[k]]
         return (frames.reshape(-1) * self._scale).numpy()
 
     def save(self, media: np.ndarray, path: Path) -> Path:

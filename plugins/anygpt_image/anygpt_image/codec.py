@@ -45,9 +45,9 @@ def _device(value: str | None) -> torch.device:
     return device
 
 
-def _number(value: object, kind: type[int] | type[float], flag: str) -> Any:  # noqa: ANN401
+def _number(value: str | float, kind: type[int] | type[float], flag: str) -> Any:  # noqa: ANN401
     try:
-        return kind(value)  # type: ignore[arg-type]
+        return kind(value)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{flag} {value!r}: not a number") from err
 

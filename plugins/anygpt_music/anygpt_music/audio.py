@@ -66,7 +66,7 @@ def build_encodec_model(config: dict[str, Any] | None = None) -> Any:  # noqa: A
         cfg = EncodecConfig.from_dict(config)
         if cfg.norm_type != "weight_norm":
             raise CheckpointError(f"norm_type {cfg.norm_type!r}: the audio codec needs weight_norm")
-        common = {
+        common: dict[str, Any] = {
             "channels": cfg.audio_channels,
             "dimension": cfg.hidden_size,
             "n_filters": cfg.num_filters,
@@ -85,7 +85,9 @@ def build_encodec_model(config: dict[str, Any] | None = None) -> Any:  # noqa: A
         encoder = SEANetEncoder(**common)
         decoder = SEANetDecoder(**common, trim_right_ratio=cfg.trim_right_ratio)
         quantizer = ResidualVectorQuantizer(
-            dimension=cfg.codebook_dim, n_q=cfg.num_quantizers, bins=cfg.codebook_size
+            dimension=cfg.codebook_dim or cfg.hidden_size,
+            n_q=cfg.num_quantizers,
+            bins=cfg.codebook_size,
         )
         return EncodecModel(
             encoder,
