@@ -162,9 +162,13 @@ class LlamaBackend(TransformersBackend):
         self.eps = config.rms_norm_eps
         self.inv_freq = self.body.rotary_emb.inv_freq
         self.rope_scale = self.body.rotary_emb.attention_scaling
+        self.dtype = self.embed.dtype
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.length = 0
+        self.cos = self.sin = torch.empty(
+            0
+        )  # rotary tables (positions, 1, 1, head_dim), grown on use
 
     def start(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Run the prompt with an empty cache and return the last hidden state [H]."""
@@ -204,9 +208,22 @@ class LlamaBackend(TransformersBackend):
         import torch
 
         dtype = x.dtype
-        x = x.to(torch.float32)
+        if dtype != torch.float32:
+            x = x.to(torch.float32)
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * x.to(dtype)
+        return weight * (x if dtype == torch.float32 else x.to(dtype))
+
+    def _rotary(self, end: int) -> None:
+        """Make the cos/sin tables cover positions [0, end), computed as transformers does."""
+        import torch
+
+        if self.cos.shape[0] >= end:
+            return
+        positions = torch.arange(max(256, 2 * end), device=self.device)
+        freqs = positions[:, None].float() * self.inv_freq.float()[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None, None, :]
+        self.sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None, None, :]
 
     def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
         import torch
@@ -214,30 +231,36 @@ class LlamaBackend(TransformersBackend):
 
         steps = input_ids.shape[1]
         h = F.embedding(input_ids, self.embed)  # (1, T, H)
-        positions = torch.arange(self.length, self.length + steps, device=self.device)
-        freqs = positions[None, :, None].float() * self.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scale).to(h.dtype)[:, None]  # (1, 1, T, head_dim)
-        sin = (emb.sin() * self.rope_scale).to(h.dtype)[:, None]
+        end = self.length + steps
+        self._rotary(end)
+        cos, sin = self.cos[self.length : end], self.sin[self.length : end]  # (T, 1, 1, head_dim)
         half = self.head_dim // 2
-        shape = (1, steps, self.heads, self.head_dim)
         width = self.heads * self.head_dim
+        mask = None  # one new token, or a prompt on an empty cache: SDPA's own causal rule
+        if steps > 1 and self.length:  # a chunk after cached tokens: row t sees keys <= length + t
+            mask = torch.ones(steps, end, dtype=torch.bool, device=self.device).tril(self.length)
         for i, (ln1, wqkv, wo, ln2, wgu, wd) in enumerate(self.layers):
             x = self._rms(h, ln1)
-            q, k, v = F.linear(x, wqkv).split(width, dim=-1)
-            q = q.view(shape).transpose(1, 2)  # (1, heads, T, head_dim)
-            k = k.view(shape).transpose(1, 2)
-            v = v.view(shape).transpose(1, 2)
-            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
-            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+            qkv = F.linear(x, wqkv).view(steps, 3, self.heads, self.head_dim)
+            # q and k rotated together: the same elementwise products as separately, half the calls
+            qk = qkv[:, :2]
+            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
+            q = qk[:, 0].transpose(0, 1)[None]  # (1, heads, T, head_dim)
+            k = qk[:, 1].transpose(0, 1)[None]
+            v = qkv[:, 2].transpose(0, 1)[None]
             k, v = self._cache(i, k, v)
             a = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=None, dropout_p=0.0, scale=self.scaling, is_causal=steps > 1
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=0.0,
+                scale=self.scaling,
+                is_causal=steps > 1 and mask is None,
             )
-            a = a.transpose(1, 2).contiguous().reshape(1, steps, -1).contiguous()
-            h = h + F.linear(a, wo)
+            h = h + F.linear(a.transpose(1, 2).reshape(1, steps, width), wo)
             x = self._rms(h, ln2)
             gate, up = F.linear(x, wgu).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, wd)
-        self.length += steps
+        self.length = end
         return self._rms(h, self.norm)[0, -1]

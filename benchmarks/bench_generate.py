@@ -1,8 +1,8 @@
 """Generation loop benchmarks, each a ratio against a baseline measured in the same run.
 
 (a) our KV-cached loop vs `model.generate`, greedy, batch 1, 256 new tokens, identical token ids, on the
-    demo-size model and on an AnyGPT-shaped small model (hidden 256, 4 layers, the published 49,418-token
-    vocabulary); targets >= 1.2x and >= 1.0x.
+    demo-size model and on an AnyGPT-shaped small model (hidden 256, intermediate 688 as LLaMA-2-7B's
+    ratio, 4 layers, the published 49,418-token vocabulary); targets >= 1.2x and >= 1.0x.
 (b) inside a speech span on the small model: scoring only the span's 1,025 legal rows of the output
     embedding vs full-vocabulary logits then a gather; target >= 2x.
 
@@ -64,7 +64,7 @@ def small_model() -> torch.nn.Module:
     config = LlamaConfig(
         vocab_size=49418,
         hidden_size=256,
-        intermediate_size=1024,
+        intermediate_size=688,  # LLaMA-2-7B's ratio, 11008 / 4096, at hidden 256
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=4,
@@ -176,10 +176,8 @@ def compare_slicing(
     ms, mf = statistics.median(t_s), statistics.median(t_f)
     # The per-step cost split, for the arithmetic bound: lm_head rows vs the transformer body.
     h = model.config.hidden_size
-    body = (
-        12 * h * h * model.config.num_hidden_layers
-        + 3 * h * model.config.intermediate_size * model.config.num_hidden_layers
-    )
+    # per layer: q, k, v, o (4 h^2) and gate, up, down (3 h * intermediate)
+    body = (4 * h * h + 3 * h * model.config.intermediate_size) * model.config.num_hidden_layers
     bound = (body + h * model.config.vocab_size) / (body + h * 1025)
     print(
         f"(b) speech span, small model: {tokens} tokens; sliced {ms * 1e3 / tokens:.2f} ms/token, "
@@ -209,7 +207,7 @@ def main() -> None:
     vocab = VocabOnly()
     prompt = torch.tensor([[1, 32000, *range(500, 530), 32002, 32001]])
     compare_with_generate(
-        "AnyGPT-shaped (hidden 256, 4 layers, vocab 49418)",
+        "AnyGPT-shaped (hidden 256, intermediate 688, 4 layers, vocab 49418)",
         small,
         TokenSpace(vocab, {}),
         prompt,

@@ -37,6 +37,21 @@ def test_lean_llama_path_equals_transformers_hidden_states():
         torch.testing.assert_close(lean.project(a), full, rtol=0, atol=1e-5)
 
 
+def test_lean_path_stays_exact_as_its_cache_and_rotary_tables_grow():
+    """Past the first 256 positions the KV buffers and cos/sin tables are regrown: still bitwise."""
+    model = tiny_llama(max_position_embeddings=1024)
+    lean, generic = LlamaBackend(model), TransformersBackend(model)
+    prompt = torch.randint(0, 300, (1, 250), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        torch.testing.assert_close(lean.start(prompt), generic.start(prompt), rtol=0, atol=0)
+        for token in range(12):  # positions 250..261 cross the first capacity of 256
+            step = torch.tensor([[token * 7]])
+            torch.testing.assert_close(lean.advance(step), generic.advance(step), rtol=0, atol=0)
+        chunk = torch.randint(0, 300, (1, 300), generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(lean.advance(chunk), generic.advance(chunk), rtol=0, atol=0)
+    assert lean.length == 562 and lean.cos.shape[0] >= 562
+
+
 def test_unsupported_configurations_take_the_generic_path():
     assert isinstance(make_backend(tiny_llama()), LlamaBackend)
     grouped = tiny_llama(num_key_value_heads=2)
