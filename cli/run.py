@@ -113,6 +113,13 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 plugins.modality(name)
         if config is not None:
             load_decoding_config(config, base=DecodingConfig())
+        DecodingConfig().merged(  # bad flag values fail before the model loads
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            num_beams=num_beams,
+        )
         gpt = load_model(
             plugins,
             model_name_or_path,

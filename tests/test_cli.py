@@ -235,6 +235,16 @@ def test_bad_input_gives_one_line(toy_env, capsys, tmp_path, monkeypatch, args, 
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.parametrize("command", [["run", "text|text|x"], ["chat"]])
+def test_bad_decoding_flags_fail_before_the_model_loads(toy_env, capsys, command):
+    code, _, err = run_cli([*command, "--num-beams", "0", "--top-p", "1.5"], capsys)
+    assert code == 6
+    assert err == (
+        "Error: decoding options: top_p: Input should be less than or equal to 1; "
+        "num_beams: Input should be greater than or equal to 1\n"
+    )  # one line, and no demo notice: nothing was loaded
+
+
 def test_config_with_unknown_field(toy_env, capsys, tmp_path):
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"top_p": 2, "beams": 3}))
