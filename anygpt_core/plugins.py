@@ -122,6 +122,17 @@ class PluginSet:
                 seen.setdefault(option.name, option)
         return list(seen.values())
 
+    def option_panels(self) -> dict[str, str]:
+        """The `--help` panel of each codec option: titled by the distribution that adds it."""
+        panels: dict[str, str] = {}
+        for info in self.infos:
+            if info.state == "loaded":
+                title = f"{info.distribution or info.name} options"
+                for spec in info.modalities:
+                    for option in spec.options:
+                        panels.setdefault(option.name, title)
+        return panels
+
     def key(self) -> str:
         """A string identifying the installed modalities and plugin versions (the demo's cache key)."""
         parts = []

@@ -68,7 +68,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     """Add the `chat` command with the installed plugins' options."""
 
     @app.command("chat", help=HELP)
-    @with_codec_options(plugins.options())
+    @with_codec_options(plugins.options(), plugins.option_panels())
     def chat_command(
         *,
         model_name_or_path: ModelPath = None,

@@ -58,7 +58,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     """Add `encode` and `decode` with the installed plugins' options."""
 
     @app.command("encode")
-    @with_codec_options(plugins.options())
+    @with_codec_options(plugins.options(), plugins.option_panels())
     def encode_command(
         modality: Annotated[str, typer.Argument(help="Modality name, e.g. music.")],
         file: Annotated[Path, typer.Argument(help="Media file to encode.")],
@@ -85,7 +85,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             typer.echo(codes_to_string(spec, codes))
 
     @app.command("decode")
-    @with_codec_options(plugins.options())
+    @with_codec_options(plugins.options(), plugins.option_panels())
     def decode_command(
         modality: Annotated[str, typer.Argument(help="Modality name, e.g. music.")],
         span: Annotated[

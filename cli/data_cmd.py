@@ -26,7 +26,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     app.add_typer(group, name="data")
 
     @group.command("prepare")
-    @with_codec_options(plugins.options())
+    @with_codec_options(plugins.options(), plugins.option_panels())
     def prepare_command(
         manifest: Annotated[
             Path, typer.Argument(help="JSONL manifest: text + media paths, or chats.")

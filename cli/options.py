@@ -18,20 +18,20 @@ __all__ = ["with_codec_options"]
 _TYPES: dict[str, type] = {"str": str, "path": Path, "int": int, "float": float, "bool": bool}
 
 
-def _parameter(option: CodecOption) -> inspect.Parameter:
+def _parameter(option: CodecOption, panel: str) -> inspect.Parameter:
     kind = _TYPES[option.type]
-    info = typer.Option(option.flag, help=escape(option.help), rich_help_panel="Plugin options")
     if option.type == "bool":
-        flag = option.flag
-        info = typer.Option(
-            f"{flag}/--no-{flag[2:]}", help=escape(option.help), rich_help_panel="Plugin options"
-        )
+        # One flag, no --x/--no-x pair: giving it flips the option's default (`--no-x` when the
+        # default is on). The command sees True when the flag was given.
+        flag = f"--no-{option.flag[2:]}" if option.default else option.flag
+        info = typer.Option(flag, help=escape(option.help), rich_help_panel=panel)
         return inspect.Parameter(
             option.name,
             inspect.Parameter.KEYWORD_ONLY,
-            default=bool(option.default),
+            default=False,
             annotation=Annotated[bool, info],
         )
+    info = typer.Option(option.flag, help=escape(option.help), rich_help_panel=panel)
     return inspect.Parameter(
         option.name,
         inspect.Parameter.KEYWORD_ONLY,
@@ -41,23 +41,27 @@ def _parameter(option: CodecOption) -> inspect.Parameter:
 
 
 def with_codec_options(
-    options: list[CodecOption],
+    options: list[CodecOption], panels: dict[str, str] | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add `options` to a command; the command receives their values as `codec_options` (a dict).
 
     Values the user did not give are left out, so codec defaults (or the demo's assets) apply.
+    `panels` names the `--help` panel of each option (default: "Plugin options").
     """
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         names = [o.name for o in options]
-        defaults = {o.name: o.default for o in options if o.type == "bool"}
+        switches = {o.name: bool(o.default) for o in options if o.type == "bool"}
 
         @wraps(func)
         def command(**kwargs: Any) -> Any:  # noqa: ANN401 - whatever the command returns
-            given = {}
+            given: dict[str, Any] = {}
             for name in names:
                 value = kwargs.pop(name)
-                if value is not None and value != defaults.get(name):
+                if name in switches:
+                    if value:  # the flag was given: the opposite of the default
+                        given[name] = not switches[name]
+                elif value is not None:
                     given[name] = str(value) if isinstance(value, Path) else value
             return func(codec_options=given, **kwargs)
 
@@ -68,7 +72,7 @@ def with_codec_options(
             for p in signature.parameters.values()
             if p.name != "codec_options"
         ]
-        params += [_parameter(o) for o in options]
+        params += [_parameter(o, (panels or {}).get(o.name, "Plugin options")) for o in options]
         command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         del command.__wrapped__  # typer must read the new signature, not the wrapped one

@@ -65,7 +65,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     """Add the `run` command with the installed plugins' options."""
 
     @app.command("run", help=HELP)
-    @with_codec_options(plugins.options())
+    @with_codec_options(plugins.options(), plugins.option_panels())
     def run_command(
         instruction: Annotated[
             list[str] | None,
@@ -91,13 +91,13 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             Path | None,
             typer.Option("--instructions", help="Phrasings JSON (other2text/text2other layout)."),
         ] = None,
-        force_span: Annotated[
+        no_force_span: Annotated[
             bool,
             typer.Option(
-                "--force-span/--no-force-span",
-                help="For text->media, open the target span right after the prompt.",
+                "--no-force-span",
+                help="For text->media, leave the span to the model (default: opened after the prompt).",
             ),
-        ] = True,
+        ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per task.")] = False,
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Print the prompt and stop.")
@@ -132,7 +132,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         options = {
             "config": config,
             "seed": seed,
-            "force_span": force_span,
+            "force_span": not no_force_span,
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
             "top_p": top_p,

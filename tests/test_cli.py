@@ -51,6 +51,60 @@ def test_block_plugin_flag_hides_its_options(toy_env, capsys):
     assert {r["name"]: r["state"] for r in json.loads(out)}["toy"] == "blocked"
 
 
+def test_plugin_options_reach_the_command_as_given(monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from anygpt_cli.options import with_codec_options
+    from anygpt_core.spec import CodecOption
+
+    options = [
+        CodecOption(name="fast", help="Go fast.", type="bool", default=False),
+        CodecOption(name="cache", help="Keep a cache.", type="bool", default=True),
+        CodecOption(name="weights_path", help="Weights.", type="path"),
+        CodecOption(name="steps", help="Steps.", type="int", default=20),
+    ]
+    seen = []
+    app = typer.Typer()
+
+    @app.command()
+    @with_codec_options(options, {"fast": "acme-fast options"})
+    def go(*, codec_options: dict) -> None:
+        seen.append(codec_options)
+
+    runner = CliRunner()
+    for args, expected in [
+        ([], {}),  # absent flags leave the codec's defaults alone
+        (["--fast", "--no-cache"], {"fast": True, "cache": False}),
+        (["--weights-path", "w.pt", "--steps", "5"], {"weights_path": "w.pt", "steps": 5}),
+    ]:
+        assert runner.invoke(app, args).exit_code == 0
+        assert seen.pop() == expected
+    assert runner.invoke(app, ["--no-fast"]).exit_code == 2  # one flag each: no --x/--no-x pair
+    assert runner.invoke(app, ["--cache"]).exit_code == 2
+    monkeypatch.setenv("COLUMNS", "80")
+    page = runner.invoke(app, ["--help"]).output
+    assert "acme-fast options" in page and "Plugin options" in page
+
+
+@pytest.mark.parametrize("command", [["run"], ["chat"], ["data", "prepare"]])
+def test_help_shows_whole_flag_names_at_80_columns(toy_env, capsys, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli([*command, "--help"], capsys)
+    assert code == 0
+    assert "…" not in out and "--toy-codec-path" in out
+    assert "anygpt-toy options" in out  # each plugin's options under its distribution's name
+
+
+def test_no_force_span_leaves_the_span_to_the_model(toy_env, capsys):
+    forced = run_cli(["run", "text|toy|a wave", "--dry-run", "--seed", "1"], capsys)[1]
+    free = run_cli(
+        ["run", "text|toy|a wave", "--dry-run", "--seed", "1", "--no-force-span"], capsys
+    )
+    assert forced.rstrip("\n").endswith("[MMGPT]: <soty>")
+    assert free[0] == 0 and free[1] == forced.replace(" <soty>", "")
+
+
 def test_flag_of_absent_plugin_names_the_package(text_only_env, capsys):
     code, _, err = run_cli(["run", "text|text|hi", "--music-seconds", "3"], capsys)
     assert code == 5
