@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from anygpt_core.backend import LlamaBackend, TransformersBackend, make_backend
@@ -22,8 +23,9 @@ def tiny_llama(**overrides):
     return LlamaForCausalLM(config).eval()
 
 
-def test_lean_llama_path_equals_transformers_hidden_states():
-    model = tiny_llama()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_lean_llama_path_equals_transformers_hidden_states(dtype):
+    model = tiny_llama().to(dtype)  # the published models run in float16
     lean, generic = LlamaBackend(model), TransformersBackend(model)
     prompt = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -34,7 +36,9 @@ def test_lean_llama_path_equals_transformers_hidden_states():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
             torch.testing.assert_close(lean.project(a), generic.project(b), rtol=0, atol=1e-5)
         full = model(torch.cat([prompt, torch.tensor([[5, 17, 299, 0]])], dim=1)).logits[0, -1]
-        torch.testing.assert_close(lean.project(a), full, rtol=0, atol=1e-5)
+        # a whole-sequence forward rounds differently from cached steps in half precision
+        atol = 1e-5 if dtype == torch.float32 else 2e-3
+        torch.testing.assert_close(lean.project(a), full.float(), rtol=0, atol=atol)
 
 
 def test_lean_path_stays_exact_as_its_cache_and_rotary_tables_grow():
