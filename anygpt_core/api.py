@@ -112,6 +112,11 @@ class CodecSet:
             self._codecs[modality] = spec.codec_factory(values)
         return self._codecs[modality]
 
+    def extension(self, modality: str) -> str:
+        """The suffix of files written for `modality`: the codec's choice, else the spec's."""
+        chosen = getattr(self.codec(modality), "output_extension", None)
+        return str(chosen) if chosen else self.spec(modality).output_extension
+
     def encode(self, modality: str, source: Path | Any) -> torch.Tensor:  # noqa: ANN401
         """Codes int64 [K, T] of a file or array, checked against the modality's spec."""
         spec = self.spec(modality)
@@ -274,6 +279,8 @@ class AnyGPT:
         for name in {task.source, task.target} - {"text"}:
             self.codecs.spec(name)
             self.space.require(name)
+        if task.target != "text":
+            self.codecs.extension(task.target)  # a bad format option fails before generating
         if task.source != "text" and task.target != "text":
             raise InputError(
                 f"task {task.source}|{task.target}: the base model maps a modality to text or text "
@@ -354,8 +361,7 @@ class AnyGPT:
         result.text = self.text_of(events)
         condition = prepared.task.condition
         for span in done.spans:
-            spec = self.codecs.spec(span.modality)
-            name = output_name(prepared.task.payload, spec.output_extension)
+            name = output_name(prepared.task.payload, self.codecs.extension(span.modality))
             cond = (
                 Path(condition).expanduser()
                 if condition and span.modality == prepared.task.target

@@ -409,8 +409,7 @@ class Conversation:
             dropped=dropped,
         )
         for span in reply.spans:
-            spec = self.gpt.codecs.spec(span.modality)
-            name = output_name(text or span.modality, spec.output_extension)
+            name = output_name(text or span.modality, self.gpt.codecs.extension(span.modality))
             condition = voice if span.modality == self.voice_modality else None
             reply.files.append(
                 self.gpt.codecs.decode_to_file(

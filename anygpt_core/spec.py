@@ -22,7 +22,11 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 @runtime_checkable
 class Codec(Protocol):
-    """Turns media into discrete codes and back. Heavy weights load on first use, not in `__init__`."""
+    """Turns media into discrete codes and back. Heavy weights load on first use, not in `__init__`.
+
+    A codec may also have an `output_extension` attribute (e.g. from a format option): the suffix
+    of the files `run` and `chat` write, in place of the spec's `output_extension`.
+    """
 
     def encode(self, source: Path | np.ndarray | torch.Tensor) -> torch.Tensor:
         """Encode a file or an in-memory array.

@@ -81,6 +81,15 @@ class ImageCodec:
         return torch.float16 if self.device.type == "cuda" else torch.float32
 
     @functools.cached_property
+    def output_extension(self) -> str:
+        """Suffix of the files `run` and `chat` write (`--image-format`: jpg or png)."""
+        value = str(self.options.get("image_format") or "jpg").lower().lstrip(".")
+        suffix = ".jpg" if value == "jpeg" else f".{value}"
+        if suffix not in SAVE_FORMATS:
+            raise ConfigError(f"--image-format {value}: choose jpg or png")
+        return suffix
+
+    @functools.cached_property
     def steps(self) -> int:
         """Diffusion steps (`--image-steps`, default 20)."""
         value = self.options.get("image_steps")

@@ -70,6 +70,12 @@ IMAGE = ModalitySpec(
             default=False,
         ),
         CodecOption(
+            name="image_format",
+            help="Format of the images run and chat write: jpg or png (decode -o: the suffix).",
+            type="str",
+            default="jpg",
+        ),
+        CodecOption(
             name="image_device",
             help="Device for image models (default: cuda if present).",
             type="str",

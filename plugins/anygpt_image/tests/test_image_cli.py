@@ -89,3 +89,14 @@ def test_cli_run_text_to_image_and_caption_on_demo(picture_path, tmp_path, capsy
     assert len(written) == 1
     with Image.open(written[0]) as picture:
         assert picture.size == (32, 32)
+    png = ["run", tasks[0], "--seed", "0", "--json", "--output-dir", str(tmp_path / "png")]
+    code, out, err = run_cli([*png, "--image-steps", "2", "--image-format", "png"], capsys)
+    assert code == 0, err
+    (path,) = json.loads(out)["files"]
+    assert path.endswith(".png")
+    with Image.open(path) as picture:
+        assert picture.format == "PNG"
+    code, _, err = run_cli([*png, "--image-format", "gif"], capsys)
+    assert code == 6
+    assert err.strip().splitlines()[-1] == "Error: --image-format gif: choose jpg or png"
+    assert list((tmp_path / "png").iterdir()) == [tmp_path / "png" / path.split("/")[-1]]
