@@ -275,7 +275,10 @@ class Generator:
             pad_token_id=pad,
         )
         prompt = input_ids.to(device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        cuda = []  # seeding must not leak into the caller's random streams, GPU ones included
+        if device.type == "cuda":
+            cuda = [torch.cuda.current_device() if device.index is None else device.index]
+        with torch.random.fork_rng(devices=cuda):
             if seed is not None:
                 torch.manual_seed(seed)
             out = model.generate(

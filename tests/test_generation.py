@@ -267,7 +267,9 @@ def test_seeded_beam_sampling_repeats(toy_gpt):
             toy_gpt, "[Human]: x<eoh> [MMGPT]:", text_config=beam, max_new_tokens=16, seed=seed
         )[-1].token_ids
 
+    state = torch.get_rng_state()
     assert answer(5) == answer(5) != answer(6)
+    assert torch.equal(torch.get_rng_state(), state)  # the seed did not touch torch's global stream
 
 
 def test_beam_search_is_for_text_answers_only(toy_gpt):
