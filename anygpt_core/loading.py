@@ -100,14 +100,45 @@ def load_language_model(
         raise CheckpointError(
             f"{directory}: cannot load its tokenizer ({_first_line(err)})"
         ) from err
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would precede our one-line error
     try:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=torch_dtype, output_loading_info=True
+        )
+        model, info = loaded
     except Exception as err:
-        raise CheckpointError(f"{directory}: cannot load the model ({_first_line(err)})") from err
+        raise CheckpointError(f"{directory}: cannot load the model ({_load_error(err)})") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _check_loading_info(directory, info)
     if model.get_output_embeddings() is None:
         raise CheckpointError(f"{directory}: model has no output embedding; not a causal LM")
     model.to(torch_device).eval()
     return model, tokenizer
+
+
+def _check_loading_info(directory: Path, info: dict[str, Any]) -> None:
+    """Refuse weights that do not fill the model: transformers would initialise the gaps randomly."""
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    raise CheckpointError(
+        f"{directory}: its weights do not match its config.json: {', '.join(parts)} tensors"
+    )
+
+
+def _load_error(err: BaseException) -> str:
+    text = str(err)
+    if "ignore_mismatched_sizes" in text or "size mismatch" in text:
+        return "tensor shapes differ from its config.json"
+    return _first_line(err)
 
 
 def _first_line(err: BaseException) -> str:
