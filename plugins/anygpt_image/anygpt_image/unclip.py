@@ -99,6 +99,44 @@ def _resolve(location: str | Path) -> Path:
         ) from err
 
 
+def _load_text_encoder(path: Path, dtype: torch.dtype) -> Any:  # noqa: ANN401 - a CLIP text model
+    """The pipeline's CLIP text encoder, refused if its weights leave parameters unset.
+
+    transformers fills a tensor missing from the file with random values and only logs it; loading
+    it here, with the loading report, turns that into an error. (Old files with a `text_model.`
+    prefix are renamed by transformers itself.)
+    """
+    from transformers import CLIPTextModel
+    from transformers.utils import logging as transformers_logging
+
+    folder = path / "text_encoder"
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        loaded: Any = CLIPTextModel.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    model, info = loaded
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise CheckpointError(
+            f"{folder}: {len(missing)} tensors of its config are not in its weights "
+            f"(e.g. {missing[0]}); a damaged or mismatched text encoder"
+        )
+    return model
+
+
+def _check_loaded(path: Path, pipe: StableUnCLIPImg2ImgPipeline) -> None:
+    """Refuse a tensor left on the meta device: diffusers does that with one missing from a file."""
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            for key, tensor in [*component.named_parameters(), *component.named_buffers()]:
+                if tensor.is_meta:
+                    raise CheckpointError(
+                        f"{path / name}: its weights lack {key}; a damaged or mismatched {name}"
+                    )
+
+
 def load_unclip(
     location: str | Path, *, device: torch.device, dtype: torch.dtype, low_memory: bool
 ) -> EmbeddingUnCLIPPipeline:
@@ -115,14 +153,29 @@ def load_unclip(
     path = _resolve(location)
     try:
         from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
 
         diffusers_logging.disable_progress_bar()  # the CLI shows its own progress
-        pipe = EmbeddingUnCLIPPipeline.from_pretrained(
-            path, dtype=dtype, image_encoder=None, feature_extractor=None
-        )
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        transformers_logging.disable_progress_bar()
+        text_encoder = _load_text_encoder(path, dtype)
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # missing weights: our one line, not its report
+        try:
+            pipe = EmbeddingUnCLIPPipeline.from_pretrained(
+                path,
+                dtype=dtype,
+                image_encoder=None,
+                feature_extractor=None,
+                text_encoder=text_encoder,
+            )
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
+    except CheckpointError:
+        raise
+    except Exception as err:  # any loader failure means a bad pipeline directory
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a loadable Stable unCLIP pipeline ({first})") from err
+    _check_loaded(path, pipe)
     pipe.set_progress_bar_config(disable=True)
     if low_memory:
         pipe.vae.enable_slicing()

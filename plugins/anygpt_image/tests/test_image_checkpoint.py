@@ -150,3 +150,54 @@ def test_codec_reports_wrong_tokenizer_file(demo_options, tmp_path, picture_path
     codec = ImageCodec({**demo_options, "image_tokenizer_path": str(wrong), "image_vit_path": None})
     with pytest.raises(CheckpointError, match="holds no EVA-ViT-g weights"):
         codec.encode(picture_path)
+
+
+def _damaged_pipeline(demo_options, tmp_path, component, edit):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    target = shutil.copytree(demo_options["image_decoder_path"], tmp_path / "unclip")
+    weights_file = next((target / component).glob("*.safetensors"))
+    weights = load_file(weights_file)
+    edit(weights)
+    save_file(weights, weights_file)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("component", "message"),
+    [
+        ("unet", "its weights lack"),
+        ("vae", "its weights lack"),
+        ("image_normalizer", "its weights lack mean"),
+        ("text_encoder", "tensors of its config are not in its weights"),
+    ],
+)
+def test_pipeline_with_a_missing_tensor_is_refused(demo_options, tmp_path, component, message):
+    """diffusers would leave the tensor empty and transformers would make it random: refused."""
+    from anygpt_image.unclip import load_unclip
+
+    def drop_first(weights):
+        weights.pop(sorted(weights)[0])
+
+    broken = _damaged_pipeline(demo_options, tmp_path, component, drop_first)
+    with pytest.raises(CheckpointError, match=f"{component}: .*{message}") as info:
+        load_unclip(broken, device=torch.device("cpu"), dtype=torch.float32, low_memory=False)
+    assert "\n" not in str(info.value)
+
+
+def test_text_encoder_saved_with_the_old_text_model_prefix_loads(demo_options, tmp_path):
+    """The published pipeline's CLIP text encoder predates transformers 5's key layout."""
+    from anygpt_image.unclip import load_unclip
+
+    def prefix(weights):
+        for key in list(weights):
+            weights[f"text_model.{key}"] = weights.pop(key)
+
+    old = _damaged_pipeline(demo_options, tmp_path, "text_encoder", prefix)
+    kwargs = dict(device=torch.device("cpu"), dtype=torch.float32, low_memory=False)
+    loaded = load_unclip(old, **kwargs).text_encoder.state_dict()
+    reference = load_unclip(demo_options["image_decoder_path"], **kwargs).text_encoder.state_dict()
+    assert loaded.keys() == reference.keys()
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
