@@ -9,7 +9,13 @@ from typing import Any
 
 from anygpt_core.errors import CheckpointError, ConfigError
 
-__all__ = ["load_language_model", "pick_device", "pick_dtype", "resolve_model_dir"]
+__all__ = [
+    "load_causal_lm",
+    "load_language_model",
+    "pick_device",
+    "pick_dtype",
+    "resolve_model_dir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +92,7 @@ def load_language_model(
     Returns:
         `(model, tokenizer)`, the model in eval mode on the chosen device.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    from transformers import AutoTokenizer
 
     directory = resolve_model_dir(name_or_path)
     torch_device = pick_device(device)
@@ -100,22 +103,37 @@ def load_language_model(
         raise CheckpointError(
             f"{directory}: cannot load its tokenizer ({_first_line(err)})"
         ) from err
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its load report would precede our one-line error
-    try:
-        loaded: Any = AutoModelForCausalLM.from_pretrained(
-            directory, dtype=torch_dtype, output_loading_info=True
-        )
-        model, info = loaded
-    except Exception as err:
-        raise CheckpointError(f"{directory}: cannot load the model ({_load_error(err)})") from err
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    _check_loading_info(directory, info)
+    # Straight onto the device: a 7B float16 model needs no 14 GB of host memory on the way.
+    model = load_causal_lm(directory, dtype=torch_dtype, device_map=torch_device)
     if model.get_output_embeddings() is None:
         raise CheckpointError(f"{directory}: model has no output embedding; not a causal LM")
     model.to(torch_device).eval()
     return model, tokenizer
+
+
+def load_causal_lm(directory: Path, **kwargs: Any) -> Any:  # noqa: ANN401 - a transformers model
+    """`AutoModelForCausalLM.from_pretrained`, refusing weights that do not fill the model.
+
+    transformers initialises tensors missing from the files randomly and only logs it; here a
+    missing or unexpected tensor, or a shape that differs from config.json, is a `CheckpointError`.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would precede our one-line error
+    try:
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            directory, output_loading_info=True, **kwargs
+        )
+    except Exception as err:
+        raise CheckpointError(f"{directory}: cannot load the model ({_load_error(err)})") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model, info = loaded
+    _check_loading_info(Path(directory), info)
+    return model
 
 
 def _check_loading_info(directory: Path, info: dict[str, Any]) -> None:

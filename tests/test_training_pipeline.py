@@ -198,6 +198,27 @@ def test_cli_extend_rejects_a_model_that_is_not_llama(sequence_env, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_extend_refuses_weights_that_do_not_fill_the_model(
+    sequence_env, text_only_demo, tmp_path, capsys
+):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    base = shutil.copytree(text_only_demo, tmp_path / "base")
+    weights = load_file(base / "model.safetensors")
+    weights.pop("model.norm.weight")
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    code, _, err = run_cli(["model", "extend", str(base), str(out), "-m", "sequence"], capsys)
+    assert code == 4
+    assert err == (
+        f"Error: {base}: its weights do not match its config.json: 1 missing "
+        "(e.g. model.norm.weight) tensors\n"
+    )
+    assert not out.exists()
+
+
 def test_cli_extend_rejects_an_unknown_modality(sequence_env, text_only_demo, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = run_cli(

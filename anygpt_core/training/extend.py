@@ -228,18 +228,12 @@ def extend_model(
 
 
 def _extend(directory: Path, out: Path, tokens: list[str]) -> ExtendResult:
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+    from anygpt_core.loading import load_causal_lm
 
-    hf_logging.disable_progress_bar()
+    model = load_causal_lm(directory, dtype="auto")  # a bad base fails before anything is written
     tokenizer, new = write_tokenizer(directory, out, tokens)
     vocab = tokenizer.get_vocab()
     size = max(vocab.values()) + 1
-    try:
-        model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype="auto")
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CheckpointError(f"{directory}: cannot load the model ({first})") from err
     first_new = min((vocab[t] for t in new), default=size)
     resize_embeddings(model, max(size, model.get_input_embeddings().weight.shape[0]), first_new)
     model.save_pretrained(out)

@@ -158,15 +158,10 @@ def _load_tokenizer(directory: Path) -> Any:  # noqa: ANN401 - a transformers to
 
 def _load_model(base: Path, tokenizer: Any) -> Any:  # noqa: ANN401 - a transformers causal LM
     import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    try:
-        model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CheckpointError(f"{base}: cannot load the model ({first})") from err
+    from anygpt_core.loading import load_causal_lm
+
+    model = load_causal_lm(base, dtype=torch.float32)
     size = max(tokenizer.get_vocab().values()) + 1
     rows = model.get_input_embeddings().weight.shape[0]
     if size > rows:
