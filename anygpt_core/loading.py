@@ -10,6 +10,9 @@ from typing import Any
 from anygpt_core.errors import CheckpointError, ConfigError
 
 __all__ = [
+    "available_memory",
+    "checkpoint_bytes",
+    "cpu_dtype",
     "load_causal_lm",
     "load_language_model",
     "pick_device",
@@ -73,7 +76,7 @@ def pick_device(device: str = "auto") -> Any:  # noqa: ANN401 - torch.device
 
 
 def pick_dtype(dtype: str, device: Any) -> Any:  # noqa: ANN401 - torch types
-    """`auto` -> float16 on GPU, float32 on CPU; else float32, float16 or bfloat16."""
+    """`auto` -> float16 on GPU, float32 on CPU (see `cpu_dtype`); else float32, float16 or bfloat16."""
     import torch
 
     names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -82,6 +85,67 @@ def pick_dtype(dtype: str, device: Any) -> Any:  # noqa: ANN401 - torch types
     if dtype not in names:
         raise ConfigError(f"--dtype {dtype}: expected auto, {', '.join(names)}")
     return names[dtype]
+
+
+#: Bytes per element of the dtype names a config.json may give.
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def checkpoint_bytes(directory: Path) -> tuple[int, int]:
+    """Bytes of the weight files in `directory`, and the bytes per element they are stored in."""
+    import json
+
+    files = [*directory.glob("*.safetensors"), *directory.glob("pytorch_model*.bin")]
+    size = sum(f.stat().st_size for f in files if f.is_file())
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        config = {}
+    stored = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return size, _ITEMSIZE.get(str(stored), 4)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux `MemAvailable`), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cpu_dtype(directory: Path, available: int | None = None) -> str:
+    """`auto` on the CPU: float32 when it fits in memory, else bfloat16 (with a warning).
+
+    A 7B model is 28 GB in float32, more than many machines hold; the kernel would kill the
+    process without a word. When even bfloat16 does not fit, say so instead.
+
+    Raises:
+        CheckpointError: the model does not fit in memory in bfloat16 either.
+    """
+    size, itemsize = checkpoint_bytes(directory)
+    available = available_memory() if available is None else available
+    if available is None or size == 0:
+        return "float32"
+    elements = size / itemsize
+    gib = 1024**3
+    if elements * 4 <= 0.85 * available:
+        return "float32"
+    if elements * 2 <= 0.85 * available:
+        logger.warning(
+            "loading in bfloat16: float32 needs %.1f GiB and %.1f GiB of memory is available "
+            "(--dtype float32 to insist)",
+            elements * 4 / gib,
+            available / gib,
+        )
+        return "bfloat16"
+    raise CheckpointError(
+        f"{directory}: the model needs {elements * 2 / gib:.1f} GiB even in bfloat16 and "
+        f"{available / gib:.1f} GiB of memory is available; use a GPU (--device cuda) or a "
+        "machine with more memory"
+    )
 
 
 def load_language_model(
@@ -96,6 +160,8 @@ def load_language_model(
 
     directory = resolve_model_dir(name_or_path)
     torch_device = pick_device(device)
+    if dtype == "auto" and torch_device.type == "cpu":
+        dtype = cpu_dtype(directory)
     torch_dtype = pick_dtype(dtype, torch_device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)

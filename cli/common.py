@@ -34,7 +34,14 @@ ModelPath = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, float16 or bfloat16.")]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="auto (float16 on a GPU; on the CPU float32, or bfloat16 if that does not fit in "
+        "memory), float32, float16 or bfloat16.",
+    ),
+]
 OutputDir = Annotated[Path, typer.Option("--output-dir", help="Where output files are written.")]
 ConfigFile = Annotated[
     Path | None,

@@ -78,3 +78,30 @@ def test_weights_that_do_not_fit_are_refused_in_one_line(demo_dir, tmp_path, cap
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == [f"Error: {bad}: {problem}"]
     assert out == ""
+
+
+def test_auto_dtype_on_the_cpu_fits_the_model_in_memory(demo_dir, caplog):
+    from anygpt_core.errors import CheckpointError
+    from anygpt_core.loading import checkpoint_bytes, cpu_dtype
+
+    size, itemsize = checkpoint_bytes(demo_dir)
+    assert size > 0 and itemsize == 4  # the demo is stored in float32
+    assert cpu_dtype(demo_dir, available=10 * size) == "float32"
+    assert caplog.records == []
+    assert cpu_dtype(demo_dir, available=int(0.9 * size)) == "bfloat16"
+    assert "loading in bfloat16: float32 needs" in caplog.text
+    with pytest.raises(CheckpointError, match=r"needs .* GiB even in bfloat16"):
+        cpu_dtype(demo_dir, available=size // 4)
+
+
+def test_a_model_too_large_for_memory_is_refused_before_loading(demo_dir, capsys, monkeypatch):
+    """Instead of the kernel's silent kill: one line, exit 4."""
+    from anygpt_core import loading
+
+    monkeypatch.setattr(loading, "available_memory", lambda: 1024)
+    args = ["run", "text|text|x", "--model-name-or-path", str(demo_dir), "--device", "cpu"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 4
+    assert err.startswith(f"Error: {demo_dir}: the model needs ") and err.count("\n") == 1
+    code, _, err = run_cli([*args, "--dtype", "float32", "--max-new-tokens", "4"], capsys)
+    assert code == 0, err  # an explicit --dtype is the user's call
