@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if type(err).__name__ == "OutOfMemoryError":  # torch's, on a GPU
+            sys.stderr.write(
+                f"Error: out of GPU memory ({first}); try --image-low-memory, another --device "
+                "or a smaller --max-new-tokens\n"
+            )
+            raise SystemExit(1) from None
         sys.stderr.write(
             f"internal error: {type(err).__name__}: {first} (set ANYGPT_DEBUG=1 for a traceback)\n"
         )

@@ -299,6 +299,32 @@ def test_bad_decoding_flags_fail_before_the_model_loads(toy_env, capsys, command
     )  # one line, and no demo notice: nothing was loaded
 
 
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"),
+            "Error: out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB); try "
+            "--image-low-memory, another --device or a smaller --max-new-tokens",
+        ),
+        (
+            RuntimeError("something broke\ndetails"),
+            "internal error: RuntimeError: something broke (set ANYGPT_DEBUG=1 for a traceback)",
+        ),
+    ],
+)
+def test_unexpected_errors_are_one_line(toy_env, capsys, monkeypatch, error, line):
+    from anygpt_core.api import AnyGPT
+
+    def fail(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(AnyGPT, "run", fail)
+    code, out, err = run_cli(["run", "text|text|hi"], capsys)
+    assert code == 1 and out == ""
+    assert [x for x in err.splitlines() if not x.startswith("Using the")] == [line]
+
+
 def test_config_with_unknown_field(toy_env, capsys, tmp_path):
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"top_p": 2, "beams": 3}))
