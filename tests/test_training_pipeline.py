@@ -261,6 +261,42 @@ def test_pretraining_loss_falls_and_the_model_writes_sequences(
     assert len(values) == 4 * result.spans[0].codes.shape[1]
 
 
+def test_packed_batch_has_the_padded_batch_loss(extended):
+    """Examples joined in one row attend only within themselves: the same loss as padding them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from anygpt_core.training.datasets import IGNORE, collate, collate_packed
+
+    model = AutoModelForCausalLM.from_pretrained(extended, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    features = []
+    for n in (7, 12, 3):
+        ids = torch.randint(3, 600, (n,), generator=generator).tolist()
+        features.append({"input_ids": ids, "labels": [ids[0], IGNORE, *ids[2:]]})
+    packed = collate_packed(features)
+    assert packed["position_ids"].tolist() == [[*range(7), *range(12), *range(3)]]
+    assert packed["labels"][0, [0, 7, 19]].tolist() == [IGNORE] * 3
+    assert packed["labels"][0, 1].item() == IGNORE and packed["input_ids"].shape == (1, 22)
+    with torch.no_grad():
+        padded_loss = model(**collate(features, pad_id=0)).loss
+        packed_loss = model(**packed).loss
+        leaky = {k: v for k, v in packed.items() if k != "position_ids"}
+        leaky_loss = model(**leaky).loss  # without restarting positions, examples see each other
+    torch.testing.assert_close(packed_loss, padded_loss, rtol=0, atol=1e-5)
+    assert abs(leaky_loss.item() - padded_loss.item()) > 1e-3
+
+
+def test_packed_pretraining_learns(extended, pretrain_data, plugins, tmp_path):
+    pytest.importorskip("accelerate")
+    from anygpt_core.training import train
+
+    config = pretrain_config(extended, pretrain_data, tmp_path / "packed", packing=True)
+    result = train("pretrain", config, plugins)
+    losses = [loss for _, loss in result.losses]
+    assert result.steps == 24 and losses[-1] < 0.6 * losses[0], losses
+
+
 def test_cli_pretrain_resumes_from_the_last_checkpoint(pretrained, pretrain_data, tmp_path, capsys):
     import yaml
 

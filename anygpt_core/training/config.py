@@ -78,6 +78,11 @@ class TrainConfig(BaseModel):
     bf16: bool = Field(False, description="bfloat16 mixed precision.")
     fp16: bool = Field(False, description="float16 mixed precision.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    packing: bool = Field(
+        False,
+        description="Join each batch's examples into one row with no padding (attention stays "
+        "within each example); for data of very different lengths.",
+    )
     dataloader_num_workers: int = Field(0, ge=0, description="Data loading processes.")
     report_to: str | list[str] = Field("none", description="Loggers: none, tensorboard, wandb, …")
     trainer: dict[str, Any] = Field(

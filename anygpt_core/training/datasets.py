@@ -29,6 +29,7 @@ __all__ = [
     "PretrainDataset",
     "assistant_ranges",
     "collate",
+    "collate_packed",
     "read_examples",
 ]
 
@@ -287,3 +288,29 @@ def collate(features: list[dict[str, list[int]]], *, pad_id: int) -> dict[str, A
         labels[row, :n] = torch.tensor(feature["labels"])
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_packed(features: list[dict[str, list[int]]]) -> dict[str, Any]:
+    """Join a batch into one row without padding: int64 [1, total] input_ids, labels, position_ids.
+
+    Position ids restart at 0 for each example; from them transformers builds a block-diagonal
+    causal mask (with no attention_mask and no cache), so no example attends to another: the loss
+    equals that of the padded batch (tested). The first label of each example is ignored, as the
+    last token of the one before must not learn to predict it.
+    """
+    import torch
+
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for feature in features:
+        n = len(feature["input_ids"])
+        ids += feature["input_ids"]
+        labels += [IGNORE, *feature["labels"][1:]] if n else []
+        positions += range(n)
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "use_cache": False,  # a cache would switch the packed mask off
+    }

@@ -20,7 +20,13 @@ from anygpt_core.errors import CheckpointError, ConfigError
 from anygpt_core.plugins import PluginSet
 from anygpt_core.tokenization import ReferenceTokenizer
 from anygpt_core.training.config import TrainConfig, training_arguments
-from anygpt_core.training.datasets import ChatDataset, PretrainDataset, collate, read_examples
+from anygpt_core.training.datasets import (
+    ChatDataset,
+    PretrainDataset,
+    collate,
+    collate_packed,
+    read_examples,
+)
 from anygpt_core.training.extend import CHAT_TOKENS, resize_embeddings, write_tokenizer
 
 __all__ = ["TrainResult", "train"]
@@ -140,7 +146,9 @@ def train(
     if on_ready is not None:
         on_ready(len(lines), Path(resume) if resume else None)
     model = _load_model(base, tokenizer)
-    result = _run_trainer(model, args, dataset, tokenizer, output_dir, resume, callbacks or [])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collator = collate_packed if config.packing else partial(collate, pad_id=pad_id)
+    result = _run_trainer(model, args, dataset, collator, output_dir, resume, callbacks or [])
     result.added_tokens = added
     return result
 
@@ -173,19 +181,18 @@ def _run_trainer(
     model: Any,  # noqa: ANN401
     args: Any,  # noqa: ANN401
     dataset: Any,  # noqa: ANN401
-    tokenizer: Any,  # noqa: ANN401
+    collator: Callable[[list[dict[str, list[int]]]], dict[str, Any]],
     output_dir: Path,
     resume: str | None,
     callbacks: list[Any],
 ) -> TrainResult:
     from transformers import Trainer
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=partial(collate, pad_id=pad_id),
+        data_collator=collator,
         callbacks=[_callback(output_dir), *callbacks],
     )
     trainer.train(resume_from_checkpoint=resume)
