@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from anygpt_core.tokenization import ReferencePromptEncoder
     from anygpt_core.tokens import TokenSpace
 
-__all__ = ["TEXT_DECODING", "AnyGPT", "CodecSet", "Prepared", "Result"]
+__all__ = ["TEXT_DECODING", "AnyGPT", "CodecSet", "Prepared", "Result", "text_answers_only"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,20 @@ class CodecSet:
         return atomic_output(directory, name, lambda tmp: codec.save(media, tmp))
 
 
+def text_answers_only(config: DecodingConfig, target: str) -> DecodingConfig:
+    """`config` for an answer in `target`: beams (`num_beams`) apply to text answers only.
+
+    A media span decodes token by token under its length rules, so a config file written for
+    text (the seed chat's generate_config.json: 5 beams) still serves a spoken or drawn answer.
+    """
+    if target == "text" or config.num_beams == 1:
+        return config
+    logger.info(
+        "num_beams %d applies to text answers; %s decodes one beam", config.num_beams, target
+    )
+    return config.merged(num_beams=1)
+
+
 def _check_codes(spec: ModalitySpec, codes: torch.Tensor) -> None:
     from anygpt_core.protocol import flatten_codes
 
@@ -271,8 +285,8 @@ class AnyGPT:
             seed: seeds the phrasing choice, sampling and decoders; None picks one (reported).
             force_span: for text -> modality, start the answer with the modality's start token (as
                 the reference chat's force flags did), so the model always writes a span.
-            overrides: decoding fields (e.g. `max_new_tokens`) applied last; `num_beams` only to
-                text answers.
+            overrides: decoding fields (e.g. `max_new_tokens`) applied last; beams (`num_beams`,
+                from here or `config`) apply to text answers only.
         """
         task = parse_instruction(task) if isinstance(task, str) else task
         seed = random.SystemRandom().randrange(2**31) if seed is None else seed
@@ -291,9 +305,7 @@ class AnyGPT:
         target_config = self.config_for(task.target)
         if config is not None:
             target_config = load_decoding_config(Path(config), base=target_config)
-        if task.target != "text":
-            overrides = {**overrides, "num_beams": None}  # beams are for text answers
-        target_config = target_config.merged(**overrides)
+        target_config = text_answers_only(target_config.merged(**overrides), task.target)
         bank = InstructionBank.from_specs(
             self.plugins.modalities, seed=seed, path=self.instructions
         )

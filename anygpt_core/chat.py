@@ -318,13 +318,14 @@ class Conversation:
     def target_config(self, to: str) -> DecodingConfig:
         """The decoding config of an answer in modality `to` (its default, the config file, overrides).
 
-        A `num_beams` override applies to text answers only (media spans decode token by token).
+        Beams (`num_beams`, from the file or the overrides) apply to text answers only.
         """
+        from anygpt_core.api import text_answers_only
+
         config = self.gpt.config_for(to)
         if self.config is not None:
             config = load_decoding_config(self.config, base=config)
-        overrides = self.overrides if to == "text" else {**self.overrides, "num_beams": None}
-        return config.merged(**overrides)
+        return text_answers_only(config.merged(**self.overrides), to)
 
     def message(
         self,
