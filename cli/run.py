@@ -38,7 +38,7 @@ HELP = """Run tasks in the seed's format SOURCE|TARGET|INPUT[|VOICE_PROMPT].
 Examples: 'text|image|a red bus', 'image|text|photo.jpg', 'speech|text|question.wav',
 'text|speech|Hello there|voice.wav', 'text|music|calm piano', 'text|text|Tell me a joke'.
 With no INSTRUCTION and no --input-file, instructions are read from stdin, one per line,
-with the model kept loaded.
+with the model kept loaded. Blank lines and lines starting with # are skipped.
 """
 
 
@@ -52,13 +52,18 @@ def _lines(instructions: list[str] | None, input_file: Path | None) -> Iterable[
             raise InputError(f"{input_file}: no such file") from err
         except (OSError, UnicodeDecodeError) as err:
             raise InputError(f"{input_file}: not a readable text file ({err})") from err
-        yield from (line for line in text.splitlines() if line.strip())
+        yield from (line for line in text.splitlines() if _is_task(line))
     if not instructions and input_file is None:
         for line in sys.stdin:
             if line.strip() in {"quit", "exit"}:
                 return
-            if line.strip():
+            if _is_task(line):
                 yield line
+
+
+def _is_task(line: str) -> bool:
+    """Blank lines and `#` comments in a task file or on stdin are skipped."""
+    return bool(line.strip()) and not line.lstrip().startswith("#")
 
 
 def register(app: typer.Typer, plugins: PluginSet) -> None:

@@ -366,7 +366,9 @@ def test_encode_decode_round_trip(toy_env, capsys, tmp_path):
 
 
 def test_stdin_mode_keeps_going_after_a_bad_line(text_only_env, capsys, monkeypatch):
-    lines = "text|text|one\nbroken line\ntext|text|two\n"
+    lines = (
+        "# tasks for tonight\ntext|text|one\n\nbroken line\n  # indented comment\ntext|text|two\n"
+    )
     code, out, err = run_cli(
         ["run", "--json", "--max-new-tokens", "3", "--seed", "1"], capsys, lines, monkeypatch
     )
@@ -376,6 +378,19 @@ def test_stdin_mode_keeps_going_after_a_bad_line(text_only_env, capsys, monkeypa
         "text|text|two",
     ]
     assert "Error: cannot parse 'broken line'" in err
+    assert "#" not in err  # comments and blank lines are skipped, not errors
+
+
+def test_input_file_skips_comments(text_only_env, capsys, tmp_path):
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("# header\ntext|text|one\n\n# text|text|skipped\ntext|text|two\n")
+    args = ["run", "--input-file", str(tasks), "--json", "--max-new-tokens", "3", "--seed", "1"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert [json.loads(x)["instruction"] for x in out.splitlines()] == [
+        "text|text|one",
+        "text|text|two",
+    ]
 
 
 def test_console_script_installed():
