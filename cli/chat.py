@@ -289,12 +289,16 @@ class _Session:
         from anygpt_cli.console import stderr
 
         output = _Output(live=self.live, stream=not self.as_json)
+        to = parsed.to or self.to
+        beams = self.conversation.target_config(to).num_beams if to == "text" else 1
+        if beams > 1:
+            output.note(f"searching {beams} beams…")  # the answer comes at once, when found
         try:
             reply = self.conversation.send(
                 parsed.text,
                 inputs=parsed.inputs,
                 voice_prompt=parsed.voice_prompt,
-                to=parsed.to or self.to,
+                to=to,
                 seed=self.seed,
                 on_event=output.event,
                 on_text=output.text,
@@ -359,8 +363,23 @@ class _Output:
         self.started = False  # some of this answer is on stdout
         self.line_start = True  # stdout is at the start of a line
         self.strip = True  # drop the leading space of the next piece
+        self.noted = False  # a transient status is on stderr
+
+    def note(self, message: str) -> None:
+        """A transient status on stderr (live terminals only), cleared by the first output."""
+        if self.live:
+            sys.stderr.write(f"  {message}")
+            sys.stderr.flush()
+            self.noted = True
+
+    def _clear_note(self) -> None:
+        if self.noted:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.noted = False
 
     def text(self, piece: str) -> None:
+        self._clear_note()
         if not self.stream:
             return
         if self.strip:
@@ -398,6 +417,7 @@ class _Output:
 
     def end(self) -> None:
         """Finish the answer's line (also after an error or an interruption)."""
+        self._clear_note()
         if self.live and self.span is not None:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()

@@ -91,3 +91,18 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_history(toy_env, tmp_path):
         child.close(force=True)
     assert child.exitstatus == 0
     assert list(tmp_path.iterdir()) == [config]
+
+
+def test_beam_search_shows_a_status_until_the_answer(toy_env, tmp_path):
+    child = spawn(["--seed", "0", "--max-new-tokens", "8", "--num-beams", "3"], toy_env, tmp_path)
+    try:
+        child.sendline("hello")
+        child.expect_exact("searching 3 beams…")
+        child.expect_exact("\r\x1b[K")  # cleared when the answer arrives
+        child.expect(r"8 tokens in [\d.]+ s")
+        child.expect_exact("> ")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
