@@ -70,3 +70,43 @@ def test_projection_of_row_subsets():
     ids = torch.tensor([7, 3, 250])
     torch.testing.assert_close(backend.project(hidden, slice(10, 20)), full[10:20])
     torch.testing.assert_close(backend.project(hidden, ids), full[ids])
+
+
+def test_the_published_model_takes_the_lean_path(tmp_path):
+    """fnlp/AnyGPT-base's config.json (LLaMA-2-7B, as transformers 4.34 wrote it), at real size
+    on the meta device: the lean exact path applies to it, not only to the demo."""
+    import json
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "initializer_range": 0.02,
+        "intermediate_size": 11008,
+        "max_position_embeddings": 4096,
+        "model_type": "llama",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 32,
+        "pad_token_id": 0,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float16",
+        "transformers_version": "4.34.1",
+        "use_cache": True,
+        "vocab_size": 49418,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path)).eval()
+    assert sum(p.numel() for p in model.parameters()) == 6_881_103_872  # 7B + 2 x 17,418 rows
+    backend = make_backend(model)
+    assert isinstance(backend, LlamaBackend)
+    assert backend.heads == 32 and backend.head_dim == 128 and len(backend.layers) == 32
