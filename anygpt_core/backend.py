@@ -105,6 +105,10 @@ def make_backend(model: Any) -> TransformersBackend:  # noqa: ANN401 - any trans
 class LlamaBackend(TransformersBackend):
     """A lean forward pass over a transformers LLaMA model's own weights, for decoding.
 
+    Building it stacks each layer's q/k/v and gate/up weights into one matrix and rebinds the
+    model's parameters to slices of it (see `_stack`): memory stays the same, the model still runs
+    as before, but its weights now share storage (save a model loaded for inference with care).
+
     The transformers module stack costs about a millisecond of Python per token, which dominates a
     small model's step and hides what slicing the output layer saves. This runs the same operations
     in the same order (RMSNorm in float32, rotary embedding, SDPA, SwiGLU), so its hidden states, and
@@ -139,21 +143,15 @@ class LlamaBackend(TransformersBackend):
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scaling = self.head_dim**-0.5
         self.embed = self.body.embed_tokens.weight
-        # q/k/v and gate/up run as one matrix product each (rows stacked once, here): the same
-        # dot products as separate layers, with fewer kernel launches per token.
+        # q/k/v and gate/up run as one matrix product each: the same dot products as separate
+        # layers, with fewer kernel launches per token.
         self.layers = [
             (
                 layer.input_layernorm.weight,
-                torch.cat(
-                    [
-                        layer.self_attn.q_proj.weight,
-                        layer.self_attn.k_proj.weight,
-                        layer.self_attn.v_proj.weight,
-                    ]
-                ),
+                _stack([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
                 layer.self_attn.o_proj.weight,
                 layer.post_attention_layernorm.weight,
-                torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
+                _stack([layer.mlp.gate_proj, layer.mlp.up_proj]),
                 layer.mlp.down_proj.weight,
             )
             for layer in self.body.layers[: config.num_hidden_layers]
@@ -264,3 +262,24 @@ class LlamaBackend(TransformersBackend):
             h = h + F.linear(F.silu(gate) * up, wd)
         self.length = end
         return self._rms(h, self.norm)[0, -1]
+
+
+def _stack(linears: list[Any]) -> torch.Tensor:
+    """The linears' weights as one matrix, which the linears then use (as views): no second copy.
+
+    Stacking copies would double a 7B model's attention and MLP input weights (about 9 GB in
+    float16). Instead the layers' own parameters are rebound to row slices of the stacked matrix,
+    so the model computes exactly as before and the old tensors are freed, one layer at a time.
+    """
+    import torch
+
+    weights = [linear.weight for linear in linears]
+    stacked = torch.cat([w.detach() for w in weights])
+    start = 0
+    for linear, weight in zip(linears, weights, strict=True):
+        rows = weight.shape[0]
+        linear.weight = torch.nn.Parameter(
+            stacked[start : start + rows], requires_grad=weight.requires_grad
+        )
+        start += rows
+    return stacked

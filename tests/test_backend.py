@@ -110,3 +110,22 @@ def test_the_published_model_takes_the_lean_path(tmp_path):
     backend = make_backend(model)
     assert isinstance(backend, LlamaBackend)
     assert backend.heads == 32 and backend.head_dim == 128 and len(backend.layers) == 32
+
+
+def test_stacking_shares_the_models_memory():
+    """The stacked q/k/v and gate/up matrices are the model's own weights, not copies."""
+    model = tiny_llama()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    def held_bytes(*extra):
+        tensors = [*model.parameters(), *extra]
+        return sum(
+            {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values()
+        )
+
+    total = held_bytes()
+    backend = LlamaBackend(model)
+    stacked = [t for layer in backend.layers for t in (layer[1], layer[4])]
+    assert held_bytes(*stacked) == total  # model and backend together hold no second copy
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[name], after[name]) for name in before)
