@@ -18,7 +18,7 @@ import torch
 
 from anygpt_core.errors import CheckpointError
 from anygpt_image.config import CONFIG_NAME, SeedConfig
-from anygpt_image.seed import INFERENCE_UNUSED_PREFIXES, SeedTokenizer
+from anygpt_image.seed import DECODE_PREFIXES, INFERENCE_UNUSED_PREFIXES, SeedTokenizer
 
 __all__ = [
     "SEED_FILE",
@@ -28,6 +28,7 @@ __all__ = [
     "load_seed",
     "read_state_dict",
     "resolve_file",
+    "seed_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,9 +118,11 @@ def _merge(
 
 
 def _check(
-    model: SeedTokenizer, state: dict[str, torch.Tensor], source: str
+    model: SeedTokenizer, state: dict[str, torch.Tensor], source: str, *, decode_only: bool = False
 ) -> dict[str, torch.Tensor]:
     expected = model.state_dict()
+    if decode_only:
+        expected = {k: v for k, v in expected.items() if k.startswith(DECODE_PREFIXES)}
     missing = [k for k in expected if k not in state and _required(k)]
     if missing:
         shown = ", ".join(missing[:_SHOW]) + (" ..." if len(missing) > _SHOW else "")
@@ -148,26 +151,41 @@ def _check(
     return {k: state[k] for k in expected if k in state}
 
 
+def seed_config(seed_path: Path) -> SeedConfig:
+    """Sizes from `seed_config.json` beside the checkpoint when present, else the published ones."""
+    sizes = seed_path.parent / CONFIG_NAME
+    return SeedConfig.load(sizes) if sizes.is_file() else SeedConfig.published()
+
+
 def load_seed(
-    seed_path: Path, vit_path: Path | None, *, device: torch.device, dtype: torch.dtype
+    seed_path: Path,
+    vit_path: Path | None,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    decode_only: bool = False,
 ) -> SeedTokenizer:
     """Build `SeedTokenizer` and load its weights strictly over the keys inference reads.
 
-    Sizes come from `seed_config.json` beside the checkpoint when present, else the published ones.
-    Training-only keys (`pos_embed`, `blocks.*`) load when present and are zero otherwise.
+    Training-only keys (`pos_embed`, `blocks.*`) load when present and are zero otherwise. With
+    `decode_only`, only what `embed` reads is loaded (`DECODE_PREFIXES`): no ViT file is needed
+    and the encoder stays on the meta device, unallocated, so `encode` cannot run.
 
     Raises:
         CheckpointError: unreadable file, missing ViT, missing keys or wrong shapes.
     """
-    sizes = seed_path.parent / CONFIG_NAME
-    config = SeedConfig.load(sizes) if sizes.is_file() else SeedConfig.published()
-    state = _merge(read_state_dict(seed_path), seed_path, vit_path)
+    config = seed_config(seed_path)
+    state = read_state_dict(seed_path)
+    if not decode_only:
+        state = _merge(state, seed_path, vit_path)
     with torch.device("meta"):
         model = SeedTokenizer(config)
-    source = str(seed_path) if vit_path is None else f"{seed_path} + {vit_path}"
-    state = _check(model, state, source)
+    source = str(seed_path) if vit_path is None or decode_only else f"{seed_path} + {vit_path}"
+    state = _check(model, state, source, decode_only=decode_only)
     loaded: dict[str, torch.Tensor] = {}
     for key, reference in model.state_dict().items():
+        if decode_only and not key.startswith(DECODE_PREFIXES):
+            continue
         value = state.get(key)
         if value is None:
             value = torch.zeros(reference.shape, dtype=reference.dtype)
@@ -175,5 +193,5 @@ def load_seed(
                 value = torch.arange(reference.shape[-1]).expand(reference.shape).clone()
         target = dtype if value.is_floating_point() else torch.long
         loaded[key] = value.to(device=device, dtype=target)
-    model.load_state_dict(loaded, strict=True, assign=True)
+    model.load_state_dict(loaded, strict=not decode_only, assign=True)
     return model.requires_grad_(False).eval()

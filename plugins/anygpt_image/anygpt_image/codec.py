@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from anygpt_core.errors import ConfigError, InputError
-from anygpt_image.checkpoint import SEED_FILE, VIT_FILE, load_seed, resolve_file
+from anygpt_image.checkpoint import SEED_FILE, VIT_FILE, load_seed, resolve_file, seed_config
 from anygpt_image.config import NUM_QUERY_TOKENS
 from anygpt_image.preprocess import open_image, to_pixels
 
@@ -68,6 +68,7 @@ class ImageCodec:
         self.decoder_path = options["image_decoder_path"]
         self.low_memory = bool(options.get("image_low_memory"))
         self._seed: SeedTokenizer | None = None
+        self._seed_decoder: SeedTokenizer | None = None
         self._pipe: EmbeddingUnCLIPPipeline | None = None
 
     @functools.cached_property
@@ -104,16 +105,33 @@ class ImageCodec:
         value = self.options.get("image_guidance_scale")
         return _number(value, float, "--image-guidance-scale") if value is not None else 10.0
 
+    @functools.cached_property
+    def seed_path(self) -> Path:
+        """The SEED-2 tokenizer file (`--image-tokenizer-path`)."""
+        return resolve_file(
+            self.tokenizer_path, SEED_FILE, what="SEED-2 tokenizer", flag="--image-tokenizer-path"
+        )
+
+    @property
+    def seed_decoder(self) -> SeedTokenizer:
+        """SEED-2 for codes -> embedding only: the whole tokenizer if loaded, else its decode half.
+
+        Text -> image needs about 30M of SEED-2's 1.15B parameters and no ViT file.
+        """
+        if self._seed is not None:
+            return self._seed
+        if self._seed_decoder is None:
+            logger.info("loading the SEED-2 decoder from %s", self.seed_path)
+            self._seed_decoder = load_seed(
+                self.seed_path, None, device=self.device, dtype=self.dtype, decode_only=True
+            )
+        return self._seed_decoder
+
     @property
     def seed_model(self) -> SeedTokenizer:
         """The SEED-2 tokenizer, loaded on first access."""
         if self._seed is None:
-            seed_path = resolve_file(
-                self.tokenizer_path,
-                SEED_FILE,
-                what="SEED-2 tokenizer",
-                flag="--image-tokenizer-path",
-            )
+            seed_path = self.seed_path
             vit_path = None
             if self.vit_path:
                 vit_path = resolve_file(
@@ -121,6 +139,7 @@ class ImageCodec:
                 )
             logger.info("loading SEED-2 tokenizer from %s", seed_path)
             self._seed = load_seed(seed_path, vit_path, device=self.device, dtype=self.dtype)
+            self._seed_decoder = None  # the whole model serves decoding now
         return self._seed
 
     @property
@@ -155,7 +174,7 @@ class ImageCodec:
         Raises:
             InputError: wrong shape, dtype or range.
         """
-        size = self.seed_model.config.codebook_size
+        size = seed_config(self.seed_path).codebook_size
         if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
             raise InputError("image codes must be an integer tensor of shape [1, 32]")
         if tuple(codes.shape) != (1, NUM_QUERY_TOKENS):
@@ -172,7 +191,7 @@ class ImageCodec:
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """The unCLIP image embedding of a span: int64 [1, 32] -> float (1, image_features_dim)."""
         codes = self.check_codes(codes)
-        return self.seed_model.embed(codes.to(self.device))
+        return self.seed_decoder.embed(codes.to(self.device))
 
     def decode(
         self,

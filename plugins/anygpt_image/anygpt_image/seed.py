@@ -15,11 +15,22 @@ from anygpt_image.config import NUM_QUERY_TOKENS, SeedConfig
 from anygpt_image.qformer import QFormer
 from anygpt_image.vit import EvaViT, Fp32LayerNorm, VisionBlock
 
-__all__ = ["INFERENCE_UNUSED_PREFIXES", "SeedTokenizer", "VectorQuantizer"]
+__all__ = ["DECODE_PREFIXES", "INFERENCE_UNUSED_PREFIXES", "SeedTokenizer", "VectorQuantizer"]
 
 #: Keys of the training-only reconstruction branch (and BERT's position buffer) that inference never
 #: reads: loaded when present, never required.
 INFERENCE_UNUSED_PREFIXES = ("pos_embed", "blocks.", "Qformer.bert.embeddings.position_ids")
+
+#: Keys `SeedTokenizer.embed` reads: codes -> unCLIP embedding needs neither the ViT nor the
+#: Q-Former (about 30M of the 1.15B parameters).
+DECODE_PREFIXES = (
+    "quantize.",
+    "decode_task_layer.",
+    "pos_embed_image",
+    "blocks_image.",
+    "image_down.",
+    "distill_image_proj.",
+)
 
 
 class VectorQuantizer(nn.Module):

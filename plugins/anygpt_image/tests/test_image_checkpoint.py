@@ -201,3 +201,20 @@ def test_text_encoder_saved_with_the_old_text_model_prefix_loads(demo_options, t
     reference = load_unclip(demo_options["image_decoder_path"], **kwargs).text_encoder.state_dict()
     assert loaded.keys() == reference.keys()
     assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+
+
+def test_text_to_image_needs_no_vit_and_loads_only_the_decoder(demo_options, picture_path):
+    """Codes -> embedding reads about 30M of SEED-2's 1.15B parameters and never the ViT."""
+    full = ImageCodec(demo_options)
+    codes = full.encode(picture_path)
+    without_vit = ImageCodec({**demo_options, "image_vit_path": None})
+    embedding = without_vit.embed(codes)
+    assert without_vit._seed is None  # the whole tokenizer was never built
+    decoder = without_vit.seed_decoder
+    assert all(p.is_meta for p in decoder.visual_encoder.parameters())
+    assert all(p.is_meta for p in decoder.Qformer.parameters())
+    torch.testing.assert_close(embedding, full.embed(codes), rtol=0, atol=0)
+    picture = without_vit.decode(codes, seed=0)
+    assert picture.size == full.decode(codes, seed=0).size
+    with pytest.raises(CheckpointError, match="--image-vit-path"):
+        without_vit.encode(picture_path)  # reading an image does need the ViT
