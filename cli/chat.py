@@ -172,6 +172,10 @@ class _Session:
             except AnyGPTError as err:
                 failures += 1
                 _error(str(err))
+            except KeyboardInterrupt:  # Ctrl-C while a line is handled: drop it, stay
+                if not self.interactive:
+                    raise
+                stderr.print("\n[yellow]interrupted[/yellow]")
         return failures
 
     def _lines(self) -> Iterator[str]:
@@ -290,10 +294,10 @@ class _Session:
 
         output = _Output(live=self.live, stream=not self.as_json)
         to = parsed.to or self.to
-        beams = self.conversation.target_config(to).num_beams if to == "text" else 1
-        if beams > 1:
-            output.note(f"searching {beams} beams…")  # the answer comes at once, when found
         try:
+            beams = self.conversation.target_config(to).num_beams if to == "text" else 1
+            if beams > 1:
+                output.note(f"searching {beams} beams…")  # the answer comes at once, when found
             reply = self.conversation.send(
                 parsed.text,
                 inputs=parsed.inputs,

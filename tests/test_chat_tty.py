@@ -77,6 +77,7 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_history(toy_env, tmp_path):
     child = spawn(["--seed", "0", "--config", str(config)], toy_env, tmp_path)
     try:
         child.sendline("talk for a long time")
+        child.expect_exact("talk for a long time\r\n")  # the terminal's echo of the line
         child.expect(r"\w\w\w")  # text is streaming
         child.sendcontrol("c")
         child.expect("interrupted: reply discarded, history unchanged")
