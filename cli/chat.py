@@ -23,6 +23,7 @@ from anygpt_cli.common import (
     Temperature,
     TopK,
     TopP,
+    check_decoding,
     load_model,
 )
 from anygpt_cli.options import with_codec_options
@@ -96,7 +97,6 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         codec_options: dict[str, Any],
     ) -> None:
         from anygpt_core.chat import TEMPLATES, Conversation
-        from anygpt_core.config import DecodingConfig, load_decoding_config
 
         if chat_template not in TEMPLATES:
             raise InputError(
@@ -105,9 +105,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         to = to.strip().lower()
         if to != "text":
             plugins.modality(to)
-        if config is not None:
-            load_decoding_config(config, base=DecodingConfig())
-        DecodingConfig().merged(  # bad flag values fail before the model loads
+        check_decoding(  # a bad file or flag value fails before the model loads
+            config,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,

@@ -23,6 +23,7 @@ __all__ = [
     "Temperature",
     "TopK",
     "TopP",
+    "check_decoding",
     "load_model",
 ]
 
@@ -59,6 +60,19 @@ NumBeams = Annotated[
         help="Beam search for text answers (the seed chat used 5, sampled); the answer comes at once.",
     ),
 ]
+
+
+def check_decoding(config: Path | None, **flags: Any) -> None:  # noqa: ANN401 - field values
+    """Validate a decoding config file and flag values without loading anything.
+
+    Raises:
+        ConfigError: a missing or bad file, or an invalid value, in one line.
+    """
+    from anygpt_core.config import DecodingConfig, load_decoding_config
+
+    if config is not None:
+        load_decoding_config(config, base=DecodingConfig())
+    DecodingConfig().merged(**flags)
 
 
 def load_model(

@@ -22,6 +22,7 @@ from anygpt_cli.common import (
     Temperature,
     TopK,
     TopP,
+    check_decoding,
     load_model,
 )
 from anygpt_cli.options import with_codec_options
@@ -109,16 +110,14 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         ] = False,
         codec_options: dict[str, Any],
     ) -> None:
-        from anygpt_core.config import DecodingConfig, load_decoding_config
         from anygpt_core.tasks import parse_instruction
 
         for line in instruction or []:  # fail before loading anything
             task = parse_instruction(line)
             for name in {task.source, task.target} - {"text"}:
                 plugins.modality(name)
-        if config is not None:
-            load_decoding_config(config, base=DecodingConfig())
-        DecodingConfig().merged(  # bad flag values fail before the model loads
+        check_decoding(  # a bad file or flag value fails before the model loads
+            config,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
