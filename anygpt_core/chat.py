@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from anygpt_core.tokens import TokenSpace
 
 __all__ = [
+    "CHAT_TEXT_DECODING",
     "SPEECH_INSTRUCTION",
     "TEMPLATES",
     "ChatLine",
@@ -49,6 +50,14 @@ __all__ = [
     "parse_line",
     "user_message",
 ]
+
+#: Text answers in chat: the text default (top-k 50 sampling, one beam, streamed) with the seed
+#: chat's budget of 500 new tokens (its generate_config.json). Its 5 sampled beams are opt-in
+#: (`num_beams=5`): beams cannot stream, and they answer in text only, while a one-beam answer may
+#: open a modality span of its own.
+CHAT_TEXT_DECODING = DecodingConfig(
+    do_sample=True, temperature=1.0, top_p=1.0, top_k=50, max_new_tokens=500, min_new_tokens=0
+)
 
 #: The reference's `Speech-Instruction` task prompt, wrapped around a turn holding speech.
 SPEECH_INSTRUCTION = "{speech} Please recognize the voice command and give reply and voice"
@@ -322,7 +331,7 @@ class Conversation:
         """
         from anygpt_core.api import text_answers_only
 
-        config = self.gpt.config_for(to)
+        config = CHAT_TEXT_DECODING if to == "text" else self.gpt.config_for(to)
         if self.config is not None:
             config = load_decoding_config(self.config, base=config)
         return text_answers_only(config.merged(**self.overrides), to)

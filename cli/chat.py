@@ -51,11 +51,11 @@ modality) attach files to the next message; '/send' sends attachments without te
 sets the answer modality; '/voice PATH' sets the voice of spoken answers ('/voice' alone clears
 it); '/history'; '/help'; '/exit'.
 
-Text answers use the text default (top-k 50 sampling, 100 new tokens) and stream as they are
-written; the seed's chat sampled 5 beams (its generate_config.json): --num-beams 5, or --config with
-that file, does so too, and the answer then comes at once. The oldest turns are cut, with a notice,
-when the conversation outgrows the model's context. Without a terminal, lines are read from stdin
-(anygpt chat < script.txt); --json prints one object per turn.
+Text answers sample with top-k 50, up to 500 new tokens (the seed chat's budget), and stream as
+they are written; the seed's chat sampled 5 beams (its generate_config.json): --num-beams 5, or
+--config with that file, does so too, and the answer then comes at once. The oldest turns are
+cut, with a notice, when the conversation outgrows the model's context. Without a terminal, lines
+are read from stdin (anygpt chat < script.txt); --json prints one object per turn.
 """
 
 COMMANDS = """/image PATH[,PATH] · /speech PATH · /music PATH · /MODALITY PATH  attach to the next message

@@ -218,6 +218,8 @@ def test_beams_shape_text_answers_and_leave_spans_alone(chat_gpt):
     drawn = beams.send("now draw one", to="toy", seed=2)  # spans decode token by token
     assert [s.modality for s in drawn.spans][:1] == ["toy"]
     assert beams.target_config("toy").num_beams == 1 and beams.target_config("text").num_beams == 4
+    default = Conversation(chat_gpt).target_config("text")  # the seed chat's budget, one beam
+    assert (default.max_new_tokens, default.num_beams, default.top_k) == (500, 1, 50)
 
 
 def test_reply_cut_at_max_new_tokens_is_closed(chat_gpt):
