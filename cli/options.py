@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any, TypeVar, cast, get_type_hints
 
 import typer
 from rich.markup import escape
@@ -36,25 +36,29 @@ def _parameter(option: CodecOption, panel: str) -> inspect.Parameter:
         option.name,
         inspect.Parameter.KEYWORD_ONLY,
         default=None,
-        annotation=Annotated[kind | None, info],  # type: ignore[valid-type]
+        annotation=Annotated[kind | None, info],
     )
+
+
+#: A command function (returns nothing; typer reads its parameters).
+Command = TypeVar("Command", bound=Callable[..., None])
 
 
 def with_codec_options(
     options: list[CodecOption], panels: dict[str, str] | None = None
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+) -> Callable[[Command], Command]:
     """Add `options` to a command; the command receives their values as `codec_options` (a dict).
 
     Values the user did not give are left out, so codec defaults (or the demo's assets) apply.
     `panels` names the `--help` panel of each option (default: "Plugin options").
     """
 
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(func: Command) -> Command:
         names = [o.name for o in options]
         switches = {o.name: bool(o.default) for o in options if o.type == "bool"}
 
         @wraps(func)
-        def command(**kwargs: Any) -> Any:  # noqa: ANN401 - whatever the command returns
+        def command(**kwargs: Any) -> None:  # noqa: ANN401 - option values
             given: dict[str, Any] = {}
             for name in names:
                 value = kwargs.pop(name)
@@ -63,7 +67,7 @@ def with_codec_options(
                         given[name] = not switches[name]
                 elif value is not None:
                     given[name] = str(value) if isinstance(value, Path) else value
-            return func(codec_options=given, **kwargs)
+            func(codec_options=given, **kwargs)
 
         hints = get_type_hints(func, include_extras=True)
         signature = inspect.signature(func)
@@ -76,6 +80,8 @@ def with_codec_options(
         command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         del command.__wrapped__  # typer must read the new signature, not the wrapped one
-        return command
+        # Statically the same command; at run time typer reads `__signature__` (plugin options in,
+        # `codec_options` out).
+        return cast(Command, command)
 
     return decorate

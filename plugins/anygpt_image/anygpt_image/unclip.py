@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 UNCLIP_HUB_ID = "stabilityai/stable-diffusion-2-1-unclip"
 
 
-class EmbeddingUnCLIPPipeline(StableUnCLIPImg2ImgPipeline):
+class EmbeddingUnCLIPPipeline(StableUnCLIPImg2ImgPipeline):  # type: ignore[misc]  # untyped base
     """`StableUnCLIPImg2ImgPipeline` that runs without image encoder given `image_embeds`."""
 
     _optional_components = ["feature_extractor", "image_encoder"]  # noqa: RUF012 - diffusers' name
