@@ -275,6 +275,8 @@ class Generator:
             pad_token_id=pad,
         )
         prompt = input_ids.to(device)
+        # transformers runs given processors after its own (repetition penalty) and before its
+        # warpers (temperature, top-k, top-p): the masks come before the cut, as in the loop above
         cuda = []  # seeding must not leak into the caller's random streams, GPU ones included
         if device.type == "cuda":
             cuda = [torch.cuda.current_device() if device.index is None else device.index]

@@ -246,8 +246,9 @@ def test_beam_search_answers_in_text_and_honours_min_new_tokens(toy_gpt, monkeyp
     with torch.inference_mode():
         plain = toy_gpt.model.generate(ids, do_sample=False, max_new_tokens=1, pad_token_id=0)
     assert int(plain[0, -1]) == start
-    for sampled in (False, True):
-        beam = DecodingConfig(do_sample=sampled, num_beams=4, min_new_tokens=6)
+    # with sampling and top_k 1, the kept token must come from what the masks allow
+    for sampled, top_k in ((False, None), (True, 1)):
+        beam = DecodingConfig(do_sample=sampled, num_beams=4, min_new_tokens=6, top_k=top_k)
         events = events_of(
             toy_gpt, "[Human]: hi<eoh> [MMGPT]:", text_config=beam, max_new_tokens=20, seed=1
         )
