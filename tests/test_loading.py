@@ -105,3 +105,20 @@ def test_a_model_too_large_for_memory_is_refused_before_loading(demo_dir, capsys
     assert err.startswith(f"Error: {demo_dir}: the model needs ") and err.count("\n") == 1
     code, _, err = run_cli([*args, "--dtype", "float32", "--max-new-tokens", "4"], capsys)
     assert code == 0, err  # an explicit --dtype is the user's call
+
+
+def test_hub_id_loads_from_the_local_cache(demo_dir, tmp_path, capsys, monkeypatch):
+    """`--model-name-or-path fnlp/AnyGPT-base` after `hf download`: found in the cache, offline."""
+    revision = "1" * 40
+    repo = tmp_path / "hub" / "models--fnlp--AnyGPT-base"
+    shutil.copytree(demo_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    args = ["run", "text|text|Hello", "--seed", "1", "--max-new-tokens", "8", "--json"]
+    code, out, err = run_cli([*args, "--model-name-or-path", "fnlp/AnyGPT-base"], capsys)
+    assert code == 0, err
+    assert "demo model" not in err
+    _, local, _ = run_cli([*args, "--model-name-or-path", str(demo_dir)], capsys)
+    assert json.loads(out)["text"] == json.loads(local)["text"]
