@@ -12,7 +12,9 @@ Median of interleaved repetitions. Usage: python benchmarks/bench_generate.py [-
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,6 +26,9 @@ from anygpt_core import DecodingConfig, Instructions, ModalitySpec
 from anygpt_core.backend import make_backend
 from anygpt_core.generation import Done, Generator
 from anygpt_core.tokens import ROLE_TOKENS, TokenSpace
+
+#: The report: a script's output, through logging as everywhere in the project.
+logger = logging.getLogger("bench")
 
 SPEECH = ModalitySpec(
     name="speech",
@@ -137,7 +142,7 @@ def compare_with_generate(
             raise SystemExit(f"{name}: token ids differ from model.generate")
     n = len(ids_ours)
     mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
-    print(
+    logger.info(
         f"(a) {name}: {n} tokens, identical ids; ours {mo * 1e3 / n:.2f} ms/token, "
         f"model.generate {mt * 1e3 / n:.2f} ms/token -> speed-up {mt / mo:.2f}x"
     )
@@ -179,7 +184,7 @@ def compare_slicing(
     # per layer: q, k, v, o (4 h^2) and gate, up, down (3 h * intermediate)
     body = (4 * h * h + 3 * h * model.config.intermediate_size) * model.config.num_hidden_layers
     bound = (body + h * model.config.vocab_size) / (body + h * 1025)
-    print(
+    logger.info(
         f"(b) speech span, small model: {tokens} tokens; sliced {ms * 1e3 / tokens:.2f} ms/token, "
         f"full-vocabulary {mf * 1e3 / tokens:.2f} ms/token -> speed-up {mf / ms:.2f}x "
         f"(multiply-add bound {bound:.1f}x)"
@@ -191,8 +196,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=256)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
-    print(f"backend for LLaMA models: {type(make_backend(small_model())).__name__}")
+    logger.info(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    logger.info(f"backend for LLaMA models: {type(make_backend(small_model())).__name__}")
 
     model, tokenizer = demo_model()
     space = TokenSpace(tokenizer, {})
@@ -218,4 +223,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     main()

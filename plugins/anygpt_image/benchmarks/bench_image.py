@@ -16,8 +16,10 @@ Run: python plugins/anygpt_image/benchmarks/bench_image.py [--unet-steps N] [--s
 from __future__ import annotations
 
 import argparse
+import logging
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +34,9 @@ from anygpt_image.plugin import IMAGE
 from anygpt_image.preprocess import to_pixels
 from anygpt_image.seed import SeedTokenizer
 from PIL import Image
+
+#: The report: a script's output, through logging as everywhere in the project.
+logger = logging.getLogger("bench")
 
 
 def peak_rss_gib() -> float:
@@ -59,7 +64,7 @@ def bench_seed(device: torch.device, dtype: torch.dtype, repeats: int) -> None:
             param.normal_(0, 0.02)
     model = model.to(dtype).eval()
     params = sum(p.numel() for p in model.parameters())
-    print(
+    logger.info(
         f"SEED-2 full size: {params / 1e9:.3f} B parameters, built in {time.perf_counter() - start:.1f} s"
     )
     rng = np.random.default_rng(0)
@@ -70,10 +75,12 @@ def bench_seed(device: torch.device, dtype: torch.dtype, repeats: int) -> None:
     codes = model.encode(pixels)
     embed = timed(lambda: model.embed(codes), repeats)
     preprocess = timed(lambda: to_pixels(picture, 224), repeats)
-    print(f"  preprocess 640x480 -> 224: {statistics.median(preprocess) * 1e3:.1f} ms")
-    print(f"  encode per image:          {statistics.median(encode):.3f} s (median of {repeats})")
-    print(f"  codes -> embedding (1024): {statistics.median(embed) * 1e3:.1f} ms")
-    print(f"  peak RSS so far: {peak_rss_gib():.2f} GiB")
+    logger.info(f"  preprocess 640x480 -> 224: {statistics.median(preprocess) * 1e3:.1f} ms")
+    logger.info(
+        f"  encode per image:          {statistics.median(encode):.3f} s (median of {repeats})"
+    )
+    logger.info(f"  codes -> embedding (1024): {statistics.median(embed) * 1e3:.1f} ms")
+    logger.info(f"  peak RSS so far: {peak_rss_gib():.2f} GiB")
 
 
 def bench_unet(device: torch.device, dtype: torch.dtype, steps: int, *, low_memory: bool) -> None:
@@ -101,7 +108,7 @@ def bench_unet(device: torch.device, dtype: torch.dtype, steps: int, *, low_memo
     if low_memory:  # what --image-low-memory does to the UNet on any device
         unet.set_attention_slice("auto")
     params = sum(p.numel() for p in unet.parameters())
-    print(
+    logger.info(
         f"unCLIP-size UNet: {params / 1e6:.0f} M parameters, built in {time.perf_counter() - start:.1f} s"
     )
     latents = torch.randn(2, 4, 96, 96, device=device, dtype=dtype)
@@ -112,12 +119,12 @@ def bench_unet(device: torch.device, dtype: torch.dtype, steps: int, *, low_memo
         times = timed(
             lambda: unet(latents, t, encoder_hidden_states=text, class_labels=labels), steps
         )
-    print(
+    logger.info(
         f"  one denoising step (batch 2, 4x96x96): {statistics.median(times):.2f} s "
         f"(median of {steps}; first {times[0]:.2f} s)"
     )
-    print(f"  x 20 steps ~ {20 * statistics.median(times):.0f} s of UNet time per image")
-    print(f"  peak RSS so far: {peak_rss_gib():.2f} GiB")
+    logger.info(f"  x 20 steps ~ {20 * statistics.median(times):.0f} s of UNet time per image")
+    logger.info(f"  peak RSS so far: {peak_rss_gib():.2f} GiB")
 
 
 def bench_tiny_decode(repeats: int) -> None:
@@ -128,7 +135,7 @@ def bench_tiny_decode(repeats: int) -> None:
         codes = torch.randint(0, 8192, (1, 32), generator=torch.Generator().manual_seed(0))
         codec.decode(codes, seed=0)  # load + warm-up
         times = timed(lambda: codec.decode(codes, seed=0), repeats)
-    print(
+    logger.info(
         f"tiny demo pipeline, {codec.steps} steps: {statistics.median(times):.2f} s per image "
         f"({statistics.median(times) / codec.steps * 1e3:.0f} ms per step)"
     )
@@ -148,16 +155,17 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    print(f"device {device}, dtype {dtype}, torch threads {torch.get_num_threads()}")
+    logger.info(f"device {device}, dtype {dtype}, torch threads {torch.get_num_threads()}")
     if not args.skip_seed:
         bench_seed(device, dtype, args.repeats)
     if not args.skip_unet:
         bench_unet(device, dtype, args.unet_steps, low_memory=args.low_memory)
     bench_tiny_decode(args.repeats)
-    print(f"peak RSS: {peak_rss_gib():.2f} GiB")
+    logger.info(f"peak RSS: {peak_rss_gib():.2f} GiB")
     if device.type == "cuda":
-        print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        logger.info(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     main()

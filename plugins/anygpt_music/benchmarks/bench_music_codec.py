@@ -10,10 +10,12 @@ under 0.5x real time on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +25,9 @@ import torch
 from anygpt_music.music import MusicCodec
 from anygpt_music.tiny import music_config, seeded_signal
 from transformers import EncodecConfig, EncodecModel
+
+#: The report: a script's output, through logging as everywhere in the project.
+logger = logging.getLogger("bench")
 
 
 def peak_rss_mib() -> float:
@@ -80,20 +85,25 @@ def main() -> None:
         decode_s, decode_cpu = timed(lambda: codec.decode(codes), args.repeats)
 
     rtf_enc, rtf_dec = encode_s / args.seconds, decode_s / args.seconds
-    print(f"EnCodec 32 kHz (real size, {params / 1e6:.1f} M parameters), torch {torch.__version__}")
-    print(f"threads {args.threads}, audio {args.seconds:g} s -> codes {tuple(codes.shape)}")
-    print(f"load     {load_s:7.2f} s")
-    print(f"encode   {encode_s:7.2f} s wall  {encode_cpu:7.2f} s CPU   RTF {rtf_enc:.3f}")
-    print(f"decode   {decode_s:7.2f} s wall  {decode_cpu:7.2f} s CPU   RTF {rtf_dec:.3f}")
+    logger.info(
+        f"EnCodec 32 kHz (real size, {params / 1e6:.1f} M parameters), torch {torch.__version__}"
+    )
+    logger.info(f"threads {args.threads}, audio {args.seconds:g} s -> codes {tuple(codes.shape)}")
+    logger.info(f"load     {load_s:7.2f} s")
+    logger.info(f"encode   {encode_s:7.2f} s wall  {encode_cpu:7.2f} s CPU   RTF {rtf_enc:.3f}")
+    logger.info(f"decode   {decode_s:7.2f} s wall  {decode_cpu:7.2f} s CPU   RTF {rtf_dec:.3f}")
     total, total_cpu = encode_s + decode_s, encode_cpu + decode_cpu
     verdict = "meets" if rtf_enc + rtf_dec < 0.5 else "misses"
-    print(
+    logger.info(
         f"enc+dec  {total:7.2f} s wall  {total_cpu:7.2f} s CPU   "
         f"RTF {rtf_enc + rtf_dec:.3f} ({verdict} < 0.5)"
     )
-    print(f"peak RSS {peak_rss_mib():7.0f} MiB (torch + transformers alone: {rss_before:.0f} MiB)")
-    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    logger.info(
+        f"peak RSS {peak_rss_mib():7.0f} MiB (torch + transformers alone: {rss_before:.0f} MiB)"
+    )
+    logger.info(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     main()

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 import time
 
 import torch
@@ -29,6 +31,9 @@ from anygpt_speech.tokenizer import (
     decode_codes,
     encode_all_layers,
 )
+
+#: The report: a script's output, through logging as everywhere in the project.
+logger = logging.getLogger("bench")
 
 
 def timed(fn, device: torch.device):  # noqa: ANN001, ANN201 - benchmark helper
@@ -121,12 +126,13 @@ def main() -> None:
         "pass_count_ratio": round(frames / passes, 1),
     }
     if args.json:
-        print(json.dumps(results))
+        logger.info(json.dumps(results))
         return
     width = max(map(len, results))
     for key, value in results.items():
-        print(f"{key:<{width}}  {value}")
+        logger.info(f"{key:<{width}}  {value}")
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     main()
