@@ -1,4 +1,4 @@
-"""A contract check every modality plugin's tests run on its codec (and the toy plugin's in ours).
+"""Test helpers for plugins: the codec contract check, and the `anygpt` command run in-process.
 
 ```python
 from anygpt_core.testing import check_codec_contract
@@ -17,7 +17,7 @@ from typing import Any
 from anygpt_core.protocol import codes_to_string, string_to_codes
 from anygpt_core.spec import Codec, ModalitySpec
 
-__all__ = ["check_codec_contract"]
+__all__ = ["check_codec_contract", "run_cli"]
 
 
 def check_codec_contract(
@@ -72,3 +72,29 @@ def check_codec_contract(
     if not written.is_file() or written.stat().st_size == 0:
         raise AssertionError(f"{spec.name}: save wrote nothing to {target}")
     return codes
+
+
+def run_cli(
+    args: list[str],
+    capsys: Any,  # noqa: ANN401 - pytest's CaptureFixture
+    stdin: str | None = None,
+    monkeypatch: Any = None,  # noqa: ANN401 - pytest's MonkeyPatch, needed with `stdin`
+) -> tuple[int, str, str]:
+    """Call the console script's `main()` in-process; return (exit code, stdout, stderr).
+
+    `capsys` captures the output; `stdin` (with `monkeypatch`) is what the command reads.
+    """
+    import io
+    import sys
+
+    from anygpt_cli.app import main
+
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = 0
+    try:
+        main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err

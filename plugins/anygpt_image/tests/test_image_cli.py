@@ -5,17 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-
-def run_cli(args, capsys):
-    from anygpt_cli.app import main
-
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+from anygpt_core.testing import run_cli
 
 
 def _flags(options):

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from anygpt_core.testing import run_cli
+
 
 @pytest.fixture
 def music_only(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -16,18 +18,6 @@ def music_only(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     monkeypatch.delenv("ANYGPT_BLOCK_PLUGINS", raising=False)
     home = Path(tmp_path_factory.getbasetemp()) / "music_cli_home"  # one demo build per session
     monkeypatch.setenv("ANYGPT_HOME", str(home))
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from anygpt_cli.app import main
-
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_music_cli_text_to_music_writes_a_32khz_wav(music_only, capsys, tmp_path):

@@ -13,6 +13,7 @@ from anygpt_speech import plugin
 from anygpt_speech.plugin import SPEECH
 
 from anygpt_core.plugins import discover
+from anygpt_core.testing import run_cli
 
 
 def test_plugin_entry_point_is_discovered():
@@ -107,18 +108,6 @@ def anygpt_home(tmp_path_factory):
         patch.setenv("ANYGPT_HOME", str(home))
         patch.setenv("ANYGPT_LOAD_PLUGINS", "speech")
         yield home
-
-
-def run_cli(args, capsys):
-    from anygpt_cli.app import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_encode_decode_and_zero_shot_tts(anygpt_home, audio_dir, tmp_path, capsys):
