@@ -13,7 +13,7 @@ import torch
 
 from anygpt_core.errors import ConfigError, InputError
 from anygpt_image.checkpoint import SEED_FILE, VIT_FILE, load_seed, resolve_file, seed_config
-from anygpt_image.config import NUM_QUERY_TOKENS
+from anygpt_image.config import NUM_QUERY_TOKENS, SeedConfig
 from anygpt_image.preprocess import open_image, to_pixels
 
 if TYPE_CHECKING:
@@ -112,6 +112,11 @@ class ImageCodec:
             self.tokenizer_path, SEED_FILE, what="SEED-2 tokenizer", flag="--image-tokenizer-path"
         )
 
+    @functools.cached_property
+    def seed_sizes(self) -> SeedConfig:
+        """SEED-2's sizes (from `seed_config.json` beside the file, else the published ones)."""
+        return seed_config(self.seed_path)
+
     @property
     def seed_decoder(self) -> SeedTokenizer:
         """SEED-2 for codes -> embedding only: the whole tokenizer if loaded, else its decode half.
@@ -174,7 +179,7 @@ class ImageCodec:
         Raises:
             InputError: wrong shape, dtype or range.
         """
-        size = seed_config(self.seed_path).codebook_size
+        size = self.seed_sizes.codebook_size
         if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
             raise InputError("image codes must be an integer tensor of shape [1, 32]")
         if tuple(codes.shape) != (1, NUM_QUERY_TOKENS):
