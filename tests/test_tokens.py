@@ -24,6 +24,10 @@ class FakeTokenizer:
         return len(self.vocab)
 
 
+#: SentencePiece's three specials, then the AnyGPT role tokens.
+SPECIAL = ["<unk>", "<s>", "</s>", "[Human]", "[MMGPT]", "<eoh>", "<eos>"]
+
+
 def published_order():
     tokens = [f"<base{i}>" for i in range(32000)] + ["[Human]", "[MMGPT]", "<eoh>", "<eos>"]
     for spec in (IMAGE, SPEECH, MUSIC):
@@ -51,13 +55,7 @@ def test_ids_of_the_published_order():
 
 def test_codes_ids_round_trip_when_tokens_are_not_contiguous():
     tokens = [
-        "<unk>",
-        "<s>",
-        "</s>",
-        "[Human]",
-        "[MMGPT]",
-        "<eoh>",
-        "<eos>",
+        *SPECIAL,
         *MUSIC.token_strings(),
     ]
     head, rest = tokens[:3], tokens[3:]
@@ -73,13 +71,7 @@ def test_codes_ids_round_trip_when_tokens_are_not_contiguous():
 
 def test_missing_modality_tokens_are_named():
     tokens = [
-        "<unk>",
-        "<s>",
-        "</s>",
-        "[Human]",
-        "[MMGPT]",
-        "<eoh>",
-        "<eos>",
+        *SPECIAL,
         *SPEECH.token_strings(),
     ]
     space = TokenSpace(FakeTokenizer(tokens), {"speech": SPEECH, "music": MUSIC})
@@ -90,4 +82,4 @@ def test_missing_modality_tokens_are_named():
 
 def test_tokenizer_without_role_tokens_is_refused():
     with pytest.raises(CheckpointError, match=r"lacks the AnyGPT role tokens \[Human\]"):
-        TokenSpace(FakeTokenizer(["<unk>", "<s>", "</s>"]), {})
+        TokenSpace(FakeTokenizer(SPECIAL[:3]), {})
