@@ -423,7 +423,13 @@ class Conversation:
             condition = voice if span.modality == self.voice_modality else None
             reply.files.append(
                 self.gpt.codecs.decode_to_file(
-                    span.modality, span.codes, self.output_dir, name, condition=condition, seed=seed
+                    span.modality,
+                    span.codes,
+                    self.output_dir,
+                    name,
+                    condition=condition,
+                    seed=seed,
+                    config=target if span.modality == to else None,  # e.g. --config's vc_steps
                 )
             )
         self.history = [*self.history[dropped:], Turn(message, reply.message)]

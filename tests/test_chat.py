@@ -285,6 +285,23 @@ def test_voice_prompt_is_passed_to_the_decoder(chat_gpt, series, tmp_path):
     assert chat.send("say it", to="toy", seed=0).files
 
 
+def test_the_answers_decoding_config_reaches_its_decoder(chat_gpt, tmp_path, monkeypatch):
+    """As in `run`: a --config file or override for the answer's modality (speech's vc_steps, say)
+    is what its decoder gets, not the modality's default."""
+    codec = chat_gpt.codecs.codec("toy")
+    seen = []
+    decode = codec.decode
+
+    def spy(codes, **kwargs):
+        seen.append(kwargs["config"])
+        return decode(codes, **kwargs)
+
+    monkeypatch.setattr(codec, "decode", spy)
+    chat = Conversation(chat_gpt, output_dir=tmp_path, max_new_tokens=12, temperature=0.5)
+    chat.send("draw", to="toy", seed=0)
+    assert seen == [chat.target_config("toy")] and seen[0].temperature == 0.5
+
+
 def test_anygpt_template(chat_gpt):
     chat = Conversation(chat_gpt, template="anygpt", max_new_tokens=8)
     reply = chat.send("hi", seed=0)
