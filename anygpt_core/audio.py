@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anygpt_core.errors import InputError
+from anygpt_core.errors import InputError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -81,7 +81,7 @@ def load_audio(
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise InputError(f"{path}: not a readable audio file ({_reason(err)})") from err
+        raise InputError(f"{path}: not a readable audio file ({first_line(err)})") from err
     frames = info.frames
     if max_seconds is not None and frames > max_seconds * info.samplerate:
         seconds = frames / info.samplerate
@@ -92,7 +92,7 @@ def load_audio(
     try:
         data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise InputError(f"{path}: not a readable audio file ({_reason(err)})") from err
+        raise InputError(f"{path}: not a readable audio file ({first_line(err)})") from err
     if data.shape[0] == 0:
         raise InputError(f"{path}: no audio samples")
     return to_mono_tensor(data, rate, sample_rate)
@@ -109,7 +109,3 @@ def write_wav(wav: torch.Tensor | np.ndarray, path: str | Path, sample_rate: int
         array = array.T  # soundfile wants [T, C]
     sf.write(str(path), np.clip(array, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return Path(path)
-
-
-def _reason(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__

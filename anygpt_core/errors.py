@@ -16,7 +16,14 @@ __all__ = [
     "InputError",
     "ModalityUnavailableError",
     "PluginError",
+    "first_line",
 ]
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none), for one-line reports."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 class AnyGPTError(Exception):

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from anygpt_core.errors import CheckpointError, ConfigError
+from anygpt_core.errors import CheckpointError, ConfigError, first_line
 
 __all__ = [
     "available_memory",
@@ -226,5 +226,4 @@ def _load_error(err: BaseException) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
+    return first_line(err)[:200]

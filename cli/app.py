@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from anygpt_core import __version__
-from anygpt_core.errors import AnyGPTError, PluginError
+from anygpt_core.errors import AnyGPTError, PluginError, first_line
 from anygpt_core.plugins import PluginSet, discover, package_for_flag
 
 __all__ = ["build_app", "main"]
@@ -95,8 +95,7 @@ def _setup_logging(verbose: int) -> None:
 
 def report(err: AnyGPTError) -> int:
     """Print `Error: …` on stderr and return the error's exit code."""
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.write(f"Error: {first_line(err)}\n")
     return err.exit_code
 
 

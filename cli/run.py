@@ -26,7 +26,7 @@ from anygpt_cli.common import (
     load_model,
 )
 from anygpt_cli.options import with_codec_options
-from anygpt_core.errors import AnyGPTError, InputError
+from anygpt_core.errors import AnyGPTError, InputError, first_line
 
 if TYPE_CHECKING:
     from anygpt_core.api import AnyGPT, Result
@@ -152,7 +152,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 if from_args and len(instruction or []) == 1 and input_file is None:
                     raise
                 failures += 1
-                sys.stderr.write(f"Error: {str(err).splitlines()[0]}\n")
+                sys.stderr.write(f"Error: {first_line(err)}\n")
         if failures:
             raise typer.Exit(1)
 

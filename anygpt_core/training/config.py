@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from anygpt_core.config import format_validation_error
-from anygpt_core.errors import AnyGPTError, ConfigError
+from anygpt_core.errors import AnyGPTError, ConfigError, first_line
 
 __all__ = ["TrainConfig", "load_train_config", "training_arguments"]
 
@@ -130,7 +130,7 @@ def load_train_config(path: Path) -> TrainConfig:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        first = str(err).strip().splitlines()[0]
+        first = first_line(err)
         raise ConfigError(
             f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'} ({first})"
         ) from err

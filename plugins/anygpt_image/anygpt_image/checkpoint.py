@@ -9,14 +9,12 @@ missing or mismatched keys; keys we do not know are ignored with a log line.
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from anygpt_core.errors import CheckpointError
+from anygpt_core.errors import CheckpointError, first_line
 from anygpt_image.config import CONFIG_NAME, SeedConfig
 from anygpt_image.seed import DECODE_PREFIXES, INFERENCE_UNUSED_PREFIXES, SeedTokenizer
 
@@ -87,9 +85,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             data: object = load_file(str(path))
         else:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, OSError, EOFError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from err
+    except Exception as err:  # pickle, zip, torch and safetensors each raise their own types
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(err)})") from err
     if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
         data = data["model"]  # LAVIS-style {"model": state_dict}
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):

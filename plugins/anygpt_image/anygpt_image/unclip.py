@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from anygpt_core.errors import CheckpointError
+from anygpt_core.errors import CheckpointError, first_line
 
 # diffusers imports transformers' CLIPImageProcessor, whose torchvision advice does not apply: the
 # pipeline's image processor is never used on this path.
@@ -173,8 +173,9 @@ def load_unclip(
     except CheckpointError:
         raise
     except Exception as err:  # any loader failure means a bad pipeline directory
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a loadable Stable unCLIP pipeline ({first})") from err
+        raise CheckpointError(
+            f"{path}: not a loadable Stable unCLIP pipeline ({first_line(err)})"
+        ) from err
     _check_loaded(path, pipe)
     pipe.set_progress_bar_config(disable=True)
     if low_memory:

@@ -218,3 +218,10 @@ def test_text_to_image_needs_no_vit_and_loads_only_the_decoder(demo_options, pic
     assert picture.size == full.decode(codes, seed=0).size
     with pytest.raises(CheckpointError, match="--image-vit-path"):
         without_vit.encode(picture_path)  # reading an image does need the ViT
+
+
+def test_corrupt_safetensors_file_is_one_line(tmp_path):
+    broken = tmp_path / "seed_quantizer.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_state_dict(broken)

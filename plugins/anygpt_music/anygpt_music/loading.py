@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anygpt_core.errors import CheckpointError
+from anygpt_core.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -118,7 +118,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise CheckpointError(f"{path}: not a readable weights file ({reason})") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anygpt_core.errors import CheckpointError, ConfigError
+from anygpt_core.errors import CheckpointError, ConfigError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +91,7 @@ def load_json(path: Path, *, flag: str) -> dict[str, Any]:
     except FileNotFoundError as err:
         raise ConfigError(f"{flag} {path}: no such file") from err
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise ConfigError(f"{flag} {path}: not a readable JSON file ({reason})") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{flag} {path}: expected a JSON object")
@@ -117,7 +117,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise CheckpointError(
             f"{path}: not a loadable weights-only checkpoint ({reason[:160]})"
         ) from err
