@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import test_training_pipeline as pipeline
@@ -121,6 +122,28 @@ def test_prepare_refuses_to_resume_with_another_manifest(manifest, plugins, demo
         prepare_dataset(manifest, out, plugins=plugins, options=demo_options)
     summary = prepare_dataset(manifest, out, plugins=plugins, options=demo_options, overwrite=True)
     assert summary.written == 15  # the long series fits the default --max-tokens
+
+
+def test_prepare_refuses_to_resume_with_another_codec(manifest, plugins, demo_options, tmp_path):
+    """Codes of another checkpoint must not be appended to a file half written with the first."""
+    import shutil
+
+    from anygpt_core.errors import InputError
+    from anygpt_core.training import prepare_dataset
+
+    def stop(done, total, skipped):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "train.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(manifest, out, plugins=plugins, options=demo_options, on_progress=stop)
+    other = {
+        name: str(shutil.copy(value, tmp_path / f"other-{Path(value).name}"))
+        for name, value in demo_options.items()
+    }
+    with pytest.raises(InputError, match="prepared with another codec setup; use --overwrite"):
+        prepare_dataset(manifest, out, plugins=plugins, options=other)
 
 
 def test_cli_prepare_prints_a_summary(manifest, sequence_env, tmp_path, capsys):

@@ -422,6 +422,30 @@ def test_assistant_ranges_follow_the_template():
     assert text.endswith("[AnyGPT]: see you<eom>")
 
 
+def test_new_chat_tokens_start_from_the_mean_even_in_padded_rows(extended, tmp_path):
+    """A base whose embedding matrix has spare rows (padded to a multiple): the rows SFT's new
+    tokens take are set to the mean of the known ones, not left as they were."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from anygpt_core.training.extend import CHAT_TOKENS, write_tokenizer
+    from anygpt_core.training.train import _load_model
+
+    base = shutil.copytree(extended, tmp_path / "padded")
+    model = AutoModelForCausalLM.from_pretrained(base)
+    known = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(known + 8, mean_resizing=False)  # spare rows, arbitrary values
+    model.save_pretrained(base)
+    tokenizer, added = write_tokenizer(base, tmp_path / "out", CHAT_TOKENS)
+    loaded = _load_model(base, tokenizer, first_new=known)
+    weight = loaded.get_input_embeddings().weight
+    assert added == list(CHAT_TOKENS) and weight.shape[0] == known + 8
+    mean = weight[:known].mean(0)
+    torch.testing.assert_close(weight[known : known + 2], mean.expand(2, -1))
+
+
 def test_sft_adds_chat_tokens_and_the_result_loads(
     extended, chat_data, plugins, demo_options, tmp_path
 ):

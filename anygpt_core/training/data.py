@@ -256,7 +256,14 @@ def prepare_dataset(
         raise InputError(f"{manifest}: no such manifest")
     if workers < 1 or max_tokens < 3:
         raise InputError("--workers must be at least 1 and --max-tokens at least 3")
-    settings = {"version": _STATE_VERSION, "manifest": _digest(manifest), "max_tokens": max_tokens}
+    # codes from other codecs (another plugin version or checkpoint) must not join the same file
+    codecs = json.dumps([plugins.key(), sorted((options or {}).items())], default=str)
+    settings = {
+        "version": _STATE_VERSION,
+        "manifest": _digest(manifest),
+        "max_tokens": max_tokens,
+        "codec setup": hashlib.sha256(codecs.encode()).hexdigest(),
+    }
     state = _resume_state(out, settings, overwrite=overwrite)
     total = _count_lines(manifest)
     summary = PrepareSummary(

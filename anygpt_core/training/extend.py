@@ -180,7 +180,9 @@ def _write_slow_layout(source: Path, target: Path, tokenizer: Any, wanted: dict[
                     "special": False,
                 },
             )
-    (target / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
+    (target / "tokenizer_config.json").write_text(
+        json.dumps(config, indent=1, ensure_ascii=False), "utf-8"
+    )
 
 
 def resize_embeddings(model: Any, size: int, first_new: int) -> None:  # noqa: ANN401

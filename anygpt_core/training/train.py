@@ -121,7 +121,8 @@ def train(
         resume = get_last_checkpoint(str(config.output_dir))
     output_dir = config.output_dir
     added: list[str] = []
-    space = TokenSpace(_load_tokenizer(base), plugins.modalities)
+    base_tokenizer = _load_tokenizer(base)
+    space = TokenSpace(base_tokenizer, plugins.modalities)
     for name in sorted(used):
         space.require(name)
     with args.main_process_first(desc="tokenizer"):
@@ -145,7 +146,8 @@ def train(
         dataset = ChatDataset(lines, data_tokenizer, template, max_length=config.max_length)
     if on_ready is not None:
         on_ready(len(lines), Path(resume) if resume else None)
-    model = _load_model(base, tokenizer)
+    # ids the base tokenizer lacked (SFT's <-Res->, <-Ins->) start with the mean embedding
+    model = _load_model(base, tokenizer, first_new=max(base_tokenizer.get_vocab().values()) + 1)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collator = collate_packed if config.packing else partial(collate, pad_id=pad_id)
     result = _run_trainer(model, args, dataset, collator, output_dir, resume, callbacks or [])
@@ -164,16 +166,13 @@ def _load_tokenizer(directory: Path) -> Any:  # noqa: ANN401 - a transformers to
     return tokenizer
 
 
-def _load_model(base: Path, tokenizer: Any) -> Any:  # noqa: ANN401 - a transformers causal LM
+def _load_model(base: Path, tokenizer: Any, *, first_new: int) -> Any:  # noqa: ANN401 - causal LM
     import torch
 
     from anygpt_core.loading import load_causal_lm
 
     model = load_causal_lm(base, dtype=torch.float32)
-    size = max(tokenizer.get_vocab().values()) + 1
-    rows = model.get_input_embeddings().weight.shape[0]
-    if size > rows:
-        resize_embeddings(model, size, rows)
+    resize_embeddings(model, max(tokenizer.get_vocab().values()) + 1, first_new)
     return model
 
 
