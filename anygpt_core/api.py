@@ -239,8 +239,9 @@ class AnyGPT:
             options = {**demo.options, **options}
         else:
             location = model
-        lm, tokenizer = load_language_model(location, device=device, dtype=dtype)
-        encoder = ReferencePromptEncoder.from_directory(resolve_model_dir(location), tokenizer)
+        directory = resolve_model_dir(location)  # once: a hub id is looked up in the cache here
+        lm, tokenizer = load_language_model(directory, device=device, dtype=dtype)
+        encoder = ReferencePromptEncoder.from_directory(directory, tokenizer)
         return cls(
             lm,
             tokenizer,

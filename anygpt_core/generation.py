@@ -335,9 +335,10 @@ class Generator:
                 self._rows[key] = slice(*span_range)
             elif can_end:
                 end = torch.tensor([tokens.end_id])
-                self._rows[key] = torch.cat([tokens.layer_ids[layer], end])
+                rows = torch.cat([tokens.layer_ids[layer], end])
+                self._rows[key] = rows.to(self.backend.device)  # indexed on the device each token
             else:
-                self._rows[key] = tokens.layer_ids[layer]
+                self._rows[key] = tokens.layer_ids[layer].to(self.backend.device)
         return self._rows[key]
 
     def _min_span_tokens(self, tokens: ModalityTokens) -> int:
@@ -387,7 +388,7 @@ class Generator:
         if self.slice_logits:
             rows = self._legal_rows(tokens, layer, can_end)
             logits = self.backend.project(hidden, rows)
-            cols_seen = seen[rows] if isinstance(rows, slice) else seen[rows.to(seen.device)]
+            cols_seen = seen[rows]
         else:
             full = self.backend.project(hidden)
             legal = self._legal_rows(tokens, layer, can_end)

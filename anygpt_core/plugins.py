@@ -64,7 +64,6 @@ class PluginInfo:
     error: str | None = None
     modalities: list[ModalitySpec] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
-    plugin: ModuleType | object | None = None
 
 
 def _csv(value: str | None) -> list[str]:
@@ -263,7 +262,6 @@ def _load_one(
         info.state, info.error = "broken", f"{type(err).__name__}: {err}".splitlines()[0]
         logger.warning("plugin %s skipped: %s", info.name, info.error)
         return
-    info.plugin = plugin
     info.modalities = specs
     own: dict[str, str] = {}
     for spec in specs:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,6 @@ __all__ = [
     "codes_to_string",
     "flatten_codes",
     "frames_from_flat",
-    "join_segments",
     "parse_response",
     "string_to_codes",
     "unflatten_codes",
@@ -254,8 +253,3 @@ def _read_span(
     for message in repairs:
         logger.warning("%s: %s", where, message)
     return SpanSegment(spec.name, codes, start, tuple(repairs)), pos
-
-
-def join_segments(segments: Iterable[TextSegment | SpanSegment]) -> str:
-    """The text parts of a segment list, spans left out."""
-    return "".join(s.text for s in segments if isinstance(s, TextSegment))

@@ -156,10 +156,6 @@ class ReferencePromptEncoder:
             out = out[1:]
         return [(t, max(0, b - shift), max(0, e - shift)) for t, b, e in out]
 
-    def tokens(self, text: str) -> list[str]:
-        """The token strings of `text` (without BOS)."""
-        return [t for t, _, _ in self.tokens_with_offsets(text)]
-
     def ids_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids (BOS first when the tokenizer adds it) and each token's character span."""
         triples = self.tokens_with_offsets(text)

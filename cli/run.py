@@ -144,12 +144,11 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             "num_beams": num_beams,
         }
         failures = 0
-        from_args = bool(instruction) or input_file is not None
         for line in _lines(instruction, input_file):
             try:
                 _run_one(gpt, line.strip(), options, as_json=as_json, dry_run=dry_run)
             except AnyGPTError as err:
-                if from_args and len(instruction or []) == 1 and input_file is None:
+                if len(instruction or []) == 1 and input_file is None:
                     raise
                 failures += 1
                 sys.stderr.write(f"Error: {first_line(err)}\n")
@@ -199,7 +198,6 @@ class _Progress:
         self.enabled = enabled
         self.progress: Any = None
         self.task: Any = None
-        self.tokens = 0
 
     def __enter__(self) -> _Progress:
         if self.enabled:
@@ -228,7 +226,6 @@ class _Progress:
                 completed=0,
                 total=event.max_tokens,
             )
-            self.tokens = 0
         elif isinstance(event, SpanClosed):
             self.progress.update(self.task, description="generating text", total=None, completed=0)
         elif isinstance(event, Done) and event.spans:
@@ -237,7 +234,6 @@ class _Progress:
                 self.task, description=f"decoding {names}", total=None, completed=0
             )
         elif isinstance(event, TokenEvent):
-            self.tokens += 1
             self.progress.advance(self.task)
 
     def __exit__(self, *exc: object) -> None:
