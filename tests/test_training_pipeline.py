@@ -298,18 +298,21 @@ def test_packed_pretraining_learns(extended, pretrain_data, plugins, tmp_path):
 
 
 def test_cli_pretrain_resumes_from_the_last_checkpoint(pretrained, pretrain_data, tmp_path, capsys):
+    import shutil
+
     import yaml
 
-    config = pretrain_config(Path("unused"), pretrain_data, pretrained.output_dir, max_steps=28)
+    run = shutil.copytree(pretrained.output_dir, tmp_path / "run")  # other tests load the original
+    config = pretrain_config(Path("unused"), pretrain_data, run, max_steps=28)
     fields = json.loads(config.model_dump_json())
-    fields["model"] = str(pretrained.output_dir)
+    fields["model"] = str(run)
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(fields))
     code, out, err = run_cli(["train", "pretrain", str(path)], capsys)
     assert code == 0, err
-    assert f"resuming from {pretrained.output_dir / 'checkpoint-24'}" in " ".join(err.split())
+    assert f"resuming from {run / 'checkpoint-24'}" in " ".join(err.split())
     assert "after 28 steps" in out
-    assert (pretrained.output_dir / "checkpoint-28" / "added_tokens.json").is_file()
+    assert (run / "checkpoint-28" / "added_tokens.json").is_file()
 
 
 def test_cli_train_config_errors_name_the_file_and_fields(sequence_env, tmp_path, capsys):

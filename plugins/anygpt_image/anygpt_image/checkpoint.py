@@ -161,17 +161,19 @@ def load_seed(
     device: torch.device,
     dtype: torch.dtype,
     decode_only: bool = False,
+    config: SeedConfig | None = None,
 ) -> SeedTokenizer:
     """Build `SeedTokenizer` and load its weights strictly over the keys inference reads.
 
     Training-only keys (`pos_embed`, `blocks.*`) load when present and are zero otherwise. With
     `decode_only`, only what `embed` reads is loaded (`DECODE_PREFIXES`): no ViT file is needed
-    and the encoder stays on the meta device, unallocated, so `encode` cannot run.
+    and the encoder stays on the meta device, unallocated, so `encode` cannot run. `config` gives the
+    sizes when the caller has read them already.
 
     Raises:
         CheckpointError: unreadable file, missing ViT, missing keys or wrong shapes.
     """
-    config = seed_config(seed_path)
+    config = config or seed_config(seed_path)
     state = read_state_dict(seed_path)
     if not decode_only:
         state = _merge(state, seed_path, vit_path)

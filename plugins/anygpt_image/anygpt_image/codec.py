@@ -128,7 +128,12 @@ class ImageCodec:
         if self._seed_decoder is None:
             logger.info("loading the SEED-2 decoder from %s", self.seed_path)
             self._seed_decoder = load_seed(
-                self.seed_path, None, device=self.device, dtype=self.dtype, decode_only=True
+                self.seed_path,
+                None,
+                device=self.device,
+                dtype=self.dtype,
+                decode_only=True,
+                config=self.seed_sizes,
             )
         return self._seed_decoder
 
@@ -143,7 +148,9 @@ class ImageCodec:
                     self.vit_path, VIT_FILE, what="EVA-ViT-g weights", flag="--image-vit-path"
                 )
             logger.info("loading SEED-2 tokenizer from %s", seed_path)
-            self._seed = load_seed(seed_path, vit_path, device=self.device, dtype=self.dtype)
+            self._seed = load_seed(
+                seed_path, vit_path, device=self.device, dtype=self.dtype, config=self.seed_sizes
+            )
             self._seed_decoder = None  # the whole model serves decoding now
         return self._seed
 
