@@ -60,8 +60,11 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
         ) from err
 
 
-def pick_device(device: str = "auto") -> Any:  # noqa: ANN401 - torch.device
-    """`auto` -> cuda when available, else cpu; `cpu`, `cuda`, `cuda:N` as given."""
+def pick_device(device: str = "auto", *, flag: str = "--device") -> Any:  # noqa: ANN401 - torch.device
+    """`auto` -> cuda when available, else cpu; `cpu`, `cuda`, `cuda:N` as given.
+
+    `flag` names the option in errors (plugins pass their own, e.g. `--speech-device`).
+    """
     import torch
 
     if device == "auto":
@@ -69,9 +72,9 @@ def pick_device(device: str = "auto") -> Any:  # noqa: ANN401 - torch.device
     try:
         chosen = torch.device(device)
     except RuntimeError as err:
-        raise ConfigError(f"--device {device}: expected cpu, cuda, cuda:N or auto") from err
+        raise ConfigError(f"{flag} {device}: expected auto, cpu, cuda or cuda:N") from err
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+        raise ConfigError(f"{flag} {device}: CUDA is not available on this machine")
     return chosen
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from anygpt_core.errors import ConfigError, InputError
+from anygpt_core.loading import pick_device
 from anygpt_image.checkpoint import SEED_FILE, VIT_FILE, load_seed, resolve_file, seed_config
 from anygpt_image.config import NUM_QUERY_TOKENS, SeedConfig
 from anygpt_image.preprocess import open_image, to_pixels
@@ -32,16 +33,7 @@ SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 
 
 def _device(value: str | None) -> torch.device:
-    if not value:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(value)
-    except RuntimeError as err:
-        raise ConfigError(
-            f"--image-device {value!r}: not a torch device (cpu, cuda, cuda:1)"
-        ) from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--image-device {value}: CUDA is not available here; use cpu")
+    device: torch.device = pick_device(value or "auto", flag="--image-device")
     return device
 
 

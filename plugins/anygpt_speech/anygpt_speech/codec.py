@@ -73,19 +73,11 @@ class SpeechCodec:
     @cached_property
     def device(self) -> torch.device:
         """`--speech-device`: auto (cuda when available), cpu, cuda or cuda:N."""
-        import torch
+        from anygpt_core.loading import pick_device
 
-        name = str(self.options.get("speech_device") or "auto")
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(name)
-        except RuntimeError as err:
-            raise ConfigError(
-                f"--speech-device {name}: expected auto, cpu, cuda or cuda:N"
-            ) from err
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--speech-device {name}: CUDA is not available on this machine")
+        device: torch.device = pick_device(
+            str(self.options.get("speech_device") or "auto"), flag="--speech-device"
+        )
         return device
 
     # -- weights ---------------------------------------------------------------------------------
