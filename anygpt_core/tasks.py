@@ -96,9 +96,7 @@ def atomic_output(directory: Path, name: str, write: Callable[[Path], object]) -
     base = Path(name)
     if base.name != name or name in {"", ".", ".."}:
         raise InputError(f"{name!r}: output names must not contain directories")
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=base.suffix, dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temp_beside(directory, base.suffix)
     try:
         write(tmp)
         for attempt in range(1000):
@@ -131,12 +129,23 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, overwrite: bool
         raise InputError(f"{path}: already exists; use --force to overwrite")
     if not path.parent.is_dir():
         raise InputError(f"{path.parent}: no such output directory")
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temp_beside(path.parent, path.suffix)
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _temp_beside(directory: Path, suffix: str) -> Path:
+    """An empty temporary file in `directory`, with the mode a new file gets (not mkstemp's 0600).
+
+    Outputs are renamed from it, so they must be readable as any file the user creates would be.
+    """
+    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
+    return Path(name)

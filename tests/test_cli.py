@@ -416,3 +416,18 @@ def test_atomic_output_never_overwrites_and_works_without_hard_links(tmp_path, m
     third = atomic_output(tmp_path, "a.txt", lambda p: p.write_text("3"))
     assert third.name == "a-2.txt" and third.read_text() == "3"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.txt", "a-2.txt", "a.txt"]
+
+
+def test_written_files_get_a_new_files_usual_mode(tmp_path):
+    """Outputs come from temporary files; they must not keep mkstemp's owner-only 0600."""
+    import os
+
+    from anygpt_core.tasks import atomic_output, atomic_write
+
+    umask = os.umask(0o022)
+    try:
+        made = atomic_output(tmp_path, "a.txt", lambda p: p.write_text("1"))
+        exact = atomic_write(tmp_path / "b.txt", lambda p: p.write_text("2"))
+    finally:
+        os.umask(umask)
+    assert {made.stat().st_mode & 0o777, exact.stat().st_mode & 0o777} == {0o644}
