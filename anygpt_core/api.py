@@ -133,6 +133,52 @@ class CodecSet:
         """The protocol string of a file or array."""
         return codes_to_string(self.spec(modality), self.encode(modality, source))
 
+    def decode(
+        self,
+        modality: str,
+        codes: torch.Tensor,
+        *,
+        condition: Path | None = None,
+        seed: int | None = None,
+        config: DecodingConfig | None = None,
+    ) -> Any:  # noqa: ANN401 - the codec's media (PIL image, waveform, ...)
+        """Media decoded from codes int64 [K, T], checked against the modality's spec first.
+
+        `config` defaults to the modality's own decoding config.
+
+        Raises:
+            GenerationError: codes of the wrong shape or out of range.
+        """
+        spec = self.spec(modality)
+        _check_codes(spec, codes)
+        codec = self.codec(modality)
+        return codec.decode(codes, condition=condition, seed=seed, config=config or spec.decoding)
+
+    def save(self, modality: str, media: Any, directory: Path, name: str) -> Path:  # noqa: ANN401
+        """Write decoded media atomically as a new file `directory/name`; return the path written.
+
+        The name's suffix picks the format; a clash gets `-1`, `-2`, ... before the suffix.
+        """
+        codec = self.codec(modality)
+        return atomic_output(directory, name, lambda tmp: codec.save(media, tmp))
+
+    def to_bytes(self, modality: str, media: Any, *, suffix: str | None = None) -> bytes:  # noqa: ANN401
+        """The file bytes of decoded media, written in memory: no temporary file.
+
+        Args:
+            modality: the modality whose codec decoded `media`.
+            media: what `decode` returned.
+            suffix: picks the format (".wav", ".flac", ".png", ...); default `extension(modality)`.
+
+        Raises:
+            InputError: the codec does not write `suffix`.
+        """
+        import io
+
+        buffer = io.BytesIO()
+        self.codec(modality).save(media, buffer, suffix=suffix or self.extension(modality))
+        return buffer.getvalue()
+
     def decode_to_file(
         self,
         modality: str,
@@ -148,11 +194,8 @@ class CodecSet:
 
         `config` defaults to the modality's own decoding config.
         """
-        spec = self.spec(modality)
-        _check_codes(spec, codes)
-        codec = self.codec(modality)
-        media = codec.decode(codes, condition=condition, seed=seed, config=config or spec.decoding)
-        return atomic_output(directory, name, lambda tmp: codec.save(media, tmp))
+        media = self.decode(modality, codes, condition=condition, seed=seed, config=config)
+        return self.save(modality, media, directory, name)
 
 
 def text_answers_only(config: DecodingConfig, target: str) -> DecodingConfig:

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from anygpt_core.errors import InputError, first_line
+from anygpt_core.spec import save_suffix
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["AUDIO_SUFFIXES", "load_audio", "to_mono_tensor", "write_wav"]
+__all__ = ["AUDIO_SUFFIXES", "WRITE_FORMATS", "load_audio", "to_mono_tensor", "write_wav"]
 
 logger = logging.getLogger(__name__)
 
 #: Suffixes libsndfile reads (mp3 since libsndfile 1.1).
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
+#: Suffixes `write_wav` writes -> libsndfile container (both 16-bit PCM, lossless).
+WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 
 
 def to_mono_tensor(
@@ -98,14 +101,38 @@ def load_audio(
     return to_mono_tensor(data, rate, sample_rate)
 
 
-def write_wav(wav: torch.Tensor | np.ndarray, path: str | Path, sample_rate: int) -> Path:
-    """Write mono or [C, T] float audio as 16-bit PCM wav and return the path."""
+def write_wav(
+    wav: torch.Tensor | np.ndarray,
+    target: str | Path | BinaryIO,
+    sample_rate: int,
+    *,
+    suffix: str | None = None,
+) -> None:
+    """Write mono or [C, T] float audio as 16-bit PCM, wav or flac by suffix (`WRITE_FORMATS`).
+
+    Args:
+        wav: float [T], [1, T] or [C, T] in [-1, 1]; values outside are clipped.
+        target: a path, or a writable binary file object (left open).
+        sample_rate: rate of `wav`.
+        suffix: picks the format (".wav", ".flac"); required with a file object, else the path's.
+
+    Raises:
+        InputError: an unsupported suffix, or a file object without `suffix`.
+    """
     import numpy as np
     import soundfile as sf
 
+    chosen = save_suffix(target, suffix)
+    container = WRITE_FORMATS.get(chosen)
+    if container is None:
+        where = f"{target}: " if isinstance(target, (str, Path)) else ""
+        kind = repr(chosen) if chosen else "a file without suffix"
+        raise InputError(f"{where}cannot write audio as {kind}; use {', '.join(WRITE_FORMATS)}")
     array = np.asarray(wav.detach().cpu() if hasattr(wav, "detach") else wav, dtype=np.float32)
     array = np.squeeze(array)
     if array.ndim == 2:
         array = array.T  # soundfile wants [T, C]
-    sf.write(str(path), np.clip(array, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-    return Path(path)
+    destination = str(target) if isinstance(target, (str, Path)) else target
+    sf.write(
+        destination, np.clip(array, -1.0, 1.0), sample_rate, subtype="PCM_16", format=container
+    )

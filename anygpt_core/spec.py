@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from anygpt_core.config import DecodingConfig
+from anygpt_core.errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["Codec", "CodecOption", "Instructions", "ModalitySpec"]
+__all__ = ["Codec", "CodecOption", "Instructions", "ModalitySpec", "save_suffix"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -59,9 +61,41 @@ class Codec(Protocol):
         """
         ...
 
-    def save(self, media: Any, path: Path) -> Path:  # noqa: ANN401 - see decode
-        """Write media to `path` (its suffix picks the format) and return the path written."""
+    def save(
+        self,
+        media: Any,  # noqa: ANN401 - see decode
+        target: Path | BinaryIO,
+        *,
+        suffix: str | None = None,
+    ) -> None:
+        """Write media to a path (its suffix picks the format) or to a binary file object.
+
+        Args:
+            media: what `decode` returned.
+            target: a path, or a writable binary file object (an `io.BytesIO` for bytes in
+                memory); a file object is written from its current position and left open.
+            suffix: picks the format, e.g. ".wav"; required with a file object, and wins over a
+                path's suffix when given. `save_suffix` reads the two.
+
+        Raises:
+            InputError: an unsupported suffix, or a file object without `suffix`.
+        """
         ...
+
+
+def save_suffix(target: str | os.PathLike[str] | BinaryIO, suffix: str | None = None) -> str:
+    """The lowercase suffix that picks the format in `Codec.save`: `suffix`, else the path's.
+
+    Raises:
+        InputError: `target` is a file object and `suffix` is None.
+    """
+    if suffix is not None:
+        return suffix.lower()
+    if isinstance(target, (str, os.PathLike)):
+        return Path(target).suffix.lower()
+    raise InputError(
+        "saving to a file object needs a suffix (e.g. suffix='.wav') to pick the format"
+    )
 
 
 class CodecOption(BaseModel):

@@ -33,8 +33,10 @@ def check_codec_contract(
     Checks: every option has a value or default; building the codec is lazy (no file is opened
     until encode, shown by a factory call with missing weight paths succeeding); encode gives int64
     `[num_codebooks, T]` within range (and `fixed_frames` when set) with at least `min_distinct`
-    distinct codes; the protocol string round-trips; decode + save writes a non-empty file with the
-    spec's suffix; encoding is deterministic.
+    distinct codes; the protocol string round-trips; encoding is deterministic; decode + save writes
+    a non-empty file with the codec's output suffix, and saving to an `io.BytesIO` with that suffix
+    gives the same bytes, in the right container for .wav, .flac, .png and .jpg, while a file
+    object without a suffix is an `InputError`.
 
     Raises:
         AssertionError: a broken contract, with what broke.
@@ -67,11 +69,49 @@ def check_codec_contract(
     if not torch.equal(codec.encode(sample), codes):
         raise AssertionError(f"{spec.name}: encode is not deterministic")
     media = codec.decode(codes, seed=0, config=spec.decoding)
-    target = workdir / f"contract{spec.output_extension}"
-    written = Path(codec.save(media, target))
-    if not written.is_file() or written.stat().st_size == 0:
-        raise AssertionError(f"{spec.name}: save wrote nothing to {target}")
+    _check_save(spec, codec, media, workdir)
     return codes
+
+
+#: File signatures of common output suffixes: (offset, bytes) pairs a file must hold.
+_SIGNATURES: dict[str, tuple[tuple[int, bytes], ...]] = {
+    ".wav": ((0, b"RIFF"), (8, b"WAVE")),
+    ".flac": ((0, b"fLaC"),),
+    ".png": ((0, b"\x89PNG\r\n\x1a\n"),),
+    ".jpg": ((0, b"\xff\xd8\xff"),),
+    ".jpeg": ((0, b"\xff\xd8\xff"),),
+}
+
+
+def _check_save(spec: ModalitySpec, codec: Codec, media: Any, workdir: Path) -> None:  # noqa: ANN401
+    """Save to a path and to a `BytesIO` with the codec's output suffix: same, non-empty bytes."""
+    import io
+
+    from anygpt_core.errors import InputError
+
+    suffix = str(getattr(codec, "output_extension", None) or spec.output_extension)
+    target = workdir / f"contract{suffix}"
+    codec.save(media, target)
+    if not target.is_file() or target.stat().st_size == 0:
+        raise AssertionError(f"{spec.name}: save wrote nothing to {target}")
+    buffer = io.BytesIO()
+    codec.save(media, buffer, suffix=suffix)
+    if buffer.closed:
+        raise AssertionError(f"{spec.name}: save closed the file object it was given")
+    data = buffer.getvalue()
+    if data != target.read_bytes():
+        raise AssertionError(
+            f"{spec.name}: save to a file object gave {len(data)} bytes unlike the "
+            f"{target.stat().st_size} written to {target.name}"
+        )
+    for offset, magic in _SIGNATURES.get(suffix.lower(), ()):
+        if data[offset : offset + len(magic)] != magic:
+            raise AssertionError(f"{spec.name}: {suffix} bytes lack {magic!r} at byte {offset}")
+    try:
+        codec.save(media, io.BytesIO())
+    except InputError:
+        return
+    raise AssertionError(f"{spec.name}: save to a file object without suffix must be an InputError")
 
 
 def run_cli(

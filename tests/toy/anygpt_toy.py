@@ -16,6 +16,7 @@ from anygpt_core import (
     ModalitySpec,
     hookimpl,
 )
+from anygpt_core.spec import save_suffix
 
 LEVELS = 16
 
@@ -62,9 +63,13 @@ class ToyCodec:
         step = self._load()
         return codes[0].float() / (LEVELS - 1) * 2 - 1 + (codes[1].float() - LEVELS / 2) * step
 
-    def save(self, media, path):
-        Path(path).write_text(" ".join(f"{v:.4f}" for v in media.tolist()))
-        return Path(path)
+    def save(self, media, target, *, suffix=None):
+        save_suffix(target, suffix)  # any suffix is text, but a file object must name one
+        data = " ".join(f"{v:.4f}" for v in media.tolist()).encode()
+        if isinstance(target, (str, Path)):
+            Path(target).write_bytes(data)
+        else:
+            target.write(data)
 
 
 def _factory(options):

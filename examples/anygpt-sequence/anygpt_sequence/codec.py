@@ -11,9 +11,10 @@ import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from anygpt_core import CheckpointError, InputError
+from anygpt_core.spec import save_suffix
 
 if TYPE_CHECKING:
     import numpy as np
@@ -159,17 +160,25 @@ class SequenceCodec:
             frames = frames + books[k][codes[k]]
         return (frames.reshape(-1) * self._scale).numpy()
 
-    def save(self, media: np.ndarray, path: Path) -> Path:
-        """Write values as `.npy`, or as text with one value per line (any other suffix)."""
+    def save(
+        self, media: np.ndarray, target: Path | BinaryIO, *, suffix: str | None = None
+    ) -> None:
+        """Write values as `.npy`, or as text with one value per line (any other suffix).
+
+        Raises:
+            InputError: a file object without `suffix`.
+        """
         import numpy as np
 
-        path = Path(path)
-        if path.suffix.lower() == ".npy":
-            with path.open("wb") as handle:  # np.save would append .npy to a temporary name
-                np.save(handle, np.asarray(media, dtype=np.float32))
+        buffer = io.BytesIO()
+        if save_suffix(target, suffix) == ".npy":
+            np.save(buffer, np.asarray(media, dtype=np.float32))
         else:
-            path.write_text("".join(f"{v:.6g}\n" for v in np.asarray(media).tolist()))
-        return path
+            buffer.write("".join(f"{v:.6g}\n" for v in np.asarray(media).tolist()).encode())
+        if isinstance(target, (str, Path)):
+            Path(target).write_bytes(buffer.getvalue())
+        else:
+            target.write(buffer.getvalue())
 
 
 def _quantise(frames: torch.Tensor, books: torch.Tensor) -> torch.Tensor:

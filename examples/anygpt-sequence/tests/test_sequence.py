@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from importlib.metadata import entry_points
 
 import numpy as np
@@ -39,6 +40,28 @@ def test_codec_contract(codec_path, series_csv, tmp_path):
         SEQUENCE, {"sequence_codec_path": str(codec_path)}, series_csv, tmp_path
     )
     assert codes.shape == (2, 13)  # 50 values -> 13 frames of 4 (the last one padded)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy"])
+def test_decoded_series_saves_in_memory_as_on_disk(codec_path, series_csv, tmp_path, suffix):
+    codec = SequenceCodec(str(codec_path))
+    values = codec.decode(codec.encode(series_csv))
+    buffer = io.BytesIO()
+    codec.save(values, buffer, suffix=suffix)
+    path = tmp_path / f"out{suffix}"
+    codec.save(values, path)
+    assert buffer.getvalue() == path.read_bytes()
+    reread = read_series(path)
+    if suffix == ".npy":
+        np.testing.assert_array_equal(np.load(io.BytesIO(buffer.getvalue())), values)
+    np.testing.assert_allclose(reread, values, rtol=1e-5)
+
+
+def test_save_to_a_file_object_needs_a_suffix(codec_path):
+    from anygpt_core import InputError
+
+    with pytest.raises(InputError, match="needs a suffix"):
+        SequenceCodec(str(codec_path)).save(np.zeros(4, np.float32), io.BytesIO())
 
 
 def test_round_trip_error_is_small(codec_path, series_csv):

@@ -6,13 +6,14 @@ import functools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
 
 from anygpt_core.errors import ConfigError, InputError
 from anygpt_core.loading import pick_device
+from anygpt_core.spec import save_suffix
 from anygpt_image.checkpoint import SEED_FILE, VIT_FILE, load_seed, resolve_file, seed_config
 from anygpt_image.config import NUM_QUERY_TOKENS, SeedConfig
 from anygpt_image.preprocess import open_image, to_pixels
@@ -229,19 +230,22 @@ class ImageCodec:
             seed=seed,
         )
 
-    def save(self, media: Image.Image, path: Path) -> Path:
+    def save(
+        self, media: Image.Image, target: Path | BinaryIO, *, suffix: str | None = None
+    ) -> None:
         """Write a picture; the suffix picks JPEG (.jpg, .jpeg) or PNG (.png).
 
         Raises:
-            InputError: unsupported suffix.
+            InputError: another suffix, or a file object without `suffix`.
         """
-        path = Path(path)
-        fmt = SAVE_FORMATS.get(path.suffix.lower())
+        chosen = save_suffix(target, suffix)
+        fmt = SAVE_FORMATS.get(chosen)
         if fmt is None:
-            raise InputError(f"{path}: images are written as .jpg or .png")
+            where = f"{target}: " if isinstance(target, (str, Path)) else ""
+            kind = repr(chosen) if chosen else "a file without suffix"
+            raise InputError(f"{where}cannot write an image as {kind}; use .jpg or .png")
         image = media.convert("RGB")
         if fmt == "JPEG":
-            image.save(path, format=fmt, quality=95)
+            image.save(target, format=fmt, quality=95)
         else:
-            image.save(path, format=fmt)
-        return path
+            image.save(target, format=fmt)

@@ -1,3 +1,4 @@
+import io
 from pathlib import Path
 
 import numpy as np
@@ -182,7 +183,8 @@ def test_pipeline_loads_without_image_encoder(codec):
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_save_formats(codec, tmp_path, suffix):
     picture = smooth_picture(8, size=(32, 32))
-    written = codec.save(picture, tmp_path / f"out{suffix}")
+    written = tmp_path / f"out{suffix}"
+    codec.save(picture, written)
     with Image.open(written) as reread:
         assert reread.format == {".jpg": "JPEG", ".png": "PNG"}[suffix]
         assert reread.size == (32, 32)
@@ -223,7 +225,27 @@ def test_low_memory_mode_decodes_on_cpu(demo_options, picture_path):
 
 def test_decode_output_is_an_image(codec, tmp_path: Path, picture_path):
     picture = codec.decode(codec.encode(picture_path), seed=1)
-    assert codec.save(picture, tmp_path / "decoded.jpg").stat().st_size > 0
+    codec.save(picture, tmp_path / "decoded.jpg")
+    assert (tmp_path / "decoded.jpg").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("suffix", "fmt"), [(".jpg", "JPEG"), (".png", "PNG")])
+def test_decoded_picture_saves_in_memory_as_on_disk(codec, tmp_path, picture_path, suffix, fmt):
+    picture = codec.decode(codec.encode(picture_path), seed=1)
+    buffer = io.BytesIO()
+    codec.save(picture, buffer, suffix=suffix)
+    path = tmp_path / f"decoded{suffix}"
+    codec.save(picture, path)
+    assert buffer.getvalue() == path.read_bytes()
+    with Image.open(io.BytesIO(buffer.getvalue())) as in_memory, Image.open(path) as on_disk:
+        assert in_memory.format == fmt
+        assert in_memory.size == picture.size
+        assert np.array_equal(np.asarray(in_memory), np.asarray(on_disk))
+
+
+def test_save_to_a_file_object_needs_a_suffix(codec):
+    with pytest.raises(InputError, match="needs a suffix"):
+        codec.save(smooth_picture(8), io.BytesIO())
 
 
 def test_decompression_bomb_is_refused_before_decoding(codec, tmp_path):

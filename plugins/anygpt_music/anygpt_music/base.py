@@ -6,7 +6,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from anygpt_core.audio import load_audio, to_mono_tensor, write_wav
 from anygpt_core.errors import ConfigError, InputError
@@ -181,6 +181,12 @@ class WaveCodec(ABC):
             wav = self._decode_codes(codes)
         return wav.detach().to(torch.float32).reshape(-1).cpu()
 
-    def save(self, media: torch.Tensor, path: Path) -> Path:
-        """Write a waveform as 16-bit PCM wav at `sample_rate` and return `path`."""
-        return write_wav(media, path, self.sample_rate)
+    def save(
+        self, media: torch.Tensor, target: Path | BinaryIO, *, suffix: str | None = None
+    ) -> None:
+        """Write a waveform as 16-bit PCM .wav or .flac at `sample_rate`.
+
+        Raises:
+            InputError: another suffix, or a file object without `suffix`.
+        """
+        write_wav(media, target, self.sample_rate, suffix=suffix)

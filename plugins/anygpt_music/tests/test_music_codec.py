@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import shutil
@@ -61,10 +62,32 @@ def test_music_decode_equals_transformers_decode_and_saves_wav(codec, reference,
     assert wav.dtype == torch.float32
     assert wav.shape == (codes.shape[1] * 640,)
     torch.testing.assert_close(wav, expected)
-    out = codec.save(wav, tmp_path / "out.wav")
+    out = tmp_path / "out.wav"
+    codec.save(wav, out)
     info = sf.info(str(out))
     assert (info.samplerate, info.channels, info.subtype) == (32_000, 1, "PCM_16")
     assert info.frames == wav.numel()
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_music_saves_in_memory_as_on_disk(codec, tmp_path, suffix):
+    wav = codec.decode(codec.encode(seeded_signal(32_000, 1.0, seed=6)))
+    buffer = io.BytesIO()
+    codec.save(wav, buffer, suffix=suffix)
+    path = tmp_path / f"out{suffix}"
+    codec.save(wav, path)
+    assert buffer.getvalue() == path.read_bytes()
+    in_memory, rate = sf.read(io.BytesIO(buffer.getvalue()), dtype="int16")
+    on_disk, _ = sf.read(str(path), dtype="int16")
+    assert rate == 32_000
+    assert in_memory.shape == (wav.numel(),)
+    np.testing.assert_array_equal(in_memory, on_disk)
+    np.testing.assert_allclose(in_memory / 32768, wav.numpy(), atol=1 / 16384)
+
+
+def test_music_save_to_a_file_object_needs_a_suffix(codec):
+    with pytest.raises(InputError, match="needs a suffix"):
+        codec.save(torch.zeros(640), io.BytesIO())
 
 
 def test_music_encode_of_decoded_audio_is_stable_in_shape(codec):

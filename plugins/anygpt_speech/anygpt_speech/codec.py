@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydantic import ValidationError
 
@@ -267,9 +267,15 @@ class SpeechCodec:
         )
         return torch.cat([semantic, acoustic[0].T], dim=0).cpu()  # (n_q, frames)
 
-    def save(self, media: torch.Tensor, path: Path) -> Path:
-        """Write a waveform from `decode` as 16-bit wav at `sample_rate`."""
-        return write_wav(media, path, self.sample_rate)
+    def save(
+        self, media: torch.Tensor, target: Path | BinaryIO, *, suffix: str | None = None
+    ) -> None:
+        """Write a waveform from `decode` as 16-bit .wav or .flac at `sample_rate`.
+
+        Raises:
+            InputError: another suffix, or a file object without `suffix`.
+        """
+        write_wav(media, target, self.sample_rate, suffix=suffix)
 
     # -- helpers ---------------------------------------------------------------------------------
 

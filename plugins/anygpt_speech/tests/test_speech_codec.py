@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,29 @@ def test_codec_decode_writes_16k_wav(codec, codes, tmp_path):
     wav = codec.decode(codes, seed=0)
     assert wav.dtype == torch.float32
     assert wav.shape == (codes.shape[1] * 320,)
-    path = codec.save(wav, tmp_path / "out.wav")
+    path = tmp_path / "out.wav"
+    codec.save(wav, path)
     info = sf.info(str(path))
     assert (info.samplerate, info.channels, info.frames) == (16000, 1, codes.shape[1] * 320)
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_codec_saves_in_memory_as_on_disk(codec, codes, tmp_path, suffix):
+    wav = codec.decode(codes, seed=0)
+    buffer = io.BytesIO()
+    codec.save(wav, buffer, suffix=suffix)
+    path = tmp_path / f"out{suffix}"
+    codec.save(wav, path)
+    assert buffer.getvalue() == path.read_bytes()
+    in_memory, rate = sf.read(io.BytesIO(buffer.getvalue()), dtype="int16")
+    on_disk, _ = sf.read(str(path), dtype="int16")
+    assert (rate, in_memory.shape) == (16000, (codes.shape[1] * 320,))
+    np.testing.assert_array_equal(in_memory, on_disk)
+
+
+def test_codec_save_rejects_other_audio_suffixes(codec):
+    with pytest.raises(InputError, match=r"'\.mp3'; use \.wav, \.flac"):
+        codec.save(torch.zeros(320), io.BytesIO(), suffix=".mp3")
 
 
 def test_codec_seeded_decoding_repeats_exactly(codec, codes, audio_dir):

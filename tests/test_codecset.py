@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from anygpt_core.errors import GenerationError, InputError
+
+
+@pytest.fixture
+def codecs(toy_env, tmp_path):
+    from anygpt_core.api import CodecSet
+    from anygpt_core.plugins import discover
+
+    plugins = discover()
+    return CodecSet(plugins, plugins.demo_assets(tmp_path / "assets"))
+
+
+CODES = torch.tensor([[1, 8, 15], [8, 8, 9]])
+
+
+def test_codecset_decode_returns_media(codecs):
+    media = codecs.decode("toy", CODES)
+    assert media.shape == (3,)
+
+
+def test_codecset_decode_checks_codes(codecs):
+    with pytest.raises(GenerationError):
+        codecs.decode("toy", torch.tensor([[1, 99], [0, 0]]))
+
+
+def test_codecset_to_bytes_equals_the_saved_file(codecs, tmp_path):
+    media = codecs.decode("toy", CODES)
+    data = codecs.to_bytes("toy", media)
+    written = codecs.save("toy", media, tmp_path / "out", "a.txt")
+    assert written == tmp_path / "out" / "a.txt"
+    assert data == written.read_bytes() != b""
+    assert codecs.save("toy", media, tmp_path / "out", "a.txt").name == "a-1.txt"
+    assert codecs.to_bytes("toy", media, suffix=".txt") == data
+
+
+def test_codecset_decode_to_file_writes_what_to_bytes_gives(codecs, tmp_path):
+    path = codecs.decode_to_file("toy", CODES, tmp_path, "toy.txt")
+    assert path.read_bytes() == codecs.to_bytes("toy", codecs.decode("toy", CODES))
+
+
+def test_codec_save_to_a_file_object_needs_a_suffix(codecs):
+    with pytest.raises(InputError, match="needs a suffix"):
+        codecs.codec("toy").save(codecs.decode("toy", CODES), io.BytesIO())
