@@ -7,37 +7,91 @@ interface small lets another engine (e.g. vLLM) stand in for the in-process tran
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Backend", "LlamaBackend", "TransformersBackend", "make_backend"]
+__all__ = ["Backend", "Head", "LlamaBackend", "TransformersBackend", "make_backend"]
+
+
+class Head(NamedTuple):
+    """Rows of the output layer, gathered once (`Backend.head`) and projected onto many times."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
 
 
 class Backend(Protocol):
-    """A causal LM that the generation loop drives one token at a time."""
+    """A causal LM that the generation loop drives one token per row of a batch at a time.
+
+    A backend holds only the model: the KV cache of a call lives in the session `prefill`
+    returns, so several callers can use one backend.
+    """
 
     vocab_size: int
     device: torch.device
 
-    def start(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Reset the cache, run the prompt int64 [1, T] and return the last hidden state [H]."""
+    def prefill(self, prompts: Sequence[torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """Run prompts (int64 [T_b] each, left-padded together) and return a session and the
+        last hidden states [B, H]."""
         ...
 
-    def advance(self, token_id: torch.Tensor) -> torch.Tensor:
-        """Append one token (int64 [1, 1] on `device`) and return its hidden state [H]."""
+    def step(self, session: Any, tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN401
+        """Append one token per row (int64 [B] on `device`) and return the hidden states [B, H]."""
+        ...
+
+    def select(self, session: Any, rows: torch.Tensor) -> None:  # noqa: ANN401
+        """Keep only the rows `rows` (int64 indices, in that order) of the session's batch."""
+        ...
+
+    def head(self, rows: slice | torch.Tensor) -> Head:
+        """The output-layer rows `rows` (a slice is a view; indices are gathered once)."""
         ...
 
     def project(
-        self, hidden: torch.Tensor, rows: slice | torch.Tensor | None = None
+        self, hidden: torch.Tensor, rows: slice | torch.Tensor | Head | None = None
     ) -> torch.Tensor:
-        """Logits float32 of `hidden` for the output rows `rows` (all rows when None)."""
+        """Logits float32 [B, N] of `hidden` [B, H] for the output rows `rows` (all when None)."""
         ...
 
 
+@dataclass
+class _Session:
+    """One call's KV cache and the batch's padding (transformers' cache, or the lean path's)."""
+
+    cache: Any = None
+    #: bool (B, capacity): key positions that hold a token (False: left padding).
+    valid: Any = None
+    #: int64 (B,): the position id of each row's next token.
+    positions: Any = None
+    length: int = 0
+    padded: bool = False
+    keys: list[Any] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+
+
+def _left_pad(
+    prompts: Sequence[torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded (pad id 0) into int64 [B, T], and their attention mask bool [B, T]."""
+    import torch
+
+    flat = [p.reshape(-1) for p in prompts]
+    width = max(p.numel() for p in flat)
+    ids = torch.zeros((len(flat), width), dtype=torch.long, device=device)
+    mask = torch.zeros((len(flat), width), dtype=torch.bool, device=device)
+    for row, p in enumerate(flat):
+        ids[row, width - p.numel() :] = p.to(device)
+        mask[row, width - p.numel() :] = True
+    return ids, mask
+
+
 class TransformersBackend:
-    """A transformers causal LM (LLaMA family) with a dynamic KV cache.
+    """A transformers causal LM (LLaMA family) with a dynamic KV cache per session.
 
     Args:
         model: a `*ForCausalLM` whose `get_decoder()` returns the transformer body and whose
@@ -52,46 +106,68 @@ class TransformersBackend:
         self.bias: torch.Tensor | None = getattr(head, "bias", None)
         self.vocab_size = int(self.weight.shape[0])
         self.device = self.weight.device
-        self.cache: Any = None
-        self._row_cache: dict[int, torch.Tensor] = {}
 
-    def start(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Run the prompt with a fresh cache and return the last hidden state [H]."""
+    def prefill(self, prompts: Sequence[torch.Tensor]) -> tuple[_Session, torch.Tensor]:
+        """Run the prompts with a fresh cache and return the session and hidden states [B, H]."""
         from transformers import DynamicCache
 
-        self.cache = DynamicCache(config=self.model.config)
-        return self._run(input_ids.to(self.device))
+        ids, mask = _left_pad(prompts, self.device)
+        session = _Session(cache=DynamicCache(config=self.model.config), valid=mask)
+        session.padded = not bool(mask.all())
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        session.positions = positions[:, -1] + 1
+        return session, self._run(session, ids, positions)
 
-    def advance(self, token_id: torch.Tensor) -> torch.Tensor:
-        """Feed one token int64 [1, 1] and return its hidden state [H]."""
-        return self._run(token_id)
+    def step(self, session: _Session, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row int64 [B] and return the hidden states [B, H]."""
+        import torch
 
-    def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
-        out = self.body(input_ids=input_ids, cache=self.cache, use_cache=True)
-        self.cache = out.cache
-        return out.last_hidden_state[0, -1]
+        ones = torch.ones((tokens.shape[0], 1), dtype=torch.bool, device=self.device)
+        session.valid = torch.cat([session.valid, ones], dim=1)
+        positions = session.positions[:, None]
+        session.positions = session.positions + 1
+        return self._run(session, tokens[:, None], positions)
 
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """The output-embedding rows of `ids`, gathered once and cached (for non-contiguous ids)."""
-        key = id(ids)
-        if key not in self._row_cache:
-            self._row_cache[key] = self.weight.index_select(0, ids.to(self.device))
-        return self._row_cache[key]
+    def select(self, session: _Session, rows: torch.Tensor) -> None:
+        """Keep the batch rows `rows` of the session's cache."""
+        rows = rows.to(self.device)
+        session.cache.batch_select_indices(rows)
+        session.valid = session.valid[rows]
+        session.positions = session.positions[rows]
+
+    def _run(
+        self, session: _Session, input_ids: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        mask = session.valid.long() if session.padded else None
+        out = self.body(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions if session.padded else None,
+            cache=session.cache,
+            use_cache=True,
+        )
+        session.cache = out.cache
+        return out.last_hidden_state[:, -1]
+
+    def head(self, rows: slice | torch.Tensor) -> Head:
+        """The output rows `rows`: a view for a slice, a gathered copy for indices."""
+        if isinstance(rows, slice):
+            bias = None if self.bias is None else self.bias[rows]
+            return Head(self.weight[rows], bias)
+        rows = rows.to(self.device)
+        bias = None if self.bias is None else self.bias[rows]
+        return Head(self.weight.index_select(0, rows), bias)
 
     def project(
-        self, hidden: torch.Tensor, rows: slice | torch.Tensor | None = None
+        self, hidden: torch.Tensor, rows: slice | torch.Tensor | Head | None = None
     ) -> torch.Tensor:
-        """Logits float32 for all rows, a contiguous slice of rows, or gathered rows."""
+        """Logits float32 for all rows, a slice or indices of rows, or a gathered `Head`."""
         import torch.nn.functional as F
 
         if rows is None:
             weight, bias = self.weight, self.bias
-        elif isinstance(rows, slice):
-            weight = self.weight[rows]
-            bias = None if self.bias is None else self.bias[rows]
         else:
-            weight = self.rows(rows)
-            bias = None if self.bias is None else self.bias[rows.to(self.device)]
+            weight, bias = rows if isinstance(rows, Head) else self.head(rows)
         return F.linear(hidden, weight, bias).float()
 
 
@@ -112,9 +188,10 @@ class LlamaBackend(TransformersBackend):
     The transformers module stack costs about a millisecond of Python per token, which dominates a
     small model's step and hides what slicing the output layer saves. This runs the same operations
     in the same order (RMSNorm in float32, rotary embedding, SDPA, SwiGLU), so its hidden states, and
-    greedy tokens, equal the model's; the tests check that against `model.generate`. Used for plain
-    LLaMA configurations (default RoPE, SiLU, SDPA, no grouped-query attention, no biases); anything
-    else takes the generic path.
+    greedy tokens, equal the model's; the tests check that against `model.generate`. Batches are
+    left-padded: each row has its own positions, and an attention mask hides the padding. Used for
+    plain LLaMA configurations (default RoPE, SiLU, SDPA, no grouped-query attention, no biases);
+    anything else takes the generic path.
     """
 
     @staticmethod
@@ -161,46 +238,57 @@ class LlamaBackend(TransformersBackend):
         self.inv_freq = self.body.rotary_emb.inv_freq
         self.rope_scale = self.body.rotary_emb.attention_scaling
         self.dtype = self.embed.dtype
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self.length = 0
-        self.cos = self.sin = torch.empty(
-            0
-        )  # rotary tables (positions, 1, 1, head_dim), grown on use
+        self._lock = threading.Lock()
+        # rotary tables (positions, head_dim), grown on use and replaced, never written in place
+        self._tables = (torch.empty(0), torch.empty(0))
 
-    def start(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Run the prompt with an empty cache and return the last hidden state [H]."""
-        self.keys, self.values, self.length = [], [], 0
-        return self._run(input_ids.to(self.device))
+    def prefill(self, prompts: Sequence[torch.Tensor]) -> tuple[_Session, torch.Tensor]:
+        """Run the prompts with an empty cache; return the session and hidden states [B, H]."""
+        ids, mask = _left_pad(prompts, self.device)
+        session = _Session(valid=mask, padded=not bool(mask.all()))
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        session.positions = positions[:, -1] + 1
+        return session, self._run(session, ids, positions)
+
+    def step(self, session: _Session, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row int64 [B] and return the hidden states [B, H]."""
+        positions = session.positions[:, None]
+        session.positions = session.positions + 1
+        return self._run(session, tokens[:, None], positions)
+
+    def select(self, session: _Session, rows: torch.Tensor) -> None:
+        """Keep the batch rows `rows` of the session's cache (a copy of what is kept)."""
+        rows = rows.to(self.device)
+        session.keys = [k[rows] for k in session.keys]
+        session.values = [v[rows] for v in session.values]
+        session.valid = session.valid[rows]
+        session.positions = session.positions[rows]
 
     def _cache(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
+        self, session: _Session, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append k, v (1, heads, T, head_dim) to the layer's preallocated cache; return the views.
+        """Append k, v (B, heads, T, head_dim) to the layer's preallocated cache; return views.
 
         Buffers grow by doubling, so a step writes in place instead of copying the whole cache.
         """
         import torch
 
-        start, end = self.length, self.length + k.shape[2]
-        if layer == len(self.keys) or end > self.keys[layer].shape[2]:
+        start, end = session.length, session.length + k.shape[2]
+        keys, values = session.keys, session.values
+        if layer == len(keys) or end > keys[layer].shape[2]:
             capacity = max(256, 2 * end)
-            grown = [
-                torch.empty(
-                    (1, self.heads, capacity, self.head_dim), dtype=k.dtype, device=k.device
-                )
-                for _ in range(2)
-            ]
-            if layer < len(self.keys):
-                grown[0][:, :, :start] = self.keys[layer][:, :, :start]
-                grown[1][:, :, :start] = self.values[layer][:, :, :start]
-                self.keys[layer], self.values[layer] = grown
+            shape = (k.shape[0], self.heads, capacity, self.head_dim)
+            grown = [torch.empty(shape, dtype=k.dtype, device=k.device) for _ in range(2)]
+            if layer < len(keys):
+                grown[0][:, :, :start] = keys[layer][:, :, :start]
+                grown[1][:, :, :start] = values[layer][:, :, :start]
+                keys[layer], values[layer] = grown
             else:
-                self.keys.append(grown[0])
-                self.values.append(grown[1])
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+                keys.append(grown[0])
+                values.append(grown[1])
+        keys[layer][:, :, start:end] = k
+        values[layer][:, :, start:end] = v
+        return keys[layer][:, :, :end], values[layer][:, :, :end]
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         import torch
@@ -211,42 +299,61 @@ class LlamaBackend(TransformersBackend):
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * (x if dtype == torch.float32 else x.to(dtype))
 
-    def _rotary(self, end: int) -> None:
-        """Make the cos/sin tables cover positions [0, end), computed as transformers does."""
+    def _rotary(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables (positions, head_dim) covering [0, end), computed as transformers does."""
         import torch
 
-        if self.cos.shape[0] >= end:
-            return
-        positions = torch.arange(max(256, 2 * end), device=self.device)
-        freqs = positions[:, None].float() * self.inv_freq.float()[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None, None, :]
-        self.sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None, None, :]
+        cos, sin = self._tables
+        if cos.shape[0] >= end:
+            return cos, sin
+        with self._lock:  # several sessions may grow it at once; each gets a complete table
+            cos, sin = self._tables
+            if cos.shape[0] < end:
+                positions = torch.arange(max(256, 2 * end), device=self.device)
+                freqs = positions[:, None].float() * self.inv_freq.float()[None, :]
+                emb = torch.cat((freqs, freqs), dim=-1)
+                cos = (emb.cos() * self.rope_scale).to(self.dtype)
+                sin = (emb.sin() * self.rope_scale).to(self.dtype)
+                self._tables = (cos, sin)
+        return cos, sin
 
-    def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _run(
+        self, session: _Session, input_ids: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
 
-        steps = input_ids.shape[1]
-        h = F.embedding(input_ids, self.embed)  # (1, T, H)
-        end = self.length + steps
-        self._rotary(end)
-        cos, sin = self.cos[self.length : end], self.sin[self.length : end]  # (T, 1, 1, head_dim)
+        batch, steps = input_ids.shape
+        h = F.embedding(input_ids, self.embed)  # (B, T, H)
+        past = session.length
+        end = past + steps
+        cos, sin = self._rotary(int(positions.max()) + 1)
+        cos = cos[positions][:, :, None, None, :]  # (B, T, 1, 1, head_dim)
+        sin = sin[positions][:, :, None, None, :]
         half = self.head_dim // 2
         width = self.heads * self.head_dim
-        mask = None  # one new token, or a prompt on an empty cache: SDPA's own causal rule
-        if steps > 1 and self.length:  # a chunk after cached tokens: row t sees keys <= length + t
-            mask = torch.ones(steps, end, dtype=torch.bool, device=self.device).tril(self.length)
+        mask = None  # no padding: a prompt on an empty cache, or one new token: SDPA's causal rule
+        if session.padded:
+            if session.valid.shape[1] < end:  # the new tokens are real tokens
+                ones = session.valid.new_ones((batch, end - session.valid.shape[1]))
+                session.valid = torch.cat([session.valid, ones], dim=1)
+            # row b, query t sees its own non-padding keys up to its position; a padding query
+            # sees itself too, so no row of the softmax is empty
+            keys = torch.arange(end, device=self.device)
+            queries = past + torch.arange(steps, device=self.device)
+            causal = keys[None, :] <= queries[:, None]  # (T, end)
+            mask = (causal[None] & session.valid[:, None, :end]) | (keys == queries[:, None])
+            mask = mask[:, None]  # (B, 1, T, end)
         for i, (ln1, wqkv, wo, ln2, wgu, wd) in enumerate(self.layers):
             x = self._rms(h, ln1)
-            qkv = F.linear(x, wqkv).view(steps, 3, self.heads, self.head_dim)
+            qkv = F.linear(x, wqkv).view(batch, steps, 3, self.heads, self.head_dim)
             # q and k rotated together: the same elementwise products as separately, half the calls
-            qk = qkv[:, :2]
+            qk = qkv[:, :, :2]
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
-            q = qk[:, 0].transpose(0, 1)[None]  # (1, heads, T, head_dim)
-            k = qk[:, 1].transpose(0, 1)[None]
-            v = qkv[:, 2].transpose(0, 1)[None]
-            k, v = self._cache(i, k, v)
+            q = qk[:, :, 0].transpose(1, 2)  # (B, heads, T, head_dim)
+            k = qk[:, :, 1].transpose(1, 2)
+            v = qkv[:, :, 2].transpose(1, 2)
+            k, v = self._cache(session, i, k, v)
             a = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -256,12 +363,12 @@ class LlamaBackend(TransformersBackend):
                 scale=self.scaling,
                 is_causal=steps > 1 and mask is None,
             )
-            h = h + F.linear(a.transpose(1, 2).reshape(1, steps, width), wo)
+            h = h + F.linear(a.transpose(1, 2).reshape(batch, steps, width), wo)
             x = self._rms(h, ln2)
             gate, up = F.linear(x, wgu).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, wd)
-        self.length = end
-        return self._rms(h, self.norm)[0, -1]
+        session.length = end
+        return self._rms(h, self.norm)[:, -1]
 
 
 def _stack(linears: list[Any]) -> torch.Tensor:

@@ -1,30 +1,43 @@
-"""The generation loop: a state machine that switches decoding config and vocabulary inside spans.
+"""The in-process drivers of the span rules: a batched KV-cached loop, and `model.generate`.
 
-Text state samples with the text config over the whole vocabulary (stray code and end tokens
-masked). A start token opens a span of its modality: from then on only that modality's legal ids
-are scored (a slice of the output embedding, not a mask over the vocabulary), with the modality's
-config, and length rules guarantee that every span decodes: a fixed-length modality gets exactly its
-frame count, an RVQ modality gets codebook k at position k of each frame and may end only on a frame
-boundary, and a span is closed before the token budget runs out.
+What is legal next is decided by `SpanConstraint` (anygpt_core.constraint); this module only runs
+the model under it. The loop runs B sequences at once (different prompts, tasks, budgets, configs
+and seeds), left-padded; rows that finish leave the batch. Where every running row is inside a span
+at the same codebook, only that codebook's rows of the output embedding are scored (a slice, not a
+mask over the vocabulary). Each row samples with its own config and seeded generator over exactly
+its legal ids, so a row's tokens do not depend on the rows beside it (greedy ids are the same in a
+batch as alone). Beam search runs through transformers' `generate` with the constraint as a logits
+processor (`anygpt_core.hf`), so beams obey spans too.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from anygpt_core.config import DecodingConfig
-from anygpt_core.errors import ConfigError, GenerationError
-from anygpt_core.tokens import ModalityTokens, TokenSpace
+from anygpt_core.constraint import REASONS, Row, SpanConstraint, SpanState
+from anygpt_core.errors import ConfigError
+from anygpt_core.tokens import TokenSpace
 
 if TYPE_CHECKING:
     import torch
 
-    from anygpt_core.backend import Backend
+    from anygpt_core.backend import Backend, Head
 
-__all__ = ["Done", "Event", "Generator", "SpanClosed", "SpanOpened", "TokenEvent", "sample"]
+__all__ = [
+    "Done",
+    "Event",
+    "Generator",
+    "Request",
+    "SpanClosed",
+    "SpanOpened",
+    "TokenEvent",
+    "sample",
+]
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,27 @@ class Done:
 Event = TokenEvent | SpanOpened | SpanClosed | Done
 
 
+@dataclass(frozen=True)
+class Request:
+    """One sequence to generate: a prompt, the span rules' `Row`, and a seed.
+
+    Attributes:
+        input_ids: the prompt, int64 [T] or [1, T]; with `row.open_span` it ends with that
+            modality's start token.
+        row: budget, configs and span options (see `Row`).
+        seed: seeds this sequence's sampling generator; None draws from torch's global one.
+    """
+
+    input_ids: torch.Tensor
+    row: Row
+    seed: int | None = None
+
+    @property
+    def num_beams(self) -> int:
+        """Beams of the answer: the config of its target state (the open span's, else text)."""
+        return self.row.config(self.row.open_span).num_beams
+
+
 def sample(
     logits: torch.Tensor,
     config: DecodingConfig,
@@ -103,15 +137,17 @@ def sample(
 
 
 class Generator:
-    """Drives a `Backend` through text and modality spans, yielding events.
+    """Drives a `Backend` under the span rules, for one sequence or a batch, yielding events.
+
+    One `Generator` may be shared by several threads: each call has its own cache and state.
 
     Args:
         backend: the language model.
         space: the token ids of the model's tokenizer.
         mask_stray: in text, forbid code and end tokens that have no open span, and the role
             tokens `[Human]`, `[MMGPT]`, `<eoh>` (False: score exactly as `model.generate`).
-        slice_logits: inside a span, score only its legal rows (False scores the whole vocabulary
-            and masks; kept for the benchmark baseline).
+        slice_logits: where all running rows are inside a span at one codebook, score only its
+            rows (False scores the whole vocabulary and masks; kept for the benchmark baseline).
     """
 
     def __init__(
@@ -122,17 +158,14 @@ class Generator:
         mask_stray: bool = True,
         slice_logits: bool = True,
     ) -> None:
-        import torch
-
         self.backend = backend
         self.space = space
-        self._rows: dict[tuple[str, int, bool], slice | torch.Tensor] = {}
         self.slice_logits = slice_logits
-        stray = [m.code_ids for m in space.modalities.values()]
-        stray += [torch.tensor([m.end_id]) for m in space.modalities.values()]
-        # Inside an answer a role token would start a new turn: never part of a reply.
-        stray.append(torch.tensor([space.human_id, space.mmgpt_id, space.eoh_id]))
-        self.stray_ids = torch.cat(stray).to(backend.device) if mask_stray and stray else None
+        self.constraint = SpanConstraint(
+            space, vocab_size=backend.vocab_size, mask_stray=mask_stray, device=backend.device
+        )
+        self._legal: dict[tuple[int, int, bool], tuple[slice | torch.Tensor, Head]] = {}
+        self._lock = threading.Lock()
 
     def generate(
         self,
@@ -156,279 +189,272 @@ class Generator:
             stop_after_span: end as soon as the first span closes (text-to-modality tasks).
             seed: seeds the sampling generator; None draws from torch's global generator.
         """
-        import torch
+        row = Row(text_config, dict(span_configs), max_new_tokens, open_span, stop_after_span)
+        for _, event in self.generate_batch([Request(input_ids, row, seed)]):
+            yield event
 
-        for name, config in span_configs.items():
-            if config.num_beams != 1:
+    def check(self, request: Request) -> None:
+        """Raise `ConfigError` or `GenerationError` if `request` cannot run (before any work)."""
+        row = request.row
+        beams = request.num_beams
+        for name, config in row.span_configs.items():
+            if config.num_beams != 1 and name != row.open_span:
                 raise ConfigError(
-                    f"num_beams {config.num_beams} for {name}: beam search decodes text answers "
-                    "only; set num_beams 1 for a modality"
+                    f"num_beams {config.num_beams} for {name}: beams apply to the answer's own "
+                    "state; set num_beams 1 for a modality the answer does not start in"
                 )
-        if text_config.num_beams > 1:
-            if open_span is not None:
-                raise ConfigError(
-                    f"num_beams {text_config.num_beams}: beam search decodes text answers only, "
-                    f"and this answer is a {open_span} span; set num_beams 1"
-                )
-            yield from self._beam_text(input_ids, text_config, max_new_tokens, seed)
-            return
-        device = self.backend.device
-        rng = None
-        if seed is not None:
-            rng = torch.Generator(device=device).manual_seed(seed)
-        size = max(self.space.size, self.backend.vocab_size)
-        seen = torch.zeros(size, dtype=torch.bool, device=device)
-        seen[input_ids.reshape(-1).to(device)] = True
-        hidden = self.backend.start(input_ids)
-        new_ids: list[int] = []
-        spans: list[SpanClosed] = []
-        span: _Span | None = None
-        if open_span is not None:
-            span = self._open(open_span, max_new_tokens)
-            yield SpanOpened(open_span, span.max_frames * span.tokens.spec.num_codebooks)
-        step_input = torch.empty((1, 1), dtype=torch.long, device=device)
-        while True:
-            remaining = max_new_tokens - len(new_ids)
-            if span is None:
-                if remaining <= 0:
-                    yield Done(new_ids, "length", spans)
-                    return
-                token = self._text_token(hidden, text_config, seen, len(new_ids), remaining, rng)
-            else:
-                config = span_configs.get(span.tokens.spec.name, text_config)
-                token = self._span_token(hidden, span, config, seen, rng)
-            new_ids.append(token)
-            seen[token] = True
-            if span is None:
-                yield TokenEvent(token, None)
-                if token in self.space.stop_ids:
-                    yield Done(new_ids, "stop", spans)
-                    return
-                if token in self.space.start_ids:
-                    span = self._open(self.space.start_ids[token], remaining - 1)
-                    yield SpanOpened(
-                        span.tokens.spec.name, span.max_frames * span.tokens.spec.num_codebooks
-                    )
-            else:
-                yield TokenEvent(token, span.tokens.spec.name)
-                if token == span.tokens.end_id:
-                    codes = self.space.ids_to_codes(span.tokens.spec.name, torch.tensor(span.ids))
-                    closed = SpanClosed(span.tokens.spec.name, codes, span.forced)
-                    spans.append(closed)
-                    span = None
-                    yield closed
-                    if stop_after_span:
-                        yield Done(new_ids, "span", spans)
-                        return
-                else:
-                    span.ids.append(token)
-            step_input.fill_(token)
-            hidden = self.backend.advance(step_input)
+        if row.open_span is not None and row.text_config.num_beams != 1 and beams == 1:
+            raise ConfigError(
+                f"num_beams {row.text_config.num_beams}: this answer is a {row.open_span} span; "
+                f"set num_beams in the {row.open_span} config"
+            )
+        self.constraint.check(row)
 
-    def _beam_text(
-        self,
-        input_ids: torch.Tensor,
-        config: DecodingConfig,
-        max_new_tokens: int,
-        seed: int | None,
-    ) -> Iterator[Event]:
-        """A text-only answer by beam search (or beam sampling), as the reference chat decoded.
+    def generate_batch(self, requests: Sequence[Request]) -> Iterator[tuple[int, Event]]:
+        """Generate for many prompts at once, yielding `(request index, event)` pairs.
 
-        Runs transformers' own beam search on the backend's model, with the same masks as the
-        text state plus every modality's start token: beams are compared by their summed log
-        probabilities, which spans of constrained codes would distort, so the answer is text. The
-        tokens come out together once the best beam is known.
+        Each request's events come in the same order as alone; the last of each is its `Done`.
+        Requests with beams run through `model.generate` one at a time, the others in one batch.
         """
+        for request in requests:
+            self.check(request)
+        looped = [i for i, r in enumerate(requests) if r.num_beams == 1]
+        beamed = [i for i, r in enumerate(requests) if r.num_beams > 1]
+        for index in beamed:
+            for event in self._beams(requests[index]):
+                yield index, event
+        if looped:
+            for row, event in self._loop([requests[i] for i in looped]):
+                yield looped[row], event
+
+    def _loop(self, requests: Sequence[Request]) -> Iterator[tuple[int, Event]]:
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList
+
+        constraint = self.constraint
+        device = self.backend.device
+        count = len(requests)
+        state = constraint.start([r.row for r in requests])
+        rngs = [
+            None if r.seed is None else torch.Generator(device=device).manual_seed(r.seed)
+            for r in requests
+        ]
+        width = constraint.vocab_size
+        seen = torch.zeros((count, width), dtype=torch.bool, device=device)
+        for b, r in enumerate(requests):
+            seen[b, r.input_ids.reshape(-1).to(device)] = True
+        new_ids: list[list[int]] = [[] for _ in requests]
+        span_ids: list[list[int]] = [[] for _ in requests]
+        spans: list[list[SpanClosed]] = [[] for _ in requests]
+        for b, r in enumerate(requests):
+            if r.row.open_span is not None:
+                yield b, self._opened(r.row.open_span, int(state.frames[b]))
+        session, hidden = self.backend.prefill([r.input_ids for r in requests])
+        rows = list(range(count))  # original index of each row still in the batch
+        names = constraint.names
+        while True:
+            layout = constraint.summary(state)
+            tokens = self._choose(hidden, state, layout, seen, [rngs[b] for b in rows])
+            step = constraint.advance(state, tokens)
+            seen[torch.arange(len(rows), device=device), tokens] = True
+            token_list = tokens.tolist()
+            opened = step.opened.tolist()
+            closed = step.closed.tolist()
+            finished = step.finished.tolist()
+            for i, b in enumerate(rows):
+                token = token_list[i]
+                number = layout[i][0]
+                new_ids[b].append(token)
+                yield b, TokenEvent(token, None if number == constraint.text else names[number])
+                if closed[i] >= 0:
+                    name = names[closed[i]]
+                    codes = self.space.ids_to_codes(name, torch.tensor(span_ids[b]))
+                    event = SpanClosed(name, codes, bool(state.forced_end[i]))
+                    spans[b].append(event)
+                    span_ids[b] = []
+                    yield b, event
+                elif number != constraint.text:
+                    span_ids[b].append(token)
+                if opened[i] >= 0:
+                    yield b, self._opened(names[opened[i]], int(state.frames[i]))
+                if finished[i]:
+                    reason = cast(
+                        Literal["stop", "length", "span"], REASONS[int(state.reason[i])]
+                    )
+                    yield b, Done(new_ids[b], reason, spans[b])
+            if any(finished):
+                keep = [i for i, f in enumerate(finished) if not f]
+                if not keep:
+                    return
+                index = torch.tensor(keep, device=device)
+                state = state.select(index)
+                self.backend.select(session, index)
+                seen = seen[index]
+                tokens = tokens[index]
+                rows = [rows[i] for i in keep]
+            hidden = self.backend.step(session, tokens)
+
+    def _opened(self, name: str, frames: int) -> SpanOpened:
+        return SpanOpened(name, frames * self.space.modalities[name].spec.num_codebooks)
+
+    def _legal_rows(self, number: int, layer: int, can_end: bool) -> tuple[slice | torch.Tensor, Head]:
+        """A span state's legal ids (its codebook's codes, then the end token when allowed), as
+        a slice where contiguous, and their output-embedding rows, gathered once."""
+        import torch
+
+        key = (number, layer, can_end)
+        if key not in self._legal:
+            with self._lock:
+                tokens = self.space.modalities[self.constraint.names[number]]
+                span_range = tokens.layer_ranges[layer]
+                ids: slice | torch.Tensor
+                if not can_end and span_range is not None:
+                    ids = slice(*span_range)
+                else:
+                    parts = [tokens.layer_ids[layer]]
+                    if can_end:
+                        parts.append(torch.tensor([tokens.end_id]))
+                    ids = torch.cat(parts).to(self.backend.device)
+                self._legal[key] = (ids, self.backend.head(ids))
+        return self._legal[key]
+
+    def _choose(
+        self,
+        hidden: torch.Tensor,
+        state: SpanState,
+        layout: list[tuple[int, int, bool, bool]],
+        seen: torch.Tensor,
+        rngs: list[torch.Generator | None],
+    ) -> torch.Tensor:
+        """The next token of every row: int64 [B]."""
+        import torch
+
+        constraint = self.constraint
+        configs = [constraint.config(state, i) for i in range(len(layout))]
+        tokens = torch.full((len(layout),), -1, dtype=torch.long, device=hidden.device)
+        free = [i for i, (_, _, _, forced) in enumerate(layout) if not forced]
+        for i, (number, _, _, forced) in enumerate(layout):
+            if forced:  # a full span's end: nothing to choose, no random draw
+                tokens[i] = constraint.end_ids[number]
+        if not free:
+            return tokens
+        keys = {layout[i][:3] for i in free}
+        shared = len(keys) == 1 and layout[free[0]][0] != constraint.text
+        if shared and self.slice_logits:
+            ids, head = self._legal_rows(*layout[free[0]][:3])
+            pick = torch.tensor(free, device=hidden.device) if len(free) < len(layout) else None
+            logits = self.backend.project(hidden if pick is None else hidden[pick], head)
+            cols_seen = (seen if pick is None else seen[pick])[:, ids]
+            chosen = self._sample_rows(logits, cols_seen, [configs[i] for i in free], [rngs[i] for i in free])
+            ids_tensor = self._ids_tensor(ids, logits.shape[1])
+            tokens[torch.tensor(free, device=hidden.device)] = ids_tensor[chosen]
+            return tokens
+        full = self.backend.project(hidden)
+        legal = constraint.mask(state)[:, : full.shape[1]]
+        if all(not configs[i].do_sample for i in free):  # greedy rows: one masked argmax
+            penalty = torch.tensor([c.repetition_penalty for c in configs], device=full.device)
+            if bool((penalty != 1.0).any()):
+                p = penalty[:, None]
+                scaled = torch.where(full < 0, full * p, full / p)
+                full = torch.where(seen[:, : full.shape[1]] & (p != 1.0), scaled, full)
+            best = full.masked_fill(~legal, -math.inf).argmax(dim=1)
+            free_index = torch.tensor(free, device=full.device)
+            tokens[free_index] = best[free_index]
+            return tokens
+        for i in free:  # each row over exactly its legal ids, with its own generator
+            number, layer, can_end, _ = layout[i]
+            if number == constraint.text:
+                row = full[i].masked_fill(~legal[i], -math.inf)
+                tokens[i] = sample(row, configs[i], seen=seen[i, : row.numel()], generator=rngs[i])
+            else:
+                ids, _ = self._legal_rows(number, layer, can_end)
+                index = self._ids_tensor(ids, 0)
+                column = sample(full[i, index], configs[i], seen=seen[i, index], generator=rngs[i])
+                tokens[i] = index[column]
+        return tokens
+
+    def _ids_tensor(self, ids: slice | torch.Tensor, _: int) -> torch.Tensor:
+        import torch
+
+        if isinstance(ids, slice):
+            return torch.arange(ids.start, ids.stop, device=self.backend.device)
+        return ids
+
+    def _sample_rows(
+        self,
+        logits: torch.Tensor,
+        seen: torch.Tensor,
+        configs: list[DecodingConfig],
+        rngs: list[torch.Generator | None],
+    ) -> torch.Tensor:
+        """Column chosen in each row of `logits` [B, N]: int64 [B]."""
+        import torch
+
+        if all(not c.do_sample and c.repetition_penalty == 1.0 for c in configs):
+            return logits.argmax(dim=1)
+        return torch.tensor(
+            [
+                sample(logits[i], configs[i], seen=seen[i], generator=rngs[i])
+                for i in range(logits.shape[0])
+            ],
+            device=logits.device,
+        )
+
+    def _beams(self, request: Request) -> Iterator[Event]:
+        """One answer by beam search (or beam sampling) through transformers' `generate`.
+
+        The span rules run as a logits processor, so beams obey them inside spans as in text;
+        a text answer's beams may not open spans (beams are compared by summed log
+        probabilities, which spans of constrained codes would distort). The tokens come out
+        together once the best beam is known.
+        """
+        from dataclasses import replace
+
+        from anygpt_core.hf import generate_ids
 
         model = getattr(self.backend, "model", None)
         if model is None or not hasattr(model, "generate"):
             raise ConfigError(
-                f"num_beams {config.num_beams}: beam search needs a transformers model backend"
+                f"num_beams {request.num_beams}: beam search needs a transformers model backend"
             )
-        device = self.backend.device
-        banned = [torch.tensor(sorted(self.space.start_ids), dtype=torch.long)]
-        if self.stray_ids is not None:
-            banned.append(self.stray_ids.cpu())
-        stops = sorted(self.space.stop_ids)
-        processor = _TextOnly(
-            torch.cat(banned).to(device),
-            torch.tensor(stops, dtype=torch.long, device=device),
-            prompt_length=input_ids.shape[1],
-            min_new_tokens=config.min_new_tokens,
-        )
-        pad = getattr(model.generation_config, "pad_token_id", None)
-        pad = pad if isinstance(pad, int) else stops[0]  # fills beams that ended early; cut below
-        generation = GenerationConfig(
-            num_beams=config.num_beams,
-            num_return_sequences=1,
-            do_sample=config.do_sample,
-            temperature=config.temperature,
-            top_k=config.top_k or 0,
-            top_p=config.top_p,
-            repetition_penalty=config.repetition_penalty,
-            max_new_tokens=max_new_tokens,
-            length_penalty=1.0,
-            early_stopping=False,
-            eos_token_id=stops,
-            pad_token_id=pad,
-        )
-        prompt = input_ids.to(device)
-        # transformers runs given processors after its own (repetition penalty) and before its
-        # warpers (temperature, top-k, top-p): the masks come before the cut, as in the loop above
-        cuda = []  # seeding must not leak into the caller's random streams, GPU ones included
-        if device.type == "cuda":
-            cuda = [torch.cuda.current_device() if device.index is None else device.index]
-        with torch.random.fork_rng(devices=cuda):
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = model.generate(
-                prompt,
-                attention_mask=torch.ones_like(prompt),
-                generation_config=generation,
-                logits_processor=LogitsProcessorList([processor]),
-            )
+        row = request.row
+        if row.open_span is None:
+            row = replace(row, allow_spans=False)
+        request = replace(request, row=row)
+        (ids,) = generate_ids(model, self.constraint, [request])
+        yield from self.replay(request, ids)
+
+    def replay(self, request: Request, token_ids: Sequence[int]) -> Iterator[Event]:
+        """The events of tokens another driver generated for `request`, up to its end."""
+        import torch
+
+        constraint = self.constraint
+        state = constraint.start([request.row])
+        names = constraint.names
+        if request.row.open_span is not None:
+            yield self._opened(request.row.open_span, int(state.frames[0]))
         new_ids: list[int] = []
-        reason: Literal["stop", "length"] = "length"
-        for token in out[0, prompt.shape[1] :].tolist():
+        span_ids: list[int] = []
+        spans: list[SpanClosed] = []
+        for token in token_ids:
+            number = int(state.modality[0])
+            step = constraint.advance(state, torch.tensor([token]))
             new_ids.append(token)
-            yield TokenEvent(token, None)
-            if token in self.space.stop_ids:
-                reason = "stop"
-                break
-        yield Done(new_ids, reason, [])
-
-    def _open(self, name: str, budget: int) -> _Span:
-        """A span of `name` with `budget` tokens left for its codes and end token."""
-        tokens = self.space.require(name)
-        spec = tokens.spec
-        k = spec.num_codebooks
-        frames = (budget - 1) // k
-        if spec.max_frames is not None:
-            frames = min(frames, spec.max_frames)
-        if spec.fixed_frames is not None:
-            if frames < spec.fixed_frames:
-                raise GenerationError(
-                    f"max_new_tokens leaves room for {max(frames, 0)} {name} codes; a {name} span "
-                    f"needs {spec.fixed_frames * k + 1} tokens: raise --max-new-tokens"
+            yield TokenEvent(token, None if number == constraint.text else names[number])
+            closed, opened = int(step.closed[0]), int(step.opened[0])
+            if closed >= 0:
+                event = SpanClosed(
+                    names[closed],
+                    self.space.ids_to_codes(names[closed], torch.tensor(span_ids)),
+                    bool(state.forced_end[0]),
                 )
-            frames = spec.fixed_frames
-        if frames < 1:
-            raise GenerationError(f"max_new_tokens leaves no room for a {name} span")
-        return _Span(tokens, frames)
-
-    def _legal_rows(
-        self, tokens: ModalityTokens, layer: int, can_end: bool
-    ) -> slice | torch.Tensor:
-        """Output rows a span may score: the layer's codes, then its end token when allowed.
-
-        A contiguous range is a slice (a view of the output embedding); otherwise an index tensor,
-        built once so the backend can cache the gathered rows.
-        """
-        import torch
-
-        key = (tokens.spec.name, layer, can_end)
-        if key not in self._rows:
-            span_range = tokens.layer_ranges[layer]
-            if not can_end and span_range is not None:
-                self._rows[key] = slice(*span_range)
-            elif can_end:
-                end = torch.tensor([tokens.end_id])
-                rows = torch.cat([tokens.layer_ids[layer], end])
-                self._rows[key] = rows.to(self.backend.device)  # indexed on the device each token
-            else:
-                self._rows[key] = tokens.layer_ids[layer].to(self.backend.device)
-        return self._rows[key]
-
-    def _min_span_tokens(self, tokens: ModalityTokens) -> int:
-        spec = tokens.spec
-        return (spec.fixed_frames or 1) * spec.num_codebooks + 2
-
-    def _text_token(
-        self,
-        hidden: torch.Tensor,
-        config: DecodingConfig,
-        seen: torch.Tensor,
-        produced: int,
-        remaining: int,
-        rng: torch.Generator | None,
-    ) -> int:
-        logits = self.backend.project(hidden)
-        if self.stray_ids is not None:
-            logits.index_fill_(0, self.stray_ids, -math.inf)
-        for start_id, name in self.space.start_ids.items():
-            if remaining < self._min_span_tokens(self.space.modalities[name]):
-                logits[start_id] = -math.inf
-        if produced < config.min_new_tokens:
-            logits[list(self.space.stop_ids)] = -math.inf
-        return sample(logits, config, seen=seen[: logits.numel()], generator=rng)
-
-    def _span_token(
-        self,
-        hidden: torch.Tensor,
-        span: _Span,
-        config: DecodingConfig,
-        seen: torch.Tensor,
-        rng: torch.Generator | None,
-    ) -> int:
-        import torch
-
-        tokens = span.tokens
-        spec = tokens.spec
-        k = spec.num_codebooks
-        position = len(span.ids)
-        layer = position % k
-        frames_done = position // k
-        if layer == 0 and frames_done >= span.max_frames:
-            span.forced = spec.fixed_frames is None
-            return tokens.end_id
-        can_end = layer == 0 and frames_done > 0 and spec.fixed_frames is None
-        ids = tokens.layer_ids[layer]
-        if self.slice_logits:
-            rows = self._legal_rows(tokens, layer, can_end)
-            logits = self.backend.project(hidden, rows)
-            cols_seen = seen[rows]
-        else:
-            full = self.backend.project(hidden)
-            legal = self._legal_rows(tokens, layer, can_end)
-            if isinstance(legal, slice):
-                legal = torch.arange(legal.start, legal.stop)
-            legal = legal.to(full.device)
-            logits = full[legal]
-            cols_seen = seen[legal]
-        column = sample(logits, config, seen=cols_seen, generator=rng)
-        if column == len(ids):
-            return tokens.end_id
-        return int(ids[column])
-
-
-@dataclass
-class _Span:
-    tokens: ModalityTokens
-    max_frames: int
-    ids: list[int] = field(default_factory=list)
-    forced: bool = False
-
-
-class _TextOnly:
-    """A transformers logits processor: banned ids never, end ids not before `min_new_tokens`."""
-
-    def __init__(
-        self,
-        banned: torch.Tensor,
-        stops: torch.Tensor,
-        *,
-        prompt_length: int,
-        min_new_tokens: int,
-    ) -> None:
-        self.banned = banned
-        self.stops = stops
-        self.prompt_length = prompt_length
-        self.min_new_tokens = min_new_tokens
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.index_fill(1, self.banned, -math.inf)
-        if input_ids.shape[1] - self.prompt_length < self.min_new_tokens:
-            scores = scores.index_fill(1, self.stops, -math.inf)
-        return scores
+                spans.append(event)
+                span_ids = []
+                yield event
+            elif number != constraint.text:
+                span_ids.append(token)
+            if opened >= 0:
+                yield self._opened(names[opened], int(state.frames[0]))
+            if bool(step.finished[0]):
+                break
+        reason = REASONS[int(state.reason[0])] or "length"
+        yield Done(new_ids, cast(Literal["stop", "length", "span"], reason), spans)

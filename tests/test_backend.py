@@ -27,15 +27,16 @@ def tiny_llama(**overrides):
 def test_lean_llama_path_equals_transformers_hidden_states(dtype):
     model = tiny_llama().to(dtype)  # the published models run in float16
     lean, generic = LlamaBackend(model), TransformersBackend(model)
-    prompt = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(1))
+    prompt = torch.randint(0, 300, (9,), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        torch.testing.assert_close(lean.start(prompt), generic.start(prompt), rtol=0, atol=0)
+        (s1, a), (s2, b) = lean.prefill([prompt]), generic.prefill([prompt])
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
         for token in (5, 17, 299, 0):
-            step = torch.tensor([[token]])
-            a, b = lean.advance(step), generic.advance(step)
+            step = torch.tensor([token])
+            a, b = lean.step(s1, step), generic.step(s2, step)
             torch.testing.assert_close(a, b, rtol=0, atol=0)
             torch.testing.assert_close(lean.project(a), generic.project(b), rtol=0, atol=1e-5)
-        full = model(torch.cat([prompt, torch.tensor([[5, 17, 299, 0]])], dim=1)).logits[0, -1]
+        full = model(torch.cat([prompt, torch.tensor([5, 17, 299, 0])])[None]).logits[:, -1]
         # a whole-sequence forward rounds differently from cached steps in half precision
         atol = 1e-5 if dtype == torch.float32 else 2e-3
         torch.testing.assert_close(lean.project(a), full.float(), rtol=0, atol=atol)
@@ -45,15 +46,44 @@ def test_lean_path_stays_exact_as_its_cache_and_rotary_tables_grow():
     """Past the first 256 positions the KV buffers and cos/sin tables are regrown: still bitwise."""
     model = tiny_llama(max_position_embeddings=1024)
     lean, generic = LlamaBackend(model), TransformersBackend(model)
-    prompt = torch.randint(0, 300, (1, 250), generator=torch.Generator().manual_seed(2))
+    prompt = torch.randint(0, 300, (250,), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
-        torch.testing.assert_close(lean.start(prompt), generic.start(prompt), rtol=0, atol=0)
+        (s1, a), (s2, b) = lean.prefill([prompt]), generic.prefill([prompt])
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
         for token in range(12):  # positions 250..261 cross the first capacity of 256
-            step = torch.tensor([[token * 7]])
-            torch.testing.assert_close(lean.advance(step), generic.advance(step), rtol=0, atol=0)
-        chunk = torch.randint(0, 300, (1, 300), generator=torch.Generator().manual_seed(3))
-        torch.testing.assert_close(lean.advance(chunk), generic.advance(chunk), rtol=0, atol=0)
-    assert lean.length == 562 and lean.cos.shape[0] >= 562
+            step = torch.tensor([token * 7])
+            torch.testing.assert_close(lean.step(s1, step), generic.step(s2, step), rtol=0, atol=0)
+    assert s1.length == 262 and lean._tables[0].shape[0] >= 262
+
+
+@pytest.mark.parametrize("kind", [LlamaBackend, TransformersBackend])
+def test_a_left_padded_batch_gives_each_row_its_hidden_states_alone(kind):
+    """Prompts of different lengths, left-padded with per-row positions: each row's hidden states
+    match the row run alone, step after step, also after finished rows leave the batch."""
+    model = tiny_llama()
+    backend = kind(model)
+    gen = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 300, (n,), generator=gen) for n in (3, 11, 7)]
+    steps = torch.randint(0, 300, (6, 3), generator=gen)
+    with torch.inference_mode():
+        alone = []
+        for row, prompt in enumerate(prompts):
+            session, hidden = backend.prefill([prompt])
+            states = [hidden[0]]
+            for t in range(steps.shape[0]):
+                states.append(backend.step(session, steps[t, row : row + 1])[0])
+            alone.append(states)
+        session, hidden = backend.prefill(prompts)
+        rows = [0, 1, 2]
+        for t in range(steps.shape[0] + 1):
+            for i, row in enumerate(rows):
+                torch.testing.assert_close(hidden[i], alone[row][t], rtol=0, atol=1e-5)
+            if t == steps.shape[0]:
+                break
+            if t == 3:  # row 1 finished: the batch goes on without it
+                rows = [0, 2]
+                backend.select(session, torch.tensor([0, 2]))
+            hidden = backend.step(session, steps[t, rows])
 
 
 def test_unsupported_configurations_take_the_generic_path():
@@ -65,11 +95,12 @@ def test_unsupported_configurations_take_the_generic_path():
 
 def test_projection_of_row_subsets():
     backend = LlamaBackend(tiny_llama())
-    hidden = torch.randn(32)
+    hidden = torch.randn(2, 32)
     full = backend.project(hidden)
     ids = torch.tensor([7, 3, 250])
-    torch.testing.assert_close(backend.project(hidden, slice(10, 20)), full[10:20])
-    torch.testing.assert_close(backend.project(hidden, ids), full[ids])
+    torch.testing.assert_close(backend.project(hidden, slice(10, 20)), full[:, 10:20])
+    torch.testing.assert_close(backend.project(hidden, ids), full[:, ids])
+    torch.testing.assert_close(backend.project(hidden, backend.head(ids)), full[:, ids])
 
 
 def test_the_published_model_takes_the_lean_path(tmp_path):

@@ -111,6 +111,7 @@ def test_fixed_length_span_needs_room(toy_gpt, monkeypatch):
     toy = toy_gpt.space.require("toy")
     fixed = dataclasses.replace(toy, spec=toy.spec.model_copy(update={"fixed_frames": 5}))
     monkeypatch.setitem(toy_gpt.space.modalities, "toy", fixed)
+    monkeypatch.setattr(toy_gpt, "generator", Generator(toy_gpt.backend, toy_gpt.space))
     events = events_of(
         toy_gpt, "[Human]: x<eoh> [MMGPT]:", open_span="toy", max_new_tokens=40, seed=1
     )
@@ -133,16 +134,22 @@ def test_min_new_tokens_blocks_stop_tokens(text_only_env):
         def __init__(self, inner):
             self.inner, self.vocab_size, self.device = inner, inner.vocab_size, inner.device
 
-        def start(self, ids):
-            return self.inner.start(ids)
+        def prefill(self, prompts):
+            return self.inner.prefill(prompts)
 
-        def advance(self, tok):
-            return self.inner.advance(tok)
+        def step(self, session, tokens):
+            return self.inner.step(session, tokens)
+
+        def select(self, session, rows):
+            self.inner.select(session, rows)
+
+        def head(self, rows):
+            return self.inner.head(rows)
 
         def project(self, hidden, rows=None):
             logits = self.inner.project(hidden, rows)
             if rows is None:
-                logits[gpt.space.eos_id] = 1e4
+                logits[:, gpt.space.eos_id] = 1e4
             return logits
 
     loop = Generator(StopLover(gpt.backend), gpt.space)
@@ -212,7 +219,7 @@ def test_beam_search_finds_the_best_beam(text_only_env):
             gpt.generator.generate(ids, text_config=beam, span_configs={}, max_new_tokens=steps)
         )[-1]
         greedy = events_of(gpt, prompt, max_new_tokens=steps)[-1]
-        banned = torch.cat([gpt.generator.stray_ids, torch.tensor(list(gpt.space.stop_ids))])
+        banned = torch.cat([gpt.generator.constraint.stray_ids, torch.tensor(list(gpt.space.stop_ids))])
         expected = _reference_beam_search(gpt.model, ids, 3, steps, banned)
     assert done.reason == "length"
     assert done.token_ids == expected
@@ -246,7 +253,7 @@ def test_beam_search_answers_in_text_and_honours_min_new_tokens(toy_gpt, monkeyp
         done = events[-1]
         assert isinstance(done, Done) and done.reason == "stop" and not done.spans
         assert len(done.token_ids) == 7 and done.token_ids[-1] == eos  # not before 6 tokens
-        codes = set(toy_gpt.generator.stray_ids.tolist()) | set(toy_gpt.space.start_ids)
+        codes = set(toy_gpt.generator.constraint.stray_ids.tolist()) | set(toy_gpt.space.start_ids)
         assert not codes & set(done.token_ids)
         assert [e.token_id for e in events[:-1]] == done.token_ids
 
@@ -264,11 +271,25 @@ def test_seeded_beam_sampling_repeats(toy_gpt):
     assert torch.equal(torch.get_rng_state(), state)  # the seed did not touch torch's global stream
 
 
-def test_beam_search_is_for_text_answers_only(toy_gpt):
+def test_beams_apply_to_the_answers_own_state(toy_gpt):
     with pytest.raises(ConfigError, match="num_beams 5 for toy"):
         events_of(toy_gpt, "x", span_configs={"toy": DecodingConfig(num_beams=5)})
-    with pytest.raises(ConfigError, match="this answer is a toy span"):
-        events_of(toy_gpt, "x", text_config=DecodingConfig(num_beams=2), open_span="toy")
+
+
+def test_beam_search_inside_a_span_writes_a_well_formed_span(toy_gpt):
+    beam = DecodingConfig(do_sample=False, num_beams=3)
+    kwargs = dict(open_span="toy", stop_after_span=True, max_new_tokens=15)
+    events = events_of(toy_gpt, "[Human]: x<eoh> [MMGPT]: <soty>", span_configs={"toy": beam}, **kwargs)
+    done = events[-1]
+    assert isinstance(done, Done) and done.reason in {"span", "length"}
+    (span,) = done.spans
+    assert span.codes.shape[0] == 2 and span.codes.shape[1] >= 1
+    toy = toy_gpt.space.require("toy")
+    for i, token in enumerate(done.token_ids[:-1]):  # codebook k at position k of each frame
+        assert int(toy_gpt.space.id_to_code[token]) // 16 == i % 2
+    assert done.token_ids[-1] == toy.end_id
+    again = events_of(toy_gpt, "[Human]: x<eoh> [MMGPT]: <soty>", span_configs={"toy": beam}, **kwargs)
+    assert again[-1].token_ids == done.token_ids
 
 
 def test_sample_top_k_top_p_repetition_penalty():

@@ -1,0 +1,183 @@
+"""The span rules inside transformers' `model.generate`: a `LogitsProcessor`, beam search included.
+
+`SpanLogitsProcessor` masks every id the span rules forbid and, with `warp=True`, applies the
+decoding config in force per row and state (repetition penalty, temperature, top-k, top-p), which
+`generate`'s own warpers cannot: they take one config for the whole call. Beam search reorders its
+rows every step, so the processor finds each row's parent among the previous step's rows by its
+tokens and continues from the parent's state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from anygpt_core.constraint import Row, SpanConstraint, SpanState
+
+if TYPE_CHECKING:
+    import torch
+
+    from anygpt_core.generation import Request
+
+__all__ = ["SpanLogitsProcessor", "generate_ids"]
+
+
+class SpanLogitsProcessor:
+    """A transformers logits processor enforcing the span rules of each row.
+
+    Args:
+        constraint: the span rules.
+        rows: one `Row` per row of the `generate` batch (beams included: each sequence's row
+            repeated `num_beams` times, as `generate` expands them).
+        prompt_length: length of the (left-padded) prompts; later tokens are generated ones.
+        warp: apply each row's decoding config of its current state (set `generate`'s own
+            temperature, top-k, top-p and repetition penalty to neutral values).
+        seen: for the repetition penalty, bool [rows, V] of the prompt's ids (None: from the
+            input ids, padding included).
+    """
+
+    def __init__(
+        self,
+        constraint: SpanConstraint,
+        rows: Sequence[Row],
+        *,
+        prompt_length: int,
+        warp: bool = False,
+    ) -> None:
+        self.constraint = constraint
+        self.rows = list(rows)
+        self.prompt_length = prompt_length
+        self.warp = warp
+        self._state: SpanState | None = None
+        self._tokens: torch.Tensor | None = None
+
+    def state(self, input_ids: torch.Tensor) -> SpanState:
+        """The span state after the generated part of `input_ids` [rows, prompt + t]."""
+        import torch
+
+        generated = input_ids[:, self.prompt_length :].to(self.constraint.device)
+        previous, before = self._state, self._tokens
+        if previous is None or before is None or before.shape[1] != generated.shape[1] - 1:
+            state = self.constraint.replay(self.rows, generated)
+        else:
+            # each row continues the previous row whose tokens it extends (its beam's parent)
+            same = (generated[:, None, :-1] == before[None, :, :]).all(dim=2)
+            if not bool(same.any(dim=1).all()):
+                state = self.constraint.replay(self.rows, generated)
+            else:
+                parent = same.long().argmax(dim=1)
+                state = previous.select(parent)
+                state.rows = self.rows
+                self.constraint.advance(state, generated[:, -1])
+        self._state, self._tokens = state, generated
+        return state
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Scores float [rows, V] with forbidden ids at -inf (and warped, with `warp`)."""
+        import torch
+
+        state = self.state(input_ids)
+        width = scores.shape[1]
+        legal = self.constraint.mask(state)[:, :width].to(scores.device)
+        if legal.shape[1] < width:  # output rows beyond the tokenizer: never legal
+            pad = legal.new_zeros((legal.shape[0], width - legal.shape[1]))
+            legal = torch.cat([legal, pad], dim=1)
+        scores = scores.masked_fill(~legal, -math.inf)  # masks before the cut, as in the loop
+        return self._warp(input_ids, scores, state) if self.warp else scores
+
+    def _warp(self, input_ids: torch.Tensor, scores: torch.Tensor, state: SpanState) -> torch.Tensor:
+        import torch
+
+        configs = [self.constraint.config(state, i) for i in range(scores.shape[0])]
+        out = scores.clone()
+        for i, config in enumerate(configs):
+            row = out[i]
+            if config.repetition_penalty != 1.0:
+                ids = input_ids[i].to(row.device)
+                picked = row.gather(0, ids)
+                penalty = config.repetition_penalty
+                picked = torch.where(picked < 0, picked * penalty, picked / penalty)
+                row = row.scatter(0, ids, picked)
+            if config.do_sample:
+                if config.temperature != 1.0:
+                    row = row / config.temperature
+                if config.top_k and config.top_k < row.numel():
+                    threshold = torch.topk(row, config.top_k).values[-1]
+                    row = row.masked_fill(row < threshold, -math.inf)
+                if config.top_p < 1.0:
+                    ordered, order = torch.sort(row, descending=True)
+                    probs = torch.softmax(ordered, dim=-1)
+                    drop = probs.cumsum(-1) - probs > config.top_p
+                    row = row.scatter(0, order, ordered.masked_fill(drop, -math.inf))
+            out[i] = row
+        return out
+
+
+def generate_ids(
+    model: Any,  # noqa: ANN401 - a transformers causal LM
+    constraint: SpanConstraint,
+    requests: Sequence[Request],
+) -> list[list[int]]:
+    """Generate for `requests` in one `model.generate` call under the span rules.
+
+    The requests share `generate`'s search settings: beams (`num_beams`) and `do_sample` come from
+    the first request's answer config, the configs in force per state from each request (the
+    processor warps). Prompts are left-padded. Seeds: the first request's seeds the call.
+
+    Returns:
+        The generated ids of each request, cut after its end (stop token, budget, or span).
+    """
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from anygpt_core.backend import _left_pad
+
+    device = next(model.parameters()).device
+    first = requests[0]
+    beams = first.num_beams
+    do_sample = first.row.config(first.row.open_span).do_sample
+    ids, mask = _left_pad([r.input_ids for r in requests], device)
+    rows = [r.row for r in requests for _ in range(beams)]
+    processor = SpanLogitsProcessor(constraint, rows, prompt_length=ids.shape[1], warp=True)
+    stops = sorted(constraint.space.stop_ids)
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    pad = pad if isinstance(pad, int) else stops[0]  # fills rows that ended early; cut below
+    generation = GenerationConfig(
+        num_beams=beams,
+        num_return_sequences=1,
+        do_sample=do_sample,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        max_new_tokens=max(r.row.max_new_tokens for r in requests) + 1,
+        length_penalty=1.0,
+        early_stopping=False,
+        eos_token_id=stops,
+        pad_token_id=pad,
+    )
+    cuda = []  # seeding must not leak into the caller's random streams, GPU ones included
+    if device.type == "cuda":
+        cuda = [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=cuda):
+        if first.seed is not None:
+            torch.manual_seed(first.seed)
+        out = model.generate(
+            ids,
+            attention_mask=mask.long(),
+            generation_config=generation,
+            logits_processor=LogitsProcessorList([processor]),
+        )
+    generated = out[:, ids.shape[1] :]
+    state = constraint.start([r.row for r in requests])
+    results: list[list[int]] = [[] for _ in requests]
+    for t in range(generated.shape[1]):
+        running = ~state.done
+        if not bool(running.any()):
+            break
+        column = generated[:, t].to(constraint.device)
+        constraint.advance(state, column)
+        for i in running.nonzero().flatten().tolist():
+            results[i].append(int(column[i]))
+    return results
