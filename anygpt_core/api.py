@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anygpt_core.config import DecodingConfig, load_decoding_config
-from anygpt_core.errors import GenerationError, InputError
-from anygpt_core.generation import Done, Event, Generator, SpanClosed, TokenEvent
+from anygpt_core.constraint import Row
+from anygpt_core.engine import Engine
+from anygpt_core.errors import AnyGPTError, GenerationError, InputError
+from anygpt_core.generation import Done, Event, Generator, Request, SpanClosed, TokenEvent
 from anygpt_core.plugins import PluginSet, discover
 from anygpt_core.prompts import InstructionBank, custom_prompt, from_text_prompt, to_text_prompt
 from anygpt_core.protocol import codes_to_string
@@ -33,7 +36,15 @@ if TYPE_CHECKING:
     from anygpt_core.tokenization import ReferencePromptEncoder
     from anygpt_core.tokens import TokenSpace
 
-__all__ = ["TEXT_DECODING", "AnyGPT", "CodecSet", "Prepared", "Result", "text_answers_only"]
+__all__ = [
+    "TEXT_DECODING",
+    "AnyGPT",
+    "CodecSet",
+    "Media",
+    "Prepared",
+    "Result",
+    "text_answers_only",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +55,32 @@ TEXT_DECODING = DecodingConfig(
 )
 
 
+@dataclass(frozen=True)
+class Media:
+    """One decoded span: the codec's media (PIL image, waveform, ...), in memory.
+
+    `data()` gives the bytes of a file of it (wav, flac, png, jpg, ...) without writing one.
+    """
+
+    modality: str
+    value: Any
+    suffix: str
+    codecs: CodecSet = field(repr=False)
+
+    def data(self, suffix: str | None = None) -> bytes:
+        """The bytes of a file of this media in format `suffix` (default: the codec's)."""
+        return self.codecs.to_bytes(self.modality, self.value, suffix=suffix or self.suffix)
+
+
 @dataclass
 class Result:
-    """What one task produced."""
+    """What one task produced: text, decoded media (in memory), and files when saved."""
 
     instruction: str
     prompt: str
     text: str = ""
     files: list[Path] = field(default_factory=list)
+    media: list[Media] = field(default_factory=list)
     spans: list[SpanClosed] = field(default_factory=list)
     new_tokens: int = 0
     seconds: float = 0.0
@@ -90,6 +119,9 @@ class Prepared:
 class CodecSet:
     """The installed modalities' codecs, built lazily from option values.
 
+    Safe to share between threads: codecs are built once, and their calls (which run models
+    with caches and random state of their own) take turns.
+
     Args:
         plugins: the discovered plugins.
         options: codec option values by name; absent ones take the option's default.
@@ -99,6 +131,7 @@ class CodecSet:
         self.plugins = plugins
         self.options = dict(options or {})
         self._codecs: dict[str, Codec] = {}
+        self._lock = threading.RLock()
 
     def spec(self, modality: str) -> ModalitySpec:
         """The modality's spec (PluginError naming the package to install if absent)."""
@@ -106,11 +139,12 @@ class CodecSet:
 
     def codec(self, modality: str) -> Codec:
         """The modality's codec, built on first use (weights load on its first encode/decode)."""
-        if modality not in self._codecs:
-            spec = self.spec(modality)
-            values = {o.name: self.options.get(o.name, o.default) for o in spec.options}
-            self._codecs[modality] = spec.codec_factory(values)
-        return self._codecs[modality]
+        with self._lock:
+            if modality not in self._codecs:
+                spec = self.spec(modality)
+                values = {o.name: self.options.get(o.name, o.default) for o in spec.options}
+                self._codecs[modality] = spec.codec_factory(values)
+            return self._codecs[modality]
 
     def extension(self, modality: str) -> str:
         """The suffix of files written for `modality`: the codec's choice, else the spec's."""
@@ -125,7 +159,8 @@ class CodecSet:
             if not path.is_file():
                 raise InputError(f"{path}: no such file")
             source = path
-        codes = self.codec(modality).encode(source)
+        with self._lock:
+            codes = self.codec(modality).encode(source)
         _check_codes(spec, codes)
         return codes
 
@@ -152,7 +187,10 @@ class CodecSet:
         spec = self.spec(modality)
         _check_codes(spec, codes)
         codec = self.codec(modality)
-        return codec.decode(codes, condition=condition, seed=seed, config=config or spec.decoding)
+        with self._lock:
+            return codec.decode(
+                codes, condition=condition, seed=seed, config=config or spec.decoding
+            )
 
     def save(self, modality: str, media: Any, directory: Path, name: str) -> Path:  # noqa: ANN401
         """Write decoded media atomically as a new file `directory/name`; return the path written.
@@ -176,7 +214,8 @@ class CodecSet:
         import io
 
         buffer = io.BytesIO()
-        self.codec(modality).save(media, buffer, suffix=suffix or self.extension(modality))
+        with self._lock:
+            self.codec(modality).save(media, buffer, suffix=suffix or self.extension(modality))
         return buffer.getvalue()
 
     def decode_to_file(
@@ -221,7 +260,8 @@ def _check_codes(spec: ModalitySpec, codes: torch.Tensor) -> None:
 class AnyGPT:
     """A loaded model with its token space, codecs and instruction phrasings.
 
-    Build it with `AnyGPT.load`; `run` one task at a time, or `stream` events.
+    Build it with `AnyGPT.load`; `run` a task or `run_many`, `stream` or `stream_many` events.
+    One object may be shared by several threads: their tasks are batched by `engine`.
     """
 
     def __init__(
@@ -235,6 +275,7 @@ class AnyGPT:
         output_dir: Path = Path("anygpt_output"),
         is_demo: bool = False,
         prompt_encoder: ReferencePromptEncoder | None = None,
+        max_batch: int = 8,
     ) -> None:
         from anygpt_core.backend import make_backend
         from anygpt_core.tokens import TokenSpace
@@ -250,6 +291,8 @@ class AnyGPT:
         self.space: TokenSpace = TokenSpace(tokenizer, plugins.modalities)
         self.backend = make_backend(model)
         self.generator = Generator(self.backend, self.space)
+        #: batches the tasks of every caller (threads) on this model; `max_batch` rows at once
+        self.engine = Engine(self.generator, max_batch=max_batch)
 
     @classmethod
     def load(
@@ -368,26 +411,35 @@ class AnyGPT:
             raise InputError(f"{task.condition}: no such file")
         return Prepared(task, prompt, open_span, target_config, seed)
 
-    def stream(self, prepared: Prepared) -> Iterator[Event]:
-        """Generate for a prepared task, yielding the loop's events (the last one is `Done`)."""
-        import torch
-
+    def request(self, prepared: Prepared) -> Request:
+        """The engine request of a prepared task: prompt ids, span rules, configs and seed."""
         task = prepared.task
         text_config = prepared.target_config if task.target == "text" else TEXT_DECODING
         span_configs = {name: spec.decoding for name, spec in self.plugins.modalities.items()}
         if task.target != "text":
             span_configs[task.target] = prepared.target_config
-        input_ids = self.encode_prompt(prepared.prompt)
-        with torch.inference_mode():
-            yield from self.generator.generate(
-                input_ids,
-                text_config=text_config,
-                span_configs=span_configs,
-                max_new_tokens=prepared.target_config.max_new_tokens,
-                open_span=prepared.open_span,
-                stop_after_span=prepared.open_span is not None,
-                seed=prepared.seed,
-            )
+        row = Row(
+            text_config,
+            span_configs,
+            prepared.target_config.max_new_tokens,
+            open_span=prepared.open_span,
+            stop_after_span=prepared.open_span is not None,
+        )
+        return Request(self.encode_prompt(prepared.prompt), row, prepared.seed)
+
+    def stream(self, prepared: Prepared) -> Iterator[Event]:
+        """Generate for a prepared task, yielding the loop's events (the last one is `Done`)."""
+        for _, event in self.stream_many([prepared]):
+            yield event
+
+    def stream_many(self, prepared: Sequence[Prepared]) -> Iterator[tuple[int, Event]]:
+        """Generate for many prepared tasks, batched, yielding `(task index, event)` pairs.
+
+        Safe to call from several threads at once: the engine batches every caller's tasks (at
+        most `engine.max_batch` rows together). Each task's last event is its `Done`; leaving the
+        loop early cancels the tasks still running.
+        """
+        return self.engine.submit([self.request(p) for p in prepared])
 
     def run(
         self,
@@ -395,20 +447,65 @@ class AnyGPT:
         *,
         on_event: Callable[[Event], None] | None = None,
         dry_run: bool = False,
+        save: bool = True,
         **options: Any,  # noqa: ANN401 - see `prepare`
     ) -> Result:
-        """Run one task end to end: prompt, generate, decode spans to files in `output_dir`."""
+        """Run one task end to end: prompt, generate, decode spans (to files in `output_dir`).
+
+        With `save=False` nothing is written: `Result.media` holds the decoded media.
+        """
         started = time.perf_counter()
         prepared = self.prepare(task, **options)
-        result = Result(prepared.task.instruction, prepared.prompt, seed=prepared.seed)
         if dry_run:
-            return result
+            return Result(prepared.task.instruction, prepared.prompt, seed=prepared.seed)
         events: list[Event] = []
         for event in self.stream(prepared):
             if on_event is not None:
                 on_event(event)
             events.append(event)
-        done = events[-1]
+        return self.finish(prepared, events, started=started, save=save)
+
+    def run_many(
+        self,
+        tasks: Sequence[Task | str],
+        *,
+        on_event: Callable[[int, Event], None] | None = None,
+        save: bool = True,
+        **options: Any,  # noqa: ANN401 - see `prepare`
+    ) -> list[Result | AnyGPTError]:
+        """Run many tasks, generated together in batches; results in the order of `tasks`.
+
+        A task that fails (a bad instruction, a missing file, a span that cannot be decoded) gets
+        its error in its place; the others run. `seed` (in `options`) seeds every task alike.
+        """
+        started = time.perf_counter()
+        results: list[Result | AnyGPTError | None] = [None] * len(tasks)
+        prepared: list[Prepared] = []
+        where: list[int] = []
+        for i, task in enumerate(tasks):
+            try:
+                prepared.append(self.prepare(task, **options))
+                where.append(i)
+            except AnyGPTError as err:
+                results[i] = err
+        events: list[list[Event]] = [[] for _ in prepared]
+        for index, event in self.stream_many(prepared):
+            if on_event is not None:
+                on_event(where[index], event)
+            events[index].append(event)
+        for index, (one, evs) in enumerate(zip(prepared, events, strict=True)):
+            try:
+                results[where[index]] = self.finish(one, evs, started=started, save=save)
+            except AnyGPTError as err:
+                results[where[index]] = err
+        return [r for r in results if r is not None]
+
+    def finish(
+        self, prepared: Prepared, events: list[Event], *, started: float, save: bool = True
+    ) -> Result:
+        """A task's result from its events: text, and each span decoded (and saved with `save`)."""
+        result = Result(prepared.task.instruction, prepared.prompt, seed=prepared.seed)
+        done = events[-1] if events else None
         if not isinstance(done, Done):
             raise GenerationError("generation ended without a Done event")
         result.new_tokens = len(done.token_ids)
@@ -417,25 +514,19 @@ class AnyGPT:
         result.text = self.text_of(events)
         condition = prepared.task.condition
         for span in done.spans:
-            name = output_name(prepared.task.payload, self.codecs.extension(span.modality))
-            cond = (
-                Path(condition).expanduser()
-                if condition and span.modality == prepared.task.target
-                else None
+            target = span.modality == prepared.task.target
+            value = self.codecs.decode(
+                span.modality,
+                span.codes,
+                condition=Path(condition).expanduser() if condition and target else None,
+                seed=prepared.seed,
+                config=prepared.target_config if target else None,
             )
-            result.files.append(
-                self.codecs.decode_to_file(
-                    span.modality,
-                    span.codes,
-                    self.output_dir,
-                    name,
-                    condition=cond,
-                    seed=prepared.seed,
-                    config=prepared.target_config
-                    if span.modality == prepared.task.target
-                    else None,
-                )
-            )
+            suffix = self.codecs.extension(span.modality)
+            result.media.append(Media(span.modality, value, suffix, self.codecs))
+            if save:
+                name = output_name(prepared.task.payload, suffix)
+                result.files.append(self.codecs.save(span.modality, value, self.output_dir, name))
         result.seconds = time.perf_counter() - started
         return result
 

@@ -36,8 +36,10 @@ class Backend(Protocol):
     device: torch.device
 
     def prefill(self, prompts: Sequence[torch.Tensor]) -> tuple[Any, torch.Tensor]:
-        """Run prompts (int64 [T_b] each, left-padded together) and return a session and the
-        last hidden states [B, H]."""
+        """Run prompts (int64 [T_b] each), left-padded together, with a new session.
+
+        Returns the session (its KV cache) and the last hidden states [B, H].
+        """
         ...
 
     def step(self, session: Any, tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN401

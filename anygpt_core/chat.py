@@ -468,10 +468,9 @@ class Conversation:
         on_text: Callable[[str], None] | None,
     ) -> tuple[TextStream, list[SpanClosed], str]:
         """Run the loop, feeding a `TextStream`; stop early on the template's end string."""
-        import torch
-
         from anygpt_core.api import TEXT_DECODING
-        from anygpt_core.generation import Done
+        from anygpt_core.constraint import Row
+        from anygpt_core.generation import Done, Request
 
         span_configs = {name: spec.decoding for name, spec in self.gpt.plugins.modalities.items()}
         if to != "text":
@@ -482,16 +481,15 @@ class Conversation:
         stream = TextStream(self.gpt.tokenizer, self.gpt.space, stop=stop)
         spans: list[SpanClosed] = []
         reason = "stop"
-        with torch.inference_mode():
-            events = self.gpt.generator.generate(
-                input_ids,
-                text_config=target if to == "text" else TEXT_DECODING,
-                span_configs=span_configs,
-                max_new_tokens=target.max_new_tokens,
-                open_span=None if to == "text" else to,
-                seed=seed,
-            )
-            for event in events:  # leaving early closes the loop's generator
+        row = Row(
+            target if to == "text" else TEXT_DECODING,
+            span_configs,
+            target.max_new_tokens,
+            open_span=None if to == "text" else to,
+        )
+        events = self.gpt.engine.submit([Request(input_ids, row, seed)])
+        try:
+            for _, event in events:
                 if on_event is not None:
                     on_event(event)
                 piece = stream.feed(event)
@@ -503,4 +501,6 @@ class Conversation:
                     reason = event.reason
                 if stream.stopped:
                     break
+        finally:
+            events.close()  # an early end (a stop string, Ctrl-C) cancels the rest of the reply
         return stream, spans, reason

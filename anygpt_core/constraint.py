@@ -90,7 +90,7 @@ class SpanState:
 
     @property
     def done(self) -> torch.Tensor:
-        """bool [B]: rows that ended."""
+        """Bool [B]: rows that ended."""
         return self.reason > 0
 
     def select(self, keep: torch.Tensor) -> SpanState:
@@ -287,7 +287,7 @@ class SpanConstraint:
         return torch.where(forced, self.end_ids[state.modality], -1)
 
     def mask(self, state: SpanState) -> torch.Tensor:
-        """bool [B, V]: the ids legal next for each row (done rows: the end-of-turn ids)."""
+        """Bool [B, V]: the ids legal next for each row (done rows: the end-of-turn ids)."""
         import torch
 
         in_span, layer, can_end, forced = self._layout(state)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -210,24 +210,35 @@ class Generator:
             )
         self.constraint.check(row)
 
-    def generate_batch(self, requests: Sequence[Request]) -> Iterator[tuple[int, Event]]:
+    def generate_batch(
+        self,
+        requests: Sequence[Request],
+        *,
+        cancelled: Callable[[int], bool] | None = None,
+    ) -> Iterator[tuple[int, Event]]:
         """Generate for many prompts at once, yielding `(request index, event)` pairs.
 
         Each request's events come in the same order as alone; the last of each is its `Done`.
         Requests with beams run through `model.generate` one at a time, the others in one batch.
+        A request for which `cancelled(index)` turns True leaves the batch without a `Done`.
         """
         for request in requests:
             self.check(request)
         looped = [i for i, r in enumerate(requests) if r.num_beams == 1]
         beamed = [i for i, r in enumerate(requests) if r.num_beams > 1]
         for index in beamed:
+            if cancelled is not None and cancelled(index):
+                continue
             for event in self._beams(requests[index]):
                 yield index, event
         if looped:
-            for row, event in self._loop([requests[i] for i in looped]):
+            stop = None if cancelled is None else (lambda row: cancelled(looped[row]))
+            for row, event in self._loop([requests[i] for i in looped], stop):
                 yield looped[row], event
 
-    def _loop(self, requests: Sequence[Request]) -> Iterator[tuple[int, Event]]:
+    def _loop(
+        self, requests: Sequence[Request], cancelled: Callable[[int], bool] | None
+    ) -> Iterator[tuple[int, Event]]:
         import torch
 
         constraint = self.constraint
@@ -277,10 +288,10 @@ class Generator:
                 if opened[i] >= 0:
                     yield b, self._opened(names[opened[i]], int(state.frames[i]))
                 if finished[i]:
-                    reason = cast(
-                        Literal["stop", "length", "span"], REASONS[int(state.reason[i])]
-                    )
+                    reason = cast(Literal["stop", "length", "span"], REASONS[int(state.reason[i])])
                     yield b, Done(new_ids[b], reason, spans[b])
+            if cancelled is not None:
+                finished = [f or cancelled(b) for f, b in zip(finished, rows, strict=True)]
             if any(finished):
                 keep = [i for i, f in enumerate(finished) if not f]
                 if not keep:
@@ -296,9 +307,14 @@ class Generator:
     def _opened(self, name: str, frames: int) -> SpanOpened:
         return SpanOpened(name, frames * self.space.modalities[name].spec.num_codebooks)
 
-    def _legal_rows(self, number: int, layer: int, can_end: bool) -> tuple[slice | torch.Tensor, Head]:
-        """A span state's legal ids (its codebook's codes, then the end token when allowed), as
-        a slice where contiguous, and their output-embedding rows, gathered once."""
+    def _legal_rows(
+        self, number: int, layer: int, can_end: bool
+    ) -> tuple[slice | torch.Tensor, Head]:
+        """A span state's legal ids, and their output-embedding rows, gathered once.
+
+        The ids are its codebook's codes, then the end token when allowed: a slice where
+        contiguous, else an index tensor.
+        """
         import torch
 
         key = (number, layer, can_end)
@@ -344,7 +360,9 @@ class Generator:
             pick = torch.tensor(free, device=hidden.device) if len(free) < len(layout) else None
             logits = self.backend.project(hidden if pick is None else hidden[pick], head)
             cols_seen = (seen if pick is None else seen[pick])[:, ids]
-            chosen = self._sample_rows(logits, cols_seen, [configs[i] for i in free], [rngs[i] for i in free])
+            chosen = self._sample_rows(
+                logits, cols_seen, [configs[i] for i in free], [rngs[i] for i in free]
+            )
             ids_tensor = self._ids_tensor(ids, logits.shape[1])
             tokens[torch.tensor(free, device=hidden.device)] = ids_tensor[chosen]
             return tokens

@@ -31,6 +31,8 @@ class SpanLogitsProcessor:
         rows: one `Row` per row of the `generate` batch (beams included: each sequence's row
             repeated `num_beams` times, as `generate` expands them).
         prompt_length: length of the (left-padded) prompts; later tokens are generated ones.
+        groups: the sequence each row belongs to (default: one row each); a row's parent in
+            the previous step is looked for among its group's rows.
         warp: apply each row's decoding config of its current state (set `generate`'s own
             temperature, top-k, top-p and repetition penalty to neutral values).
         seen: for the repetition penalty, bool [rows, V] of the prompt's ids (None: from the
@@ -43,10 +45,17 @@ class SpanLogitsProcessor:
         rows: Sequence[Row],
         *,
         prompt_length: int,
+        groups: Sequence[int] | None = None,
         warp: bool = False,
     ) -> None:
+        import torch
+
         self.constraint = constraint
         self.rows = list(rows)
+        #: int64 [rows]: the sequence each row belongs to (its beams share it)
+        self.groups = torch.tensor(
+            list(groups) if groups is not None else range(len(self.rows)), device=constraint.device
+        )
         self.prompt_length = prompt_length
         self.warp = warp
         self._state: SpanState | None = None
@@ -54,8 +63,6 @@ class SpanLogitsProcessor:
 
     def state(self, input_ids: torch.Tensor) -> SpanState:
         """The span state after the generated part of `input_ids` [rows, prompt + t]."""
-        import torch
-
         generated = input_ids[:, self.prompt_length :].to(self.constraint.device)
         previous, before = self._state, self._tokens
         if previous is None or before is None or before.shape[1] != generated.shape[1] - 1:
@@ -63,6 +70,7 @@ class SpanLogitsProcessor:
         else:
             # each row continues the previous row whose tokens it extends (its beam's parent)
             same = (generated[:, None, :-1] == before[None, :, :]).all(dim=2)
+            same &= self.groups[:, None] == self.groups[None, :]
             if not bool(same.any(dim=1).all()):
                 state = self.constraint.replay(self.rows, generated)
             else:
@@ -86,7 +94,9 @@ class SpanLogitsProcessor:
         scores = scores.masked_fill(~legal, -math.inf)  # masks before the cut, as in the loop
         return self._warp(input_ids, scores, state) if self.warp else scores
 
-    def _warp(self, input_ids: torch.Tensor, scores: torch.Tensor, state: SpanState) -> torch.Tensor:
+    def _warp(
+        self, input_ids: torch.Tensor, scores: torch.Tensor, state: SpanState
+    ) -> torch.Tensor:
         import torch
 
         configs = [self.constraint.config(state, i) for i in range(scores.shape[0])]
@@ -139,7 +149,10 @@ def generate_ids(
     do_sample = first.row.config(first.row.open_span).do_sample
     ids, mask = _left_pad([r.input_ids for r in requests], device)
     rows = [r.row for r in requests for _ in range(beams)]
-    processor = SpanLogitsProcessor(constraint, rows, prompt_length=ids.shape[1], warp=True)
+    groups = [i for i in range(len(requests)) for _ in range(beams)]
+    processor = SpanLogitsProcessor(
+        constraint, rows, prompt_length=ids.shape[1], groups=groups, warp=True
+    )
     stops = sorted(constraint.space.stop_ids)
     pad = getattr(model.generation_config, "pad_token_id", None)
     pad = pad if isinstance(pad, int) else stops[0]  # fills rows that ended early; cut below
@@ -147,9 +160,7 @@ def generate_ids(
         num_beams=beams,
         num_return_sequences=1,
         do_sample=do_sample,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
+        **({"temperature": 1.0, "top_k": 0, "top_p": 1.0} if do_sample else {}),
         repetition_penalty=1.0,
         max_new_tokens=max(r.row.max_new_tokens for r in requests) + 1,
         length_penalty=1.0,

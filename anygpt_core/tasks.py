@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -139,13 +139,17 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, overwrite: bool
 
 
 def _temp_beside(directory: Path, suffix: str) -> Path:
-    """An empty temporary file in `directory`, with the mode a new file gets (not mkstemp's 0600).
+    """A new empty temporary file in `directory`, with the mode a new file gets (not mkstemp's 0600).
 
-    Outputs are renamed from it, so they must be readable as any file the user creates would be.
+    Outputs are renamed from it, so they must be readable as any file the user creates would be:
+    the file is created with mode 0666 and the kernel applies the process's umask, so nothing
+    process-wide is read or changed (other threads may be writing files at the same time).
     """
-    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
-    return Path(name)
+    for _ in range(100):
+        path = directory / f".tmp-{secrets.token_hex(8)}{suffix}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise InputError(f"{directory}: cannot create a temporary file")

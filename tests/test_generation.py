@@ -219,7 +219,9 @@ def test_beam_search_finds_the_best_beam(text_only_env):
             gpt.generator.generate(ids, text_config=beam, span_configs={}, max_new_tokens=steps)
         )[-1]
         greedy = events_of(gpt, prompt, max_new_tokens=steps)[-1]
-        banned = torch.cat([gpt.generator.constraint.stray_ids, torch.tensor(list(gpt.space.stop_ids))])
+        banned = torch.cat(
+            [gpt.generator.constraint.stray_ids, torch.tensor(list(gpt.space.stop_ids))]
+        )
         expected = _reference_beam_search(gpt.model, ids, 3, steps, banned)
     assert done.reason == "length"
     assert done.token_ids == expected
@@ -279,7 +281,9 @@ def test_beams_apply_to_the_answers_own_state(toy_gpt):
 def test_beam_search_inside_a_span_writes_a_well_formed_span(toy_gpt):
     beam = DecodingConfig(do_sample=False, num_beams=3)
     kwargs = dict(open_span="toy", stop_after_span=True, max_new_tokens=15)
-    events = events_of(toy_gpt, "[Human]: x<eoh> [MMGPT]: <soty>", span_configs={"toy": beam}, **kwargs)
+    events = events_of(
+        toy_gpt, "[Human]: x<eoh> [MMGPT]: <soty>", span_configs={"toy": beam}, **kwargs
+    )
     done = events[-1]
     assert isinstance(done, Done) and done.reason in {"span", "length"}
     (span,) = done.spans
@@ -288,7 +292,9 @@ def test_beam_search_inside_a_span_writes_a_well_formed_span(toy_gpt):
     for i, token in enumerate(done.token_ids[:-1]):  # codebook k at position k of each frame
         assert int(toy_gpt.space.id_to_code[token]) // 16 == i % 2
     assert done.token_ids[-1] == toy.end_id
-    again = events_of(toy_gpt, "[Human]: x<eoh> [MMGPT]: <soty>", span_configs={"toy": beam}, **kwargs)
+    again = events_of(
+        toy_gpt, "[Human]: x<eoh> [MMGPT]: <soty>", span_configs={"toy": beam}, **kwargs
+    )
     assert again[-1].token_ids == done.token_ids
 
 

@@ -1,0 +1,130 @@
+"""One loaded model shared by several callers: their requests are batched by one worker thread.
+
+Callers `submit` requests from any thread and iterate over their own events; a worker takes the
+waiting requests, up to `max_batch` rows, from every caller in arrival order, runs them as one
+batch through the `Generator`, and hands each event to the caller it belongs to. Each request
+samples with its own seeded generator, so its tokens are the same whatever it was batched with
+(greedy ids exactly). A caller that stops iterating (an interrupt, a closed stream, a client gone)
+gives its rows back: they leave the batch at the next step, and the engine serves the next call.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+from anygpt_core import generation
+from anygpt_core.generation import Done, Event, Request
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Job:
+    """One caller's requests, their event queue, and whether the caller gave up."""
+
+    requests: Sequence[Request]
+    events: queue.SimpleQueue[tuple[int, Event] | BaseException | None] = field(
+        default_factory=queue.SimpleQueue
+    )
+    open_rows: int = 0
+    cancelled: bool = False
+
+
+class _Cancelled:
+    """Whether the caller of each row of a batch gave up."""
+
+    def __init__(self, jobs: list[_Job]) -> None:
+        self.jobs = jobs
+
+    def __call__(self, row: int) -> bool:
+        return self.jobs[row].cancelled
+
+
+class Engine:
+    """Batches the requests of every caller of one `Generator` on a worker thread.
+
+    Args:
+        generator: the drivers and span rules over the loaded model.
+        max_batch: the most rows generated together (1: one request at a time, in order).
+    """
+
+    def __init__(self, generator: generation.Generator, *, max_batch: int = 8) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.generator = generator
+        self.max_batch = max_batch
+        self._pending: list[tuple[_Job, int]] = []
+        self._wake = threading.Condition()
+        self._worker: threading.Thread | None = None
+
+    def submit(self, requests: Sequence[Request]) -> Generator[tuple[int, Event], None, None]:
+        """Queue `requests` and yield `(request index, event)` as they are generated.
+
+        Raises `ConfigError` / `GenerationError` for a request that cannot run before anything is
+        queued. Closing the iterator early cancels whatever of it is still running.
+        """
+        for request in requests:
+            self.generator.check(request)
+        job = _Job(requests, open_rows=len(requests))
+        if not requests:
+            job.events.put(None)
+            return self._events(job)
+        with self._wake:
+            self._pending.extend((job, i) for i in range(len(requests)))
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(
+                    target=self._serve, name="anygpt-engine", daemon=True
+                )
+                self._worker.start()
+            self._wake.notify()
+        return self._events(job)
+
+    def _events(self, job: _Job) -> Generator[tuple[int, Event], None, None]:
+        try:
+            while True:
+                item = job.events.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.cancelled = True  # rows still running leave the batch at the next step
+
+    def _serve(self) -> None:
+        import torch
+
+        while True:
+            with self._wake:
+                while not self._pending:
+                    self._wake.wait()
+                taken = [(j, i) for j, i in self._pending if not j.cancelled][: self.max_batch]
+                rest = [(j, i) for j, i in self._pending if not j.cancelled][self.max_batch :]
+                self._pending = rest
+            if not taken:
+                continue
+            batch = [job.requests[i] for job, i in taken]
+            try:
+                with torch.inference_mode():
+                    events = self.generator.generate_batch(
+                        batch, cancelled=_Cancelled([job for job, _ in taken])
+                    )
+                    for row, event in events:
+                        job, index = taken[row]
+                        if job.cancelled:
+                            continue
+                        job.events.put((index, event))
+                        if isinstance(event, Done):
+                            job.open_rows -= 1
+                            if job.open_rows == 0:
+                                job.events.put(None)
+            except BaseException as err:  # noqa: BLE001 - handed to the callers it belongs to
+                logger.debug("batch failed: %s", err)
+                for job in {job for job, _ in taken}:
+                    job.events.put(err)

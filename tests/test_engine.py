@@ -1,0 +1,220 @@
+"""The engine: one span constraint, three drivers (batched loop, alone, model.generate), many callers."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from anygpt_core import DecodingConfig
+from anygpt_core.backend import TransformersBackend
+from anygpt_core.constraint import Row, SpanConstraint
+from anygpt_core.generation import Done, Generator, Request, SpanClosed, TokenEvent
+from anygpt_core.hf import generate_ids
+
+GREEDY = DecodingConfig(do_sample=False)
+
+
+def toy_requests(gpt):
+    """Different prompts, tasks, budgets and targets: text answers, forced and free spans."""
+    start = gpt.space.require("toy").start_id
+
+    def ids(text, *extra):
+        prompt = gpt.tokenizer(text, return_tensors="pt").input_ids[0]
+        return torch.cat([prompt, torch.tensor(extra, dtype=torch.long)])
+
+    toy = {"toy": GREEDY}
+    return [
+        Request(ids("[Human]: Hello there<eoh> [MMGPT]:"), Row(GREEDY, toy, 30)),
+        Request(
+            ids("[Human]: Turn this text into a signal. This is input: waves<eoh> [MMGPT]:", start),
+            Row(GREEDY, toy, 41, open_span="toy", stop_after_span=True),
+        ),
+        Request(ids("[Human]: x<eoh> [MMGPT]:", start), Row(GREEDY, toy, 9, open_span="toy")),
+        Request(
+            ids("[Human]: A much longer question about many things, asked slowly<eoh> [MMGPT]:"),
+            Row(DecodingConfig(do_sample=False, min_new_tokens=12), toy, 17),
+        ),
+        Request(
+            ids("[Human]: hi<eoh> [MMGPT]:", start),
+            Row(
+                GREEDY, {"toy": DecodingConfig(do_sample=False, repetition_penalty=1.5)}, 25, "toy"
+            ),
+        ),
+    ]
+
+
+def batch_ids(generator, requests, **kwargs):
+    done = {}
+    with torch.inference_mode():
+        for index, event in generator.generate_batch(requests, **kwargs):
+            if isinstance(event, Done):
+                done[index] = event.token_ids
+    return [done[i] for i in range(len(requests))]
+
+
+def test_every_driver_gives_the_same_greedy_ids(toy_gpt):
+    """Batched loop (lean path), each request alone, the generic transformers path, and
+    model.generate with the constraint as a logits processor: identical ids, spans included."""
+    requests = toy_requests(toy_gpt)
+    alone = [batch_ids(toy_gpt.generator, [r])[0] for r in requests]
+    assert batch_ids(toy_gpt.generator, requests) == alone
+    generic = Generator(TransformersBackend(toy_gpt.model), toy_gpt.space)
+    assert batch_ids(generic, requests) == alone
+    with torch.inference_mode():
+        assert generate_ids(toy_gpt.model, toy_gpt.generator.constraint, requests) == alone
+    toy = toy_gpt.space.require("toy")
+    assert toy.end_id in alone[1] and len(alone[2]) == 9  # a span closed; a budget spent
+
+
+def test_seeded_sampled_rows_are_the_same_in_a_batch_as_alone(toy_gpt):
+    sampled = DecodingConfig(do_sample=True, temperature=1.5, top_k=0)
+    requests = [
+        Request(
+            r.input_ids,
+            Row(sampled, {"toy": sampled}, r.row.max_new_tokens, r.row.open_span),
+            seed=i,
+        )
+        for i, r in enumerate(toy_requests(toy_gpt))
+    ]
+    alone = [batch_ids(toy_gpt.generator, [r])[0] for r in requests]
+    assert batch_ids(toy_gpt.generator, requests) == alone
+    assert len({tuple(a) for a in alone}) == len(alone)
+
+
+def test_batched_events_are_each_rows_events_alone(toy_gpt):
+    requests = toy_requests(toy_gpt)
+    with torch.inference_mode():
+        together = list(toy_gpt.generator.generate_batch(requests))
+        for i, request in enumerate(requests):
+            mine = [e for j, e in together if j == i]
+            alone = list(toy_gpt.generator.generate_batch([request]))
+            assert [type(e) for e in mine] == [type(e) for _, e in alone]
+            spans = [e for e in mine if isinstance(e, SpanClosed)]
+            for a, (_, b) in zip(spans, [x for x in alone if isinstance(x[1], SpanClosed)]):
+                assert torch.equal(a.codes, b.codes) and a.forced == b.forced
+            assert isinstance(mine[-1], Done)
+
+
+def test_a_cancelled_row_leaves_the_batch_and_the_others_finish(toy_gpt):
+    requests = toy_requests(toy_gpt)
+    alone = batch_ids(toy_gpt.generator, requests)
+    stopped = {0}
+    ids = {}
+    with torch.inference_mode():
+        for index, event in toy_gpt.generator.generate_batch(
+            requests, cancelled=lambda row: row in stopped
+        ):
+            if isinstance(event, Done):
+                ids[index] = event.token_ids
+    assert 0 not in ids and all(ids[i] == alone[i] for i in range(1, len(requests)))
+
+
+def test_constraint_replay_equals_step_by_step(toy_gpt):
+    constraint = SpanConstraint(toy_gpt.space)
+    requests = toy_requests(toy_gpt)
+    ids = batch_ids(toy_gpt.generator, requests)
+    rows = [r.row for r in requests]
+    width = max(len(i) for i in ids)
+    eos = toy_gpt.space.eos_id
+    tokens = torch.tensor([i + [eos] * (width - len(i)) for i in ids])
+    state = constraint.start(rows)
+    for t in range(width):
+        legal = constraint.mask(state)
+        running = ~state.done
+        # every generated token was legal where it was chosen
+        assert bool(legal[running.nonzero().flatten(), tokens[running, t]].all())
+        constraint.advance(state, tokens[:, t])
+    replayed = constraint.replay(rows, tokens)
+    for name in ("modality", "position", "produced", "reason", "frames"):
+        assert torch.equal(getattr(state, name), getattr(replayed, name))
+    assert bool(state.done.all())
+
+
+def test_constraint_masks_per_state(toy_gpt):
+    space = toy_gpt.space
+    toy = space.require("toy")
+    constraint = SpanConstraint(space)
+    rows = [
+        Row(GREEDY, max_new_tokens=50),
+        Row(GREEDY, max_new_tokens=50, open_span="toy"),
+        Row(GREEDY, max_new_tokens=2),  # too little budget for a span
+        Row(DecodingConfig(min_new_tokens=5), max_new_tokens=50),
+    ]
+    state = constraint.start(rows)
+    legal = constraint.mask(state)
+    assert bool(legal[0, toy.start_id]) and not bool(legal[2, toy.start_id])
+    assert not bool(legal[0, toy.code_ids].any()) and not bool(legal[0, toy.end_id])
+    assert bool(legal[0, space.eos_id]) and not bool(legal[3, space.eos_id])
+    assert legal[1].nonzero().flatten().tolist() == toy.layer_ids[0].tolist()  # codebook 0, no end
+    constraint.advance(state, torch.tensor([5, int(toy.layer_ids[0][3]), 5, 5]))
+    legal = constraint.mask(state)
+    assert legal[1].nonzero().flatten().tolist() == toy.layer_ids[1].tolist()  # then codebook 1
+    constraint.advance(state, torch.tensor([5, int(toy.layer_ids[1][0]), 5, 5]))
+    legal = constraint.mask(state)
+    assert bool(legal[1, toy.end_id])  # a whole frame: the span may end
+    assert constraint.config(state, 1) is GREEDY
+    assert [r for r in state.reason.tolist()] == [0, 0, 2, 0]  # row 2 spent its 2 tokens
+    assert constraint.mask(state)[2].nonzero().flatten().tolist() == list(space.stop_ids)
+
+
+def test_concurrent_callers_get_the_sequential_results(toy_gpt):
+    tasks = ["text|toy|a slow wave", "text|text|Tell me a story", "text|toy|noise", "text|text|hi"]
+    sequential = [toy_gpt.run(t, seed=i, save=False) for i, t in enumerate(tasks)]
+    results: dict[int, object] = {}
+
+    def call(i):
+        results[i] = toy_gpt.run(tasks[i], seed=i, save=False)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(tasks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for i, expected in enumerate(sequential):
+        got = results[i]
+        assert got.text == expected.text and got.new_tokens == expected.new_tokens
+        assert [m.data() for m in got.media] == [m.data() for m in expected.media]
+
+
+def test_an_interrupted_stream_leaves_the_model_usable(toy_gpt):
+    prepared = [toy_gpt.prepare("text|text|Tell me a story", seed=s) for s in range(3)]
+    expected = toy_gpt.run("text|toy|a wave", seed=4, save=False)
+    stream = toy_gpt.stream_many(prepared)
+    for count, (_, event) in enumerate(stream):
+        if isinstance(event, TokenEvent) and count > 5:
+            break
+    stream.close()
+    again = toy_gpt.run("text|toy|a wave", seed=4, save=False)
+    assert again.new_tokens == expected.new_tokens and again.text == expected.text
+    assert [m.data() for m in again.media] == [m.data() for m in expected.media]
+
+
+def test_run_many_fails_only_the_bad_task(toy_gpt, tmp_path):
+    from anygpt_core.api import AnyGPT
+    from anygpt_core.errors import AnyGPTError, InputError
+
+    gpt = AnyGPT(
+        toy_gpt.model,
+        toy_gpt.tokenizer,
+        toy_gpt.plugins,
+        toy_gpt.codecs,
+        output_dir=tmp_path / "out",
+        prompt_encoder=toy_gpt.prompt_encoder,
+    )
+    tasks = ["text|toy|a wave", "toy|text|missing.txt", "not a task", "text|text|hello"]
+    results = gpt.run_many(tasks, seed=0)
+    assert isinstance(results[1], InputError) and "missing.txt" in str(results[1])
+    assert isinstance(results[2], AnyGPTError)
+    assert results[0].files and results[0].files[0].parent == tmp_path / "out"
+    assert results[3].text == gpt.run("text|text|hello", seed=0, save=False).text
+    assert results[0].text == "" and results[0].spans[0].modality == "toy"
+
+
+def test_media_in_memory_writes_no_file(toy_gpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = toy_gpt.run("text|toy|a wave", seed=2, save=False)
+    assert result.files == [] and not any(tmp_path.iterdir())
+    (media,) = result.media
+    values = [float(v) for v in media.data().split()]
+    assert len(values) == result.spans[0].codes.shape[1]
