@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -431,3 +432,42 @@ def test_written_files_get_a_new_files_usual_mode(tmp_path):
     finally:
         os.umask(umask)
     assert {made.stat().st_mode & 0o777, exact.stat().st_mode & 0o777} == {0o644}
+
+
+def test_batch_size_gives_the_same_outputs_in_input_order(toy_env, capsys, tmp_path):
+    """Top-k 1 makes every draw the argmax: the batched run must match the one-by-one run."""
+    tasks = ["text|toy|a wave", "text|text|Tell me a story", "text|toy|noise", "text|text|hi"]
+    outputs = {}
+    for size in ("1", "3"):
+        out_dir = tmp_path / f"out{size}"
+        args = ["run", *tasks, "--seed", "2", "--top-k", "1", "--json", "--batch-size", size]
+        code, out, err = run_cli([*args, "--output-dir", str(out_dir)], capsys)
+        assert code == 0, err
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert [r["instruction"] for r in rows] == tasks
+        outputs[size] = [(r["text"], r["new_tokens"], r["spans"]) for r in rows]
+        files = [Path(f) for r in rows for f in r["files"]]
+        assert len(files) == 2 and all(f.parent == out_dir for f in files)
+        outputs[size + "files"] = [f.read_text() for f in files]
+    assert outputs["1"] == outputs["3"] and outputs["1files"] == outputs["3files"]
+
+
+def test_a_bad_task_in_a_batch_fails_alone(toy_env, capsys, tmp_path):
+    args = ["run", "text|toy|a wave", "toy|text|nope.txt", "text|text|hi", "--seed", "0"]
+    args += ["--json", "--batch-size", "4", "--output-dir", str(tmp_path)]
+    code, out, err = run_cli(args, capsys)
+    assert code == 1
+    assert "Error: " in err and "nope.txt" in err and "Traceback" not in err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["instruction"] for r in rows] == ["text|toy|a wave", "text|text|hi"]
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_output_files_follow_the_umask_without_changing_it(tmp_path, monkeypatch):
+    from anygpt_core.tasks import atomic_output
+
+    calls = []
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or 0o022)
+    made = atomic_output(tmp_path, "a.txt", lambda p: p.write_text("x"))
+    assert calls == []  # nothing process-wide is read or flipped
+    assert made.read_text() == "x"

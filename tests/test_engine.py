@@ -91,7 +91,8 @@ def test_batched_events_are_each_rows_events_alone(toy_gpt):
             alone = list(toy_gpt.generator.generate_batch([request]))
             assert [type(e) for e in mine] == [type(e) for _, e in alone]
             spans = [e for e in mine if isinstance(e, SpanClosed)]
-            for a, (_, b) in zip(spans, [x for x in alone if isinstance(x[1], SpanClosed)]):
+            closed = [x for x in alone if isinstance(x[1], SpanClosed)]
+            for a, (_, b) in zip(spans, closed, strict=True):
                 assert torch.equal(a.codes, b.codes) and a.forced == b.forced
             assert isinstance(mine[-1], Done)
 
