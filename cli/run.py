@@ -121,7 +121,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     ) -> None:
         from anygpt_core.tasks import parse_instruction
 
-        for line in instruction or []:  # fail before loading anything
+        # one task fails before loading anything; in a batch, a bad task fails alone
+        for line in instruction if instruction and len(instruction) == 1 else []:
             task = parse_instruction(line)
             for name in {task.source, task.target} - {"text"}:
                 plugins.modality(name)

@@ -471,3 +471,12 @@ def test_output_files_follow_the_umask_without_changing_it(tmp_path, monkeypatch
     made = atomic_output(tmp_path, "a.txt", lambda p: p.write_text("x"))
     assert calls == []  # nothing process-wide is read or flipped
     assert made.read_text() == "x"
+
+
+def test_an_unknown_modality_among_several_tasks_fails_alone(toy_env, capsys, tmp_path):
+    args = ["run", "text|text|hi", "text|smell|roses", "huh", "--seed", "0", "--json"]
+    code, out, err = run_cli([*args, "--batch-size", "2", "--output-dir", str(tmp_path)], capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert any("smell" in line for line in lines) and any("'huh'" in line for line in lines)
+    assert [json.loads(line)["instruction"] for line in out.splitlines()] == ["text|text|hi"]
