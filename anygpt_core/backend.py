@@ -170,6 +170,11 @@ class TransformersBackend:
             weight, bias = self.weight, self.bias
         else:
             weight, bias = rows if isinstance(rows, Head) else self.head(rows)
+        if hidden.shape[0] > 1 and hidden.device.type == "cpu":
+            # the same dot products; for several rows MKL's (V, H) @ (H, B) runs 2-4x faster
+            # on the CPU than linear's (B, H) @ (H, V)^T (measured: benchmarks/bench_generate.py)
+            logits = (weight @ hidden.T).T
+            return (logits if bias is None else logits + bias).float()
         return F.linear(hidden, weight, bias).float()
 
 

@@ -341,56 +341,87 @@ class Generator:
         seen: torch.Tensor,
         rngs: list[torch.Generator | None],
     ) -> torch.Tensor:
-        """The next token of every row: int64 [B]."""
+        """The next token of every row: int64 [B].
+
+        Rows inside spans are grouped by state (modality, codebook, end allowed): each group
+        scores only its legal rows of the output embedding. Text rows score the whole
+        vocabulary, masked.
+        """
         import torch
 
         constraint = self.constraint
         configs = [constraint.config(state, i) for i in range(len(layout))]
-        tokens = torch.full((len(layout),), -1, dtype=torch.long, device=hidden.device)
-        free = [i for i, (_, _, _, forced) in enumerate(layout) if not forced]
-        for i, (number, _, _, forced) in enumerate(layout):
+        device = hidden.device
+        tokens = torch.full((len(layout),), -1, dtype=torch.long, device=device)
+        groups: dict[tuple[int, int, bool], list[int]] = {}
+        for i, (number, layer, can_end, forced) in enumerate(layout):
             if forced:  # a full span's end: nothing to choose, no random draw
                 tokens[i] = constraint.end_ids[number]
-        if not free:
-            return tokens
-        keys = {layout[i][:3] for i in free}
-        shared = len(keys) == 1 and layout[free[0]][0] != constraint.text
-        if shared and self.slice_logits:
-            ids, head = self._legal_rows(*layout[free[0]][:3])
-            pick = torch.tensor(free, device=hidden.device) if len(free) < len(layout) else None
-            logits = self.backend.project(hidden if pick is None else hidden[pick], head)
-            cols_seen = (seen if pick is None else seen[pick])[:, ids]
-            chosen = self._sample_rows(
-                logits, cols_seen, [configs[i] for i in free], [rngs[i] for i in free]
-            )
-            ids_tensor = self._ids_tensor(ids, logits.shape[1])
-            tokens[torch.tensor(free, device=hidden.device)] = ids_tensor[chosen]
-            return tokens
-        full = self.backend.project(hidden)
-        legal = constraint.mask(state)[:, : full.shape[1]]
-        if all(not configs[i].do_sample for i in free):  # greedy rows: one masked argmax
+            elif number == constraint.text or not self.slice_logits:
+                groups.setdefault((constraint.text, 0, False), []).append(i)
+            else:
+                groups.setdefault((number, layer, can_end), []).append(i)
+        whole = len(layout)
+        for key, members in groups.items():
+            pick = None if len(members) == whole else torch.tensor(members, device=device)
+            h = hidden if pick is None else hidden[pick]
+            rows_seen = seen if pick is None else seen[pick]
+            cfgs = [configs[i] for i in members]
+            gens = [rngs[i] for i in members]
+            if key[0] != constraint.text:
+                ids, head = self._legal_rows(*key)
+                logits = self.backend.project(h, head)
+                chosen = self._sample_rows(logits, rows_seen[:, ids], cfgs, gens)
+                picked = self._ids_tensor(ids)[chosen]
+            else:
+                full = self.backend.project(h)
+                legal = constraint.mask(state if pick is None else state.select(pick))
+                picked = self._full_rows(
+                    full,
+                    legal[:, : full.shape[1]],
+                    rows_seen,
+                    [layout[i] for i in members],
+                    cfgs,
+                    gens,
+                )
+            if pick is None:
+                tokens = torch.where(tokens < 0, picked, tokens)
+            else:
+                tokens[pick] = picked
+        return tokens
+
+    def _full_rows(
+        self,
+        full: torch.Tensor,
+        legal: torch.Tensor,
+        seen: torch.Tensor,
+        layout: list[tuple[int, int, bool, bool]],
+        configs: list[DecodingConfig],
+        rngs: list[torch.Generator | None],
+    ) -> torch.Tensor:
+        """Tokens int64 [B] from whole-vocabulary logits [B, V] and legal masks [B, V]."""
+        import torch
+
+        if all(not c.do_sample for c in configs):  # greedy rows: one masked argmax
             penalty = torch.tensor([c.repetition_penalty for c in configs], device=full.device)
             if bool((penalty != 1.0).any()):
                 p = penalty[:, None]
                 scaled = torch.where(full < 0, full * p, full / p)
                 full = torch.where(seen[:, : full.shape[1]] & (p != 1.0), scaled, full)
-            best = full.masked_fill(~legal, -math.inf).argmax(dim=1)
-            free_index = torch.tensor(free, device=full.device)
-            tokens[free_index] = best[free_index]
-            return tokens
-        for i in free:  # each row over exactly its legal ids, with its own generator
-            number, layer, can_end, _ = layout[i]
-            if number == constraint.text:
+            return full.masked_fill(~legal, -math.inf).argmax(dim=1)
+        out = []
+        for i, (number, layer, can_end, _) in enumerate(layout):
+            # each row over exactly its legal ids, with its own generator
+            if number == self.constraint.text:
                 row = full[i].masked_fill(~legal[i], -math.inf)
-                tokens[i] = sample(row, configs[i], seen=seen[i, : row.numel()], generator=rngs[i])
+                out.append(sample(row, configs[i], seen=seen[i, : row.numel()], generator=rngs[i]))
             else:
-                ids, _ = self._legal_rows(number, layer, can_end)
-                index = self._ids_tensor(ids, 0)
+                index = self._ids_tensor(self._legal_rows(number, layer, can_end)[0])
                 column = sample(full[i, index], configs[i], seen=seen[i, index], generator=rngs[i])
-                tokens[i] = index[column]
-        return tokens
+                out.append(int(index[column]))
+        return torch.tensor(out, dtype=torch.long, device=full.device)
 
-    def _ids_tensor(self, ids: slice | torch.Tensor, _: int) -> torch.Tensor:
+    def _ids_tensor(self, ids: slice | torch.Tensor) -> torch.Tensor:
         import torch
 
         if isinstance(ids, slice):
