@@ -5,14 +5,22 @@
     ratio, 4 layers, the published 49,418-token vocabulary); targets >= 1.2x and >= 1.0x.
 (b) inside a speech span on the small model: scoring only the span's 1,025 legal rows of the output
     embedding vs full-vocabulary logits then a gather; target >= 2x.
+(c) batching on the small model: 16 different tasks (text answers, image, speech and music spans, prompts
+    and budgets of different lengths), greedy, in batches of 1, 2, 4, 8, 16 vs the same tasks one by one
+    in the same run: aggregate tokens/s and the ratio; every task's ids must be identical; target >= 4x
+    at batch 8.
+(d) the same span constraint through `model.generate` (a logits processor) vs our loop, same requests,
+    identical ids, batch 1 and 4.
 
-Median of interleaved repetitions. Usage: python benchmarks/bench_generate.py [--reps 5] [--tokens 256]
+Median of interleaved repetitions for (a) and (b), best of `--reps` for (c) and (d).
+Usage: python benchmarks/bench_generate.py [--reps 5] [--tokens 256] [--only a,b,c,d] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -24,7 +32,9 @@ import torch
 
 from anygpt_core import DecodingConfig, Instructions, ModalitySpec
 from anygpt_core.backend import make_backend
-from anygpt_core.generation import Done, Generator
+from anygpt_core.constraint import Row
+from anygpt_core.generation import Done, Generator, Request
+from anygpt_core.hf import generate_ids
 from anygpt_core.tokens import ROLE_TOKENS, TokenSpace
 
 #: The report: a script's output, through logging as everywhere in the project.
@@ -40,6 +50,27 @@ SPEECH = ModalitySpec(
     output_extension=".wav",
     instructions=Instructions(to_text=("x",), from_text=("y",)),
     codec_factory=lambda options: None,
+)
+
+
+IMAGE = SPEECH.model_copy(
+    update={
+        "name": "image",
+        "prefix": "👀",
+        "start": "<soim>",
+        "end": "<eoim>",
+        "codebook_size": 8192,
+    }
+).model_copy(update={"fixed_frames": 32})
+MUSIC = SPEECH.model_copy(
+    update={
+        "name": "music",
+        "prefix": "🎶",
+        "start": "<somu>",
+        "end": "<eomu>",
+        "codebook_size": 2048,
+        "num_codebooks": 4,
+    }
 )
 
 
@@ -191,35 +222,132 @@ def compare_slicing(
     )
 
 
+def task_pool(space: TokenSpace, count: int, budget: int) -> list[Request]:
+    """`count` different greedy tasks: text answers and image, speech and music spans."""
+    greedy = DecodingConfig(do_sample=False)
+    configs = {name: greedy for name in space.modalities}
+    kinds = [None, "image", "speech", "music"]
+    requests = []
+    for i in range(count):
+        prompt = torch.tensor([1, 32000, *range(500 + 7 * i, 520 + 11 * i), 32002, 32001])
+        kind = kinds[i % len(kinds)]
+        tokens = budget // 2 + (i * 37) % (budget // 2 + 1)  # lengths differ
+        if kind is None:
+            text = DecodingConfig(do_sample=False, min_new_tokens=tokens)
+            requests.append(Request(prompt, Row(text, configs, tokens)))
+        else:
+            if kind == "image":
+                tokens = 33  # exactly 32 codes and the end token
+            start = torch.tensor([space.require(kind).start_id])
+            row = Row(greedy, configs, tokens, open_span=kind, stop_after_span=True)
+            requests.append(Request(torch.cat([prompt, start]), row))
+    return requests
+
+
+def batched_ids(loop: Generator, requests: list[Request], size: int) -> dict[int, list[int]]:
+    ids: dict[int, list[int]] = {}
+    with torch.inference_mode():
+        for first in range(0, len(requests), size):
+            for index, event in loop.generate_batch(requests[first : first + size]):
+                if isinstance(event, Done):
+                    ids[first + index] = event.token_ids
+    return ids
+
+
+def compare_batching(model: torch.nn.Module, space: TokenSpace, budget: int, reps: int) -> None:
+    loop = Generator(make_backend(model), space)
+    requests = task_pool(space, 16, budget)
+    alone_ids = batched_ids(loop, requests, 1)
+    tokens = sum(len(v) for v in alone_ids.values())
+    t_alone = min(timed(lambda: batched_ids(loop, requests, 1))[0] for _ in range(reps))
+    logger.info(
+        f"(c) 16 tasks (text, image, speech, music), {tokens} tokens: one by one "
+        f"{tokens / t_alone:.0f} tokens/s"
+    )
+    for size in (1, 2, 4, 8, 16):
+        best = math.inf
+        for _ in range(reps):
+            t, ids = timed(lambda size=size: batched_ids(loop, requests, size))
+            best = min(best, t)
+            if ids != alone_ids:
+                raise SystemExit(f"batch {size}: token ids differ from the one-by-one run")
+        logger.info(
+            f"(c) batch {size:2d}: {tokens / best:.0f} tokens/s, identical ids -> "
+            f"{t_alone / best:.2f}x one by one"
+        )
+
+
+def compare_drivers(model: torch.nn.Module, space: TokenSpace, budget: int, reps: int) -> None:
+    loop = Generator(make_backend(model), space)
+    requests = task_pool(space, 4, budget)
+    for size in (1, 4):
+        chunk = requests[:size]
+
+        def ours(chunk: list[Request] = chunk) -> list[list[int]]:
+            ids = batched_ids(loop, chunk, len(chunk))
+            return [ids[i] for i in range(len(chunk))]
+
+        def theirs(chunk: list[Request] = chunk) -> list[list[int]]:
+            with torch.inference_mode():
+                return generate_ids(model, loop.constraint, chunk)
+
+        mine, other = ours(), theirs()
+        if mine != other:
+            raise SystemExit(f"(d) batch {size}: model.generate and our loop chose different ids")
+        tokens = sum(len(i) for i in mine)
+        t_ours = min(timed(ours)[0] for _ in range(reps))
+        t_theirs = min(timed(theirs)[0] for _ in range(reps))
+        logger.info(
+            f"(d) batch {size}: {tokens} tokens, identical ids; our loop {tokens / t_ours:.0f} "
+            f"tokens/s, model.generate + SpanLogitsProcessor {tokens / t_theirs:.0f} tokens/s "
+            f"-> ours {t_theirs / t_ours:.2f}x"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--only", default="a,b,c,d", help="Which parts to run, e.g. c,d.")
+    parser.add_argument("--quick", action="store_true", help="Few tokens, one repetition.")
     args = parser.parse_args()
+    if args.quick:
+        args.reps, args.tokens = 1, 24
+    parts = set(args.only.split(","))
     logger.info(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     logger.info(f"backend for LLaMA models: {type(make_backend(small_model())).__name__}")
 
-    model, tokenizer = demo_model()
-    space = TokenSpace(tokenizer, {})
-    prompt = tokenizer(
-        "[Human]: Tell me a story about a red bus.<eoh> [MMGPT]:", return_tensors="pt"
-    ).input_ids
-    compare_with_generate(
-        "demo model (hidden 64, 2 layers)", model, space, prompt, args.tokens, args.reps
-    )
+    if "a" in parts:
+        model, tokenizer = demo_model()
+        space = TokenSpace(tokenizer, {})
+        prompt = tokenizer(
+            "[Human]: Tell me a story about a red bus.<eoh> [MMGPT]:", return_tensors="pt"
+        ).input_ids
+        compare_with_generate(
+            "demo model (hidden 64, 2 layers)", model, space, prompt, args.tokens, args.reps
+        )
 
     small = small_model()
     vocab = VocabOnly()
     prompt = torch.tensor([[1, 32000, *range(500, 530), 32002, 32001]])
-    compare_with_generate(
-        "AnyGPT-shaped (hidden 256, intermediate 688, 4 layers, vocab 49418)",
-        small,
-        TokenSpace(vocab, {}),
-        prompt,
-        args.tokens,
-        args.reps,
-    )
-    compare_slicing(small, TokenSpace(vocab, {"speech": SPEECH}), prompt, args.tokens, args.reps)
+    if "a" in parts:
+        compare_with_generate(
+            "AnyGPT-shaped (hidden 256, intermediate 688, 4 layers, vocab 49418)",
+            small,
+            TokenSpace(vocab, {}),
+            prompt,
+            args.tokens,
+            args.reps,
+        )
+    if "b" in parts:
+        compare_slicing(
+            small, TokenSpace(vocab, {"speech": SPEECH}), prompt, args.tokens, args.reps
+        )
+    full = TokenSpace(vocab, {"image": IMAGE, "speech": SPEECH, "music": MUSIC})
+    if "c" in parts:
+        compare_batching(small, full, max(args.tokens // 2, 48), args.reps)
+    if "d" in parts:
+        compare_drivers(small, full, max(args.tokens // 4, 40), args.reps)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""The benchmark scripts run and check what they claim (ids identical); no timing is asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_gpu_benchmark_runs_on_the_cpu_at_tiny_size():
+    out = run(
+        "bench_gpu.py", "--device", "cpu", "--size", "tiny", "--tokens", "8", "--batch", "1,3"
+    )
+    assert "bandwidth bound" in out and "copy bandwidth" in out
+    lines = [line for line in out.splitlines() if line.startswith("batch ")]
+    assert len(lines) == 2 and all("identical ids" in line for line in lines)
+    assert all("tokens/s" in line for line in lines)
+
+
+def test_batching_and_driver_benchmarks_check_identical_ids():
+    out = run("bench_generate.py", "--quick", "--only", "c,d")
+    batches = [line for line in out.splitlines() if line.startswith("(c) batch")]
+    assert len(batches) == 5 and all("identical ids" in line for line in batches)
+    drivers = [line for line in out.splitlines() if line.startswith("(d)")]
+    assert len(drivers) == 2 and all("identical ids" in line for line in drivers)
