@@ -12,7 +12,8 @@
 (d) the same span constraint through `model.generate` (a logits processor) vs our loop, same requests,
     identical ids, batch 1 and 4.
 
-Median of interleaved repetitions for (a) and (b), best of `--reps` for (c) and (d).
+Median of interleaved repetitions for (a) and (b), best of `--reps` for (c) and (d) (in (c)
+interleaved too).
 Usage: python benchmarks/bench_generate.py [--reps 5] [--tokens 256] [--only a,b,c,d] [--quick]
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import statistics
 import sys
 import tempfile
@@ -258,22 +258,30 @@ def compare_batching(model: torch.nn.Module, space: TokenSpace, budget: int, rep
     loop = Generator(make_backend(model), space)
     requests = task_pool(space, 16, budget)
     alone_ids = batched_ids(loop, requests, 1)
-    tokens = sum(len(v) for v in alone_ids.values())
-    t_alone = min(timed(lambda: batched_ids(loop, requests, 1))[0] for _ in range(reps))
+    lengths = [len(alone_ids[i]) for i in range(len(requests))]
+    tokens = sum(lengths)
+    sizes = (1, 2, 4, 8, 16)
+    # chunk size of each run; "batch  1" repeats the baseline: its ratio shows the noise
+    runs = {"one by one": 1, **{f"batch {size:2d}": size for size in sizes}}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(reps):  # interleaved: a change in the shared machine's load hits every run
+        for name, size in runs.items():
+            t, ids = timed(lambda size=size: batched_ids(loop, requests, size))
+            times[name].append(t)
+            if ids != alone_ids:
+                raise SystemExit(f"{name}: token ids differ from the one-by-one run")
+    t_alone = min(times["one by one"])
     logger.info(
         f"(c) 16 tasks (text, image, speech, music), {tokens} tokens: one by one "
         f"{tokens / t_alone:.0f} tokens/s"
     )
-    for size in (1, 2, 4, 8, 16):
-        best = math.inf
-        for _ in range(reps):
-            t, ids = timed(lambda size=size: batched_ids(loop, requests, size))
-            best = min(best, t)
-            if ids != alone_ids:
-                raise SystemExit(f"batch {size}: token ids differ from the one-by-one run")
+    for name, size in list(runs.items())[1:]:
+        best = min(times[name])
+        # rows that finish leave their chunk and none join: a chunk runs as long as its longest
+        steps = sum(max(lengths[i : i + size]) for i in range(0, len(lengths), size))
         logger.info(
-            f"(c) batch {size:2d}: {tokens / best:.0f} tokens/s, identical ids -> "
-            f"{t_alone / best:.2f}x one by one"
+            f"(c) {name}: {tokens / best:.0f} tokens/s, identical ids, {tokens / steps:.1f} rows "
+            f"per step on average -> {t_alone / best:.2f}x one by one"
         )
 
 

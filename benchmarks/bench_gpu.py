@@ -22,6 +22,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 
@@ -32,6 +33,7 @@ from anygpt_core.generation import Done, Generator, Request
 from anygpt_core.tokens import ROLE_TOKENS, TokenSpace
 
 logger = logging.getLogger("bench_gpu")
+T = TypeVar("T")
 
 SIZES = {
     "7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "heads": 32},
@@ -88,7 +90,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+def timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
     sync(device)
     start = time.perf_counter()
     out = fn()
