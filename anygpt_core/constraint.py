@@ -87,6 +87,8 @@ class SpanState:
     min_new: torch.Tensor
     stop_after: torch.Tensor
     allow_spans: torch.Tensor
+    #: `SpanConstraint._layout` of this state, computed once per step
+    layout: tuple[torch.Tensor, ...] | None = None
 
     @property
     def done(self) -> torch.Tensor:
@@ -111,7 +113,7 @@ class SpanState:
                 "allow_spans",
             )
         }
-        return replace(self, rows=picked, **tensors)
+        return replace(self, rows=picked, layout=None, **tensors)
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,9 @@ class SpanConstraint:
         self, state: SpanState
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per row: in a span, its codebook, whether the end token is allowed, whether forced."""
+        if state.layout is not None:
+            in_span, layer, can_end, forced = state.layout
+            return in_span, layer, can_end, forced
         m = state.modality
         in_span = m != self.text
         k = self.codebooks[m]
@@ -269,6 +274,7 @@ class SpanConstraint:
         boundary = in_span & (layer == 0)
         forced = boundary & (frames_done >= state.frames)
         can_end = boundary & (frames_done > 0) & (self.fixed[m] == 0)
+        state.layout = (in_span, layer, can_end, forced)
         return in_span, layer, can_end, forced
 
     def summary(self, state: SpanState) -> list[tuple[int, int, bool, bool]]:
@@ -355,6 +361,7 @@ class SpanConstraint:
         reason = torch.where(closing & state.stop_after & (reason == 0), _SPAN, reason)
         spent = running & now_text & (state.produced >= state.budget) & (reason == 0)
         state.reason = torch.where(spent, _LENGTH, reason)
+        state.layout = None
         return Step(opened, closed, running & state.done)
 
     def replay(self, rows: Sequence[Row], tokens: torch.Tensor) -> SpanState:

@@ -361,11 +361,6 @@ class Generator:
                 groups.setdefault((constraint.text, 0, False), []).append(i)
             else:
                 groups.setdefault((number, layer, can_end), []).append(i)
-        text_key = (constraint.text, 0, False)
-        if len(groups.get(text_key, ())) == 1 and len(groups) > 1 and device.type == "cpu":
-            # one text row scores the whole vocabulary anyway: on the CPU one matrix product of
-            # several rows costs less than that row's alone (MKL's matrix-vector path is slow)
-            groups = {text_key: [i for members in groups.values() for i in members]}
         whole = len(layout)
         for key, members in groups.items():
             pick = None if len(members) == whole else torch.tensor(members, device=device)
