@@ -37,6 +37,7 @@ __all__ = [
     "SpanOpened",
     "TokenEvent",
     "sample",
+    "warp",
 ]
 
 
@@ -121,6 +122,14 @@ def sample(
         logits = torch.where(seen, scaled, logits)
     if not config.do_sample:
         return int(torch.argmax(logits))
+    probs = torch.softmax(warp(logits, config), dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def warp(logits: torch.Tensor, config: DecodingConfig) -> torch.Tensor:
+    """Temperature, then top-k, then top-p of `config` on logits float32 [N] (cut ones: -inf)."""
+    import torch
+
     if config.temperature != 1.0:
         logits = logits / config.temperature
     if config.top_k and config.top_k < logits.numel():
@@ -132,8 +141,7 @@ def sample(
         before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
         drop = before > config.top_p
         logits = logits.scatter(0, order, ordered.masked_fill(drop, -math.inf))
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return logits
 
 
 class Generator:

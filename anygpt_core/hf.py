@@ -99,6 +99,8 @@ class SpanLogitsProcessor:
     ) -> torch.Tensor:
         import torch
 
+        from anygpt_core.generation import warp
+
         configs = [self.constraint.config(state, i) for i in range(scores.shape[0])]
         out = scores.clone()
         for i, config in enumerate(configs):
@@ -110,16 +112,7 @@ class SpanLogitsProcessor:
                 picked = torch.where(picked < 0, picked * penalty, picked / penalty)
                 row = row.scatter(0, ids, picked)
             if config.do_sample:
-                if config.temperature != 1.0:
-                    row = row / config.temperature
-                if config.top_k and config.top_k < row.numel():
-                    threshold = torch.topk(row, config.top_k).values[-1]
-                    row = row.masked_fill(row < threshold, -math.inf)
-                if config.top_p < 1.0:
-                    ordered, order = torch.sort(row, descending=True)
-                    probs = torch.softmax(ordered, dim=-1)
-                    drop = probs.cumsum(-1) - probs > config.top_p
-                    row = row.scatter(0, order, ordered.masked_fill(drop, -math.inf))
+                row = warp(row, config)
             out[i] = row
         return out
 
