@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from anygpt_core.errors import InputError, first_line
-from anygpt_core.spec import save_suffix
+from anygpt_core.spec import save_format
 
 if TYPE_CHECKING:
     import numpy as np
@@ -122,12 +122,7 @@ def write_wav(
     import numpy as np
     import soundfile as sf
 
-    chosen = save_suffix(target, suffix)
-    container = WRITE_FORMATS.get(chosen)
-    if container is None:
-        where = f"{target}: " if isinstance(target, (str, Path)) else ""
-        kind = repr(chosen) if chosen else "a file without suffix"
-        raise InputError(f"{where}cannot write audio as {kind}; use {', '.join(WRITE_FORMATS)}")
+    container = save_format(target, suffix, WRITE_FORMATS, "audio")
     array = np.asarray(wav.detach().cpu() if hasattr(wav, "detach") else wav, dtype=np.float32)
     array = np.squeeze(array)
     if array.ndim == 2:

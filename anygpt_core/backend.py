@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Backend", "Head", "LlamaBackend", "TransformersBackend", "make_backend"]
+__all__ = ["Backend", "Head", "LlamaBackend", "TransformersBackend", "left_pad", "make_backend"]
 
 
 class Head(NamedTuple):
@@ -76,7 +76,7 @@ class _Session:
     values: list[Any] = field(default_factory=list)
 
 
-def _left_pad(
+def left_pad(
     prompts: Sequence[torch.Tensor], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts left-padded (pad id 0) into int64 [B, T], and their attention mask bool [B, T]."""
@@ -113,7 +113,7 @@ class TransformersBackend:
         """Run the prompts with a fresh cache and return the session and hidden states [B, H]."""
         from transformers import DynamicCache
 
-        ids, mask = _left_pad(prompts, self.device)
+        ids, mask = left_pad(prompts, self.device)
         session = _Session(cache=DynamicCache(config=self.model.config), valid=mask)
         session.padded = not bool(mask.all())
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
@@ -251,7 +251,7 @@ class LlamaBackend(TransformersBackend):
 
     def prefill(self, prompts: Sequence[torch.Tensor]) -> tuple[_Session, torch.Tensor]:
         """Run the prompts with an empty cache; return the session and hidden states [B, H]."""
-        ids, mask = _left_pad(prompts, self.device)
+        ids, mask = left_pad(prompts, self.device)
         session = _Session(valid=mask, padded=not bool(mask.all()))
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         session.positions = positions[:, -1] + 1

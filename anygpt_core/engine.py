@@ -104,9 +104,8 @@ class Engine:
             with self._wake:
                 while not self._pending:
                     self._wake.wait()
-                taken = [(j, i) for j, i in self._pending if not j.cancelled][: self.max_batch]
-                rest = [(j, i) for j, i in self._pending if not j.cancelled][self.max_batch :]
-                self._pending = rest
+                waiting = [(j, i) for j, i in self._pending if not j.cancelled]
+                taken, self._pending = waiting[: self.max_batch], waiting[self.max_batch :]
             if not taken:
                 continue
             batch = [job.requests[i] for job, i in taken]

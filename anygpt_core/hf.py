@@ -34,9 +34,8 @@ class SpanLogitsProcessor:
         groups: the sequence each row belongs to (default: one row each); a row's parent in
             the previous step is looked for among its group's rows.
         warp: apply each row's decoding config of its current state (set `generate`'s own
-            temperature, top-k, top-p and repetition penalty to neutral values).
-        seen: for the repetition penalty, bool [rows, V] of the prompt's ids (None: from the
-            input ids, padding included).
+            temperature, top-k, top-p and repetition penalty to neutral values); the
+            repetition penalty counts every input id, left padding included.
     """
 
     def __init__(
@@ -134,13 +133,13 @@ def generate_ids(
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
 
-    from anygpt_core.backend import _left_pad
+    from anygpt_core.backend import left_pad
 
     device = next(model.parameters()).device
     first = requests[0]
     beams = first.num_beams
     do_sample = first.row.config(first.row.open_span).do_sample
-    ids, mask = _left_pad([r.input_ids for r in requests], device)
+    ids, mask = left_pad([r.input_ids for r in requests], device)
     rows = [r.row for r in requests for _ in range(beams)]
     groups = [i for i in range(len(requests)) for _ in range(beams)]
     processor = SpanLogitsProcessor(

@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["Codec", "CodecOption", "Instructions", "ModalitySpec", "save_suffix"]
+__all__ = ["Codec", "CodecOption", "Instructions", "ModalitySpec", "save_format", "save_suffix"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -96,6 +97,30 @@ def save_suffix(target: str | os.PathLike[str] | BinaryIO, suffix: str | None = 
     raise InputError(
         "saving to a file object needs a suffix (e.g. suffix='.wav') to pick the format"
     )
+
+
+def save_format(
+    target: str | os.PathLike[str] | BinaryIO,
+    suffix: str | None,
+    formats: Mapping[str, T],
+    what: str,
+    *,
+    choices: str | None = None,
+) -> T:
+    """The format `formats` maps the save suffix to (see `save_suffix`), for writing `what`.
+
+    `choices` words the suffixes in the error (default: all of them, comma-separated).
+
+    Raises:
+        InputError: no suffix, or one `formats` lacks (the message lists those it has).
+    """
+    chosen = save_suffix(target, suffix)
+    if chosen in formats:
+        return formats[chosen]
+    where = f"{target}: " if isinstance(target, (str, os.PathLike)) else ""
+    kind = repr(chosen) if chosen else "a file without suffix"
+    choices = choices or ", ".join(formats)
+    raise InputError(f"{where}cannot write {what} as {kind}; use {choices}")
 
 
 class CodecOption(BaseModel):

@@ -13,7 +13,7 @@ import torch
 
 from anygpt_core.errors import ConfigError, InputError
 from anygpt_core.loading import pick_device
-from anygpt_core.spec import save_suffix
+from anygpt_core.spec import save_format
 from anygpt_image.checkpoint import SEED_FILE, VIT_FILE, load_seed, resolve_file, seed_config
 from anygpt_image.config import NUM_QUERY_TOKENS, SeedConfig
 from anygpt_image.preprocess import open_image, to_pixels
@@ -238,12 +238,7 @@ class ImageCodec:
         Raises:
             InputError: another suffix, or a file object without `suffix`.
         """
-        chosen = save_suffix(target, suffix)
-        fmt = SAVE_FORMATS.get(chosen)
-        if fmt is None:
-            where = f"{target}: " if isinstance(target, (str, Path)) else ""
-            kind = repr(chosen) if chosen else "a file without suffix"
-            raise InputError(f"{where}cannot write an image as {kind}; use .jpg or .png")
+        fmt = save_format(target, suffix, SAVE_FORMATS, "an image", choices=".jpg or .png")
         image = media.convert("RGB")
         if fmt == "JPEG":
             image.save(target, format=fmt, quality=95)
