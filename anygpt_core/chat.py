@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from anygpt_core.chat_lines import ChatLine, classify_file, parse_line
 from anygpt_core.config import DecodingConfig, load_decoding_config
 from anygpt_core.errors import InputError
-from anygpt_core.generation import Event, SpanClosed, SpanOpened, TokenEvent
+from anygpt_core.generation import Event, Request, SpanClosed, SpanOpened, TokenEvent
 from anygpt_core.prompts import ANYGPT_CHAT, MMGPT_CHAT, ChatTemplate
 from anygpt_core.protocol import codes_to_string
 from anygpt_core.tasks import output_name
@@ -405,7 +405,7 @@ class Conversation:
         message = self.message(text, inputs=attachments)
         target = self.target_config(to)
         seed = random.SystemRandom().randrange(2**31) if seed is None else seed
-        prompt, input_ids, dropped = self._fit(message, to, target.max_new_tokens)
+        prompt, input_ids, dropped = self.fit(message, to, target.max_new_tokens)
         stream, spans, reason = self._generate(input_ids, to, target, seed, on_event, on_text)
         reply = Reply(
             text=stream.text,
@@ -436,7 +436,7 @@ class Conversation:
         reply.seconds = time.perf_counter() - started
         return reply
 
-    def _fit(self, message: str, to: str, budget: int) -> tuple[str, Any, int]:
+    def fit(self, message: str, to: str, budget: int) -> tuple[str, Any, int]:
         """The prompt, its ids and how many of the oldest turns were cut so it fits the context."""
         suffix = "" if to == "text" else " " + self.gpt.space.require(to).spec.start
         limit = None if self.context_length is None else self.context_length - budget
@@ -458,6 +458,35 @@ class Conversation:
                 )
             dropped += 1
 
+    def request(
+        self,
+        input_ids: Any,  # noqa: ANN401 - int64 [1, T]
+        to: str,
+        target: DecodingConfig,
+        seed: int | None,
+    ) -> Request:
+        """The engine request of a turn: `target` for the answer modality, spans at their defaults."""
+        from anygpt_core.api import TEXT_DECODING
+        from anygpt_core.constraint import Row
+
+        span_configs = {name: spec.decoding for name, spec in self.gpt.plugins.modalities.items()}
+        if to != "text":
+            span_configs[to] = target
+        row = Row(
+            target if to == "text" else TEXT_DECODING,
+            span_configs,
+            target.max_new_tokens,
+            open_span=None if to == "text" else to,
+        )
+        return Request(input_ids, row, seed)
+
+    def text_stream(self) -> TextStream:
+        """A `TextStream` for one answer, watching the template's end string where it is text."""
+        end = self.template.bot_end
+        vocab = self.gpt.tokenizer.get_vocab()
+        stop = None if end in vocab and vocab[end] in self.gpt.space.stop_ids else end
+        return TextStream(self.gpt.tokenizer, self.gpt.space, stop=stop)
+
     def _generate(
         self,
         input_ids: Any,  # noqa: ANN401 - int64 [1, T]
@@ -468,26 +497,12 @@ class Conversation:
         on_text: Callable[[str], None] | None,
     ) -> tuple[TextStream, list[SpanClosed], str]:
         """Run the loop, feeding a `TextStream`; stop early on the template's end string."""
-        from anygpt_core.api import TEXT_DECODING
-        from anygpt_core.constraint import Row
-        from anygpt_core.generation import Done, Request
+        from anygpt_core.generation import Done
 
-        span_configs = {name: spec.decoding for name, spec in self.gpt.plugins.modalities.items()}
-        if to != "text":
-            span_configs[to] = target
-        end = self.template.bot_end
-        vocab = self.gpt.tokenizer.get_vocab()
-        stop = None if end in vocab and vocab[end] in self.gpt.space.stop_ids else end
-        stream = TextStream(self.gpt.tokenizer, self.gpt.space, stop=stop)
+        stream = self.text_stream()
         spans: list[SpanClosed] = []
         reason = "stop"
-        row = Row(
-            target if to == "text" else TEXT_DECODING,
-            span_configs,
-            target.max_new_tokens,
-            open_span=None if to == "text" else to,
-        )
-        events = self.gpt.engine.submit([Request(input_ids, row, seed)])
+        events = self.gpt.engine.submit([self.request(input_ids, to, target, seed)])
         try:
             for _, event in events:
                 if on_event is not None:

@@ -1,0 +1,594 @@
+"""The HTTP API: OpenAI's endpoints for every task, on one model shared through the engine.
+
+`create_app(service, limits)` builds the FastAPI application; `anygpt serve` runs it with uvicorn.
+Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions` (text, images, speech and
+music in and out; streaming), `/v1/audio/speech`, `/v1/audio/transcriptions`,
+`/v1/images/generations` and `/v1/audio/generations` (text to music, an extension).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException
+
+from anygpt_cli.server.errors import APIError, payload
+from anygpt_cli.server.media import AUDIO_FORMATS, Limits
+from anygpt_cli.server.schemas import ChatRequest, ImageRequest, MusicRequest, SpeechRequest
+from anygpt_cli.server.service import IMAGE, MUSIC, SPEECH, ChatPlan, Item, Service
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("anygpt.serve")
+
+_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+
+
+class _Gate:
+    """Pure ASGI middleware: body size, admission (429 when full), the API key, one log line."""
+
+    def __init__(self, app: ASGIApp, service: Service, limits: Limits) -> None:
+        self.app = app
+        self.service = service
+        self.limits = limits
+        self.in_flight = 0
+        self.lock = threading.Lock()
+        self.latency = 1.0  # a moving average of request seconds, for Retry-After
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [0]
+
+        async def logged_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        admitted = False
+        try:
+            path = scope["path"]
+            if path.startswith("/v1/"):
+                self._authorize(scope)
+            if scope["method"] == "POST":
+                receive = await self._buffered(scope, receive)
+                with self.lock:
+                    if self.in_flight >= self.service.settings.max_queue:
+                        retry = max(1, math.ceil(self.latency))
+                        raise APIError(
+                            429,
+                            f"the server is busy ({self.in_flight} requests in flight); retry "
+                            f"in {retry} s",
+                            code="queue_full",
+                            headers={"retry-after": str(retry)},
+                        )
+                    self.in_flight += 1
+                    admitted = True
+            await self.app(scope, receive, logged_send)
+        except APIError as err:
+            await _send_error(logged_send, err)
+        finally:
+            seconds = time.perf_counter() - started
+            if admitted:
+                with self.lock:
+                    self.in_flight -= 1
+                    if status[0] == 200:
+                        self.latency = 0.8 * self.latency + 0.2 * seconds
+            client = scope.get("client") or ("-", 0)
+            logger.info(
+                "%s %s %s %d %.3fs", client[0], scope["method"], scope["path"], status[0], seconds
+            )
+
+    def _authorize(self, scope: Scope) -> None:
+        key = self.service.settings.api_key
+        if not key:
+            return
+        headers = dict(scope["headers"])
+        given = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), key):
+            raise APIError(
+                401,
+                "a valid API key is required: send Authorization: Bearer <key>",
+                code="invalid_api_key",
+                headers={"www-authenticate": "Bearer"},
+            )
+
+    async def _buffered(self, scope: Scope, receive: Receive) -> Receive:
+        """Read the whole body (at most the limit; 413 beyond) and replay it to the app."""
+        limit = self.limits.max_body_bytes
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            body = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        data = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()
+
+        return replay
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(
+        413, f"the request body is over this server's limit of {limit:,} bytes", code="too_large"
+    )
+
+
+async def _send_error(send: Send, err: APIError) -> None:
+    body = json.dumps(err.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in err.headers.items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _validation_message(errors: list[Any]) -> tuple[str, str | None]:
+    parts = []
+    param = None
+    for item in errors[:3]:
+        loc = [str(p) for p in item.get("loc", ()) if p not in ("body",)]
+        where = ".".join(loc)
+        param = param or where or None
+        if item.get("type") == "json_invalid":
+            parts.append("the body is not valid JSON")
+        else:
+            msg = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+            parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts), param
+
+
+def create_app(service: Service, limits: Limits) -> FastAPI:
+    """The FastAPI application of a loaded model."""
+    app = FastAPI(title="AnyGPT", docs_url=None, redoc_url=None)
+    gpt = service.gpt
+    model_name = service.settings.model_name
+    created = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, err: APIError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(list(err.errors()))
+        return JSONResponse(
+            payload(message, "invalid_request_error", param=param, code="invalid_value"),
+            status_code=400,
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return JSONResponse(
+            payload(str(err.detail), kind), status_code=err.status_code, headers=err.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, err: Exception) -> JSONResponse:
+        logger.error("internal error: %s: %s", type(err).__name__, err, exc_info=err)
+        return JSONResponse(
+            payload(f"internal error: {type(err).__name__}", "server_error"), status_code=500
+        )
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name, "modalities": list(gpt.plugins.modalities)}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": model_name, "object": "model", "created": created, "owned_by": "anygpt"}
+            ],
+        }
+
+    # ---- chat -----------------------------------------------------------------------------
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(body: ChatRequest, request: Request) -> Response:
+        service.check_model(body.model)
+        plan = await _in_thread(service.plan_chat, body)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _event_stream(_chat_chunks(service, plan, completion_id, include_usage))
+        items = _pumps(service, plan)
+        try:
+            answers = await _collect(items, len(plan.requests), request)
+        finally:
+            items.cancel.set()
+        return JSONResponse(_chat_body(service, plan, completion_id, answers))
+
+    # ---- one-shot tasks -------------------------------------------------------------------
+
+    @app.post("/v1/audio/speech", response_model=None)
+    async def speech(body: SpeechRequest, request: Request) -> Response:
+        from anygpt_core.tasks import Task
+
+        service.check_model(body.model)
+        service.require(SPEECH, "model")
+        fmt = service.audio_format(body.response_format, "response_format")
+        if body.speed != 1.0:
+            raise APIError(400, "speed: only 1.0 is supported", param="speed")
+        voice = service.voice(body.voice, "voice")
+        task = Task("text", SPEECH, body.input, str(voice) if voice else None)
+        results = await _run(service, request, [task], body.seed)
+        data = await _in_thread(results[0].media[0].data, "." + fmt) if results[0].media else b""
+        return Response(data, media_type=_MEDIA_TYPES[fmt])
+
+    @app.post("/v1/audio/generations", response_model=None)
+    async def music(body: MusicRequest, request: Request) -> Response:
+        from anygpt_core.tasks import Task
+
+        service.check_model(body.model)
+        service.require(MUSIC, "model")
+        fmt = service.audio_format(body.response_format, "response_format")
+        results = await _run(service, request, [Task("text", MUSIC, body.prompt)], body.seed)
+        data = await _in_thread(results[0].media[0].data, "." + fmt) if results[0].media else b""
+        return Response(data, media_type=_MEDIA_TYPES[fmt])
+
+    @app.post("/v1/images/generations", response_model=None)
+    async def images(body: ImageRequest, request: Request) -> Response:
+        from anygpt_core.tasks import Task
+
+        service.check_model(body.model, required=False)
+        service.require(IMAGE, "model")
+        if body.response_format != "b64_json":
+            raise APIError(
+                400,
+                f"response_format: {body.response_format!r} is not supported; images come "
+                "inline as b64_json",
+                param="response_format",
+            )
+        if body.size not in (None, "auto"):
+            raise APIError(
+                400, "size: the image decoder draws at its own size; leave size out", param="size"
+            )
+        tasks = [Task("text", IMAGE, body.prompt)] * body.n
+        results = await _run(service, request, tasks, body.seed)
+        data = []
+        for result in results:
+            png = await _in_thread(result.media[0].data, ".png") if result.media else b""
+            data.append({"b64_json": base64.b64encode(png).decode("ascii")})
+        return JSONResponse({"created": int(time.time()), "data": data})
+
+    @app.post("/v1/audio/transcriptions", response_model=None)
+    async def transcriptions(
+        request: Request,
+        file: UploadFile = File(...),  # noqa: B008 - FastAPI's form declarations
+        model: str = Form(...),
+        response_format: str = Form("json"),
+        language: str | None = Form(None),
+        prompt: str | None = Form(None),
+        temperature: float | None = Form(None),
+    ) -> Response:
+        from anygpt_core.tasks import Task
+
+        del language, prompt, temperature  # accepted as OpenAI's clients send them; not used
+        service.check_model(model)
+        service.require(SPEECH, "model")
+        if response_format not in {"json", "text"}:
+            raise APIError(
+                400,
+                f"response_format: {response_format!r}; use json or text",
+                param="response_format",
+            )
+        data = await file.read()
+        if not data:
+            raise APIError(400, "file: empty", param="file")
+        suffix = "." + (file.filename or "").rsplit(".", 1)[-1].lower()
+        if suffix[1:] not in AUDIO_FORMATS:
+            suffix = ".wav"
+
+        def transcribe() -> str:
+            with service.upload(data, suffix, "file") as path:
+                prepared = service.prepare(Task(SPEECH, "text", str(path)), seed=0)
+            return service.run_tasks([prepared], threading.Event())[0].text
+
+        text = await _in_thread(transcribe)
+        if response_format == "text":
+            return PlainTextResponse(text)
+        return JSONResponse({"text": text})
+
+    return app
+
+
+def wrap(app: FastAPI, service: Service, limits: Limits) -> ASGIApp:
+    """The application behind its gate (limits, admission, API key, request log)."""
+    return _Gate(app, service, limits)
+
+
+async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:  # noqa: ANN401
+    """Run blocking work (codecs, tokenizing) off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+
+async def _run(service: Service, request: Request, tasks: list[Any], seed: int | None) -> list[Any]:
+    """Prepare and run one-shot tasks (seeded `seed`, `seed + 1`, ...), batched together."""
+    from anygpt_cli.server.service import _seed
+
+    first = _seed(seed, len(tasks))
+    prepared = [await _in_thread(service.prepare, t, first + i) for i, t in enumerate(tasks)]
+    cancel = threading.Event()
+    job = asyncio.ensure_future(_in_thread(service.run_tasks, prepared, cancel))
+    try:
+        while True:
+            done, _ = await asyncio.wait({job}, timeout=0.25)
+            if done:
+                return list(job.result())
+            if await request.is_disconnected():
+                cancel.set()
+    finally:
+        cancel.set()
+
+
+class _Items:
+    """The items pumped for one request's choices, and the flag that stops the pumps."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self.cancel = threading.Event()
+
+
+def _pumps(service: Service, plan: ChatPlan) -> _Items:
+    """Start one pump thread per choice, emitting into the event loop's queue."""
+    items = _Items()
+    loop = asyncio.get_running_loop()
+
+    def emit(item: Item) -> None:
+        loop.call_soon_threadsafe(items.queue.put_nowait, item)
+
+    for choice in range(len(plan.requests)):
+        threading.Thread(
+            target=service.pump_chat,
+            args=(plan, choice, emit, items.cancel),
+            name=f"anygpt-pump-{choice}",
+            daemon=True,
+        ).start()
+    return items
+
+
+@dataclass
+class _Answer:
+    """One choice of a chat completion."""
+
+    text: str = ""
+    media: list[dict[str, Any]] = field(default_factory=list)
+    finish: str = "stop"
+    tokens: int = 0
+
+
+async def _collect(items: _Items, n: int, request: Request) -> list[_Answer]:
+    """Each choice's text, media, finish reason and tokens; cancels if the client goes away."""
+    answers = [_Answer() for _ in range(n)]
+    open_choices = n
+    while open_choices:
+        try:
+            kind, choice, value = await asyncio.wait_for(items.queue.get(), timeout=0.5)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                items.cancel.set()
+                raise APIError(499, "client closed the request") from None
+            continue
+        if kind == "error":
+            raise value
+        if kind == "media":
+            answers[choice].media.append(value)
+        elif kind == "done":
+            answers[choice].finish, answers[choice].tokens, answers[choice].text = value
+            open_choices -= 1
+    return answers
+
+
+def _audio_of(
+    plan: ChatPlan, media: list[dict[str, Any]], transcript: str
+) -> dict[str, Any] | None:
+    spoken = next((m for m in media if m["modality"] == SPEECH), None)
+    if plan.to != SPEECH or spoken is None:
+        return None
+    return {
+        "id": f"audio_{uuid.uuid4().hex[:24]}",
+        "data": spoken["data"],
+        "expires_at": int(time.time()) + 3600,
+        "transcript": transcript,
+    }
+
+
+def _chat_body(
+    service: Service, plan: ChatPlan, completion_id: str, answers: list[_Answer]
+) -> dict[str, Any]:
+    choices = []
+    completion = 0
+    for index, answer in enumerate(answers):
+        completion += answer.tokens
+        audio = _audio_of(plan, answer.media, answer.text)
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+        if audio is not None:
+            message["content"] = None
+            message["audio"] = audio
+        others = [m for m in answer.media if audio is None or m["modality"] != SPEECH]
+        if others:
+            message["media"] = others
+        choices.append(
+            {
+                "index": index,
+                "message": message,
+                "finish_reason": answer.finish,
+                "logprobs": None,
+            }
+        )
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": service.settings.model_name,
+        "system_fingerprint": _fingerprint(),
+        "seed": plan.seed,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": plan.prompt_tokens * len(answers),
+            "completion_tokens": completion,
+            "total_tokens": plan.prompt_tokens * len(answers) + completion,
+        },
+    }
+
+
+def _fingerprint() -> str:
+    from anygpt_core import __version__
+
+    return f"anygpt-{__version__}"
+
+
+async def _chat_chunks(
+    service: Service, plan: ChatPlan, completion_id: str, include_usage: bool
+) -> AsyncIterator[str]:
+    """Server-sent events of a streamed chat completion, ending with `[DONE]`."""
+    created = int(time.time())
+    items = _pumps(service, plan)
+    spoken = plan.to == SPEECH
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:  # noqa: ANN401
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": service.settings.model_name,
+            "system_fingerprint": _fingerprint(),
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    try:
+        for index in range(len(plan.requests)):
+            first = {"role": "assistant", "content": None if spoken else ""}
+            yield chunk([{"index": index, "delta": first, "finish_reason": None}])
+        open_choices = len(plan.requests)
+        completion = 0
+        audio_ids = [f"audio_{uuid.uuid4().hex[:24]}" for _ in plan.requests]
+        delta: dict[str, Any]
+        while open_choices:
+            kind, index, value = await items.queue.get()
+            if kind == "error":
+                err: APIError = value
+                yield f"data: {json.dumps(err.body())}\n\n"
+                return
+            if kind == "text":
+                delta = (
+                    {"audio": {"id": audio_ids[index], "transcript": value}}
+                    if spoken
+                    else {"content": value}
+                )
+            elif kind == "media":
+                if spoken and value["modality"] == SPEECH:
+                    delta = {
+                        "audio": {
+                            "id": audio_ids[index],
+                            "data": value["data"],
+                            "expires_at": int(time.time()) + 3600,
+                        }
+                    }
+                else:
+                    delta = {"media": [value]}
+            else:
+                finish, tokens, _ = value
+                completion += tokens
+                open_choices -= 1
+                yield chunk([{"index": index, "delta": {}, "finish_reason": finish}])
+                continue
+            yield chunk([{"index": index, "delta": delta, "finish_reason": None}])
+        if include_usage:
+            prompt = plan.prompt_tokens * len(plan.requests)
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+            yield chunk([], usage=usage)
+        yield "data: [DONE]\n\n"
+    finally:
+        items.cancel.set()
+
+
+def _event_stream(events: AsyncIterator[str]) -> Any:  # noqa: ANN401 - a starlette Response
+    """A `text/event-stream` response that stops `events` as soon as the client goes away."""
+    from starlette.responses import Response
+
+    class EventStream(Response):
+        def __init__(self) -> None:
+            self.background = None
+            self.status_code = 200
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await _stream(events, receive, send)
+
+    return EventStream()
+
+
+async def _stream(events: AsyncIterator[str], receive: Receive, send: Send) -> None:
+    """Send `events` as server-sent events; a client that goes away ends (and closes) them."""
+    import anyio
+
+    headers = [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        try:
+            async for event in events:
+                body = event.encode()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client went away
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+            group.cancel_scope.cancel()

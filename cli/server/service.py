@@ -1,0 +1,452 @@
+"""What the endpoints do with a loaded model: plan a request, then run it on the shared engine.
+
+Planning (reading media, encoding them, rendering the prompt) runs on a worker thread and fails
+with an `APIError` before anything is generated. Each answer (a choice) is then pumped by a thread
+of its own: it iterates the engine's events, decodes each span as it closes, and hands what a
+client sees to the event loop through `emit`. Setting `cancel` (a client gone, a timeout) makes the
+pump close its stream, so its rows leave the engine's batch at the next step.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anygpt_cli.server.errors import APIError, from_anygpt
+from anygpt_cli.server.media import AUDIO_FORMATS, MediaStore, parse_data_url, suffix_for
+from anygpt_cli.server.schemas import SEED_MAX, ChatRequest, Message
+from anygpt_core.errors import AnyGPTError
+from anygpt_core.generation import Done, Event, Request, SpanClosed
+
+if TYPE_CHECKING:
+    from anygpt_core.api import AnyGPT, Prepared, Result
+    from anygpt_core.chat import Conversation
+    from anygpt_core.config import DecodingConfig
+
+__all__ = ["OPENAI_VOICES", "ChatPlan", "Item", "Service", "Settings"]
+
+logger = logging.getLogger("anygpt.serve")
+
+#: OpenAI's voice names: clients send one by default; unless given at start, each means a random voice.
+OPENAI_VOICES = frozenset(
+    [
+        "alloy",
+        "ash",
+        "ballad",
+        "coral",
+        "echo",
+        "fable",
+        "nova",
+        "onyx",
+        "sage",
+        "shimmer",
+        "verse",
+        "marin",
+        "cedar",
+    ]
+)
+#: The modality of OpenAI's audio (`input_audio`, `modalities: ["audio"]`, /v1/audio/*), and of
+#: `image_url` and /v1/images; the server maps OpenAI's API onto these installed modalities.
+SPEECH, IMAGE, MUSIC = "speech", "image", "music"
+#: Formats a spoken or musical answer can be returned in.
+AUDIO_OUT = ("wav", "flac")
+
+#: What a pump hands the event loop: (kind, choice, payload); kinds `text`, `media`, `done`, `error`.
+Item = tuple[str, int, Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the server was started (see `anygpt serve --help`)."""
+
+    model_name: str
+    api_key: str | None = None
+    max_queue: int = 64
+    request_timeout: float = 300.0
+    voices: dict[str, Path] = field(default_factory=dict)
+    template: str = "mmgpt"
+    config: Path | None = None
+
+
+@dataclass
+class ChatPlan:
+    """A chat request ready to generate: its requests (one per choice) and how to show answers."""
+
+    to: str
+    requests: list[Request]
+    conversations: list[Conversation]
+    target: DecodingConfig
+    prompt_tokens: int
+    seed: int
+    voice: Path | None
+    audio_format: str
+
+
+def _seed(seed: int | None, n: int = 1) -> int:
+    if seed is None:
+        return random.SystemRandom().randrange(2**31)
+    if seed + n - 1 > SEED_MAX:
+        raise APIError(400, f"seed: at most {SEED_MAX - n + 1} with n={n}", param="seed")
+    return seed
+
+
+def _overrides(temperature: float | None, top_p: float | None, top_k: int | None) -> dict[str, Any]:
+    """OpenAI's sampling fields as decoding fields: temperature 0 means greedy."""
+    values: dict[str, Any] = {"top_p": top_p, "top_k": top_k}
+    if temperature == 0:
+        values["do_sample"] = False
+    elif temperature is not None:
+        values["temperature"] = temperature
+    return values
+
+
+class Service:
+    """A loaded model, the server's settings and media store; plans and runs requests.
+
+    Args:
+        gpt: the loaded model (its engine batches every request).
+        settings: what the server was started with.
+        store: where request media are kept while they are encoded.
+    """
+
+    def __init__(self, gpt: AnyGPT, settings: Settings, store: MediaStore) -> None:
+        self.gpt = gpt
+        self.settings = settings
+        self.store = store
+
+    # ---- shared checks ---------------------------------------------------------------------
+
+    def check_model(self, model: str | None, *, required: bool = True) -> None:
+        """404 for a model this server does not serve (OpenAI's `model_not_found`)."""
+        if model is None and not required:
+            return
+        if model != self.settings.model_name:
+            raise APIError(
+                404,
+                f"model {model!r} is not served here; this server serves "
+                f"{self.settings.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    def has(self, modality: str) -> bool:
+        """Whether the modality's plugin is installed and the model has its tokens."""
+        return modality in self.gpt.plugins.modalities and modality in self.gpt.space.names
+
+    def require(self, modality: str, what: str) -> None:
+        """400 naming what the request asked for when the modality cannot be served."""
+        if not self.has(modality):
+            raise APIError(
+                400,
+                f"{what}: this server has no {modality} modality (plugin not installed or not "
+                "in the model)",
+                param=what,
+                code="modality_unavailable",
+            )
+
+    def voice(self, name: str | None, what: str) -> Path | None:
+        """The voice prompt file of a voice name; OpenAI's own names mean a random voice."""
+        if name is None:
+            return None
+        if name in self.settings.voices:
+            return self.settings.voices[name]
+        if name in OPENAI_VOICES:
+            return None
+        known = ", ".join(sorted(self.settings.voices)) or "none given at start"
+        raise APIError(
+            400,
+            f"{what}: unknown voice {name!r} (voices: {known}; OpenAI's names mean a random voice)",
+            param=what,
+        )
+
+    @staticmethod
+    def audio_format(value: str, what: str) -> str:
+        """A supported audio answer format, or 400 listing them."""
+        value = value.lower()
+        if value not in AUDIO_OUT:
+            raise APIError(
+                400,
+                f"{what}: {value!r} is not supported; use {' or '.join(AUDIO_OUT)}",
+                param=what,
+            )
+        return value
+
+    def media_suffix(self, modality: str, audio_format: str) -> str:
+        """The file format a span is returned in: spoken answers as asked, images png."""
+        if modality == SPEECH:
+            return "." + audio_format
+        if modality == IMAGE:
+            return ".png"
+        return self.gpt.codecs.extension(modality)
+
+    # ---- chat ------------------------------------------------------------------------------
+
+    def chat_target(self, request: ChatRequest) -> str:
+        """The answer modality from `modalities` (OpenAI's `audio` is speech)."""
+        names = [m.lower() for m in (request.modalities or ["text"])]
+        others = sorted({SPEECH if m == "audio" else m for m in names} - {"text"})
+        if len(others) > 1:
+            raise APIError(
+                400,
+                f"modalities: one output modality besides text at a time (got {', '.join(others)})",
+                param="modalities",
+            )
+        if not others:
+            return "text"
+        self.require(others[0], "modalities")
+        return others[0]
+
+    def plan_chat(self, request: ChatRequest) -> ChatPlan:
+        """Encode the conversation's media and render its prompt, one request per choice."""
+        from anygpt_core.chat import TEMPLATES, Conversation, Turn
+
+        to = self.chat_target(request)
+        audio = request.audio
+        voice = self.voice(audio.voice if audio else None, "audio.voice")
+        fmt = self.audio_format(audio.format if audio else "wav", "audio.format")
+        seed = _seed(request.seed, request.n)
+        budget = request.max_completion_tokens or request.max_tokens
+        overrides = _overrides(request.temperature, request.top_p, request.top_k)
+        template = TEMPLATES[self.settings.template]
+        system = [m for m in request.messages if m.role in {"system", "developer"}]
+        if system:
+            text = " ".join(self._text_only(m, f"messages[{i}]") for i, m in enumerate(system))
+            template = dataclasses.replace(template, system=text)
+        conversation = Conversation(
+            self.gpt,
+            template=template,
+            config=self.settings.config,
+            max_new_tokens=budget,
+            **overrides,
+        )
+        turns = [(i, m) for i, m in enumerate(request.messages) if m.role in {"user", "assistant"}]
+        if not turns or turns[-1][1].role != "user":
+            raise APIError(400, "messages: the last message must be the user's", param="messages")
+        pending: str | None = None
+        for i, message in turns[:-1]:
+            if message.role == "user":
+                if pending is not None:
+                    raise APIError(
+                        400,
+                        f"messages[{i}]: user and assistant messages must alternate",
+                        param="messages",
+                    )
+                pending = self._user_message(conversation, message, f"messages[{i}]")
+            else:
+                if pending is None:
+                    raise APIError(
+                        400,
+                        f"messages[{i}]: an assistant message must follow a user message",
+                        param="messages",
+                    )
+                answer = self._text_only(message, f"messages[{i}]")
+                conversation.history.append(Turn(pending, answer))
+                pending = None
+        if pending is not None:
+            raise APIError(
+                400, "messages: user and assistant messages must alternate", param="messages"
+            )
+        index, last = turns[-1]
+        turn = self._user_message(conversation, last, f"messages[{index}]")
+        try:
+            target = conversation.target_config(to)
+            _, input_ids, _ = conversation.fit(turn, to, target.max_new_tokens)
+        except AnyGPTError as err:
+            raise from_anygpt(err) from err
+        requests = [conversation.request(input_ids, to, target, seed + k) for k in range(request.n)]
+        return ChatPlan(
+            to=to,
+            requests=requests,
+            conversations=[conversation] * request.n,
+            target=target,
+            prompt_tokens=int(input_ids.shape[-1]),
+            seed=seed,
+            voice=voice,
+            audio_format=fmt,
+        )
+
+    @staticmethod
+    def _text_only(message: Message, what: str) -> str:
+        if message.content is None:
+            return ""
+        if isinstance(message.content, str):
+            return message.content
+        texts = []
+        for part in message.content:
+            if part.type != "text":
+                raise APIError(
+                    400,
+                    f"{what}: only text content is read in {message.role} messages",
+                    param=what,
+                )
+            texts.append(part.text)
+        return " ".join(texts)
+
+    def _user_message(self, conversation: Conversation, message: Message, what: str) -> str:
+        """The user turn's protocol string: its media encoded (from the cache), then its text."""
+        if message.content is None or isinstance(message.content, str):
+            try:
+                return conversation.message(message.content or "")
+            except AnyGPTError as err:
+                raise from_anygpt(err) from err
+        texts: list[str] = []
+        media: list[tuple[str, bytes, str, str]] = []  # modality, bytes, suffix, what
+        for k, part in enumerate(message.content):
+            where = f"{what}.content[{k}]"
+            if part.type == "text":
+                texts.append(part.text)
+            elif part.type == "image_url":
+                self.require(IMAGE, where)
+                data, mime = parse_data_url(part.image_url.url, f"{where}.image_url")
+                media.append((IMAGE, data, suffix_for(mime, ".png"), f"{where}.image_url"))
+            elif part.type == "input_audio":
+                self.require(SPEECH, where)
+                fmt = part.input_audio.format.lower()
+                if fmt not in AUDIO_FORMATS:
+                    raise APIError(
+                        400,
+                        f"{where}.input_audio.format: {fmt!r}; use one of {', '.join(AUDIO_FORMATS)}",
+                        param=f"{where}.input_audio.format",
+                    )
+                data = _b64(part.input_audio.data, f"{where}.input_audio.data")
+                media.append((SPEECH, data, "." + fmt, f"{where}.input_audio"))
+            else:
+                name = part.input_media.modality
+                self.require(name, f"{where}.input_media.modality")
+                given = part.input_media.format
+                suffix = "." + given.lower().lstrip(".") if given else ""
+                data = _b64(part.input_media.data, f"{where}.input_media.data")
+                media.append((name, data, suffix, f"{where}.input_media"))
+        with contextlib.ExitStack() as files:
+            inputs: dict[str, list[Path]] = {}
+            for name, data, suffix, where in media:
+                kind = "image" if name == IMAGE else "audio" if suffix in _AUDIO_SUFFIXES else ""
+                path = files.enter_context(self.store.file(data, suffix, kind=kind, what=where))
+                inputs.setdefault(name, []).append(path)
+            try:
+                return conversation.message(" ".join(texts), inputs=inputs)
+            except AnyGPTError as err:
+                raise from_anygpt(err) from err
+
+    def pump_chat(
+        self,
+        plan: ChatPlan,
+        choice: int,
+        emit: Callable[[Item], None],
+        cancel: threading.Event,
+    ) -> None:
+        """Generate one choice: text pieces as they come, each span's media once it closes."""
+        conversation = plan.conversations[choice]
+        stream = conversation.text_stream()
+        deadline = time.monotonic() + self.settings.request_timeout
+        events = self.gpt.engine.submit([plan.requests[choice]])
+        tokens = 0
+        try:
+            for _, event in events:
+                if cancel.is_set():
+                    return
+                if time.monotonic() > deadline:
+                    emit(("error", choice, _timeout(self.settings.request_timeout)))
+                    return
+                piece = stream.feed(event)
+                if piece:
+                    emit(("text", choice, piece))
+                if isinstance(event, SpanClosed):
+                    emit(("media", choice, self._media(event, plan)))
+                elif isinstance(event, Done):
+                    tokens = len(event.token_ids)
+                    emit(("done", choice, (_finish(event.reason), tokens, stream.text)))
+                    return
+                if stream.stopped:
+                    emit(("done", choice, ("stop", stream.tokens, stream.text)))
+                    return
+        except AnyGPTError as err:
+            emit(("error", choice, from_anygpt(err)))
+        except Exception as err:
+            logger.exception("generation failed")
+            emit(("error", choice, APIError(500, f"internal error: {type(err).__name__}")))
+        finally:
+            events.close()
+
+    def _media(self, span: SpanClosed, plan: ChatPlan) -> dict[str, Any]:
+        codecs = self.gpt.codecs
+        value = codecs.decode(
+            span.modality,
+            span.codes,
+            condition=plan.voice if span.modality == SPEECH else None,
+            seed=plan.seed,
+            config=plan.target if span.modality == plan.to else None,
+        )
+        suffix = self.media_suffix(span.modality, plan.audio_format)
+        data = codecs.to_bytes(span.modality, value, suffix=suffix)
+        return {
+            "modality": span.modality,
+            "format": suffix.lstrip("."),
+            "data": base64.b64encode(data).decode("ascii"),
+        }
+
+    # ---- one-shot tasks (speech, images, music, transcription) -------------------------------
+
+    def prepare(self, task: Any, seed: int, **overrides: Any) -> Prepared:  # noqa: ANN401
+        """`AnyGPT.prepare` with the core's errors as HTTP errors."""
+        try:
+            return self.gpt.prepare(task, seed=seed, config=self.settings.config, **overrides)
+        except AnyGPTError as err:
+            raise from_anygpt(err) from err
+
+    def run_tasks(self, prepared: Sequence[Prepared], cancel: threading.Event) -> list[Result]:
+        """Generate prepared tasks together (one engine call) and decode them, in memory."""
+        started = time.perf_counter()
+        deadline = time.monotonic() + self.settings.request_timeout
+        events: list[list[Event]] = [[] for _ in prepared]
+        stream = self.gpt.stream_many(list(prepared))
+        try:
+            for index, event in stream:
+                if cancel.is_set():
+                    raise APIError(499, "client closed the request")
+                if time.monotonic() > deadline:
+                    raise _timeout(self.settings.request_timeout)
+                events[index].append(event)
+            return [
+                self.gpt.finish(p, e, started=started, save=False)
+                for p, e in zip(prepared, events, strict=True)
+            ]
+        except AnyGPTError as err:
+            raise from_anygpt(err) from err
+        finally:
+            stream.close()  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def upload(self, data: bytes, suffix: str, what: str) -> Iterator[Path]:
+        """An uploaded audio file in the cache for the block, checked first."""
+        with self.store.file(data, suffix, kind="audio", what=what) as path:
+            yield path
+
+
+_AUDIO_SUFFIXES = {"." + f for f in AUDIO_FORMATS}
+
+
+def _b64(data: str, what: str) -> bytes:
+    from anygpt_cli.server.media import decode_base64
+
+    return decode_base64(data, what)
+
+
+def _finish(reason: str) -> str:
+    """OpenAI's finish_reason of the loop's: a closed target span is a normal stop."""
+    return "length" if reason == "length" else "stop"
+
+
+def _timeout(seconds: float) -> APIError:
+    return APIError(
+        504, f"the request took longer than this server's limit of {seconds:g} s", code="timeout"
+    )
