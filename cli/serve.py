@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -206,11 +207,25 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             f"{' with an API key' if settings.api_key else ''}; Ctrl-C or SIGTERM stops it\n"
         )
         sys.stderr.flush()
+        # uvicorn stops taking requests on SIGTERM, finishes those in flight, then raises the
+        # signal again for the handler it found: this one, so the cache is cleaned and we exit 0
+        previous = signal.signal(signal.SIGTERM, _stopped)
         try:
             server.run(sockets=[sock])
+        except _Stop:
+            sys.stderr.write("Stopped (SIGTERM) after the requests in flight finished\n")
         finally:
+            signal.signal(signal.SIGTERM, previous)
             store.close()
             sock.close()
+
+
+class _Stop(Exception):
+    """SIGTERM arrived (and uvicorn has shut down gracefully)."""
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stop
 
 
 def _log_requests() -> None:
