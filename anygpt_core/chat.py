@@ -174,12 +174,22 @@ class TextStream:
         tokenizer: the model's tokenizer.
         space: the model's token space.
         stop: an end-of-turn string to watch for, or None.
+        incremental: decode as tokens come (`feed` returns new text); with False and no `stop`,
+            text is decoded once, when `text` or `message` is read (no per-token decoding).
     """
 
-    def __init__(self, tokenizer: Any, space: TokenSpace, *, stop: str | None = None) -> None:  # noqa: ANN401
+    def __init__(
+        self,
+        tokenizer: Any,  # noqa: ANN401 - a transformers tokenizer
+        space: TokenSpace,
+        *,
+        stop: str | None = None,
+        incremental: bool = True,
+    ) -> None:
         self.tokenizer = tokenizer
         self.space = space
         self.stop = stop or None
+        self.incremental = incremental or self.stop is not None
         self.stopped = False
         self.parts: list[tuple[bool, str]] = []  # (is_span, text)
         self.run: list[int] = []
@@ -197,7 +207,7 @@ class TextStream:
             if token in self.space.start_ids:
                 return ""
             self.run.append(token)
-            return self._advance()
+            return self._advance() if self.incremental else ""
         if isinstance(event, SpanOpened):
             self._end_run()
         elif isinstance(event, SpanClosed):
@@ -480,12 +490,12 @@ class Conversation:
         )
         return Request(input_ids, row, seed)
 
-    def text_stream(self) -> TextStream:
+    def text_stream(self, *, incremental: bool = True) -> TextStream:
         """A `TextStream` for one answer, watching the template's end string where it is text."""
         end = self.template.bot_end
         vocab = self.gpt.tokenizer.get_vocab()
         stop = None if end in vocab and vocab[end] in self.gpt.space.stop_ids else end
-        return TextStream(self.gpt.tokenizer, self.gpt.space, stop=stop)
+        return TextStream(self.gpt.tokenizer, self.gpt.space, stop=stop, incremental=incremental)
 
     def _generate(
         self,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
@@ -52,13 +53,21 @@ class Engine:
     Args:
         generator: the drivers and span rules over the loaded model.
         max_batch: the most rows generated together (1: one request at a time, in order).
+        gather: seconds a new batch waits for more requests while it has fewer than `max_batch`
+            rows: callers that arrive together (a server's clients) start together, rather than
+            the first alone and the rest after it. A batch already full starts at once.
     """
 
-    def __init__(self, generator: generation.Generator, *, max_batch: int = 8) -> None:
+    def __init__(
+        self, generator: generation.Generator, *, max_batch: int = 8, gather: float = 0.005
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if not 0 <= gather < 10:
+            raise ValueError("gather must be in [0, 10) seconds")
         self.generator = generator
         self.max_batch = max_batch
+        self.gather = gather
         self._pending: list[tuple[_Job, int]] = []
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -104,6 +113,9 @@ class Engine:
             with self._wake:
                 while not self._pending:
                     self._wake.wait()
+                until = time.monotonic() + self.gather
+                while len(self._pending) < self.max_batch and time.monotonic() < until:
+                    self._wake.wait(until - time.monotonic())
                 waiting = [(j, i) for j, i in self._pending if not j.cancelled]
                 taken, self._pending = waiting[: self.max_batch], waiting[self.max_batch :]
             if not taken:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,10 @@ def test_batching_and_driver_benchmarks_check_identical_ids():
     assert len(batches) == 5 and all("identical ids" in line for line in batches)
     drivers = [line for line in out.splitlines() if line.startswith("(d)")]
     assert len(drivers) == 2 and all("identical ids" in line for line in drivers)
+
+
+def test_serve_benchmark_runs_and_checks_identical_answers():
+    out = run("bench_serve.py", "--requests", "3", "--tokens", "6", "--reps", "1")
+    assert "answers identical one by one and together" in out
+    assert "throughput ratio:" in out and "p95" in out
+    assert re.search(r"one request: HTTP .* answers identical", out)

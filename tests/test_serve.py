@@ -170,9 +170,11 @@ def test_chat_n_choices_and_a_conversation_history(server):
     client = server.client()
     reply = chat(client, "Hi", n=3, seed=1, max_completion_tokens=12)
     assert [c.index for c in reply.choices] == [0, 1, 2]
-    assert reply.usage.completion_tokens == sum(
-        12 if c.finish_reason == "length" else 0 for c in reply.choices
-    ) or reply.usage.completion_tokens <= 36
+    assert (
+        reply.usage.completion_tokens
+        == sum(12 if c.finish_reason == "length" else 0 for c in reply.choices)
+        or reply.usage.completion_tokens <= 36
+    )
     system = {"role": "system", "content": "You are terse."}
     last = {"role": "user", "content": [{"type": "text", "text": "And now?"}]}
     turn = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there!"}]
@@ -236,18 +238,25 @@ def test_chat_reads_images_speech_and_music(server):
         client,
         [
             {"type": "text", "text": "Describe this image."},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(png_bytes())}},
+            {
+                "type": "image_url",
+                "image_url": {"url": "data:image/png;base64," + b64(png_bytes())},
+            },
         ],
         seed=0,
     )
     spoken = chat(
-        client, [{"type": "input_audio", "input_audio": {"data": b64(wav_bytes()), "format": "wav"}}]
+        client,
+        [{"type": "input_audio", "input_audio": {"data": b64(wav_bytes()), "format": "wav"}}],
     )
     music = chat(
         client,
         [
             {"type": "text", "text": "What is this music?"},
-            {"type": "input_media", "input_media": {"modality": "music", "data": b64(wav_bytes(2.0)), "format": "wav"}},
+            {
+                "type": "input_media",
+                "input_media": {"modality": "music", "data": b64(wav_bytes(2.0)), "format": "wav"},
+            },
         ],
     )
     text_only = chat(client, "Describe this image.", seed=0)
@@ -262,7 +271,11 @@ def test_streaming_text_equals_the_whole_answer(server):
     whole = chat(client, "Count to ten", temperature=0, max_tokens=30)
     pieces, finish, usage = [], None, None
     stream = chat(
-        client, "Count to ten", temperature=0, max_tokens=30, stream=True,
+        client,
+        "Count to ten",
+        temperature=0,
+        max_tokens=30,
+        stream=True,
         stream_options={"include_usage": True},
     )
     for chunk in stream:
@@ -296,7 +309,11 @@ def test_streaming_sends_media_when_the_span_closes_and_done(server):
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(line[6:]) for line in lines[:-1]]
-    audio = [c["choices"][0]["delta"]["audio"] for c in chunks if c["choices"] and "audio" in c["choices"][0]["delta"]]
+    audio = [
+        c["choices"][0]["delta"]["audio"]
+        for c in chunks
+        if c["choices"] and "audio" in c["choices"][0]["delta"]
+    ]
     assert any("data" in a and len(base64.b64decode(a["data"])) > 44 for a in audio)
     assert chunks[-1]["choices"][0]["finish_reason"] in {"stop", "length"}
 
@@ -305,14 +322,19 @@ def test_audio_speech_wav_flac_and_voices(server):
     import soundfile
 
     client = server.client()
-    for fmt, voice in [("wav", "alloy"), ("flac", "anna")]:
-        audio = client.audio.speech.create(model=MODEL, voice=voice, input="Hello there", response_format=fmt)
-        data, rate = soundfile.read(io.BytesIO(audio.read()))
-        assert rate > 0 and len(data) > 0
-        assert soundfile.info(io.BytesIO(audio.read())).format == fmt.upper()
-    seeded = [server.post("/v1/audio/speech", json={"model": MODEL, "input": "Hi", "seed": 9}).content for _ in range(2)]
-    assert seeded[0] == seeded[1]
-    mp3 = server.post("/v1/audio/speech", json={"model": MODEL, "input": "Hi", "response_format": "mp3"})
+    audio = client.audio.speech.create(
+        model=MODEL, voice="alloy", input="Hello there", response_format="wav"
+    )
+    data, rate = soundfile.read(io.BytesIO(audio.read()))
+    assert rate > 0 and len(data) > 0 and soundfile.info(io.BytesIO(audio.read())).format == "WAV"
+    body = {"model": MODEL, "input": "Hi", "voice": "anna", "response_format": "flac", "seed": 9}
+    seeded = [server.post("/v1/audio/speech", json=body) for _ in range(2)]
+    assert seeded[0].headers["content-type"] == "audio/flac"
+    assert soundfile.info(io.BytesIO(seeded[0].content)).format == "FLAC"
+    assert seeded[0].content == seeded[1].content  # seeded: the same voice, the same bytes
+    mp3 = server.post(
+        "/v1/audio/speech", json={"model": MODEL, "input": "Hi", "response_format": "mp3"}
+    )
     assert mp3.status_code == 400 and "wav or flac" in mp3.json()["error"]["message"]
 
 
@@ -320,14 +342,18 @@ def test_audio_transcriptions_json_and_text(server):
     client = server.client()
     result = client.audio.transcriptions.create(model=MODEL, file=("q.wav", wav_bytes()))
     assert isinstance(result.text, str) and result.text
-    text = client.audio.transcriptions.create(model=MODEL, file=("q.wav", wav_bytes()), response_format="text")
+    text = client.audio.transcriptions.create(
+        model=MODEL, file=("q.wav", wav_bytes()), response_format="text"
+    )
     assert text.strip() == result.text.strip()
 
 
 def test_images_generations_b64_n(server):
     from PIL import Image
 
-    result = server.client().images.generate(model=MODEL, prompt="a red bus", n=2, response_format="b64_json", extra_body={"seed": 1})
+    result = server.client().images.generate(
+        model=MODEL, prompt="a red bus", n=2, response_format="b64_json", extra_body={"seed": 1}
+    )
     images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in result.data]
     assert len(images) == 2 and images[0].size == images[1].size
     url = server.post("/v1/images/generations", json={"prompt": "x", "response_format": "url"})
@@ -337,7 +363,9 @@ def test_images_generations_b64_n(server):
 def test_audio_generations_music(server):
     import soundfile
 
-    response = server.post("/v1/audio/generations", json={"model": MODEL, "prompt": "calm piano", "seed": 3})
+    response = server.post(
+        "/v1/audio/generations", json={"model": MODEL, "prompt": "calm piano", "seed": 3}
+    )
     assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
     wave, rate = soundfile.read(io.BytesIO(response.content))
     assert rate > 0 and len(wave) > 0
@@ -359,26 +387,202 @@ def error_of(response: httpx.Response, status: int) -> str:
     [
         (b"{not json", 400, "not valid JSON"),
         ({"model": MODEL}, 400, "messages: Field required"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}, 400, "max_tokens"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 7}, 400, "temperature"),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"},
+            400,
+            "max_tokens",
+        ),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 7},
+            400,
+            "temperature",
+        ),
         ({"model": MODEL, "messages": "hello"}, 400, "messages"),
-        ({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}, 404, "not served here"),
-        ({"model": MODEL, "messages": [{"role": "assistant", "content": "x"}]}, 400, "last message must be the user's"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400, "tools is not supported"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "modalities": ["image", "audio"]}, 400, "one output modality"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}, 400, "does not fetch URLs"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}, 400, "does not fetch URLs"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}]}, 400, "not valid base64"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": b64(b"just some text, not audio"), "format": "wav"}}]}]}, 400, "not a readable audio file"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(b"hello")}}]}]}, 400, "not a readable image"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": b64(wav_bytes(8.0)), "format": "wav"}}]}]}, 400, "over this server's limit of 5 s"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(png_bytes(400))}}]}]}, 400, "over this server's limit of 100,000"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_media", "input_media": {"modality": "smell", "data": "AAAA"}}]}]}, 400, "no smell modality"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "video", "video": {}}]}]}, 400, "content"),
+        (
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
+            404,
+            "not served here",
+        ),
+        (
+            {"model": MODEL, "messages": [{"role": "assistant", "content": "x"}]},
+            400,
+            "last message must be the user's",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function"}],
+            },
+            400,
+            "tools is not supported",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "x"}],
+                "modalities": ["image", "audio"],
+            },
+            400,
+            "one output modality",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "https://example.com/cat.png"},
+                            }
+                        ],
+                    }
+                ],
+            },
+            400,
+            "does not fetch URLs",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}],
+                    }
+                ],
+            },
+            400,
+            "does not fetch URLs",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}
+                        ],
+                    }
+                ],
+            },
+            400,
+            "not valid base64",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "input_audio",
+                                "input_audio": {
+                                    "data": b64(b"just some text, not audio"),
+                                    "format": "wav",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
+            400,
+            "not a readable audio file",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64," + b64(b"hello")},
+                            }
+                        ],
+                    }
+                ],
+            },
+            400,
+            "not a readable image",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "input_audio",
+                                "input_audio": {"data": b64(wav_bytes(8.0)), "format": "wav"},
+                            }
+                        ],
+                    }
+                ],
+            },
+            400,
+            "over this server's limit of 5 s",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {
+                                    "url": "data:image/png;base64," + b64(png_bytes(400))
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
+            400,
+            "over this server's limit of 100,000",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "input_media",
+                                "input_media": {"modality": "smell", "data": "AAAA"},
+                            }
+                        ],
+                    }
+                ],
+            },
+            400,
+            "no smell modality",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": [{"type": "video", "video": {}}]}],
+            },
+            400,
+            "content",
+        ),
     ],
 )
 def test_bad_chat_requests_get_one_line_json_errors(server, body, status, says):
-    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+    kwargs = (
+        {"content": body, "headers": {"content-type": "application/json"}}
+        if isinstance(body, bytes)
+        else {"json": body}
+    )
     message = error_of(server.post("/v1/chat/completions", **kwargs), status)
     assert says in message
     assert "\n" not in message
@@ -387,13 +591,19 @@ def test_bad_chat_requests_get_one_line_json_errors(server, body, status, says):
 def test_auth_body_size_and_upload_errors(server):
     request = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
     assert "API key" in error_of(server.post("/v1/chat/completions", key=None, json=request), 401)
-    assert "API key" in error_of(server.post("/v1/chat/completions", key="wrong", json=request), 401)
+    assert "API key" in error_of(
+        server.post("/v1/chat/completions", key="wrong", json=request), 401
+    )
     with pytest.raises(openai.AuthenticationError):
         chat(server.client(key="nope"), "x")
     assert httpx.get(server.url + "/health").status_code == 200  # health needs no key
     huge = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (3 * 1024 * 1024)}]}
     assert "limit of" in error_of(server.post("/v1/chat/completions", json=huge), 413)
-    text_file = server.post("/v1/audio/transcriptions", data={"model": MODEL}, files={"file": ("a.wav", b"plain text here")})
+    text_file = server.post(
+        "/v1/audio/transcriptions",
+        data={"model": MODEL},
+        files={"file": ("a.wav", b"plain text here")},
+    )
     assert "not a readable audio file" in error_of(text_file, 400)
     missing = server.post("/v1/audio/transcriptions", data={"model": MODEL})
     assert "file" in error_of(missing, 400)
@@ -404,14 +614,20 @@ def test_auth_body_size_and_upload_errors(server):
 def test_32_concurrent_clients_two_requests_each(server):
     client = server.client(timeout=300)
     prompts = [f"Question number {i}" for i in range(32)]
-    expected = {p: chat(client, p, temperature=0, max_tokens=16).choices[0].message.content for p in prompts[:4]}
+    expected = {
+        p: chat(client, p, temperature=0, max_tokens=16).choices[0].message.content
+        for p in prompts[:4]
+    }
 
     def one(prompt: str) -> list[str]:
-        return [chat(client, prompt, temperature=0, max_tokens=16).choices[0].message.content for _ in range(2)]
+        return [
+            chat(client, prompt, temperature=0, max_tokens=16).choices[0].message.content
+            for _ in range(2)
+        ]
 
     with ThreadPoolExecutor(32) as pool:
         answers = dict(zip(prompts, pool.map(one, prompts), strict=True))
-    for prompt, pair in answers.items():
+    for pair in answers.values():
         assert pair[0] == pair[1] and isinstance(pair[0], str)
     for prompt, answer in expected.items():
         assert answers[prompt][0] == answer  # batched with 31 others, the same greedy answer
@@ -423,7 +639,9 @@ def test_32_concurrent_clients_two_requests_each(server):
 
 @pytest.fixture
 def small_server(tmp_path):
-    srv = start_server(tmp_path / "small.log", "--max-queue", "1", "--max-batch", "1", "--request-timeout", "30")
+    srv = start_server(
+        tmp_path / "small.log", "--max-queue", "1", "--max-batch", "1", "--request-timeout", "30"
+    )
     yield srv
     stop(srv)
 
@@ -433,7 +651,13 @@ def long_stream(server: Server):
         "POST",
         server.url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {KEY}"},
-        json={"model": MODEL, "messages": [{"role": "user", "content": "Write a long story"}], "stream": True, "max_tokens": 3500, "temperature": 1.0},
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Write a long story"}],
+            "stream": True,
+            "max_tokens": 3500,
+            "temperature": 1.0,
+        },
         timeout=120,
     )
 
@@ -442,13 +666,19 @@ def test_full_queue_429_and_a_client_that_leaves_frees_its_place(small_server):
     with long_stream(small_server) as response:
         lines = response.iter_lines()
         next(lines)
-        busy = small_server.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        busy = small_server.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+        )
         assert "busy" in error_of(busy, 429)
         assert int(busy.headers["retry-after"]) >= 1
     # the client left mid-stream: its place (and its rows in the engine) are given back
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        after = small_server.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4})
+        after = small_server.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4},
+        )
         if after.status_code != 429:
             break
         time.sleep(0.1)
@@ -459,9 +689,27 @@ def test_full_queue_429_and_a_client_that_leaves_frees_its_place(small_server):
 def test_request_timeout_is_a_504(tmp_path):
     srv = start_server(tmp_path / "slow.log", "--request-timeout", "1")
     try:
-        response = srv.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 16, "max_tokens": 3500})
+        response = srv.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "x"}],
+                "n": 16,
+                "max_tokens": 3500,
+            },
+        )
         assert "limit of 1 s" in error_of(response, 504)
-        assert srv.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}).status_code == 200
+        assert (
+            srv.post(
+                "/v1/chat/completions",
+                json={
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "x"}],
+                    "max_tokens": 4,
+                },
+            ).status_code
+            == 200
+        )
     finally:
         stop(srv)
 

@@ -89,6 +89,7 @@ class ChatPlan:
     seed: int
     voice: Path | None
     audio_format: str
+    stream: bool = False
 
 
 def _seed(seed: int | None, n: int = 1) -> int:
@@ -272,6 +273,7 @@ class Service:
             seed=seed,
             voice=voice,
             audio_format=fmt,
+            stream=request.stream,
         )
 
     @staticmethod
@@ -346,7 +348,7 @@ class Service:
     ) -> None:
         """Generate one choice: text pieces as they come, each span's media once it closes."""
         conversation = plan.conversations[choice]
-        stream = conversation.text_stream()
+        stream = conversation.text_stream(incremental=plan.stream)
         deadline = time.monotonic() + self.settings.request_timeout
         events = self.gpt.engine.submit([plan.requests[choice]])
         tokens = 0

@@ -1,0 +1,210 @@
+"""`anygpt serve` on loopback: 16 concurrent text requests vs the same 16 one after another.
+
+Builds an AnyGPT-shaped small model (LLaMA, hidden 256, intermediate 688 as LLaMA-2-7B's ratio,
+4 layers, the demo's tokenizer), starts `anygpt serve` on a free loopback port (text only), and
+in the same run measures:
+  * throughput of 16 greedy requests sent at once against the same 16 sent one by one (target
+    >= 3x), with p50 / p95 latency of each, and that every answer is identical both ways;
+  * one request over HTTP against the same turn through the Python API in this process
+    (`Conversation.send`, same model, same greedy answer): target <= 1.15x.
+Prints ratios, never asserts timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["ANYGPT_LOAD_PLUGINS"] = "__none__"  # text only: a random model's spans are noise
+ANYGPT = Path(sys.executable).with_name("anygpt")
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def build_model(directory: Path) -> Path:
+    """The AnyGPT-shaped small model, with the demo's tokenizer files, in `directory`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from anygpt_core.demo import ensure_demo
+    from anygpt_core.plugins import discover
+
+    demo = ensure_demo(discover(load_only=[]), home=directory / "home")
+    target = directory / "model"
+    target.mkdir()
+    for item in demo.model_dir.iterdir():
+        if item.name not in {"model.safetensors", "config.json"}:
+            shutil.copy(item, target / item.name)
+    base = LlamaConfig.from_pretrained(demo.model_dir)
+    config = LlamaConfig(
+        vocab_size=base.vocab_size,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        bos_token_id=base.bos_token_id,
+        eos_token_id=base.eos_token_id,
+        pad_token_id=base.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 0.5)  # peaked logits: varied, long greedy answers
+    model.save_pretrained(target)
+    return target
+
+
+def start(model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(ANYGPT),
+                "serve",
+                "--model-name-or-path",
+                str(model),
+                "--device",
+                "cpu",
+                "--port",
+                "0",
+                "--max-batch",
+                "16",
+                "--served-model-name",
+                "bench",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        found = re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
+        if found:
+            return proc, found.group(1)
+        if proc.poll() is not None:
+            raise SystemExit("server failed: " + log.read_text())
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def ask(client: httpx.Client, prompt: str, tokens: int) -> tuple[float, str, int]:
+    started = time.perf_counter()
+    response = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "bench",
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "max_tokens": tokens,
+        },
+    )
+    response.raise_for_status()
+    body = response.json()
+    return (
+        time.perf_counter() - started,
+        body["choices"][0]["message"]["content"],
+        body["usage"]["completion_tokens"],
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args()
+
+    from anygpt_core.api import AnyGPT
+    from anygpt_core.chat import Conversation
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    proc = None
+    try:
+        model = build_model(work)
+        proc, url = start(model, work / "server.log")
+        prompts = [f"Tell me about topic number {i}, please." for i in range(args.requests)]
+        client = httpx.Client(base_url=url, timeout=600)
+        ask(client, prompts[0], 4)  # warm-up
+        one_by_one: list[float] = []
+        together: list[float] = []
+        seq_lat: list[float] = []
+        par_lat: list[float] = []
+        tokens = 0
+        identical = True
+        for _ in range(args.reps):
+            started = time.perf_counter()
+            seq = [ask(client, p, args.tokens) for p in prompts]
+            one_by_one.append(time.perf_counter() - started)
+            seq_lat += [s for s, _, _ in seq]
+            with ThreadPoolExecutor(args.requests) as pool:
+                started = time.perf_counter()
+                par = list(pool.map(lambda p: ask(client, p, args.tokens), prompts))
+                together.append(time.perf_counter() - started)
+            par_lat += [s for s, _, _ in par]
+            tokens = sum(n for _, _, n in seq)
+            identical &= [t for _, t, _ in seq] == [t for _, t, _ in par]
+        seq_time, par_time = min(one_by_one), min(together)
+        say(
+            f"{args.requests} requests x {args.tokens} tokens ({tokens} generated), "
+            f"answers {'identical' if identical else 'DIFFERENT'} one by one and together"
+        )
+        say(
+            f"one by one: {seq_time:.2f} s, {tokens / seq_time:.0f} tokens/s, latency p50 "
+            f"{percentile(seq_lat, 0.5):.3f} s p95 {percentile(seq_lat, 0.95):.3f} s"
+        )
+        say(
+            f"together:   {par_time:.2f} s, {tokens / par_time:.0f} tokens/s, latency p50 "
+            f"{percentile(par_lat, 0.5):.3f} s p95 {percentile(par_lat, 0.95):.3f} s"
+        )
+        say(f"throughput ratio: {seq_time / par_time:.2f}x (target >= 3x)")
+
+        gpt = AnyGPT.load(model, device="cpu")
+        conversation = Conversation(gpt, do_sample=False, max_new_tokens=args.tokens)
+        api_times, http_times = [], []
+        same = True
+        for _ in range(max(3, args.reps * 3)):
+            # one process at a time: each side's idle BLAS threads must not share the cores
+            time.sleep(0.3)
+            started = time.perf_counter()
+            local = conversation.send(prompts[0]).text
+            api_times.append(time.perf_counter() - started)
+            conversation.clear()
+            time.sleep(0.3)
+            seconds, remote, _ = ask(client, prompts[0], args.tokens)
+            http_times.append(seconds)
+            same &= local == remote
+        api, http = statistics.median(api_times), statistics.median(http_times)
+        say(
+            f"one request: HTTP {http * 1000:.1f} ms vs Python API {api * 1000:.1f} ms: "
+            f"{http / api:.2f}x (target <= 1.15x), answers {'identical' if same else 'DIFFERENT'}"
+        )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
