@@ -731,3 +731,23 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(small_server):
     assert lines[-1] == "data: [DONE]"
     with pytest.raises(httpx.ConnectError):
         httpx.get(small_server.url + "/health", timeout=5)
+
+
+def test_media_store_removes_only_dead_servers_folders(tmp_path):
+    from anygpt_cli.server.media import Limits, MediaStore
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"serve-{dead.pid}-abc"
+    alive = tmp_path / f"serve-{os.getpid()}-def"
+    mine = tmp_path / "serve-notes"
+    for folder in (stale, alive, mine):
+        folder.mkdir()
+        (folder / "x.wav").write_bytes(b"1")
+    store = MediaStore(tmp_path, Limits())
+    assert not stale.exists() and alive.exists() and mine.exists()
+    with store.file(b"data", ".bin", kind="", what="x") as path:
+        assert path.parent == store.dir and path.read_bytes() == b"data"
+    assert not path.exists()
+    store.close()
+    assert not store.dir.exists()

@@ -103,7 +103,8 @@ class MediaStore:
     def __init__(self, root: Path, limits: Limits) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
-        self.dir = Path(tempfile.mkdtemp(prefix="serve-", dir=root))
+        _remove_stale(root)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"serve-{os.getpid()}-", dir=root))
         self.limits = limits
 
     @contextlib.contextmanager
@@ -165,6 +166,22 @@ class MediaStore:
         import shutil
 
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _remove_stale(root: Path) -> None:
+    """Remove the folders of servers that died without cleaning up (their process is gone)."""
+    import shutil
+
+    for folder in root.glob("serve-*-*"):
+        pid = folder.name.split("-")[1]
+        if not pid.isdigit() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue  # alive, another user's
 
 
 def suffix_for(mime: str | None, default: str) -> str:
