@@ -751,3 +751,31 @@ def test_media_store_removes_only_dead_servers_folders(tmp_path):
     assert not path.exists()
     store.close()
     assert not store.dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["--voice", "anna"], 3, "expected NAME=FILE"),
+        (["--voice", "anna=/no/such.wav"], 3, "no such file"),
+        (["--chat-template", "llama"], 6, "choose one of"),
+        (["--port", "70000"], 2, ""),
+    ],
+)
+def test_serve_option_errors_are_one_line_before_loading(args, code, says):
+    proc = subprocess.run(
+        [str(ANYGPT), "serve", *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == code, proc.stderr
+    if says:
+        assert proc.stderr.count("\n") == 1 and says in proc.stderr
+    assert "Loading" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_taken_port_is_one_line(server):
+    port = server.url.rsplit(":", 1)[1]
+    proc = subprocess.run(
+        [str(ANYGPT), "serve", "--port", port], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 3 and f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert proc.stderr.count("\n") == 1
