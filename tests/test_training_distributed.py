@@ -234,3 +234,17 @@ def test_fsdp_on_the_cpu_is_refused_not_ignored(extended, pretrain_data, tmp_pat
         "accelerators); remove fsdp to train on the CPU\n",
     )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["pretrain-7b.yaml", "sft-7b.yaml"])
+def test_the_7b_configs_are_accepted_by_transformers(name):
+    """The README's 7B configs: every field valid; on the CPU, only FSDP itself is refused."""
+    from anygpt_core.errors import ConfigError
+    from anygpt_core.training.config import load_train_config, training_arguments
+
+    path = Path(__file__).parents[1] / "examples" / "train" / name
+    config = load_train_config(path)
+    assert config.trainer["fsdp"] is True and config.bf16
+    on_cpu = config.model_copy(update={"bf16": False})  # bf16 needs a GPU as well
+    with pytest.raises(ConfigError, match=r"trainer\.fsdp: FSDP needs GPUs"):
+        training_arguments(on_cpu, source=path)
