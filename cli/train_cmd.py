@@ -74,7 +74,8 @@ def _peer_lost(err: Exception) -> bool:
 
     import torch.distributed
 
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2 or isinstance(err, AnyGPTError):
+    world = os.environ.get("WORLD_SIZE", "").strip()
+    if not (world.isdigit() and int(world) > 1) or isinstance(err, AnyGPTError):
         return False
     return isinstance(err, torch.distributed.DistError) or "closed by peer" in str(err)
 
