@@ -104,8 +104,13 @@ def _setup_logging(verbose: int) -> None:
 
 
 def report(err: AnyGPTError) -> int:
-    """Print `Error: …` on stderr and return the error's exit code."""
-    sys.stderr.write(f"Error: {first_line(err)}\n")
+    """Print `Error: …` on stderr and return the error's exit code.
+
+    In a multi-process launch every rank but the first names itself: `Error: rank 3: …`.
+    """
+    from anygpt_cli.launch import rank_prefix
+
+    sys.stderr.write(f"Error: {rank_prefix()}{first_line(err)}\n")
     return err.exit_code
 
 
@@ -135,7 +140,10 @@ def main(argv: list[str] | None = None) -> None:
                 "or a smaller --max-new-tokens\n"
             )
             raise SystemExit(1) from None
+        from anygpt_cli.launch import rank_prefix
+
         sys.stderr.write(
-            f"internal error: {type(err).__name__}: {first} (set ANYGPT_DEBUG=1 for a traceback)\n"
+            f"internal error: {rank_prefix()}{type(err).__name__}: {first} "
+            "(set ANYGPT_DEBUG=1 for a traceback)\n"
         )
         raise SystemExit(1) from None

@@ -43,6 +43,15 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         overwrite: Annotated[
             bool, typer.Option("--overwrite", help="Start again from scratch.")
         ] = False,
+        shard: Annotated[
+            str | None,
+            typer.Option(
+                "--shard",
+                metavar="K/N",
+                help="Prepare only the K-th of N parts of the manifest (one per machine), "
+                "into OUT.0000K-of-0000N; join them with `anygpt data merge OUT`.",
+            ),
+        ] = None,
         demo: Annotated[
             bool,
             typer.Option(
@@ -61,8 +70,9 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         )
 
         from anygpt_cli.console import stderr
-        from anygpt_core.training.data import prepare_dataset
+        from anygpt_core.training.data import parse_shard, prepare_dataset
 
+        part = parse_shard(shard) if shard is not None else None
         options = dict(codec_options)
         if demo:
             from anygpt_core.demo import ensure_demo
@@ -95,10 +105,29 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 max_tokens=max_tokens,
                 overwrite=overwrite,
                 on_progress=update,
+                shard=part,
             )
         _report(summary)
-        if summary.written == 0:
+        if summary.written == 0 and part is None:  # a shard's block may hold only bad lines
             raise InputError(f"{manifest}: no usable examples; nothing written to {out}")
+
+    @group.command("merge")
+    def merge_command(
+        out: Annotated[
+            Path, typer.Argument(help="The OUT all shards were prepared for; written here.")
+        ],
+        *,
+        overwrite: Annotated[
+            bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
+        ] = False,
+    ) -> None:
+        """Join OUT.0000K-of-0000N (from `prepare --shard K/N`) into OUT, as one run writes it."""
+        from anygpt_core.training.data import merge_shards
+
+        summary = merge_shards(out, overwrite=overwrite)
+        _report(summary)
+        if summary.written == 0:
+            raise InputError(f"{out}: the shards hold no usable examples")
 
 
 def _report(summary: PrepareSummary) -> None:
@@ -107,13 +136,17 @@ def _report(summary: PrepareSummary) -> None:
     from anygpt_cli.console import stdout
 
     resumed = ""
-    if summary.resumed_at >= summary.total:
+    if summary.was_complete:
         resumed = " (already complete; --overwrite to start again)"
     elif summary.resumed_at:
         resumed = f" (resumed at line {summary.resumed_at + 1})"
+    part = ""
+    if summary.shard is not None:
+        index, count = summary.shard
+        part = f" (shard {index}/{count}: manifest lines {summary.first}-{summary.last})"
     stdout.print(
         f"[green]wrote[/green] {summary.out}: {summary.written} examples from {summary.total} "
-        f"lines, {len(summary.skipped)} skipped{resumed}"
+        f"lines{part}, {len(summary.skipped)} skipped{resumed}"
     )
     if not summary.skipped:
         return

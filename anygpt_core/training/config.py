@@ -184,14 +184,25 @@ def training_arguments(config: TrainConfig, *, source: Path | None = None) -> An
             else "gradient_checkpointing"
         )
         mapped[name] = True
+    # every parameter of a causal LM is used in each step (DDP's search for unused ones is a
+    # wasted pass), and replicas log only errors: rank 0 reports for the run
+    defaults = {"ddp_find_unused_parameters": False, "log_level_replica": "error"}
+    where = f"{source}: " if source else ""
     try:
-        return TrainingArguments(
+        args = TrainingArguments(
             output_dir=str(config.output_dir),
             remove_unused_columns=False,
             **mapped,
-            **config.trainer,
+            **{**defaults, **config.trainer},
         )
     except (ValueError, TypeError, ImportError) as err:
-        where = f"{source}: " if source else ""
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"{where}{first}") from err
+    if args.fsdp_plugin_args is not None and args.device.type == "cpu":
+        # accelerate shards with FSDP only on accelerators; on the CPU it would quietly train
+        # every rank on a full copy (DDP) instead
+        raise ConfigError(
+            f"{where}trainer.fsdp: FSDP needs GPUs (accelerate runs it only on accelerators); "
+            "remove fsdp to train on the CPU"
+        )
+    return args

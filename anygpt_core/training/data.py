@@ -12,6 +12,12 @@ Manifest lines (JSONL; paths relative to the manifest's directory):
 Bad lines (not JSON, unknown modality, missing or corrupt file, too long) are skipped and reported
 by line number. Output is written in manifest order; a state file beside it (`OUT.state.json`)
 records how far it got, so an interrupted run resumes without duplicated or lost lines.
+
+Several machines prepare one manifest with `shard=(K, N)`: shard K takes the K-th of N contiguous
+blocks of lines and writes `OUT`'s name with `.0000K-of-0000N` before the suffix, resumable on its
+own. `merge_shards` joins them into `OUT` byte for byte as one run would have written it (and its
+state, so `prepare` then finds it complete); listing the shard files in order in a training config
+gives the same examples in the same order.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import json
 import logging
 import multiprocessing
 import os
+import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -31,7 +39,16 @@ from typing import Any
 from anygpt_core.errors import AnyGPTError, InputError
 from anygpt_core.plugins import PluginSet
 
-__all__ = ["PrepareSummary", "Skipped", "convert_line", "prepare_dataset", "state_path"]
+__all__ = [
+    "PrepareSummary",
+    "Skipped",
+    "convert_line",
+    "merge_shards",
+    "parse_shard",
+    "prepare_dataset",
+    "shard_path",
+    "state_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +67,25 @@ class Skipped:
 
 @dataclass
 class PrepareSummary:
-    """The outcome of a (possibly resumed) prepare run."""
+    """The outcome of a (possibly resumed) prepare run, or of a merge of shards.
+
+    `total` counts the lines this run covers: the manifest's, or its shard's, manifest lines
+    `first`..`last`; `resumed_at` is the manifest line it resumed after (0: it started afresh).
+    """
 
     out: Path
     total: int
     written: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     resumed_at: int = 0
+    shard: tuple[int, int] | None = None
+    first: int = 1
+    last: int = 0
+
+    @property
+    def was_complete(self) -> bool:
+        """Whether the run found its output already complete and did nothing."""
+        return self.first <= self.last <= self.resumed_at
 
 
 class _Skip(Exception):
@@ -207,9 +236,11 @@ def _digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def _jobs(manifest: Path, start: int) -> Iterator[tuple[int, str]]:
+def _jobs(manifest: Path, start: int, stop: int) -> Iterator[tuple[int, str]]:
     with manifest.open(encoding="utf-8") as handle:
         for number, text in enumerate(handle, 1):
+            if number > stop:
+                return
             if number > start and text.strip():
                 yield number, text
 
@@ -224,6 +255,32 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state.json")
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"K/N"` -> `(K, N)`: the K-th of N parts, 1 <= K <= N.
+
+    Raises:
+        InputError: not of that form.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None or not 1 <= int(match[1]) <= int(match[2]):
+        raise InputError(f"--shard {text}: expected K/N with 1 <= K <= N, e.g. 2/8")
+    return int(match[1]), int(match[2])
+
+
+def shard_path(out: Path, shard: tuple[int, int]) -> Path:
+    """The file shard K of N writes: `data/train.jsonl`, (2, 8) -> `data/train.00002-of-00008.jsonl`."""
+    index, count = shard
+    return out.with_name(f"{out.stem}.{index:05d}-of-{count:05d}{out.suffix}")
+
+
+def _shard_lines(total: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """The manifest lines `(first, last)` a shard covers: the K-th of N contiguous blocks."""
+    if shard is None:
+        return 1, total
+    index, count = shard
+    return total * (index - 1) // count + 1, total * index // count
+
+
 def prepare_dataset(
     manifest: Path,
     out: Path,
@@ -234,6 +291,7 @@ def prepare_dataset(
     max_tokens: int = 4096,
     overwrite: bool = False,
     on_progress: Callable[[int, int, int], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> PrepareSummary:
     """Encode every manifest line's media and write the training JSONL, resuming where it stopped.
 
@@ -246,6 +304,8 @@ def prepare_dataset(
         max_tokens: most span tokens per example; longer ones are skipped as too long.
         overwrite: start again even if `out` exists.
         on_progress: called with (lines done, lines in total, lines skipped) as lines complete.
+        shard: `(K, N)` to prepare only the K-th of N contiguous blocks of the manifest's lines,
+            into `shard_path(out, shard)`; `merge_shards(out)` joins the N files.
 
     Raises:
         InputError: no manifest; `out` exists without a state file (and not `overwrite`); a state
@@ -264,10 +324,21 @@ def prepare_dataset(
         "max_tokens": max_tokens,
         "codec setup": hashlib.sha256(codecs.encode()).hexdigest(),
     }
-    state = _resume_state(out, settings, overwrite=overwrite)
     total = _count_lines(manifest)
+    first, last = _shard_lines(total, shard)
+    if shard is not None:
+        out = shard_path(out, shard)
+        settings["shard"] = f"{shard[0]}/{shard[1]}"
+    state = _resume_state(out, settings, overwrite=overwrite, start=first - 1)
     summary = PrepareSummary(
-        out, total, state["written"], [Skipped(**s) for s in state["skipped"]], state["lines"]
+        out,
+        last - first + 1,
+        state["written"],
+        [Skipped(**s) for s in state["skipped"]],
+        state["lines"] if state["lines"] > first - 1 else 0,
+        shard,
+        first,
+        last,
     )
     if state.get("complete"):
         return summary
@@ -288,7 +359,8 @@ def prepare_dataset(
     last_save = time.monotonic()
     with out.open("ab") as handle:
         try:
-            for number, line, skipped in _results(manifest, committed[0], workers, init_args):
+            jobs = _jobs(manifest, committed[0], last)
+            for number, line, skipped in _results(manifest, jobs, workers, init_args):
                 if line is not None:
                     handle.write(line.encode("utf-8") + b"\n")
                 if skipped is not None:
@@ -303,19 +375,19 @@ def prepare_dataset(
                     _save_state(out, handle, settings, summary, committed)
                     last_save = time.monotonic()
                 if on_progress is not None:
-                    on_progress(number, total, len(summary.skipped))
-            committed = (total, *committed[1:])
+                    on_progress(number - first + 1, summary.total, len(summary.skipped))
+            committed = (last, *committed[1:])
         finally:
-            _save_state(out, handle, settings, summary, committed, complete=committed[0] >= total)
+            _save_state(out, handle, settings, summary, committed, complete=committed[0] >= last)
     return summary
 
 
 def _results(
-    manifest: Path, start: int, workers: int, init_args: tuple[Any, ...]
+    manifest: Path, jobs: Iterator[tuple[int, str]], workers: int, init_args: tuple[Any, ...]
 ) -> Iterator[tuple[int, str | None, Skipped | None]]:
     if workers == 1:
         _init_worker(*init_args)
-        yield from map(_work, _jobs(manifest, start))
+        yield from map(_work, jobs)
         return
     # spawn, not fork: a fork of a process with torch / tokenizer threads can deadlock. An executor,
     # not multiprocessing.Pool: a worker that dies or fails to start raises here instead of hanging.
@@ -329,7 +401,7 @@ def _results(
         with ProcessPoolExecutor(
             workers, mp_context=context, initializer=_init_worker, initargs=init_args
         ) as pool:
-            for job in _jobs(manifest, start):
+            for job in jobs:
                 window.append(pool.submit(_work, job))
                 if len(window) >= 4 * workers:  # bounded, in manifest order
                     yield window.popleft().result()
@@ -341,8 +413,10 @@ def _results(
         ) from err
 
 
-def _resume_state(out: Path, settings: dict[str, Any], *, overwrite: bool) -> dict[str, Any]:
-    fresh = {**settings, "lines": 0, "bytes": 0, "written": 0, "skipped": []}
+def _resume_state(
+    out: Path, settings: dict[str, Any], *, overwrite: bool, start: int = 0
+) -> dict[str, Any]:
+    fresh = {**settings, "lines": start, "bytes": 0, "written": 0, "skipped": []}
     path = state_path(out)
     if overwrite or not (out.exists() or path.exists()):
         out.unlink(missing_ok=True)
@@ -393,3 +467,96 @@ def _save_state(
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def merge_shards(out: Path, *, overwrite: bool = False) -> PrepareSummary:
+    """Join the files `prepare_dataset(..., shard=(K, N))` wrote for `out` into `out`.
+
+    The result, and its state file, are byte for byte what one run over the whole manifest writes.
+    The shard files are left in place.
+
+    Raises:
+        InputError: no shards; shards of different counts, missing, incomplete, or prepared from
+            another manifest or with other settings; `out` exists (and not `overwrite`).
+    """
+    out = Path(out)
+    pattern = re.compile(rf"{re.escape(out.stem)}\.(\d{{5}})-of-(\d{{5}}){re.escape(out.suffix)}")
+    found: dict[tuple[int, int], Path] = {}
+    for path in out.parent.iterdir() if out.parent.is_dir() else ():
+        match = pattern.fullmatch(path.name)
+        if match:
+            found[int(match[1]), int(match[2])] = path
+    counts = sorted({count for _, count in found})
+    if not counts:
+        raise InputError(f"{out}: no shards to merge (e.g. {shard_path(out, (1, 2)).name})")
+    if len(counts) > 1:
+        raise InputError(
+            f"{out}: shards of {' and '.join(map(str, counts))} parts; keep one set and merge again"
+        )
+    count = counts[0]
+    missing = [str(k) for k in range(1, count + 1) if (k, count) not in found]
+    if missing:
+        raise InputError(f"{out}: shard {', '.join(missing)} of {count} missing")
+    target = state_path(out)
+    if not overwrite and (out.exists() or target.exists()):
+        raise InputError(f"{out}: already exists; use --overwrite to merge again")
+    paths = [found[k, count] for k in range(1, count + 1)]
+    states = [_shard_state(path, (k, count)) for k, path in enumerate(paths, 1)]
+    settings = {k: v for k, v in states[0].items() if k in _SETTINGS}
+    for path, state in zip(paths[1:], states[1:], strict=True):
+        changed = [k for k, v in settings.items() if state.get(k) != v]
+        if changed:
+            raise InputError(
+                f"{path}: prepared with another {' and '.join(changed)} than {paths[0].name}"
+            )
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("wb") as handle:
+        for path in paths:
+            with path.open("rb") as part:
+                shutil.copyfileobj(part, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+        size = handle.tell()
+    skipped = [Skipped(**s) for state in states for s in state["skipped"]]
+    summary = PrepareSummary(
+        out,
+        states[-1]["lines"],
+        sum(state["written"] for state in states),
+        skipped,
+        last=states[-1]["lines"],
+    )
+    merged = {
+        **settings,
+        "lines": states[-1]["lines"],
+        "bytes": size,
+        "written": summary.written,
+        "skipped": [asdict(s) for s in skipped],
+        "complete": True,
+    }
+    os.replace(tmp, out)
+    staged = target.with_name(target.name + ".tmp")
+    staged.write_text(json.dumps(merged, ensure_ascii=False), encoding="utf-8")
+    os.replace(staged, target)
+    return summary
+
+
+#: The state fields that must agree for outputs to belong together, in the order they are saved.
+_SETTINGS = ("version", "manifest", "max_tokens", "codec setup")
+
+
+def _shard_state(path: Path, shard: tuple[int, int]) -> dict[str, Any]:
+    index, count = shard
+    again = f"run prepare with --shard {index}/{count} to finish it"
+    try:
+        state: dict[str, Any] = json.loads(state_path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: no resume state beside it; {again}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{state_path(path)}: unreadable ({err}); {again}") from err
+    if state.get("shard") != f"{index}/{count}" or state.get("version") != _STATE_VERSION:
+        raise InputError(f"{path}: its state is not that of shard {index}/{count}; {again}")
+    if not state.get("complete"):
+        raise InputError(f"{path}: incomplete (up to manifest line {state['lines']}); {again}")
+    if path.stat().st_size != state["bytes"]:
+        raise InputError(f"{path}: not the size its state records; {again} with --overwrite")
+    return state

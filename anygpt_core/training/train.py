@@ -46,13 +46,17 @@ _TOKENIZER_FILES = (
 
 @dataclass
 class TrainResult:
-    """What a run did: where the model is, the steps taken and the logged losses `(step, loss)`."""
+    """What a run did: where the model is, the steps taken and the logged losses `(step, loss)`.
+
+    `main_process` is false on every process of a multi-process run but the first, which reports.
+    """
 
     output_dir: Path
     steps: int = 0
     resumed_from: Path | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     added_tokens: list[str] = field(default_factory=list)
+    main_process: bool = True
 
 
 def _copy_tokenizer(source: Path, target: Path) -> None:
@@ -94,7 +98,8 @@ def train(
         plugins: installed modalities (their phrasings and tokens).
         source: the config file, for messages.
         callbacks: extra `TrainerCallback`s.
-        on_ready: called with (examples, checkpoint resumed from) once everything is checked.
+        on_ready: called with (examples, checkpoint resumed from) once everything is checked,
+            on the main process only (rank 0 of a multi-process run).
 
     Raises:
         ConfigError, InputError, CheckpointError, ModalityUnavailableError: before any weights load.
@@ -125,8 +130,10 @@ def train(
     space = TokenSpace(base_tokenizer, plugins.modalities)
     for name in sorted(used):
         space.require(name)
-    with args.main_process_first(desc="tokenizer"):
-        if args.local_process_index == 0:
+    # one writer per filesystem: the main process, or each node's first with save_on_each_node
+    with args.main_process_first(local=args.save_on_each_node, desc="tokenizer"):
+        first = args.local_process_index if args.save_on_each_node else args.process_index
+        if first == 0:
             _, added = write_tokenizer(base, output_dir, CHAT_TOKENS if kind == "sft" else ())
         tokenizer = _load_tokenizer(output_dir)
     # Examples are tokenized as transformers 4.34 did, like prompts at inference (tokenization.py).
@@ -144,7 +151,7 @@ def train(
     else:
         template = MMGPT_CHAT if config.template == "mmgpt" else ANYGPT_CHAT
         dataset = ChatDataset(lines, data_tokenizer, template, max_length=config.max_length)
-    if on_ready is not None:
+    if on_ready is not None and args.process_index == 0:
         on_ready(len(lines), Path(resume) if resume else None)
     # ids the base tokenizer lacked (SFT's <-Res->, <-Ins->) start with the mean embedding
     model = _load_model(base, tokenizer, first_new=max(base_tokenizer.get_vocab().values()) + 1)
@@ -195,8 +202,13 @@ def _run_trainer(
         callbacks=[_callback(output_dir), *callbacks],
     )
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(output_dir))
+    trainer.save_model(str(output_dir))  # written by the main process alone
+    trainer.save_state()  # trainer_state.json beside the model: the loss curve of the whole run
     losses = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
     return TrainResult(
-        output_dir, trainer.state.global_step, Path(resume) if resume else None, losses
+        output_dir,
+        trainer.state.global_step,
+        Path(resume) if resume else None,
+        losses,
+        main_process=args.process_index == 0,
     )
