@@ -129,6 +129,8 @@ def load_train_config(path: Path) -> TrainConfig:
         raise ConfigError(f"{path}: not a readable text file ({err})") from err
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except RecursionError as err:
+        raise ConfigError(f"{path}: nested too deeply to be a training config") from err
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         first = first_line(err)
         raise ConfigError(
