@@ -31,7 +31,7 @@ def first_line(err: BaseException) -> str:
     text = str(err).strip()
     if text.startswith("Weights only load failed"):
         found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
-        detail = f": {found.group(1).strip()}" if found else ""
+        detail = f": {found.group(1).split('. ')[0].strip().rstrip('.')}" if found else ""
         return f"it holds pickled objects that a weights-only load refuses{detail}"
     return text.splitlines()[0] if text else type(err).__name__
 

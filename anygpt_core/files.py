@@ -8,6 +8,7 @@ once they are stale; nothing else is ever deleted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -127,7 +128,8 @@ def check_output_dir(directory: Path) -> Path:
         except OSError as err:
             raise write_failure(directory, err) from err
         finally:
-            probe.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only disk refuses even this
+                probe.unlink(missing_ok=True)
         remove_stale(directory)
         return directory
     if directory.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -175,7 +176,8 @@ def atomic_output(directory: Path, name: str, write: Callable[[Path], object]) -
         raise write_failure(final, err) from err
     finally:
         for path in claimed:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, write: Callable[[Path], object], *, overwrite: bool = False) -> Path:
@@ -201,7 +203,8 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, overwrite: bool
         raise write_failure(path, err) from err
     finally:
         for temp in claimed:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
     return path
 
 

@@ -102,7 +102,7 @@ def report(err: AnyGPTError) -> int:
 
 
 def _click_exceptions() -> Any:  # noqa: ANN401 - a module
-    """click's exception classes: typer vendors click from 0.2x on (`typer._click`)."""
+    """Click's exception classes: typer vendors click from 0.2x on (`typer._click`)."""
     import importlib
 
     try:
