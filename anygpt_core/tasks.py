@@ -113,11 +113,12 @@ def require_utf8(text: str, *, what: str = "") -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        bad = text[err.start].encode("utf-8", "surrogateescape")
-        shown = text[: err.start].encode("utf-8", "replace").decode()[-40:]
+        code = ord(text[err.start])  # U+DC80..U+DCFF: the byte Python could not decode
+        bad = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        shown = text[: err.start][-40:]
         raise InputError(
-            f"{what + ': ' if what else ''}byte 0x{bad.hex()} at character {err.start + 1} is "
-            f"not UTF-8 (after {shown!r}); save the text as UTF-8"
+            f"{what + ': ' if what else ''}{bad} at character {err.start + 1} is not UTF-8 "
+            f"(after {shown!r}); save the text as UTF-8"
         ) from None
     return text
 

@@ -257,5 +257,6 @@ def test_cli_refuses_a_speech_max_seconds_that_is_not_finite(audio_dir, capsys, 
 
     args = ["encode", "speech", str(audio_dir / "long.wav"), "--speech-max-seconds", value]
     code, out, err = run_cli(args, capsys)
-    assert code == 6 and out == ""
+    assert code == 6
+    assert out == ""
     assert err == f"Error: --speech-max-seconds {float(value)}: expected a finite number\n"
