@@ -111,9 +111,12 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         codec_options: dict[str, Any],
     ) -> None:
         """Decode a span into a media file."""
+        from anygpt_core.config import check_seed
         from anygpt_core.protocol import string_to_codes
         from anygpt_core.tasks import atomic_write
 
+        if seed is not None:
+            check_seed(seed)
         codecs = _codecs(plugins, codec_options, demo)
         spec = codecs.spec(modality)
         codes = string_to_codes(spec, _read_span(span), strict=not lenient)
