@@ -92,9 +92,10 @@ def format_validation_error(err: ValidationError) -> str:
     """Join every problem of a pydantic error on one line: `field: message; field: message`."""
     parts = []
     for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "value"
+        names = (str(p) if str(p).isprintable() else repr(p) for p in item["loc"])
+        where = ".".join(names) or "value"
         msg = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
-        parts.append(f"{where}: {msg}")
+        parts.append(f"{where}: {' '.join(msg.split())}")  # one line, whatever a key holds
     return "; ".join(parts)
 
 
@@ -122,6 +123,8 @@ def load_decoding_config(path: Path, *, base: DecodingConfig | None = None) -> D
         return DecodingConfig.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(f"{path}: {format_validation_error(err)}") from err
+    except UnicodeEncodeError as err:  # JSON's "\ud800" escapes make text no encoder takes
+        raise ConfigError(f"{path}: holds a lone surrogate escape; write the character") from err
 
 
 def check_seed(seed: int) -> int:

@@ -68,7 +68,7 @@ class SpeechCodec:
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{flag} {value}: expected a positive number") from err
         if not math.isfinite(number) or number <= 0:  # nan and inf would switch a limit off
-            raise ConfigError(f"{flag} {value}: expected a positive finite number")
+            raise ConfigError(f"{flag} {value}: expected a positive number")
         return number
 
     @cached_property

@@ -248,7 +248,7 @@ def test_speech_max_seconds_must_be_finite_and_positive(tiny_options, audio_dir,
     codec = SpeechCodec({**tiny_options, "speech_max_seconds": value})
     with pytest.raises(ConfigError) as err:  # nan and inf would switch the limit off
         codec.encode(audio_dir / "long.wav")
-    assert str(err.value) == f"--speech-max-seconds {value}: expected a positive finite number"
+    assert str(err.value) == f"--speech-max-seconds {value}: expected a positive number"
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
