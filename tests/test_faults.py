@@ -469,3 +469,30 @@ def test_weights_holding_nan_are_a_checkpoint_error(text_only_env, capsys, tmp_p
         f"Error: {model}: tensor model.layers.0.mlp.up_proj.weight holds NaN or infinite values; "
         "the checkpoint is damaged or was saved after training diverged"
     )
+
+
+def test_a_full_disk_while_preparing_data_is_one_line(text_only_env, capsys, tmp_path, monkeypatch):
+    import errno
+
+    from faults import fill, mounted_tmpfs
+
+    import anygpt_core.training.data as data
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"text": "a", "smell": "x.csv"}\n')
+    with mounted_tmpfs(tmp_path / "full", "size=64k") as real:
+        out = tmp_path / "full" / "out.jsonl"
+        if real:
+            fill(tmp_path / "full")
+        else:  # the state file, where lines are synced, is the first write
+
+            def full(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+
+            monkeypatch.setattr(data, "_save_state", full)
+        code, _, err = run_cli(["data", "prepare", str(manifest), str(out)], capsys)
+    assert code == 3
+    line = _one_error(err)
+    assert line.startswith(f"Error: {out}") and line.endswith(
+        ": cannot write (no space left on the device)"
+    )

@@ -166,7 +166,7 @@ def test_span_parser_never_fails_internally(specs, which, codes, noise, strict, 
     assert int(parsed.min()) >= 0 and int(parsed.max()) < spec.codebook_size
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.integers(-2, 40), max_size=12), inputs, st.booleans())
 def test_decode_command_never_fails_internally(toy_env, tmp_path, capsys, codes, noise, lenient):
     from cli_runner import run_cli
