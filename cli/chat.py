@@ -29,7 +29,7 @@ from anygpt_cli.common import (
 )
 from anygpt_cli.options import with_codec_options
 from anygpt_core.errors import AnyGPTError, InputError
-from anygpt_core.files import check_output_dir
+from anygpt_core.files import check_input_file, check_output_dir
 
 if TYPE_CHECKING:
     from anygpt_core.chat import ChatLine, Conversation, Reply
@@ -254,8 +254,8 @@ class _Session:
             self.to = modality
             stderr.print(f"[dim]answers in {modality}[/dim]")
         elif name == "voice":
-            if argument and not Path(argument).expanduser().is_file():
-                raise InputError(f"{argument}: no such file")
+            if argument:
+                check_input_file(argument, what="voice prompt")
             self.voice = Path(argument).expanduser() if argument else None
             stderr.print(f"[dim]voice prompt: {self.voice or 'none'}[/dim]", markup=True)
         elif name == "send":
@@ -282,8 +282,7 @@ class _Session:
         if not paths:
             raise InputError(f"/{modality}: give a file path")
         for path in paths:
-            if not path.is_file():
-                raise InputError(f"{path}: no such file")
+            check_input_file(path)
         self.pending.setdefault(modality, []).extend(paths)
         stderr.print(f"[dim]attached {', '.join(str(p) for p in paths)} ({modality})[/dim]")
 
