@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anygpt_core.config import DecodingConfig, load_decoding_config
+from anygpt_core.config import DecodingConfig, check_seed, load_decoding_config
 from anygpt_core.constraint import Row
 from anygpt_core.engine import Engine
 from anygpt_core.errors import AnyGPTError, GenerationError, InputError
+from anygpt_core.files import check_input_file, write_bytes
 from anygpt_core.generation import Done, Event, Generator, Request, SpanClosed, TokenEvent
 from anygpt_core.plugins import PluginSet, discover
 from anygpt_core.prompts import InstructionBank, custom_prompt, from_text_prompt, to_text_prompt
@@ -86,6 +87,7 @@ class Result:
     seconds: float = 0.0
     finish_reason: str = ""
     seed: int | None = None
+    notices: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (what `anygpt run --json` prints)."""
@@ -102,18 +104,25 @@ class Result:
             "seconds": round(self.seconds, 3),
             "finish_reason": self.finish_reason,
             "seed": self.seed,
+            "notices": list(self.notices),
         }
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A task turned into a prompt and decoding settings, before any generation."""
+    """A task turned into a prompt and decoding settings, before any generation.
+
+    `input_ids` (int64 [1, T]) are the prompt's tokens; `notices` say what was adjusted (a
+    token budget capped at the model's context).
+    """
 
     task: Task
     prompt: str
     open_span: str | None
     target_config: DecodingConfig
     seed: int
+    input_ids: torch.Tensor | None = None
+    notices: tuple[str, ...] = ()
 
 
 class CodecSet:
@@ -155,10 +164,7 @@ class CodecSet:
         """Codes int64 [K, T] of a file or array, checked against the modality's spec."""
         spec = self.spec(modality)
         if isinstance(source, (str, Path)):
-            path = Path(source).expanduser()
-            if not path.is_file():
-                raise InputError(f"{path}: no such file")
-            source = path
+            source = check_input_file(source)
         with self._lock:
             codes = self.codec(modality).encode(source)
         _check_codes(spec, codes)
@@ -195,10 +201,12 @@ class CodecSet:
     def save(self, modality: str, media: Any, directory: Path, name: str) -> Path:  # noqa: ANN401
         """Write decoded media atomically as a new file `directory/name`; return the path written.
 
-        The name's suffix picks the format; a clash gets `-1`, `-2`, ... before the suffix.
+        The name's suffix picks the format; a clash gets `-1`, `-2`, ... before the suffix. The
+        file is encoded in memory first and then written and synced in one go, so a full disk or
+        a missing permission is one `OutputError` naming the path, whatever library encodes it.
         """
-        codec = self.codec(modality)
-        return atomic_output(directory, name, lambda tmp: codec.save(media, tmp))
+        data = self.to_bytes(modality, media, suffix=Path(name).suffix or None)
+        return atomic_output(directory, name, lambda tmp: write_bytes(tmp, data))
 
     def to_bytes(self, modality: str, media: Any, *, suffix: str | None = None) -> bytes:  # noqa: ANN401
         """The file bytes of decoded media, written in memory: no temporary file.
@@ -376,7 +384,7 @@ class AnyGPT:
                 from here or `config`) apply to text answers only.
         """
         task = parse_instruction(task) if isinstance(task, str) else task
-        seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+        seed = random.SystemRandom().randrange(2**31) if seed is None else check_seed(seed)
         for name in {task.source, task.target} - {"text"}:
             self.codecs.spec(name)
             self.space.require(name)
@@ -407,9 +415,42 @@ class AnyGPT:
         else:
             span = self.codecs.to_string(task.source, Path(task.payload).expanduser())
             prompt = to_text_prompt(bank.choose(task.source, "to_text"), span)
-        if task.condition is not None and not Path(task.condition).expanduser().is_file():
-            raise InputError(f"{task.condition}: no such file")
-        return Prepared(task, prompt, open_span, target_config, seed)
+        if task.condition is not None:
+            check_input_file(task.condition, what="voice prompt")
+        input_ids = self.encode_prompt(prompt)
+        target_config, notices = self._fit_context(input_ids.shape[-1], target_config)
+        return Prepared(task, prompt, open_span, target_config, seed, input_ids, notices)
+
+    @property
+    def context_length(self) -> int | None:
+        """Positions the model holds (its `max_position_embeddings`), None if it does not say."""
+        value = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) and value > 0 else None
+
+    def _fit_context(
+        self, prompt_tokens: int, config: DecodingConfig
+    ) -> tuple[DecodingConfig, tuple[str, ...]]:
+        """Refuse a prompt that leaves no room to answer; cap the budget at the room left.
+
+        Raises:
+            InputError: the prompt alone fills the model's context.
+        """
+        context = self.context_length
+        if context is None:
+            return config, ()
+        room = context - prompt_tokens
+        if room < 1:
+            raise InputError(
+                f"input too long: the prompt is {prompt_tokens} tokens and the model holds "
+                f"{context} positions; shorten the input"
+            )
+        if config.max_new_tokens <= room:
+            return config, ()
+        notice = (
+            f"max_new_tokens {config.max_new_tokens} capped at {room}: the prompt takes "
+            f"{prompt_tokens} of the model's {context} positions"
+        )
+        return config.merged(max_new_tokens=room), (notice,)
 
     def request(self, prepared: Prepared) -> Request:
         """The engine request of a prepared task: prompt ids, span rules, configs and seed."""
@@ -425,7 +466,10 @@ class AnyGPT:
             open_span=prepared.open_span,
             stop_after_span=prepared.open_span is not None,
         )
-        return Request(self.encode_prompt(prepared.prompt), row, prepared.seed)
+        ids = prepared.input_ids
+        return Request(
+            self.encode_prompt(prepared.prompt) if ids is None else ids, row, prepared.seed
+        )
 
     def stream(self, prepared: Prepared) -> Iterator[Event]:
         """Generate for a prepared task, yielding the loop's events (the last one is `Done`)."""
@@ -457,7 +501,12 @@ class AnyGPT:
         started = time.perf_counter()
         prepared = self.prepare(task, **options)
         if dry_run:
-            return Result(prepared.task.instruction, prepared.prompt, seed=prepared.seed)
+            return Result(
+                prepared.task.instruction,
+                prepared.prompt,
+                seed=prepared.seed,
+                notices=prepared.notices,
+            )
         events: list[Event] = []
         for event in self.stream(prepared):
             if on_event is not None:
@@ -504,7 +553,9 @@ class AnyGPT:
         self, prepared: Prepared, events: list[Event], *, started: float, save: bool = True
     ) -> Result:
         """A task's result from its events: text, and each span decoded (and saved with `save`)."""
-        result = Result(prepared.task.instruction, prepared.prompt, seed=prepared.seed)
+        result = Result(
+            prepared.task.instruction, prepared.prompt, seed=prepared.seed, notices=prepared.notices
+        )
         done = events[-1] if events else None
         if not isinstance(done, Done):
             raise GenerationError("generation ended without a Done event")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from anygpt_core.errors import InputError, first_line
+from anygpt_core.files import check_input_file
 from anygpt_core.spec import save_format
 
 if TYPE_CHECKING:
@@ -76,9 +77,7 @@ def load_audio(
     """
     import soundfile as sf
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    path = check_input_file(path)
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anygpt_core.chat_lines import ChatLine, classify_file, parse_line
-from anygpt_core.config import DecodingConfig, load_decoding_config
+from anygpt_core.config import DecodingConfig, check_seed, load_decoding_config
 from anygpt_core.errors import InputError
 from anygpt_core.generation import Event, Request, SpanClosed, SpanOpened, TokenEvent
 from anygpt_core.prompts import ANYGPT_CHAT, MMGPT_CHAT, ChatTemplate
@@ -414,7 +414,7 @@ class Conversation:
             attachments[name] = _as_list(attachments.get(name)) + _as_list(sources)
         message = self.message(text, inputs=attachments)
         target = self.target_config(to)
-        seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+        seed = random.SystemRandom().randrange(2**31) if seed is None else check_seed(seed)
         prompt, input_ids, dropped = self.fit(message, to, target.max_new_tokens)
         stream, spans, reason = self._generate(input_ids, to, target, seed, on_event, on_text)
         reply = Reply(

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 from anygpt_core.errors import InputError
+from anygpt_core.files import check_input_file
+from anygpt_core.tasks import require_utf8
 
 __all__ = ["ChatLine", "classify_file", "parse_line"]
 
@@ -33,9 +35,7 @@ def classify_file(path: Path) -> Literal["image", "audio"]:
     """
     import soundfile as sf
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    path = check_input_file(path)
     try:
         from PIL import Image
     except ImportError:
@@ -95,7 +95,7 @@ def parse_line(line: str) -> ChatLine:
     Raises:
         InputError: a malformed line, a missing file, or two voice prompts.
     """
-    stripped = line.strip()
+    stripped = require_utf8(line.strip())
     fields = [f.strip() for f in stripped.split("|")]
     if stripped.lower() in {"quit", "exit"}:
         return ChatLine("exit")

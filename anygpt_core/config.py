@@ -10,7 +10,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from anygpt_core.errors import ConfigError
 
-__all__ = ["DecodingConfig", "format_validation_error", "load_decoding_config"]
+__all__ = [
+    "MAX_SEED",
+    "DecodingConfig",
+    "check_seed",
+    "format_validation_error",
+    "load_decoding_config",
+]
+
+#: Seeds are 0 .. 2**32 - 1: each maps to its own generator state in torch, numpy and `random`
+#: (numpy refuses more; wider ones would wrap onto others and repeat their outputs).
+MAX_SEED = 2**32 - 1
+#: Integers beyond this are no budget, count or step a model can use.
+_MAX_INT = 2**31 - 1
 
 
 class DecodingConfig(BaseModel):
@@ -21,37 +33,48 @@ class DecodingConfig(BaseModel):
     here is applied as written; the shipped defaults spell out the values the reference effectively used.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     do_sample: bool = Field(
         True, description="Sample from the distribution; False picks the argmax."
     )
-    temperature: float = Field(1.0, gt=0, description="Softmax temperature.")
+    temperature: float = Field(1.0, gt=0, le=100, description="Softmax temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus probability mass; 1 disables it.")
     top_k: int | None = Field(
-        None, ge=0, description="Keep the k most likely tokens; null or 0 disables."
+        None, ge=0, le=_MAX_INT, description="Keep the k most likely tokens; null or 0 disables."
     )
     repetition_penalty: float = Field(
         1.0,
         gt=0,
+        le=100,
         description="CTRL-style penalty on tokens already in the sequence; 1 disables it.",
     )
     max_new_tokens: int = Field(
-        100, gt=0, description="Most tokens generated for the whole answer."
+        100,
+        gt=0,
+        le=_MAX_INT,
+        description="Most tokens generated for the whole answer (capped at the model's context).",
     )
     min_new_tokens: int = Field(
-        0, ge=0, description="End tokens are forbidden until this many tokens were generated."
+        0,
+        ge=0,
+        le=_MAX_INT,
+        description="End tokens are forbidden until this many tokens were generated.",
     )
     num_beams: int = Field(
         1,
         ge=1,
+        le=64,
         description=(
             "Beams for a text answer (beam search, or beam sampling with do_sample); 1 for the "
             "token-by-token loop, which modality spans need."
         ),
     )
     vc_steps: int | None = Field(
-        None, gt=0, description="Mask-predict steps of a speech decoder (SoundStorm); speech only."
+        None,
+        gt=0,
+        le=10_000,
+        description="Mask-predict steps of a speech decoder (SoundStorm); speech only.",
     )
 
     def merged(self, **overrides: Any) -> DecodingConfig:  # noqa: ANN401 - field values
@@ -69,9 +92,10 @@ def format_validation_error(err: ValidationError) -> str:
     """Join every problem of a pydantic error on one line: `field: message; field: message`."""
     parts = []
     for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "value"
+        names = (str(p) if str(p).isprintable() else repr(p) for p in item["loc"])
+        where = ".".join(names) or "value"
         msg = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
-        parts.append(f"{where}: {msg}")
+        parts.append(f"{where}: {' '.join(msg.split())}")  # one line, whatever a key holds
     return "; ".join(parts)
 
 
@@ -86,8 +110,12 @@ def load_decoding_config(path: Path, *, base: DecodingConfig | None = None) -> D
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ConfigError(f"{path}: no such config file") from err
+    except IsADirectoryError as err:
+        raise ConfigError(f"{path}: is a directory, not a config file") from err
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: not a readable JSON file ({err})") from err
+    except RecursionError as err:
+        raise ConfigError(f"{path}: JSON nested too deeply to be a decoding config") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a decoding config must be a JSON object")
     merged = {**(base.model_dump() if base else {}), **data}
@@ -95,3 +123,16 @@ def load_decoding_config(path: Path, *, base: DecodingConfig | None = None) -> D
         return DecodingConfig.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(f"{path}: {format_validation_error(err)}") from err
+    except UnicodeEncodeError as err:  # JSON's "\ud800" escapes make text no encoder takes
+        raise ConfigError(f"{path}: holds a lone surrogate escape; write the character") from err
+
+
+def check_seed(seed: int) -> int:
+    """`seed` if it is within 0 .. `MAX_SEED`.
+
+    Raises:
+        ConfigError: a seed outside that range, in one line.
+    """
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed {seed}: expected a whole number from 0 to {MAX_SEED}")
+    return seed

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from anygpt_core.files import remove_stale
 from anygpt_core.plugins import PluginSet
 from anygpt_core.spec import ModalitySpec
 from anygpt_core.tokens import ROLE_TOKENS
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 DEMO_NOTICE = "Using the embedded demo model: its outputs are structurally valid but meaningless."
 _FORMAT = "demo-v1"
+#: The names of build folders (`tempfile.mkdtemp(prefix=".KEY-")`), renamed into place when done.
+_STAGING = re.compile(r"^\.[0-9a-f]{16}-[A-Za-z0-9_]{8}$")
 _SEED = 0
 
 
@@ -59,6 +63,9 @@ def ensure_demo(plugins: PluginSet, *, home: Path | None = None) -> DemoAssets:
     if manifest.is_file():
         return _read_manifest(target)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale(
+        root, matches=lambda name: _STAGING.match(name) is not None
+    )  # left by a build that was killed
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
         options = _build(staging, plugins)

@@ -6,6 +6,7 @@ family's exit code. Exit code 2 stays Typer's usage error.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 __all__ = [
@@ -15,14 +16,23 @@ __all__ = [
     "GenerationError",
     "InputError",
     "ModalityUnavailableError",
+    "OutputError",
     "PluginError",
     "first_line",
 ]
 
 
 def first_line(err: BaseException) -> str:
-    """The first line of an error's message (its type name when it has none), for one-line reports."""
+    """The first line of an error's message (its type name when it has none), for one-line reports.
+
+    torch's refusal of a pickle (`torch.load(weights_only=True)`) opens with paragraphs of advice
+    on how to load it anyway; the line kept is the one naming what the file holds.
+    """
     text = str(err).strip()
+    if text.startswith("Weights only load failed"):
+        found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        detail = f": {found.group(1).split('. ')[0].strip().rstrip('.')}" if found else ""
+        return f"it holds pickled objects that a weights-only load refuses{detail}"
     return text.splitlines()[0] if text else type(err).__name__
 
 
@@ -36,6 +46,10 @@ class InputError(AnyGPTError):
     """A missing, empty, corrupt or unsupported input, or an instruction that cannot be parsed."""
 
     exit_code: ClassVar[int] = 3
+
+
+class OutputError(InputError):
+    """An output location that cannot be written: not a directory, no permission, a full disk."""
 
 
 class CheckpointError(AnyGPTError):

@@ -202,7 +202,23 @@ def load_causal_lm(directory: Path, **kwargs: Any) -> Any:  # noqa: ANN401 - a t
         hf_logging.set_verbosity(verbosity)
     model, info = loaded
     _check_loading_info(Path(directory), info)
+    _check_finite(Path(directory), model)
     return model
+
+
+def _check_finite(directory: Path, model: Any) -> None:  # noqa: ANN401 - a torch module
+    """Refuse weights holding NaN or infinity: every answer would be garbage or fail to sample.
+
+    One pass over the weights, on their device (a fraction of the time reading them took).
+    """
+    import torch
+
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{directory}: tensor {name} holds NaN or infinite values; the checkpoint is "
+                "damaged or was saved after training diverged"
+            )
 
 
 def _check_loading_info(directory: Path, info: dict[str, Any]) -> None:

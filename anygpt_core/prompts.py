@@ -134,6 +134,8 @@ def _read_instruction_file(path: Path) -> dict[tuple[str, Direction], list[str]]
         raise InputError(f"{path}: no such instructions file") from err
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"{path}: not a readable JSON file ({err})") from err
+    except RecursionError as err:
+        raise InputError(f"{path}: JSON nested too deeply") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected an object with 'other2text' and/or 'text2other'")
     unknown = sorted(set(data) - set(_FILE_KEYS) - {"source"})

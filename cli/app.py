@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -101,6 +101,8 @@ def _setup_logging(verbose: int) -> None:
     )
     handler = RichHandler(console=stderr, show_time=False, show_path=False)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    # libraries' warnings (torch, transformers, ...) show with -v, not beside our one-line errors
+    logging.getLogger("py.warnings").setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
 def report(err: AnyGPTError) -> int:
@@ -114,15 +116,52 @@ def report(err: AnyGPTError) -> int:
     return err.exit_code
 
 
+def _click_exceptions() -> Any:  # noqa: ANN401 - a module
+    """Click's exception classes: typer vendors click from 0.2x on (`typer._click`)."""
+    import importlib
+
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        return importlib.import_module("click.exceptions")
+
+
+def _invoke(app: typer.Typer, args: list[str]) -> int:
+    """Run the app; a usage error is one line on stderr (not a panel) and exit code 2."""
+    errors = _click_exceptions()
+    aborts = (typer.Abort, getattr(errors, "Abort", typer.Abort))  # click's own before 0.2x
+    try:
+        result = app(args=args, prog_name="anygpt", standalone_mode=False)
+    except errors.NoArgsIsHelpError as err:  # a group without a command: its help
+        sys.stderr.write(err.format_message().rstrip() + "\n")
+        return 2
+    except errors.UsageError as err:
+        where = f" (see {err.ctx.command_path} --help)" if err.ctx is not None else ""
+        sys.stderr.write(f"Error: {_one_line(err.format_message())}{where}\n")
+        return 2
+    except aborts:
+        raise KeyboardInterrupt from None
+    except errors.ClickException as err:
+        sys.stderr.write(f"Error: {_one_line(err.format_message())}\n")
+        return int(err.exit_code)
+    return result if isinstance(result, int) else 0
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) or "usage error"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: errors become one line on stderr and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("ANYGPT_DEBUG", "") not in {"", "0"}
+    logging.captureWarnings(True)  # library warnings go through logging (shown with -v)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
     try:
         plugins = discover(block=_blocked_from_argv(args))
         _check_plugin_flags(args, plugins)
         app = build_app(plugins)
-        app(args=args, prog_name="anygpt", standalone_mode=True)
+        code = _invoke(app, args)
     except AnyGPTError as err:
         if debug:
             raise
@@ -147,3 +186,5 @@ def main(argv: list[str] | None = None) -> None:
             "(set ANYGPT_DEBUG=1 for a traceback)\n"
         )
         raise SystemExit(1) from None
+    if code:
+        raise SystemExit(code)

@@ -25,9 +25,11 @@ from anygpt_cli.common import (
     TopP,
     check_decoding,
     load_model,
+    stdin_lines,
 )
 from anygpt_cli.options import with_codec_options
 from anygpt_core.errors import AnyGPTError, InputError
+from anygpt_core.files import check_input_file, check_output_dir
 
 if TYPE_CHECKING:
     from anygpt_core.chat import ChatLine, Conversation, Reply
@@ -107,12 +109,14 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             plugins.modality(to)
         check_decoding(  # a bad file or flag value fails before the model loads
             config,
+            seed=seed,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
             num_beams=num_beams,
         )
+        check_output_dir(output_dir)  # before the model loads, not at the first media answer
         gpt = load_model(
             plugins,
             model_name_or_path,
@@ -179,7 +183,7 @@ class _Session:
 
     def _lines(self) -> Iterator[str]:
         if not self.interactive:
-            for line in sys.stdin:
+            for line in stdin_lines():
                 if line.strip():
                     yield line.strip()
             return
@@ -203,7 +207,9 @@ class _Session:
     def _handle(self, line: str) -> bool:
         """Act on one line; False ends the session."""
         from anygpt_core.chat import parse_line
+        from anygpt_core.tasks import require_utf8
 
+        require_utf8(line)  # commands too: such a byte is refused here, and the session goes on
         if line.startswith("/"):
             return self._command(line)
         parsed = parse_line(line)
@@ -248,8 +254,8 @@ class _Session:
             self.to = modality
             stderr.print(f"[dim]answers in {modality}[/dim]")
         elif name == "voice":
-            if argument and not Path(argument).expanduser().is_file():
-                raise InputError(f"{argument}: no such file")
+            if argument:
+                check_input_file(argument, what="voice prompt")
             self.voice = Path(argument).expanduser() if argument else None
             stderr.print(f"[dim]voice prompt: {self.voice or 'none'}[/dim]", markup=True)
         elif name == "send":
@@ -276,8 +282,7 @@ class _Session:
         if not paths:
             raise InputError(f"/{modality}: give a file path")
         for path in paths:
-            if not path.is_file():
-                raise InputError(f"{path}: no such file")
+            check_input_file(path)
         self.pending.setdefault(modality, []).extend(paths)
         stderr.print(f"[dim]attached {', '.join(str(p) for p in paths)} ({modality})[/dim]")
 

@@ -11,6 +11,7 @@ import typer
 
 from anygpt_cli.options import with_codec_options
 from anygpt_core.errors import InputError
+from anygpt_core.files import check_input_file
 
 if TYPE_CHECKING:
     from anygpt_core.api import CodecSet
@@ -111,16 +112,19 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         codec_options: dict[str, Any],
     ) -> None:
         """Decode a span into a media file."""
+        from anygpt_core.config import check_seed
         from anygpt_core.protocol import string_to_codes
         from anygpt_core.tasks import atomic_write
 
+        if seed is not None:
+            check_seed(seed)
         codecs = _codecs(plugins, codec_options, demo)
         spec = codecs.spec(modality)
         codes = string_to_codes(spec, _read_span(span), strict=not lenient)
         if output.exists() and not force:
             raise InputError(f"{output}: already exists; use --force to overwrite")
-        if voice_prompt is not None and not voice_prompt.is_file():
-            raise InputError(f"{voice_prompt}: no such file")
+        if voice_prompt is not None:
+            check_input_file(voice_prompt, what="voice prompt")
         codec = codecs.codec(modality)
         media = codec.decode(codes, condition=voice_prompt, seed=seed, config=spec.decoding)
         written = atomic_write(output, lambda tmp: codec.save(media, tmp), overwrite=force)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,6 +27,7 @@ __all__ = [
     "TopP",
     "check_decoding",
     "load_model",
+    "stdin_lines",
 ]
 
 ModelPath = Annotated[
@@ -62,17 +65,32 @@ NumBeams = Annotated[
 ]
 
 
-def check_decoding(config: Path | None, **flags: Any) -> None:  # noqa: ANN401 - field values
-    """Validate a decoding config file and flag values without loading anything.
+def check_decoding(config: Path | None, *, seed: int | None = None, **flags: Any) -> None:  # noqa: ANN401 - field values
+    """Validate a decoding config file, the seed and flag values without loading anything.
 
     Raises:
         ConfigError: a missing or bad file, or an invalid value, in one line.
     """
-    from anygpt_core.config import DecodingConfig, load_decoding_config
+    from anygpt_core.config import DecodingConfig, check_seed, load_decoding_config
 
+    if seed is not None:
+        check_seed(seed)
     if config is not None:
         load_decoding_config(config, base=DecodingConfig())
     DecodingConfig().merged(**flags)
+
+
+def stdin_lines() -> Iterator[str]:
+    """Lines of stdin; bytes that are not UTF-8 stay in their line (as surrogates) to be refused there.
+
+    Reading stdin as text would raise on such a byte and end the whole session or batch.
+    """
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text stream (tests): already decoded
+        yield from sys.stdin
+        return
+    for line in raw:
+        yield line.decode("utf-8", "surrogateescape")
 
 
 def load_model(

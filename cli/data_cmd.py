@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -95,7 +97,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 task, completed=done, total=total, description=f"encoding ({skipped} skipped)"
             )
 
-        with progress:
+        with progress, _write_errors(out):
             summary = prepare_dataset(
                 manifest,
                 out,
@@ -128,6 +130,19 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         _report(summary)
         if summary.written == 0:
             raise InputError(f"{out}: the shards hold no usable examples")
+
+
+@contextlib.contextmanager
+def _write_errors(out: Path) -> Iterator[None]:
+    """A full disk or a read-only one while writing `out`: one line (the run resumes later)."""
+    from anygpt_core.files import WRITE_ERRNOS, write_failure
+
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise write_failure(Path(err.filename) if err.filename else out, err) from err
 
 
 def _report(summary: PrepareSummary) -> None:

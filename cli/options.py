@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Annotated, Any, TypeVar, cast, get_type_hints
 import typer
 from rich.markup import escape
 
+from anygpt_core.errors import ConfigError
 from anygpt_core.spec import CodecOption
 
 __all__ = ["with_codec_options"]
@@ -66,6 +68,9 @@ def with_codec_options(
                     if value:  # the flag was given: the opposite of the default
                         given[name] = not switches[name]
                 elif value is not None:
+                    if isinstance(value, float) and not math.isfinite(value):
+                        flag = "--" + name.replace("_", "-")
+                        raise ConfigError(f"{flag} {value}: expected a finite number")
                     given[name] = str(value) if isinstance(value, Path) else value
             func(codec_options=given, **kwargs)
 

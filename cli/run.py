@@ -24,9 +24,11 @@ from anygpt_cli.common import (
     TopP,
     check_decoding,
     load_model,
+    stdin_lines,
 )
 from anygpt_cli.options import with_codec_options
 from anygpt_core.errors import AnyGPTError, InputError, first_line
+from anygpt_core.files import check_input_file, check_output_dir
 
 if TYPE_CHECKING:
     from anygpt_core.api import AnyGPT, Result
@@ -47,15 +49,14 @@ def _lines(instructions: list[str] | None, input_file: Path | None) -> Iterable[
     if instructions:
         yield from instructions
     if input_file is not None:
-        try:
-            text = input_file.read_text(encoding="utf-8")
-        except FileNotFoundError as err:
-            raise InputError(f"{input_file}: no such file") from err
-        except (OSError, UnicodeDecodeError) as err:
+        check_input_file(input_file)
+        try:  # a line that is not UTF-8 fails alone, when it is parsed
+            text = input_file.read_bytes().decode("utf-8", "surrogateescape")
+        except OSError as err:
             raise InputError(f"{input_file}: not a readable text file ({err})") from err
         yield from (line for line in text.splitlines() if _is_task(line))
     if not instructions and input_file is None:
-        for line in sys.stdin:
+        for line in stdin_lines():
             if line.strip() in {"quit", "exit"}:
                 return
             if _is_task(line):
@@ -128,12 +129,17 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 plugins.modality(name)
         check_decoding(  # a bad file or flag value fails before the model loads
             config,
+            seed=seed,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
             num_beams=num_beams,
         )
+        if (
+            not dry_run
+        ):  # a file in the way, no permission or a full disk: found now, not at the end
+            check_output_dir(output_dir)
         gpt = load_model(
             plugins,
             model_name_or_path,
@@ -199,10 +205,8 @@ def _run_batch(
                 raise result
             failures += 1
             sys.stderr.write(f"Error: {first_line(result)}\n")
-        elif as_json:
-            typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
         else:
-            _summary(result)
+            _show(result, as_json=as_json)
     return failures
 
 
@@ -220,6 +224,15 @@ def _run_one(
         return
     with _Progress(stderr, enabled=not as_json and stderr.is_terminal) as progress:
         result = gpt.run(line, on_event=progress.update, **options)
+    _show(result, as_json=as_json)
+
+
+def _show(result: Result, *, as_json: bool) -> None:
+    """A task's notices on stderr, then its JSON object or its summary on stdout."""
+    from anygpt_cli.console import stderr
+
+    for notice in result.notices:
+        stderr.print(f"[yellow]{notice}[/yellow]", markup=True, highlight=False)
     if as_json:
         typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
     else:

@@ -105,7 +105,8 @@ class TrainConfig(BaseModel):
         known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"not TrainingArguments fields: {', '.join(unknown)}")
+            names = (k if k.isprintable() else repr(k) for k in unknown)
+            raise ValueError(f"not TrainingArguments fields: {', '.join(names)}")
         clash = sorted(set(value) & (_MANAGED | set(cls.model_fields)))
         if clash:
             raise ValueError(f"set {', '.join(clash)} at the top level or leave them out")
@@ -129,6 +130,8 @@ def load_train_config(path: Path) -> TrainConfig:
         raise ConfigError(f"{path}: not a readable text file ({err})") from err
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except RecursionError as err:
+        raise ConfigError(f"{path}: nested too deeply to be a training config") from err
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         first = first_line(err)
         raise ConfigError(
@@ -140,6 +143,8 @@ def load_train_config(path: Path) -> TrainConfig:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{path}: {format_validation_error(err)}") from err
+    except UnicodeEncodeError as err:  # YAML's "\ud800" escapes make text no encoder takes
+        raise ConfigError(f"{path}: holds a lone surrogate escape; write the character") from err
 
 
 def training_arguments(config: TrainConfig, *, source: Path | None = None) -> Any:  # noqa: ANN401

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from anygpt_core.errors import AnyGPTError, InputError
+from anygpt_core.files import file_problem, refuse_overwriting_input
 from anygpt_core.plugins import PluginSet
 
 __all__ = [
@@ -110,6 +111,8 @@ def convert_line(codecs: Any, text: str, base: Path, *, max_tokens: int) -> str:
         item = json.loads(text)
     except json.JSONDecodeError as err:
         raise _Skip("bad line", f"not JSON ({err.msg})") from err
+    except RecursionError as err:
+        raise _Skip("bad line", "JSON nested too deeply") from err
     if not isinstance(item, dict):
         raise _Skip("bad line", "not a JSON object")
     budget = [max_tokens]
@@ -177,8 +180,12 @@ def _span(codecs: Any, modality: str, value: object, base: Path, budget: list[in
         raise _Skip("bad line", f"{modality!r} must be a file path")
     path = Path(value).expanduser()
     path = path if path.is_absolute() else base / path
-    if not path.is_file():
-        raise _Skip("missing file", f"{value}: no such file")
+    problem = file_problem(path)
+    if problem is not None:
+        raise _Skip(
+            "missing file" if problem == "no such file" else "unreadable file",
+            f"{value}: {problem}",
+        )
     try:
         codes = codecs.encode(modality, path)
     except InputError as err:
@@ -215,6 +222,30 @@ def _init_worker(
         base=Path(base),
         max_tokens=max_tokens,
     )
+
+
+def _init_pool_worker(*args: Any) -> None:  # noqa: ANN401 - `_init_worker`'s arguments
+    _die_with_parent()
+    _init_worker(*args)
+
+
+def _die_with_parent() -> None:
+    """End this worker as soon as the process that started it is gone, even by SIGKILL.
+
+    A pool's workers would otherwise wait on their queue forever, each holding its codecs
+    (hundreds of MB). A spawned worker is its parent's child; once the parent dies it is
+    re-parented, so its parent pid changes.
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="anygpt-parent-watch", daemon=True).start()
 
 
 def _work(job: tuple[int, str]) -> tuple[int, str | None, Skipped | None]:
@@ -314,6 +345,8 @@ def prepare_dataset(
     manifest, out = Path(manifest), Path(out)
     if not manifest.is_file():
         raise InputError(f"{manifest}: no such manifest")
+    refuse_overwriting_input([manifest], out)  # before --overwrite deletes anything
+    refuse_overwriting_input([manifest], state_path(out))
     if workers < 1 or max_tokens < 3:
         raise InputError("--workers must be at least 1 and --max-tokens at least 3")
     # codes from other codecs (another plugin version or checkpoint) must not join the same file
@@ -399,7 +432,7 @@ def _results(
     window: deque[Future[tuple[int, str | None, Skipped | None]]] = deque()
     try:
         with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=init_args
+            workers, mp_context=context, initializer=_init_pool_worker, initargs=init_args
         ) as pool:
             for job in jobs:
                 window.append(pool.submit(_work, job))

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from anygpt_core.errors import CheckpointError, ConfigError
+from anygpt_core.errors import CheckpointError, ConfigError, OutputError
 from anygpt_core.plugins import PluginSet
 from anygpt_core.tokenization import ReferenceTokenizer
 from anygpt_core.training.config import TrainConfig, training_arguments
@@ -29,7 +29,7 @@ from anygpt_core.training.datasets import (
 )
 from anygpt_core.training.extend import CHAT_TOKENS, resize_embeddings, write_tokenizer
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["COMPLETE_MARKER", "TrainResult", "last_complete_checkpoint", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,61 @@ def _callback(output_dir: Path) -> Any:  # noqa: ANN401 - a TrainerCallback
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and checkpoint.is_dir():
                 _copy_tokenizer(output_dir, checkpoint)
+                _mark_complete(checkpoint, state.global_step)
 
     return TokenizerFiles()
+
+
+#: Written last into each checkpoint (after the Trainer's files and the tokenizer copy), so a
+#: checkpoint cut short by a kill or a full disk is recognised: it has no marker.
+COMPLETE_MARKER = "anygpt-complete.json"
+
+
+def _mark_complete(checkpoint: Path, step: int) -> None:
+    import json
+    import os
+
+    from anygpt_core.files import write_bytes
+
+    tmp = checkpoint / f"{COMPLETE_MARKER}.tmp"
+    write_bytes(tmp, json.dumps({"step": step}).encode())
+    os.replace(tmp, checkpoint / COMPLETE_MARKER)
+
+
+def _is_complete(checkpoint: Path, *, marked: bool) -> bool:
+    """Has the marker; in a run whose checkpoints have none (older ones), a readable trainer state.
+
+    The Trainer writes `trainer_state.json` after the weights, optimizer and RNG states.
+    """
+    import json
+
+    if (checkpoint / COMPLETE_MARKER).is_file():
+        return True
+    if marked:
+        return False
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: Path) -> tuple[Path | None, list[Path]]:
+    """The newest complete `checkpoint-N` in `output_dir`, and the newer incomplete ones skipped."""
+    import re
+
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in output_dir.iterdir()
+        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    )
+    marked = any((p / COMPLETE_MARKER).is_file() for _, p in found)
+    skipped: list[Path] = []
+    for _, checkpoint in reversed(found):
+        if _is_complete(checkpoint, marked=marked):
+            return checkpoint, skipped
+        skipped.append(checkpoint)
+    return None, skipped
 
 
 def train(
@@ -104,8 +157,6 @@ def train(
     Raises:
         ConfigError, InputError, CheckpointError, ModalityUnavailableError: before any weights load.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     from anygpt_core.prompts import ANYGPT_CHAT, MMGPT_CHAT, InstructionBank
     from anygpt_core.tokens import TokenSpace
     from anygpt_core.training.extend import check_base
@@ -123,7 +174,14 @@ def train(
                     )
     resume = None
     if config.resume and config.output_dir.is_dir():
-        resume = get_last_checkpoint(str(config.output_dir))
+        last, skipped = last_complete_checkpoint(config.output_dir)
+        resume = None if last is None else str(last)
+        for broken in skipped:
+            logger.warning(
+                "%s is incomplete (cut short by a kill or a full disk); skipped, resuming from %s",
+                broken,
+                last or "the start",
+            )
     output_dir = config.output_dir
     added: list[str] = []
     base_tokenizer = _load_tokenizer(base)
@@ -201,9 +259,15 @@ def _run_trainer(
         data_collator=collator,
         callbacks=[_callback(output_dir), *callbacks],
     )
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(output_dir))  # written by the main process alone
-    trainer.save_state()  # trainer_state.json beside the model: the loss curve of the whole run
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(output_dir))  # written by the main process alone
+        trainer.save_state()  # trainer_state.json beside the model: the loss curve of the whole run
+    except Exception as err:
+        failure = _write_failure(err, output_dir / f"checkpoint-{trainer.state.global_step}")
+        if failure is None:
+            raise
+        raise failure from err
     losses = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
     return TrainResult(
         output_dir,
@@ -212,3 +276,26 @@ def _run_trainer(
         losses,
         main_process=args.process_index == 0,
     )
+
+
+def _write_failure(err: BaseException, checkpoint: Path) -> OutputError | None:
+    """One line for a save that failed for lack of space or permission; None for other errors.
+
+    torch and safetensors wrap the OS error in their own types and words, so a full disk is
+    also recognised by their messages or by no space being left where the checkpoint goes.
+    """
+    import contextlib
+    import errno
+    import shutil
+
+    from anygpt_core.files import WRITE_ERRNOS, write_failure
+
+    if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+        return write_failure(checkpoint, err)
+    text = str(err)
+    full = any(s in text for s in ("No space left", "StorageFull", "file write failed"))
+    with contextlib.suppress(OSError):
+        full = full or shutil.disk_usage(checkpoint.parent).free < 1 << 20
+    if full:
+        return write_failure(checkpoint, OSError(errno.ENOSPC, "No space left on device"))
+    return None

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from anygpt_core.config import MAX_SEED
+
 __all__ = [
     "UNSUPPORTED",
     "ChatRequest",
@@ -19,8 +21,8 @@ __all__ = [
     "SpeechRequest",
 ]
 
-#: Seeds: torch seeds 64-bit generators; OpenAI clients send any integer.
-SEED_MAX = 2**63 - 1
+#: Seeds: the range the core takes (`anygpt_core.config.check_seed`), so each maps to its own state.
+SEED_MAX = MAX_SEED
 
 #: Chat fields that would change the answer and that this server does not implement.
 UNSUPPORTED = (

@@ -8,6 +8,7 @@ decoder turns all 8 layers into 16 kHz audio. Weights load on first use, torch o
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from functools import cached_property
@@ -66,7 +67,7 @@ class SpeechCodec:
             number = kind(value)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{flag} {value}: expected a positive number") from err
-        if number <= 0:
+        if not math.isfinite(number) or number <= 0:  # nan and inf would switch a limit off
             raise ConfigError(f"{flag} {value}: expected a positive number")
         return number
 

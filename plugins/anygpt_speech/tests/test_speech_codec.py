@@ -241,3 +241,22 @@ def test_codec_vc_steps_come_from_the_decoding_config(tiny_options, codes, monke
     flagged = SpeechCodec({**tiny_options, "soundstorm_steps": 2})
     flagged.decode(codes, seed=0, config=SPEECH.decoding.merged(vc_steps=5))
     assert seen == [3, 5, 2]  # default, the config's vc_steps, the flag over the config
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_speech_max_seconds_must_be_finite_and_positive(tiny_options, audio_dir, value):
+    codec = SpeechCodec({**tiny_options, "speech_max_seconds": value})
+    with pytest.raises(ConfigError) as err:  # nan and inf would switch the limit off
+        codec.encode(audio_dir / "long.wav")
+    assert str(err.value) == f"--speech-max-seconds {value}: expected a positive number"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_cli_refuses_a_speech_max_seconds_that_is_not_finite(audio_dir, capsys, value):
+    from anygpt_core.testing import run_cli
+
+    args = ["encode", "speech", str(audio_dir / "long.wav"), "--speech-max-seconds", value]
+    code, out, err = run_cli(args, capsys)
+    assert code == 6
+    assert out == ""
+    assert err == f"Error: --speech-max-seconds {float(value)}: expected a finite number\n"

@@ -1,0 +1,110 @@
+"""Fault suite, training (issue #16, defect 2): checkpoints cut short, and a disk full while saving."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import test_training_pipeline as pipeline
+import yaml
+from cli_runner import run_cli
+from faults import fill, mounted_tmpfs
+
+sequence_env = pipeline.sequence_env
+plugins = pipeline.plugins
+demo_options = pipeline.demo_options
+text_only_demo = pipeline.text_only_demo
+extended = pipeline.extended
+pretrain_data = pipeline.pretrain_data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, extended, pretrain_data, plugins):
+    """A finished run with checkpoint-4 and checkpoint-8."""
+    pytest.importorskip("accelerate")
+    from anygpt_core.training import train
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    config = pipeline.pretrain_config(extended, pretrain_data, out, max_steps=8, save_steps=4)
+    train("pretrain", config, plugins)
+    return out
+
+
+def _config_file(run: Path, data: Path, directory: Path, **overrides: object) -> Path:
+    config = pipeline.pretrain_config(run, data, run, save_steps=4, **overrides)
+    path = directory / "resume.yaml"
+    path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    return path
+
+
+def test_checkpoints_are_marked_complete(trained):
+    from anygpt_core.training.train import COMPLETE_MARKER
+
+    for step in (4, 8):
+        marker = trained / f"checkpoint-{step}" / COMPLETE_MARKER
+        assert json.loads(marker.read_text()) == {"step": step}
+
+
+@pytest.mark.parametrize("cut", ["trainer_state.json", "model.safetensors"])
+def test_resume_skips_a_checkpoint_cut_short(trained, pretrain_data, tmp_path, capsys, cut):
+    from anygpt_core.training.train import COMPLETE_MARKER
+
+    run = shutil.copytree(trained, tmp_path / "run")
+    broken = run / "checkpoint-8"
+    (broken / COMPLETE_MARKER).unlink()  # what a kill or a full disk while saving leaves
+    target = broken / cut
+    target.write_bytes(target.read_bytes()[:100])
+    code, out, err = run_cli(
+        ["train", "pretrain", str(_config_file(run, pretrain_data, tmp_path, max_steps=10))], capsys
+    )
+    assert code == 0, err
+    said = "".join(err.split())  # the log's lines are wrapped at the terminal's width
+    assert f"{broken}isincomplete(cutshortbyakillorafulldisk);skipped" in said
+    assert f"resumingfrom{run / 'checkpoint-4'}" in said
+    assert "after 10 steps" in out
+    assert (broken / COMPLETE_MARKER).is_file()  # written again, whole, on the way to step 10
+
+
+def test_checkpoints_of_older_runs_count_when_their_state_is_readable(trained, tmp_path):
+    from anygpt_core.training.train import COMPLETE_MARKER, last_complete_checkpoint
+
+    run = shutil.copytree(trained, tmp_path / "run")
+    for step in (4, 8):
+        (run / f"checkpoint-{step}" / COMPLETE_MARKER).unlink()  # written before markers existed
+    assert last_complete_checkpoint(run) == (run / "checkpoint-8", [])
+    (run / "checkpoint-8" / "trainer_state.json").write_text('{"global_st')
+    assert last_complete_checkpoint(run) == (run / "checkpoint-4", [run / "checkpoint-8"])
+
+
+def test_a_full_disk_while_saving_is_one_line(
+    extended, pretrain_data, plugins, tmp_path, monkeypatch
+):
+    pytest.importorskip("accelerate")
+    from transformers import Trainer
+
+    from anygpt_core.errors import OutputError
+    from anygpt_core.training import train
+
+    out = tmp_path / "disk" / "run"
+    config = pipeline.pretrain_config(extended, pretrain_data, out, max_steps=4, save_steps=2)
+    with mounted_tmpfs(tmp_path / "disk", "size=4m") as real:
+        if not real:  # no tmpfs here: the save itself reports what the kernel would
+            import errno
+            import os
+
+            def full(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(Trainer, "_save_checkpoint", full)
+
+        def ready(examples, resumed):
+            if real:
+                fill(tmp_path / "disk")  # the tokenizer is written; the checkpoint will not fit
+
+        with pytest.raises(OutputError) as caught:
+            train("pretrain", config, plugins, on_ready=ready)
+    assert (
+        str(caught.value) == f"{out / 'checkpoint-2'}: cannot write (no space left on the device)"
+    )
