@@ -137,7 +137,8 @@ def constraint_from_layout(layout: Mapping[str, Any], *, device: str = "cpu") ->
             code_ids = _ids(entry["code_ids"])
             if len(code_ids) != spec.vocab_size:
                 raise ValueError(f"{spec.name}: {len(code_ids)} code ids for {spec.vocab_size}")
-            vocab.update(zip((spec.code_token(i) for i in range(spec.vocab_size)), code_ids))
+            tokens = [spec.code_token(i) for i in range(spec.vocab_size)]
+            vocab.update(zip(tokens, code_ids, strict=True))
             vocab[spec.start] = entry["start_id"]
             vocab[spec.end] = entry["end_id"]
             specs[spec.name] = spec

@@ -21,17 +21,22 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from anygpt_core.constraint import SpanConstraint
-from anygpt_core.errors import ConfigError, EngineUnavailableError, GenerationError
+from anygpt_core.errors import (
+    CheckpointError,
+    ConfigError,
+    EngineUnavailableError,
+    GenerationError,
+)
 from anygpt_core.generation import Event, Request
 from anygpt_core.layout import encode_payload, space_layout
 from anygpt_core.replay import Replay
-from anygpt_core.tokens import TokenSpace
+from anygpt_core.tokens import ROLE_TOKENS, TokenSpace
 
 __all__ = ["ServerInfo", "VLLMEngine"]
 
@@ -106,29 +111,76 @@ class VLLMEngine:
                 self._info = self._ask_models()
             return self._info
 
-    def _ask_models(self) -> ServerInfo:
+    def _call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:  # noqa: ANN401
+        """One short request: `(status, body)`."""
         connection = self._connection(timeout=min(self.timeout, 30.0))
         try:
-            connection.request("GET", f"{self._base}/v1/models")
+            data = None if body is None else json.dumps(body)
+            headers = {} if body is None else {"Content-Type": "application/json"}
+            connection.request(method, f"{self._base}{path}", body=data, headers=headers)
             response = connection.getresponse()
-            body = response.read()
+            return response.status, response.read()
         except (OSError, http.client.HTTPException) as err:
             raise self._unavailable(_reason(err)) from err
         finally:
             connection.close()
-        if response.status != 200:
-            raise self._unavailable(f"/v1/models answered HTTP {response.status}")
+
+    def _ask_models(self) -> ServerInfo:
+        status, body = self._call("GET", "/v1/models")
+        if status != 200:
+            raise self._unavailable(f"/v1/models answered HTTP {status}")
         try:
             first = json.loads(body)["data"][0]
-            return ServerInfo(str(first["id"]), first.get("max_model_len"))
+            info = ServerInfo(str(first["id"]), first.get("max_model_len"))
         except (ValueError, KeyError, IndexError, TypeError) as err:
             raise self._unavailable("/v1/models lists no model; is it a vLLM server?") from err
+        self._check_tokens(info.model)
+        return info
+
+    def _check_tokens(self, model: str) -> None:
+        """Refuse a server whose tokenizer spells our role and span tokens differently."""
+        space = self.space
+        ids = [space.human_id, space.mmgpt_id, space.eoh_id, space.eos_id]
+        for tokens in space.modalities.values():
+            ids += [tokens.start_id, tokens.end_id, int(tokens.code_ids[-1])]
+        status, body = self._call("POST", "/detokenize", {"model": model, "tokens": ids})
+        if status == 404:  # an older server without the endpoint: nothing to compare
+            return
+        try:
+            theirs = str(json.loads(body)["prompt"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise self._unavailable(f"/detokenize answered HTTP {status}") from err
+        ours = "".join(self._strings(ids))
+        if theirs != ours:
+            raise CheckpointError(
+                f"vLLM server at {self.url} serves {model}, whose tokens {ids} read "
+                f"{theirs[:60]!r}, not {ours[:60]!r}: serve the model the gateway loads"
+            )
+
+    def _strings(self, ids: Sequence[int]) -> list[str]:
+        """The token strings of `ids` in the gateway's token space (role and span tokens)."""
+        space = self.space
+        names = dict(
+            zip(
+                (space.human_id, space.mmgpt_id, space.eoh_id, space.eos_id),
+                ROLE_TOKENS,
+                strict=True,
+            )
+        )
+        for tokens in space.modalities.values():
+            spec = tokens.spec
+            names[tokens.start_id] = spec.start
+            names[tokens.end_id] = spec.end
+            names[int(tokens.code_ids[-1])] = spec.code_token(spec.vocab_size - 1)
+        return [names[i] for i in ids]
 
     # -- requests ----------------------------------------------------------------------------
 
     def check(self, request: Request) -> None:
         """Raise `ConfigError` / `GenerationError` if `request` cannot run on vLLM."""
-        if any(c.num_beams != 1 for c in (request.row.text_config, *request.row.span_configs.values())):
+        if any(
+            c.num_beams != 1 for c in (request.row.text_config, *request.row.span_configs.values())
+        ):
             raise ConfigError(
                 f"num_beams {request.num_beams}: the vLLM engine samples token by token; "
                 "beam search runs on the local engine"
@@ -285,7 +337,7 @@ def _reason(err: BaseException) -> str:
 
 
 def _sse(
-    response: http.client.HTTPResponse, unavailable: Any  # noqa: ANN401 - the error factory
+    response: http.client.HTTPResponse, unavailable: Callable[[str], EngineUnavailableError]
 ) -> Iterator[dict[str, Any] | None]:
     """The JSON objects of a server-sent event stream; None for its `[DONE]`."""
     while True:

@@ -14,6 +14,7 @@ from anygpt_cli.common import (
     ConfigFile,
     Device,
     Dtype,
+    EngineName,
     MaxNewTokens,
     ModelPath,
     NumBeams,
@@ -22,7 +23,9 @@ from anygpt_cli.common import (
     Temperature,
     TopK,
     TopP,
+    VLLMUrl,
     check_decoding,
+    check_engine,
     load_model,
 )
 from anygpt_cli.options import with_codec_options
@@ -117,6 +120,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 help="Generate up to N tasks together (output still per task, in input order).",
             ),
         ] = 1,
+        engine: EngineName = "local",
+        vllm_url: VLLMUrl = None,
         codec_options: dict[str, Any],
     ) -> None:
         from anygpt_core.tasks import parse_instruction
@@ -134,6 +139,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             top_k=top_k,
             num_beams=num_beams,
         )
+        url = check_engine(engine, vllm_url)
         gpt = load_model(
             plugins,
             model_name_or_path,
@@ -142,6 +148,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             codec_options=codec_options,
             output_dir=output_dir,
             instructions=instructions,
+            vllm_url=url,
         )
         options = {
             "config": config,

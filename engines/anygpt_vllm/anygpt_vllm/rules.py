@@ -10,6 +10,7 @@ only the argmax), as the in-process loop does. Rows without the payload are left
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -28,8 +29,6 @@ __all__ = ["PAYLOAD_KEY", "SpanRules", "Tracked"]
 
 #: The `extra_args` key (`vllm_xargs` over HTTP) that switches the rules on for a request.
 PAYLOAD_KEY = "anygpt"
-
-_CACHED_LAYOUTS = 16
 
 
 @dataclass
@@ -90,7 +89,6 @@ class SpanRules:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = str(device)
         self.rows: dict[int, Tracked] = {}
-        self._constraints: dict[str, SpanConstraint] = {}
 
     @staticmethod
     def payload(extra_args: Mapping[str, Any] | None) -> str | None:
@@ -114,13 +112,7 @@ class SpanRules:
         if text is None:
             return None
         layout, row = decode_payload(text)
-        key = decode_key(layout)
-        constraint = self._constraints.get(key)
-        if constraint is None:
-            constraint = constraint_from_layout(layout, device=self.device)
-            if len(self._constraints) >= _CACHED_LAYOUTS:
-                self._constraints.pop(next(iter(self._constraints)))
-            self._constraints[key] = constraint
+        constraint = _constraint(json.dumps(layout, sort_keys=True), self.device)
         constraint.check(row)
         return Tracked(constraint, constraint.start([row]), list(prompt or []), output)
 
@@ -151,6 +143,11 @@ class SpanRules:
         return logits
 
 
-def decode_key(layout: Mapping[str, Any]) -> str:
-    """A cache key of a layout (its canonical JSON)."""
-    return json.dumps(layout, sort_keys=True)
+@functools.lru_cache(maxsize=16)
+def _constraint(layout: str, device: str) -> SpanConstraint:
+    """The rules of a layout (its canonical JSON), built once per process and device.
+
+    Building one takes tens of milliseconds (lookup tables over the vocabulary); every request of
+    a gateway sends the same layout.
+    """
+    return constraint_from_layout(json.loads(layout), device=device)
