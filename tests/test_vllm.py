@@ -14,6 +14,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -74,10 +75,25 @@ def local(model_dir, demo):
     return gpt
 
 
-def _done(gpt, prepared):
+def _greedy(gpt, prepared):
+    """The engine request of a prepared task with every state greedy.
+
+    `do_sample=False` sets the target's config; a text answer that opens a span of another
+    modality would sample there with that modality's default, and the two engines draw from
+    different random generators.
+    """
+    request = gpt.request(prepared)
+    row = request.row
+    configs = {name: c.merged(do_sample=False) for name, c in row.span_configs.items()}
+    text = row.text_config.merged(do_sample=False)
+    return replace(request, row=replace(row, text_config=text, span_configs=configs))
+
+
+def _done(gpt, prepared, *, greedy=False):
     """Each task's Done, by one call of the engine (all of them in flight together)."""
+    requests = [_greedy(gpt, p) if greedy else gpt.request(p) for p in prepared]
     done = [None] * len(prepared)
-    for index, event in gpt.stream_many(prepared):
+    for index, event in gpt.engine.submit(requests):
         if isinstance(event, Done):
             done[index] = event
     return done
@@ -128,11 +144,9 @@ def test_vllm_span_of_every_modality_is_well_formed(gateway, do_sample):
 
 def test_vllm_greedy_ids_equal_the_local_engine(gateway, local):
     remote = _done(
-        gateway, [gateway.prepare(t, seed=1, do_sample=False, max_new_tokens=160) for t in TASKS]
+        gateway, [gateway.prepare(t, seed=1, max_new_tokens=160) for t in TASKS], greedy=True
     )
-    here = _done(
-        local, [local.prepare(t, seed=1, do_sample=False, max_new_tokens=160) for t in TASKS]
-    )
+    here = _done(local, [local.prepare(t, seed=1, max_new_tokens=160) for t in TASKS], greedy=True)
     for task, a, b in zip(TASKS, remote, here, strict=True):
         assert a.token_ids == b.token_ids, task
         assert a.reason == b.reason, task
@@ -150,14 +164,12 @@ def _peak(spans):
 
 
 def test_vllm_sixteen_concurrent_requests(gateway, local):
-    tasks = [f"{TASKS[i % 4]} number {i}" for i in range(16)]
-    prepared = [
-        gateway.prepare(t, seed=i, do_sample=False, max_new_tokens=64) for i, t in enumerate(tasks)
-    ]
+    tasks = [f"{TASKS[i % len(TASKS)]} number {i}" for i in range(16)]
+    prepared = [gateway.prepare(t, seed=i, max_new_tokens=64) for i, t in enumerate(tasks)]
     first: dict[int, float] = {}
     done = [None] * 16
     spans = []
-    for index, event in gateway.stream_many(prepared):
+    for index, event in gateway.engine.submit([_greedy(gateway, p) for p in prepared]):
         now = time.perf_counter()
         if isinstance(event, TokenEvent):
             first.setdefault(index, now)
@@ -169,7 +181,8 @@ def test_vllm_sixteen_concurrent_requests(gateway, local):
     assert _peak(spans) >= 8, spans
     here = _done(
         local,
-        [local.prepare(t, seed=i, do_sample=False, max_new_tokens=64) for i, t in enumerate(tasks)],
+        [local.prepare(t, seed=i, max_new_tokens=64) for i, t in enumerate(tasks)],
+        greedy=True,
     )
     assert [d.token_ids for d in done] == [d.token_ids for d in here]
 
