@@ -14,10 +14,9 @@ import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from anygpt_core.config import DecodingConfig
 from anygpt_core.constraint import SpanConstraint, SpanState
 from anygpt_core.generation import warp
 from anygpt_core.layout import constraint_from_layout, decode_payload
@@ -37,7 +36,8 @@ class Tracked:
 
     Attributes:
         constraint: the rules of its layout.
-        state: its state (one row).
+        state: its state (one row); while it is part of a batched state (`SpanRules`), as of
+            the last time that batch was formed.
         prompt: its prompt ids (for the repetition penalty).
         output: vLLM's live list of its generated ids.
         consumed: how many of `output` the state has taken.
@@ -59,10 +59,6 @@ class Tracked:
         for token in new:
             self.constraint.advance(self.state, torch.tensor([token]))
         self.consumed += len(new)
-
-    def config(self) -> DecodingConfig:
-        """The decoding config in force now."""
-        return self.constraint.config(self.state, 0)
 
     def seen(self, width: int, device: torch.device) -> torch.Tensor:
         """Bool [width]: ids in the prompt or generated so far."""
@@ -89,6 +85,8 @@ class SpanRules:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = str(device)
         self.rows: dict[int, Tracked] = {}
+        #: per constraint: the rows last batched (their ids), their state, the rows themselves
+        self._batches: dict[int, tuple[tuple[int, ...], SpanState, list[Tracked]]] = {}
 
     @staticmethod
     def payload(extra_args: Mapping[str, Any] | None) -> str | None:
@@ -118,29 +116,94 @@ class SpanRules:
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits float [batch, V] with every tracked row masked and warped (in place)."""
+        groups: dict[int, list[int]] = {}
+        for index in sorted(self.rows):
+            groups.setdefault(id(self.rows[index].constraint), []).append(index)
+        for indices in groups.values():
+            self._apply(logits, indices)
+        return logits
+
+    def _batched(self, indices: list[int]) -> SpanState:
+        """One state for the rows `indices` (of one constraint), caught up with their outputs.
+
+        While the same rows stay in the batch and each generated one token, their batched state
+        advances in one step; when rows come or go, each row's own state is brought up to date
+        and the batch is stacked again.
+        """
         import torch
 
-        for index, tracked in self.rows.items():
-            tracked.catch_up()
-            width = logits.shape[1]
-            legal = tracked.constraint.mask(tracked.state)[0].to(logits.device)
-            if legal.shape[0] < width:  # output rows beyond the tokenizer: never legal
-                legal = torch.cat([legal, legal.new_zeros(width - legal.shape[0])])
-            row = logits[index].masked_fill(~legal[:width], -math.inf)
-            config = tracked.config()
+        members = [self.rows[i] for i in indices]
+        constraint = members[0].constraint
+        key = tuple(id(m) for m in members)
+        cached = self._batches.get(id(constraint))
+        steady = all(len(m.output) - m.consumed == 1 for m in members)
+        if cached is not None and cached[0] == key and steady:
+            state = cached[1]
+            constraint.advance(state, torch.tensor([m.output[m.consumed] for m in members]))
+            for m in members:
+                m.consumed += 1
+        else:
+            if cached is not None:  # hand the old batch's rows back their own states
+                for j, old in enumerate(cached[2]):
+                    old.state = cached[1].select(torch.tensor([j]))
+            for m in members:
+                m.catch_up()
+            state = _stack([m.state for m in members])
+        self._batches[id(constraint)] = (key, state, members)
+        return state
+
+    def _apply(self, logits: torch.Tensor, indices: list[int]) -> None:
+        import torch
+
+        state = self._batched(indices)
+        constraint = self.rows[indices[0]].constraint
+        width = logits.shape[1]
+        legal = constraint.mask(state).to(logits.device)  # (N, vocab)
+        if legal.shape[1] < width:  # output rows beyond the tokenizer: never legal
+            legal = torch.cat([legal, legal.new_zeros((legal.shape[0], width - legal.shape[1]))], 1)
+        rows = torch.tensor(indices, device=logits.device)
+        scores = logits[rows].masked_fill(~legal[:, :width], -math.inf)
+        configs = [constraint.config(state, j) for j in range(len(indices))]
+        for j, config in enumerate(configs):
             if config.repetition_penalty != 1.0:
-                seen = tracked.seen(width, row.device)
+                seen = self.rows[indices[j]].seen(width, scores.device)
                 penalty = config.repetition_penalty
-                scaled = torch.where(row < 0, row * penalty, row / penalty)
-                row = torch.where(seen, scaled, row)
+                row = scores[j]
+                scores[j] = torch.where(
+                    seen, torch.where(row < 0, row * penalty, row / penalty), row
+                )
             if config.do_sample:
-                row = warp(row, config)
-            else:  # greedy state: only its argmax may be drawn, whatever vLLM samples with
-                best = int(torch.argmax(row))
-                row = torch.full_like(row, -math.inf)
-                row[best] = 0.0
-            logits[index] = row
-        return logits
+                scores[j] = warp(scores[j], config)
+        greedy = [j for j, c in enumerate(configs) if not c.do_sample]
+        if greedy:  # greedy states: only their argmax may be drawn, whatever vLLM samples with
+            pick = torch.tensor(greedy, device=scores.device)
+            best = scores[pick].argmax(dim=1)
+            scores[pick] = -math.inf
+            scores[pick, best] = 0.0
+        logits[rows] = scores
+
+
+def _stack(states: Sequence[SpanState]) -> SpanState:
+    """One state of the rows of `states`, in order."""
+    import torch
+
+    first = states[0]
+    tensors = {
+        name: torch.cat([getattr(s, name) for s in states])
+        for name in (
+            "modality",
+            "position",
+            "frames",
+            "produced",
+            "reason",
+            "forced_end",
+            "budget",
+            "min_new",
+            "stop_after",
+            "allow_spans",
+        )
+    }
+    return replace(first, rows=[r for s in states for r in s.rows], layout=None, **tensors)
 
 
 @functools.lru_cache(maxsize=16)

@@ -46,9 +46,7 @@ def _greedy_under_rules(gpt, requests, steps):
         for index, out in enumerate(outputs):
             if index not in rules.rows:
                 assert torch.equal(logits[index], raw[index])  # an ordinary row is left alone
-            tracked = rules.rows.get(index)
-            if tracked is None or not tracked.state.done[0]:
-                out.append(chosen[index])
+            out.append(chosen[index])
     return outputs
 
 
