@@ -28,6 +28,7 @@ from anygpt_core.generation import Done, Event, Generator, Request, SpanClosed, 
 from anygpt_core.plugins import PluginSet, discover
 from anygpt_core.prompts import InstructionBank, custom_prompt, from_text_prompt, to_text_prompt
 from anygpt_core.protocol import codes_to_string
+from anygpt_core.remote import VLLMEngine
 from anygpt_core.spec import Codec, ModalitySpec
 from anygpt_core.tasks import Task, atomic_output, output_name, parse_instruction
 
@@ -274,7 +275,7 @@ class AnyGPT:
 
     def __init__(
         self,
-        model: Any,  # noqa: ANN401 - a transformers causal LM
+        model: Any,  # noqa: ANN401 - a transformers causal LM, or None with `vllm_url`
         tokenizer: Any,  # noqa: ANN401 - a transformers tokenizer
         plugins: PluginSet,
         codecs: CodecSet,
@@ -284,6 +285,7 @@ class AnyGPT:
         is_demo: bool = False,
         prompt_encoder: ReferencePromptEncoder | None = None,
         max_batch: int = 8,
+        vllm_url: str | None = None,
     ) -> None:
         from anygpt_core.backend import make_backend
         from anygpt_core.tokens import TokenSpace
@@ -297,10 +299,15 @@ class AnyGPT:
         self.is_demo = is_demo
         self.prompt_encoder = prompt_encoder
         self.space: TokenSpace = TokenSpace(tokenizer, plugins.modalities)
-        self.backend = make_backend(model)
-        self.generator = Generator(self.backend, self.space)
-        #: batches the tasks of every caller (threads) on this model; `max_batch` rows at once
-        self.engine = Engine(self.generator, max_batch=max_batch)
+        #: the generation engine: batches the tasks of every caller (threads) on this model,
+        #: `max_batch` rows at once, or sends them to a vLLM server (`vllm_url`)
+        self.engine: Engine | VLLMEngine
+        if vllm_url is not None:
+            self.engine = VLLMEngine(vllm_url, self.space)
+        else:
+            self.backend = make_backend(model)
+            self.generator = Generator(self.backend, self.space)
+            self.engine = Engine(self.generator, max_batch=max_batch)
 
     @classmethod
     def load(
@@ -313,14 +320,17 @@ class AnyGPT:
         codec_options: Mapping[str, Any] | None = None,
         instructions: Path | None = None,
         output_dir: Path | str = "anygpt_output",
+        vllm_url: str | None = None,
     ) -> AnyGPT:
         """Load a model by directory or hub id; with `model=None`, the embedded demo.
 
         `codec_options` hold codec option values by name (e.g. `music_tokenizer_path`); with the demo,
-        options left out point at the demo's tiny codec checkpoints.
+        options left out point at the demo's tiny codec checkpoints. With `vllm_url` only the
+        tokenizer loads (no weights): generation goes to the vLLM server there, which must serve
+        the same model with the `anygpt-vllm` processor installed; it is asked for its model now.
         """
         from anygpt_core.demo import ensure_demo
-        from anygpt_core.loading import load_language_model, resolve_model_dir
+        from anygpt_core.loading import load_language_model, load_tokenizer, resolve_model_dir
         from anygpt_core.tokenization import ReferencePromptEncoder
 
         plugins = plugins or discover()
@@ -334,9 +344,13 @@ class AnyGPT:
         else:
             location = model
         directory = resolve_model_dir(location)  # once: a hub id is looked up in the cache here
-        lm, tokenizer = load_language_model(directory, device=device, dtype=dtype)
+        lm: Any = None
+        if vllm_url is None:
+            lm, tokenizer = load_language_model(directory, device=device, dtype=dtype)
+        else:
+            tokenizer = load_tokenizer(directory)
         encoder = ReferencePromptEncoder.from_directory(directory, tokenizer)
-        return cls(
+        gpt = cls(
             lm,
             tokenizer,
             plugins,
@@ -345,7 +359,11 @@ class AnyGPT:
             output_dir=Path(output_dir),
             is_demo=is_demo,
             prompt_encoder=encoder,
+            vllm_url=vllm_url,
         )
+        if isinstance(gpt.engine, VLLMEngine):
+            gpt.engine.info()  # a server that is down fails here, before any task
+        return gpt
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """Token ids int64 [1, T] of a prompt, as the reference's tokenizer produced them.

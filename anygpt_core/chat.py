@@ -310,7 +310,8 @@ class Conversation:
         self.config = Path(config) if config is not None else None
         self.overrides = overrides
         if context_length is None:
-            context_length = getattr(gpt.model.config, "max_position_embeddings", None)
+            config = getattr(gpt.model, "config", None)  # None on a vLLM engine (no weights here)
+            context_length = getattr(config, "max_position_embeddings", None)
         self.context_length: int | None = context_length
         self.history: list[Turn] = []
 

@@ -28,7 +28,14 @@ from anygpt_core.plugins import PluginSet
 from anygpt_core.spec import ModalitySpec
 from anygpt_core.tokens import ROLE_TOKENS
 
-__all__ = ["DEMO_NOTICE", "DemoAssets", "anygpt_home", "ensure_demo", "write_extended_tokenizer"]
+__all__ = [
+    "DEMO_NOTICE",
+    "DemoAssets",
+    "anygpt_home",
+    "ensure_demo",
+    "write_demo_model",
+    "write_extended_tokenizer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +196,38 @@ def _byte_ids(directory: Path) -> list[int]:
     return [i for i in range(sp.get_piece_size()) if sp.is_byte(i) or sp.is_unknown(i)]
 
 
-def _write_model(directory: Path, vocab_size: int, quiet_ids: list[int]) -> None:
+def write_demo_model(
+    source: Path, directory: Path, *, hidden_size: int = 64, num_heads: int = 4
+) -> Path:
+    """A copy of the demo model directory `source` with another width, seeded like the demo.
+
+    Same tokenizer files (so the same token ids), new weights of `hidden_size` with `num_heads`
+    attention heads: vLLM's CPU attention needs head_dim 64 (hidden 128, 2 heads), the demo's is 16.
+    Returns `directory` (created; it must not exist).
+    """
+    directory.mkdir(parents=True)
+    for name in (
+        "tokenizer.model",
+        "added_tokens.json",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+    ):
+        shutil.copyfile(source / name, directory / name)
+    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
+    _write_model(
+        directory, vocab, _byte_ids(directory), hidden_size=hidden_size, num_heads=num_heads
+    )
+    return directory
+
+
+def _write_model(
+    directory: Path,
+    vocab_size: int,
+    quiet_ids: list[int],
+    *,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
@@ -198,11 +236,11 @@ def _write_model(directory: Path, vocab_size: int, quiet_ids: list[int]) -> None
 
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
         max_position_embeddings=4096,
         bos_token_id=1,
         eos_token_id=2,

@@ -13,6 +13,7 @@ __all__ = [
     "AnyGPTError",
     "CheckpointError",
     "ConfigError",
+    "EngineUnavailableError",
     "GenerationError",
     "InputError",
     "ModalityUnavailableError",
@@ -78,3 +79,12 @@ class GenerationError(AnyGPTError):
     """The model produced something that cannot be turned into the requested output."""
 
     exit_code: ClassVar[int] = 7
+
+
+class EngineUnavailableError(AnyGPTError):
+    """The generation engine cannot be reached: a vLLM server that is down, failing or gone.
+
+    A server in front of it answers 503; the request may be retried later.
+    """
+
+    exit_code: ClassVar[int] = 8

@@ -482,36 +482,12 @@ class Generator:
 
     def replay(self, request: Request, token_ids: Sequence[int]) -> Iterator[Event]:
         """The events of tokens another driver generated for `request`, up to its end."""
-        import torch
+        from anygpt_core.replay import Replay
 
-        constraint = self.constraint
-        state = constraint.start([request.row])
-        names = constraint.names
-        if request.row.open_span is not None:
-            yield self._opened(request.row.open_span, int(state.frames[0]))
-        new_ids: list[int] = []
-        span_ids: list[int] = []
-        spans: list[SpanClosed] = []
+        replay = Replay(self.constraint, self.space, request.row)
+        yield from replay.opening()
         for token in token_ids:
-            number = int(state.modality[0])
-            step = constraint.advance(state, torch.tensor([token]))
-            new_ids.append(token)
-            yield TokenEvent(token, None if number == constraint.text else names[number])
-            closed, opened = int(step.closed[0]), int(step.opened[0])
-            if closed >= 0:
-                event = SpanClosed(
-                    names[closed],
-                    self.space.ids_to_codes(names[closed], torch.tensor(span_ids)),
-                    bool(state.forced_end[0]),
-                )
-                spans.append(event)
-                span_ids = []
-                yield event
-            elif number != constraint.text:
-                span_ids.append(token)
-            if opened >= 0:
-                yield self._opened(names[opened], int(state.frames[0]))
-            if bool(step.finished[0]):
+            yield from replay.feed(token)
+            if replay.finished:
                 break
-        reason = REASONS[int(state.reason[0])] or "length"
-        yield Done(new_ids, cast(Literal["stop", "length", "span"], reason), spans)
+        yield replay.done()

@@ -15,6 +15,7 @@ __all__ = [
     "cpu_dtype",
     "load_causal_lm",
     "load_language_model",
+    "load_tokenizer",
     "pick_device",
     "pick_dtype",
     "resolve_model_dir",
@@ -159,25 +160,35 @@ def load_language_model(
     Returns:
         `(model, tokenizer)`, the model in eval mode on the chosen device.
     """
-    from transformers import AutoTokenizer
-
     directory = resolve_model_dir(name_or_path)
     torch_device = pick_device(device)
     if dtype == "auto" and torch_device.type == "cpu":
         dtype = cpu_dtype(directory)
     torch_dtype = pick_dtype(dtype, torch_device)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-    except Exception as err:
-        raise CheckpointError(
-            f"{directory}: cannot load its tokenizer ({_first_line(err)})"
-        ) from err
+    tokenizer = load_tokenizer(directory)
     # Straight onto the device: a 7B float16 model needs no 14 GB of host memory on the way.
     model = load_causal_lm(directory, dtype=torch_dtype, device_map=torch_device)
     if model.get_output_embeddings() is None:
         raise CheckpointError(f"{directory}: model has no output embedding; not a causal LM")
     model.to(torch_device).eval()
     return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str | Path) -> Any:  # noqa: ANN401 - a transformers tokenizer
+    """A model's tokenizer alone (no weights), e.g. for a gateway in front of a vLLM server.
+
+    Raises:
+        CheckpointError: the directory holds no tokenizer that loads.
+    """
+    from transformers import AutoTokenizer
+
+    directory = resolve_model_dir(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    except Exception as err:
+        raise CheckpointError(
+            f"{directory}: cannot load its tokenizer ({_first_line(err)})"
+        ) from err
 
 
 def load_causal_lm(directory: Path, **kwargs: Any) -> Any:  # noqa: ANN401 - a transformers model

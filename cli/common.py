@@ -17,6 +17,7 @@ __all__ = [
     "ConfigFile",
     "Device",
     "Dtype",
+    "EngineName",
     "MaxNewTokens",
     "ModelPath",
     "NumBeams",
@@ -25,7 +26,9 @@ __all__ = [
     "Temperature",
     "TopK",
     "TopP",
+    "VLLMUrl",
     "check_decoding",
+    "check_engine",
     "load_model",
     "stdin_lines",
 ]
@@ -65,6 +68,41 @@ NumBeams = Annotated[
 ]
 
 
+EngineName = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="local: generate in this process; vllm: on the vLLM server at --vllm-url (only the "
+        "tokenizer loads here).",
+    ),
+]
+VLLMUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--vllm-url",
+        help="Base URL of a vLLM server serving the same model with the anygpt-vllm processor, "
+        "e.g. http://127.0.0.1:8000.",
+    ),
+]
+
+
+def check_engine(engine: str, vllm_url: str | None) -> str | None:
+    """The vLLM URL to generate on, or None for the local engine.
+
+    Raises:
+        ConfigError: an unknown engine, or a URL without `--engine vllm` and the reverse.
+    """
+    from anygpt_core.errors import ConfigError
+
+    if engine not in {"local", "vllm"}:
+        raise ConfigError(f"--engine {engine}: use local or vllm")
+    if engine == "vllm" and not vllm_url:
+        raise ConfigError("--engine vllm needs --vllm-url URL (a vLLM server's base URL)")
+    if engine == "local" and vllm_url:
+        raise ConfigError("--vllm-url is for --engine vllm")
+    return vllm_url if engine == "vllm" else None
+
+
 def check_decoding(config: Path | None, *, seed: int | None = None, **flags: Any) -> None:  # noqa: ANN401 - field values
     """Validate a decoding config file, the seed and flag values without loading anything.
 
@@ -102,8 +140,12 @@ def load_model(
     codec_options: dict[str, Any],
     output_dir: Path,
     instructions: Path | None = None,
+    vllm_url: str | None = None,
 ) -> AnyGPT:
-    """Load the model (or the demo, with its one-line notice on stderr) with a spinner."""
+    """Load the model (or the demo, with its one-line notice on stderr) with a spinner.
+
+    With `vllm_url`, only its tokenizer loads; generation goes to that vLLM server.
+    """
     from anygpt_cli.console import stderr
     from anygpt_core.api import AnyGPT
     from anygpt_core.demo import DEMO_NOTICE
@@ -119,4 +161,5 @@ def load_model(
             codec_options=codec_options,
             instructions=instructions,
             output_dir=output_dir,
+            vllm_url=vllm_url,
         )

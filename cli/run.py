@@ -14,6 +14,7 @@ from anygpt_cli.common import (
     ConfigFile,
     Device,
     Dtype,
+    EngineName,
     MaxNewTokens,
     ModelPath,
     NumBeams,
@@ -22,7 +23,9 @@ from anygpt_cli.common import (
     Temperature,
     TopK,
     TopP,
+    VLLMUrl,
     check_decoding,
+    check_engine,
     load_model,
     stdin_lines,
 )
@@ -118,6 +121,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 help="Generate up to N tasks together (output still per task, in input order).",
             ),
         ] = 1,
+        engine: EngineName = "local",
+        vllm_url: VLLMUrl = None,
         codec_options: dict[str, Any],
     ) -> None:
         from anygpt_core.tasks import parse_instruction
@@ -136,6 +141,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             top_k=top_k,
             num_beams=num_beams,
         )
+        url = check_engine(engine, vllm_url)
         if (
             not dry_run
         ):  # a file in the way, no permission or a full disk: found now, not at the end
@@ -148,6 +154,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             codec_options=codec_options,
             output_dir=output_dir,
             instructions=instructions,
+            vllm_url=url,
         )
         options = {
             "config": config,

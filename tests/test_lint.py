@@ -17,6 +17,7 @@ PACKAGES = {
     "anygpt_speech": "plugins/anygpt_speech",
     "anygpt_music": "plugins/anygpt_music",
     "anygpt_sequence": "examples/anygpt-sequence",
+    "anygpt_vllm": "engines/anygpt_vllm",
 }
 
 

@@ -37,6 +37,7 @@ DISTRIBUTIONS = [
     ROOT,
     *sorted(path.parent for path in (ROOT / "plugins").glob("*/pyproject.toml")),
     ROOT / "examples" / "anygpt-sequence",
+    ROOT / "engines" / "anygpt_vllm",
 ]
 
 
