@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from anygpt_cli.common import ConfigFile, Device, Dtype, ModelPath, check_decoding, load_model
+from anygpt_cli.common import (
+    ConfigFile,
+    Device,
+    Dtype,
+    EngineName,
+    ModelPath,
+    VLLMUrl,
+    check_decoding,
+    check_engine,
+    load_model,
+)
 from anygpt_cli.options import with_codec_options
 from anygpt_core.errors import ConfigError, InputError, PluginError
 
@@ -64,6 +74,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         device: Device = "auto",
         dtype: Dtype = "auto",
         config: ConfigFile = None,
+        engine: EngineName = "local",
+        vllm_url: VLLMUrl = None,
         instructions: Annotated[
             Path | None,
             typer.Option("--instructions", help="Phrasings JSON (other2text/text2other layout)."),
@@ -155,6 +167,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 raise ConfigError(f"--{name}: must be a finite number")
         voices = _voices(voice)
         check_decoding(config)
+        url = check_engine(engine, vllm_url)
         sock = _bind(host, port)  # a taken port fails before the model loads
         limits = Limits(
             max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -171,6 +184,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 codec_options=codec_options,
                 output_dir=store.dir,  # nothing is saved: media go back in the responses
                 instructions=instructions,
+                vllm_url=url,  # with vLLM only the tokenizer loads here; vLLM generates
             )
         except BaseException:
             store.close()
@@ -202,8 +216,9 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 log_level="warning",
             )
         )
+        generation = f" on the vLLM server at {url}" if url else ""
         sys.stderr.write(
-            f"Serving {settings.model_name} (plugins: {names}) on {where}"
+            f"Serving {settings.model_name}{generation} (plugins: {names}) on {where}"
             f"{' with an API key' if settings.api_key else ''}; Ctrl-C or SIGTERM stops it\n"
         )
         sys.stderr.flush()

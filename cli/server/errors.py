@@ -8,6 +8,7 @@ from anygpt_core.errors import (
     AnyGPTError,
     CheckpointError,
     ConfigError,
+    EngineUnavailableError,
     GenerationError,
     InputError,
     PluginError,
@@ -64,6 +65,8 @@ def payload(
 def from_anygpt(err: AnyGPTError) -> APIError:
     """The HTTP error of one of the core's errors: the client's fault is 4xx, the model's 5xx."""
     message = first_line(err)
+    if isinstance(err, EngineUnavailableError):
+        return APIError(503, message, code="engine_unavailable", headers={"retry-after": "5"})
     if isinstance(err, PluginError):
         return APIError(400, message, code="modality_unavailable")
     if isinstance(err, (InputError, ConfigError)):

@@ -350,9 +350,9 @@ class Service:
         conversation = plan.conversations[choice]
         stream = conversation.text_stream(incremental=plan.stream)
         deadline = time.monotonic() + self.settings.request_timeout
-        events = self.gpt.engine.submit([plan.requests[choice]])
-        tokens = 0
+        events = None
         try:
+            events = self.gpt.engine.submit([plan.requests[choice]])
             for _, event in events:
                 if cancel.is_set():
                     return
@@ -377,7 +377,8 @@ class Service:
             logger.exception("generation failed")
             emit(("error", choice, APIError(500, f"internal error: {type(err).__name__}")))
         finally:
-            events.close()
+            if events is not None:
+                events.close()
 
     def _media(self, span: SpanClosed, plan: ChatPlan) -> dict[str, Any]:
         codecs = self.gpt.codecs
@@ -410,8 +411,9 @@ class Service:
         started = time.perf_counter()
         deadline = time.monotonic() + self.settings.request_timeout
         events: list[list[Event]] = [[] for _ in prepared]
-        stream = self.gpt.stream_many(list(prepared))
+        stream = None
         try:
+            stream = self.gpt.stream_many(list(prepared))
             for index, event in stream:
                 if cancel.is_set():
                     raise APIError(499, "client closed the request")
@@ -425,7 +427,8 @@ class Service:
         except AnyGPTError as err:
             raise from_anygpt(err) from err
         finally:
-            stream.close()  # type: ignore[attr-defined]
+            if stream is not None:
+                stream.close()  # type: ignore[attr-defined]
 
     @contextlib.contextmanager
     def upload(self, data: bytes, suffix: str, what: str) -> Iterator[Path]:
