@@ -40,7 +40,16 @@ def _check_plugin_flags(argv: list[str], plugins: PluginSet) -> None:
 
 def build_app(plugins: PluginSet) -> typer.Typer:
     """The Typer application for the given plugin set."""
-    from anygpt_cli import chat, codec_cmds, data_cmd, model_cmd, plugins_cmd, run, train_cmd
+    from anygpt_cli import (
+        chat,
+        codec_cmds,
+        data_cmd,
+        model_cmd,
+        plugins_cmd,
+        run,
+        train_cmd,
+        web,
+    )
 
     app = typer.Typer(
         name="anygpt",
@@ -78,6 +87,7 @@ def build_app(plugins: PluginSet) -> typer.Typer:
     model_cmd.register(app, plugins)
     data_cmd.register(app, plugins)
     train_cmd.register(app, plugins)
+    web.register(app, plugins)
     return app
 
 
