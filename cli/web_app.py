@@ -89,10 +89,11 @@ ONE_SHOT_TASKS = (
 
 @dataclass
 class _Tab:
-    """One browser tab's conversation; `lock` lets one turn run at a time."""
+    """One browser tab's conversation; `lock` lets one turn run at a time; `sent` counts messages."""
 
     conversation: Conversation
     lock: threading.Lock = field(default_factory=threading.Lock)
+    sent: int = 0
 
 
 class Sessions:
@@ -482,9 +483,11 @@ class WebApp:
         if not tab.lock.acquire(blocking=False):
             raise gr.Error("this tab is still answering: wait for the answer, then send again")
         try:
+            tab.sent += 1
+            number = f"(message {tab.sent})"
             shown = history + self._user_messages(text, attached)
             answer: dict[str, Any] = {"role": "assistant", "content": ""}
-            yield [shown, "*Encoding the message…*", None, gr.update(), *keep_inputs]
+            yield [shown, f"*Encoding the message… {number}*", None, gr.update(), *keep_inputs]
             streamed, span, count, last = "", "", 0, 0.0
             events = _turn_events(
                 tab.conversation.send,
@@ -499,14 +502,20 @@ class WebApp:
             for kind, value in events:
                 if kind == "error":
                     message = self._message(value, uploads)
-                    yield [history, f"**Error:** {message}", None, gr.update(), *keep_inputs]
+                    yield [
+                        history,
+                        f"**Error** {number}: {message}",
+                        None,
+                        gr.update(),
+                        *keep_inputs,
+                    ]
                     raise gr.Error(message)
                 if kind == "reply":
                     reply: Reply = value
                     final = history + self._user_messages(text, attached)
                     final += self._answer_messages(reply)
                     note = (
-                        f"Answered in {reply.seconds:.1f} s · {reply.new_tokens} tokens · "
+                        f"Answered {number} in {reply.seconds:.1f} s · {reply.new_tokens} tokens · "
                         f"{reply.finish_reason} · seed {reply.seed}"
                     )
                     if reply.dropped:
