@@ -320,6 +320,7 @@ class WebApp:
                         file_count="multiple",
                         file_types=self._types(name),
                         elem_id=f"input-{name}",
+                        height=140,
                     )
         with gr.Row():
             to = gr.Radio(
