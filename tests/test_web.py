@@ -410,3 +410,34 @@ def test_web_on_a_taken_port_is_one_error_line(capsys, tmp_path):
     assert code == 3
     assert f"127.0.0.1:{port}" in err
     assert "Traceback" not in err
+
+
+def test_anygpt_web_serves_until_interrupted(tmp_path):
+    """The real command in its own process: it prints its URL, serves the page, stops on Ctrl-C."""
+    import signal
+    import subprocess
+    import urllib.request
+
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "anygpt"), "web", "--port", str(port)]
+    command += ["--output-dir", str(tmp_path / "out"), "--device", "cpu"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lines = []
+        for line in process.stderr:  # the demo notice, then the URL once the page is served
+            lines.append(line)
+            if "anygpt web:" in line:
+                break
+        assert f"http://127.0.0.1:{port}" in "".join(lines), "".join(lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            assert response.status == 200
+            assert "<html" in response.read().decode().lower()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing written beside it
