@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -92,6 +93,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             "num_beams": num_beams,
         }
         check_decoding(config, **overrides)  # a bad file or flag value fails before loading
+        # uploads and the copies Gradio serves stay in the output directory, like the answers
+        os.environ.setdefault("GRADIO_TEMP_DIR", str((output_dir / ".gradio").resolve()))
         import_gradio()  # a missing extra fails before the model loads
         gpt = load_model(
             plugins,

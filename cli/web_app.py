@@ -274,7 +274,10 @@ class WebApp:
 
     def _build(self) -> Any:  # noqa: ANN401 - gr.Blocks
         gr = self.gr
-        with gr.Blocks(title="AnyGPT", analytics_enabled=False) as blocks:
+        # the files Gradio keeps (uploads, copies of answers it serves) go after a day
+        with gr.Blocks(
+            title="AnyGPT", analytics_enabled=False, delete_cache=(3600, 86400)
+        ) as blocks:
             notice = (
                 " · **demo model**: random weights, well-formed but meaningless answers"
                 if self.gpt.is_demo
@@ -487,9 +490,8 @@ class WebApp:
             tab.sent += 1
             number = f"(message {tab.sent})"
             shown = history + self._user_messages(text, attached)
-            answer: dict[str, Any] = {"role": "assistant", "content": ""}
             yield [shown, f"*Encoding the message… {number}*", None, gr.update(), *keep_inputs]
-            streamed, span, count, last = "", "", 0, 0.0
+            streamed, span, count, total, last = "", "", 0, 0, 0.0
             events = _turn_events(
                 tab.conversation.send,
                 text=text,

@@ -421,8 +421,14 @@ def test_anygpt_web_serves_until_interrupted(tmp_path):
     port = free_port()
     command = [str(Path(sys.executable).parent / "anygpt"), "web", "--port", str(port)]
     command += ["--output-dir", str(tmp_path / "out"), "--device", "cpu"]
+    environment = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
     process = subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         lines = []
@@ -441,3 +447,4 @@ def test_anygpt_web_serves_until_interrupted(tmp_path):
             process.kill()
             process.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing written beside it
+    assert (tmp_path / "out" / ".gradio").is_dir()  # Gradio's uploads and cache are in it
