@@ -49,6 +49,7 @@ def build_app(plugins: PluginSet) -> typer.Typer:
         run,
         serve,
         train_cmd,
+        web,
     )
 
     app = typer.Typer(
@@ -88,6 +89,7 @@ def build_app(plugins: PluginSet) -> typer.Typer:
     model_cmd.register(app, plugins)
     data_cmd.register(app, plugins)
     train_cmd.register(app, plugins)
+    web.register(app, plugins)
     return app
 
 

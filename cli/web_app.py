@@ -1,0 +1,653 @@
+"""The page behind `anygpt web`: a chat tab and a tasks tab over one loaded `AnyGPT`.
+
+Each browser tab is a Gradio session with its own `Conversation`; every session's generation goes
+through the model's shared engine (`gpt.engine`), which batches them, so several tabs share one
+loaded model. The page fetches nothing from outside: analytics are off and the theme uses the
+fonts Gradio ships and the system's.
+
+```python
+gpt = AnyGPT.load()
+page = WebApp(gpt, output_dir=Path("anygpt_output"))
+url = page.launch(host="127.0.0.1", port=7860, block=False)
+```
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from anygpt_core.errors import AnyGPTError, InputError, PluginError, first_line
+
+if TYPE_CHECKING:
+    from anygpt_core.api import AnyGPT
+    from anygpt_core.chat import Conversation, Reply
+    from anygpt_core.generation import Event
+
+__all__ = ["ONE_SHOT_TASKS", "OneShot", "Sessions", "WebApp", "import_gradio"]
+
+#: Set before Gradio is imported: no analytics or version checks, nothing fetched from a hub.
+OFFLINE_ENVIRONMENT = {
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+#: The modality of spoken instructions and voice prompts (recorded from the microphone).
+SPEECH = "speech"
+#: Suffixes offered for image uploads when the plugin lists none.
+_IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+#: How often streamed text and span progress refresh the page, at most.
+_REFRESH_SECONDS = 0.1
+
+
+def import_gradio() -> ModuleType:
+    """Gradio, imported with analytics and network look-ups off.
+
+    Raises:
+        PluginError: Gradio is not installed (it comes with the `web` extra).
+    """
+    for name, value in OFFLINE_ENVIRONMENT.items():
+        os.environ[name] = value
+    try:
+        import gradio
+    except ImportError as err:
+        raise PluginError(
+            "anygpt web needs Gradio: pip install 'anygpt[web]'"
+            + (f" ({err})" if "gradio" not in str(err) else "")
+        ) from None
+    return gradio
+
+
+@dataclass(frozen=True)
+class OneShot:
+    """A one-shot task of the base model's protocol, offered in the tasks tab when installed."""
+
+    key: str
+    title: str
+    source: str
+    target: str
+    hint: str
+
+
+#: The seed's one-shot tasks, in the tasks tab's order.
+ONE_SHOT_TASKS = (
+    OneShot("text-image", "Text → image", "text", "image", "a red bus at dawn"),
+    OneShot("image-text", "Image captioning", "image", "text", ""),
+    OneShot("text-speech", "Text → speech", "text", "speech", "Hello there, nice to meet you."),
+    OneShot("speech-text", "Speech recognition", "speech", "text", ""),
+    OneShot("text-music", "Text → music", "text", "music", "a calm piano piece"),
+    OneShot("music-text", "Music captioning", "music", "text", ""),
+)
+
+
+@dataclass
+class _Tab:
+    """One browser tab's conversation; `lock` lets one turn run at a time; `sent` counts messages."""
+
+    conversation: Conversation
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    sent: int = 0
+
+
+class Sessions:
+    """One `Conversation` per browser tab, all over one `AnyGPT` (and so one engine).
+
+    Args:
+        gpt: the loaded model, shared by every tab.
+        output_dir: where answers' media files are written.
+        template: the chat template's name (`mmgpt` or `anygpt`).
+        config: a decoding config JSON applied to each turn's answer modality.
+        overrides: decoding fields (e.g. `max_new_tokens`) applied last.
+    """
+
+    def __init__(
+        self,
+        gpt: AnyGPT,
+        *,
+        output_dir: Path,
+        template: str = "mmgpt",
+        config: Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.gpt = gpt
+        self.output_dir = output_dir
+        self.template = template
+        self.config = config
+        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        self._tabs: dict[str, _Tab] = {}
+        self._lock = threading.Lock()
+
+    def tab(self, key: str) -> _Tab:
+        """The tab's conversation, started on its first message."""
+        from anygpt_core.chat import Conversation
+
+        with self._lock:
+            if key not in self._tabs:
+                conversation = Conversation(
+                    self.gpt,
+                    template=self.template,
+                    output_dir=self.output_dir,
+                    config=self.config,
+                    **self.overrides,
+                )
+                self._tabs[key] = _Tab(conversation)
+            return self._tabs[key]
+
+    def drop(self, key: str) -> None:
+        """Forget a closed tab's conversation."""
+        with self._lock:
+            self._tabs.pop(key, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._tabs)
+
+
+class _Stop(Exception):
+    """Raised inside a turn whose page went away, so the engine drops its rows."""
+
+
+def _turn_events(send: Callable[..., Reply], **kwargs: Any) -> Iterator[tuple[str, Any]]:  # noqa: ANN401
+    """Run `send` on a thread; yield ("text", piece), ("event", event), then ("reply" | "error", x).
+
+    Closing the iterator early stops the turn (its rows leave the engine's batch).
+    """
+    items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def on_event(event: Event) -> None:
+        if stop.is_set():
+            raise _Stop
+        items.put(("event", event))
+
+    def work() -> None:
+        try:
+            reply = send(**kwargs, on_event=on_event, on_text=lambda p: items.put(("text", p)))
+        except BaseException as err:  # noqa: BLE001 - handed to the page
+            items.put(("error", err))
+        else:
+            items.put(("reply", reply))
+
+    threading.Thread(target=work, name="anygpt-web-turn", daemon=True).start()
+    try:
+        while True:
+            kind, value = items.get()
+            yield kind, value
+            if kind in {"reply", "error"}:
+                return
+    finally:
+        stop.set()
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = min(width, round(width * done / total)) if total else 0
+    return "▰" * filled + "▱" * (width - filled)
+
+
+def _short(message: str, files: Sequence[str]) -> str:
+    """`message` with uploaded files' temporary folders cut, so it names the file as uploaded."""
+    for name in files:
+        folder = str(Path(name).parent)
+        if folder not in {"", "."}:
+            message = message.replace(folder + os.sep, "")
+    return message
+
+
+def _session(request: Any) -> str:  # noqa: ANN401 - gr.Request
+    """The browser tab's Gradio session key."""
+    return str(getattr(request, "session_hash", None) or "")
+
+
+def _wants_request(handler: Callable[..., Any], request_type: type) -> None:
+    """Mark `handler`'s `request` parameter as Gradio's Request, so Gradio passes the request.
+
+    Gradio reads the annotation's object; this module's annotations are strings (postponed), and
+    Gradio is imported only when the page is built.
+    """
+    handler.__annotations__ = {**handler.__annotations__, "request": request_type}
+
+
+def _paths(value: Any) -> list[str]:  # noqa: ANN401 - a Gradio file value: None, a path or a list
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if v]
+    return [str(value)] if value else []
+
+
+class WebApp:
+    """The Gradio page over one loaded model.
+
+    Args:
+        gpt: the loaded model.
+        output_dir: where media answers are written (served to the page from there).
+        template: the chat template (`mmgpt` or `anygpt`).
+        config: a decoding config JSON applied to chat answers.
+        seed: the chat tab's default seed (None: a new one per turn).
+        overrides: decoding fields for chat answers (`max_new_tokens`, `temperature`, ...).
+    """
+
+    def __init__(
+        self,
+        gpt: AnyGPT,
+        *,
+        output_dir: Path,
+        template: str = "mmgpt",
+        config: Path | None = None,
+        seed: int | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.gr = import_gradio()
+        self.gpt = gpt
+        self.output_dir = Path(output_dir)
+        self.seed = seed
+        self.sessions = Sessions(
+            gpt, output_dir=self.output_dir, template=template, config=config, overrides=overrides
+        )
+        #: modalities this model reads and writes, in the plugins' order
+        self.modalities = [name for name in gpt.plugins.modalities if name in gpt.space.modalities]
+        self.blocks = self._build()
+
+    # --- layout ------------------------------------------------------------------------------
+
+    def theme(self) -> Any:  # noqa: ANN401 - a gradio Theme
+        """Gradio's default look with the fonts it ships and system fonts: nothing fetched."""
+        themes = self.gr.themes
+        return themes.Default(
+            font=[themes.LocalFont("IBM Plex Sans"), "ui-sans-serif", "system-ui", "sans-serif"],
+            font_mono=[themes.LocalFont("IBM Plex Mono"), "ui-monospace", "monospace"],
+        )
+
+    def _types(self, modality: str) -> list[str] | None:
+        spec = self.gpt.plugins.modalities[modality]
+        suffixes = list(spec.input_extensions) or (
+            list(_IMAGE_TYPES) if modality == "image" else []
+        )
+        return suffixes or None
+
+    def _build(self) -> Any:  # noqa: ANN401 - gr.Blocks
+        gr = self.gr
+        # the files Gradio keeps (uploads, copies of answers it serves) go after a day
+        with gr.Blocks(
+            title="AnyGPT", analytics_enabled=False, delete_cache=(3600, 86400)
+        ) as blocks:
+            notice = (
+                " · **demo model**: random weights, well-formed but meaningless answers"
+                if self.gpt.is_demo
+                else ""
+            )
+            gr.Markdown(f"## AnyGPT{notice}")
+            with gr.Tabs():
+                with gr.Tab("Chat", id="chat-tab"):
+                    self._chat_tab()
+                with gr.Tab("Tasks", id="tasks-tab"):
+                    self._tasks_tab()
+            blocks.unload(self._unload_handler)
+        return blocks
+
+    def _chat_tab(self) -> None:
+        gr = self.gr
+        chatbot = gr.Chatbot(label="Conversation", elem_id="chat", height=420)
+        status = gr.Markdown("", elem_id="status")
+        with gr.Row():
+            text = gr.Textbox(
+                label="Message",
+                placeholder="Type a message; attach files below",
+                elem_id="message",
+                scale=4,
+                lines=2,
+            )
+            with gr.Column(scale=1, min_width=140):
+                send = gr.Button("Send", variant="primary", elem_id="send")
+                clear = gr.Button("Clear", elem_id="clear")
+        inputs: dict[str, Any] = {}
+        with gr.Row():
+            for name in self.modalities:
+                if name == SPEECH:
+                    inputs[name] = gr.Audio(
+                        sources=["upload", "microphone"],
+                        type="filepath",
+                        label="Spoken instruction (record or upload)",
+                        elem_id="input-speech",
+                    )
+                else:
+                    inputs[name] = gr.File(
+                        label=f"{name.capitalize()} files",
+                        file_count="multiple",
+                        file_types=self._types(name),
+                        elem_id=f"input-{name}",
+                        height=140,
+                    )
+        with gr.Row():
+            to = gr.Radio(
+                ["text", *self.modalities],
+                value="text",
+                label="Answer as",
+                elem_id="answer-modality",
+            )
+            voice = (
+                gr.Audio(
+                    sources=["upload"],
+                    type="filepath",
+                    label="Voice of spoken answers (optional)",
+                    elem_id="voice",
+                )
+                if SPEECH in self.modalities
+                else None
+            )
+            seed = gr.Number(
+                self.seed, label="Seed (empty: a new one each turn)", precision=0, elem_id="seed"
+            )
+        downloads = gr.File(
+            label="Files of the last answer", file_count="multiple", interactive=False
+        )
+        fields: dict[str, Any] = {"text": text, "to": to, "seed": seed, "history": chatbot}
+        if voice is not None:
+            fields["voice"] = voice
+        fields.update({f"input:{name}": c for name, c in inputs.items()})
+        self._input_order = list(inputs)
+        # the order of every value a chat handler returns or yields
+        outputs = [chatbot, status, downloads, text, *inputs.values()]
+
+        def turn(values: dict[Any, Any], request: Any) -> Iterator[list[Any]]:  # noqa: ANN401
+            named = {key: values[component] for key, component in fields.items()}
+            yield from self._turn(named, _session(request))
+
+        def clear_chat(request: Any) -> list[Any]:  # noqa: ANN401 - gr.Request
+            return self._clear(_session(request))
+
+        def unload(request: Any) -> None:  # noqa: ANN401 - gr.Request
+            self.sessions.drop(_session(request))
+
+        for handler in (turn, clear_chat, unload):
+            _wants_request(handler, gr.Request)
+        for trigger in (send.click, text.submit):
+            trigger(
+                turn,
+                inputs=set(fields.values()),
+                outputs=outputs,
+                concurrency_limit=None,  # tabs generate together: the engine batches them
+                show_progress="minimal",
+            )
+        clear.click(clear_chat, outputs=[chatbot, status, downloads, text, *inputs.values()])
+        self._unload_handler = unload
+
+    def _tasks_tab(self) -> None:
+        gr = self.gr
+        offered = [
+            t for t in ONE_SHOT_TASKS if {t.source, t.target} - {"text"} <= set(self.modalities)
+        ]
+        if not offered:
+            gr.Markdown("No one-shot task: install a modality plugin (anygpt-image, …).")
+            return
+        with gr.Tabs():
+            for task in offered:
+                with gr.Tab(task.title, id=f"task-{task.key}"):
+                    self._task_panel(task)
+
+    def _task_panel(self, task: OneShot) -> None:
+        gr = self.gr
+        key = task.key
+        config = self.gpt.config_for(task.target)
+        if task.source == "text":
+            source = gr.Textbox(label="Text", value=task.hint, elem_id=f"{key}-input")
+        elif task.source == SPEECH:
+            source = gr.Audio(
+                sources=["upload", "microphone"],
+                type="filepath",
+                label="Speech",
+                elem_id=f"{key}-input",
+            )
+        else:
+            source = gr.File(
+                label=f"{task.source.capitalize()} file",
+                file_types=self._types(task.source),
+                elem_id=f"{key}-input",
+            )
+        voice = None
+        if task.target == SPEECH:
+            voice = gr.Audio(
+                sources=["upload"],
+                type="filepath",
+                label="Voice prompt (optional)",
+                elem_id=f"{key}-voice",
+            )
+        with gr.Accordion("Decoding", open=False):
+            with gr.Row():
+                temperature = gr.Number(config.temperature, label="temperature", minimum=0)
+                top_p = gr.Number(config.top_p, label="top_p", minimum=0, maximum=1)
+                top_k = gr.Number(config.top_k, label="top_k", precision=0, minimum=0)
+            with gr.Row():
+                max_new = gr.Number(
+                    config.max_new_tokens, label="max_new_tokens", precision=0, minimum=1
+                )
+                sample = gr.Checkbox(config.do_sample, label="sample (off: greedy)")
+        seed = gr.Number(0, label="Seed", precision=0, elem_id=f"{key}-seed")
+        go = gr.Button("Run", variant="primary", elem_id=f"{key}-run")
+        status = gr.Markdown("", elem_id=f"{key}-status")
+        text = gr.Textbox(label="Text answer", interactive=False, elem_id=f"{key}-text")
+        media: Any = None
+        if task.target == "image":
+            media = gr.Image(
+                label="Image", type="filepath", interactive=False, elem_id=f"{key}-out"
+            )
+        elif task.target != "text":
+            media = gr.Audio(
+                label=task.target.capitalize(),
+                type="filepath",
+                interactive=False,
+                elem_id=f"{key}-out",
+            )
+        files = gr.File(label="Files", file_count="multiple", interactive=False)
+        fields = [source, voice, temperature, top_p, top_k, max_new, sample, seed]
+
+        def run(*values: Any) -> list[Any]:  # noqa: ANN401 - the fields' values
+            return self._one_shot(task, *values, with_media=media is not None)
+
+        go.click(
+            run,
+            inputs=[f if f is not None else gr.State(None) for f in fields],
+            outputs=[status, text, *([media] if media is not None else []), files],
+            concurrency_limit=None,
+        )
+
+    # --- handlers ----------------------------------------------------------------------------
+
+    def _clear(self, key: str) -> list[Any]:
+        """Empty the tab's history: the page's chat, status, files, message and attachments."""
+        tab = self.sessions.tab(key)
+        with tab.lock:
+            tab.conversation.clear()
+        return [[], "History cleared.", None, "", *([None] * len(self._input_order))]
+
+    def _turn(self, values: dict[str, Any], key: str) -> Iterator[list[Any]]:
+        """One chat turn, streamed: the page's chat, status line, files and cleared inputs."""
+        gr = self.gr
+        history = list(values.get("history") or [])
+        text = str(values.get("text") or "")
+        attached = {
+            name: _paths(values.get(f"input:{name}"))
+            for name in self._input_order
+            if _paths(values.get(f"input:{name}"))
+        }
+        voice = values.get("voice") or None
+        to = str(values.get("to") or "text")
+        seed_value = values.get("seed")
+        seed = int(seed_value) if seed_value not in (None, "") else None
+        uploads = [p for paths in attached.values() for p in paths] + ([voice] if voice else [])
+        keep_inputs = [gr.update() for _ in self._input_order]
+        tab = self.sessions.tab(key)
+        if not tab.lock.acquire(blocking=False):
+            raise gr.Error("this tab is still answering: wait for the answer, then send again")
+        try:
+            tab.sent += 1
+            number = f"(message {tab.sent})"
+            shown = history + self._user_messages(text, attached)
+            yield [shown, f"*Encoding the message… {number}*", None, gr.update(), *keep_inputs]
+            streamed, span, count, total, last = "", "", 0, 0, 0.0
+            events = _turn_events(
+                tab.conversation.send,
+                text=text,
+                inputs=attached,
+                voice_prompt=voice,
+                to=to,
+                seed=seed,
+            )
+            from anygpt_core.generation import Done, SpanClosed, SpanOpened, TokenEvent
+
+            for kind, value in events:
+                if kind == "error":
+                    message = self._message(value, uploads)
+                    yield [
+                        history,
+                        f"**Error** {number}: {message}",
+                        None,
+                        gr.update(),
+                        *keep_inputs,
+                    ]
+                    raise gr.Error(message)
+                if kind == "reply":
+                    reply: Reply = value
+                    final = history + self._user_messages(text, attached)
+                    final += self._answer_messages(reply)
+                    note = (
+                        f"Answered {number} in {reply.seconds:.1f} s · {reply.new_tokens} tokens · "
+                        f"{reply.finish_reason} · seed {reply.seed}"
+                    )
+                    if reply.dropped:
+                        note += f" · dropped the {reply.dropped} oldest turn(s) to fit the context"
+                    files = [str(f) for f in reply.files] or None
+                    yield [final, note, files, "", *[None] * len(self._input_order)]
+                    return
+                status = None
+                if kind == "text":
+                    streamed += value
+                elif isinstance(value, SpanOpened):
+                    span, count, total = value.modality, 0, value.max_tokens
+                    status = f"Writing {span}…"
+                elif isinstance(value, TokenEvent) and value.modality is not None:
+                    count += 1
+                    status = f"Writing {span}: {_bar(count, total)} {count}/{total} tokens"
+                elif isinstance(value, SpanClosed):
+                    streamed += f" [{value.modality}] "
+                    status = f"Wrote a {value.modality} span"
+                elif isinstance(value, Done):
+                    status = "Decoding the answer's media…" if value.spans else "Finishing…"
+                now = time.monotonic()
+                if now - last < _REFRESH_SECONDS and not isinstance(value, (SpanClosed, Done)):
+                    continue
+                last = now
+                answer = {"role": "assistant", "content": streamed.strip() or "…"}
+                yield [[*shown, answer], status or gr.update(), None, gr.update(), *keep_inputs]
+        finally:
+            tab.lock.release()
+
+    def _user_messages(self, text: str, attached: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = [
+            {"role": "user", "content": {"path": path}}
+            for paths in attached.values()
+            for path in paths
+        ]
+        if text.strip():
+            messages.append({"role": "user", "content": text.strip()})
+        return messages
+
+    def _answer_messages(self, reply: Reply) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        if reply.text:
+            messages.append({"role": "assistant", "content": reply.text})
+        messages += [{"role": "assistant", "content": {"path": str(f)}} for f in reply.files]
+        if not messages:
+            messages.append({"role": "assistant", "content": "(an empty answer)"})
+        return messages
+
+    def _message(self, err: BaseException, uploads: Sequence[str]) -> str:
+        if isinstance(err, AnyGPTError):
+            return _short(first_line(err), uploads)
+        if isinstance(err, _Stop):
+            return "stopped"
+        return f"internal error: {type(err).__name__}: {_short(first_line(err), uploads)}"
+
+    def _one_shot(
+        self,
+        task: OneShot,
+        source: Any,  # noqa: ANN401 - text or an uploaded file's path
+        voice: str | None,
+        temperature: float | None,
+        top_p: float | None,
+        top_k: float | None,
+        max_new_tokens: float | None,
+        do_sample: bool,
+        seed: float | None,
+        *,
+        with_media: bool,
+    ) -> list[Any]:
+        """Run one task through the engine; the status line, text, media and files."""
+        from anygpt_core.tasks import Task
+
+        gr = self.gr
+        uploads = [p for p in (source if task.source != "text" else None, voice) if p]
+        try:
+            payload = str(source or "").strip()
+            if not payload:
+                what = "type a text" if task.source == "text" else f"give a {task.source} file"
+                raise InputError(f"{task.title}: {what}")
+            result = self.gpt.run(
+                Task(task.source, task.target, payload, voice or None),
+                seed=int(seed) if seed is not None else None,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=int(top_k) if top_k is not None else None,
+                max_new_tokens=int(max_new_tokens) if max_new_tokens is not None else None,
+                do_sample=do_sample,
+            )
+        except Exception as err:  # noqa: BLE001 - every failure is one line in the page
+            raise gr.Error(self._message(err, [str(u) for u in uploads])) from None
+        note = (
+            f"Done in {result.seconds:.1f} s · {result.new_tokens} tokens · "
+            f"{result.finish_reason} · seed {result.seed}"
+        )
+        files = [str(f) for f in result.files]
+        media = [files[0] if files else None] if with_media else []
+        return [note, result.text, *media, files or None]
+
+    # --- serving -----------------------------------------------------------------------------
+
+    def launch(self, *, host: str, port: int, block: bool = True) -> str:
+        """Serve the page on `host:port`; return its URL (with `block`, only after Ctrl-C).
+
+        Raises:
+            InputError: the port is taken or the address cannot be bound.
+        """
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            _, url, _ = self.blocks.queue(default_concurrency_limit=None).launch(
+                server_name=host,
+                server_port=port,
+                prevent_thread_lock=not block,
+                share=False,
+                inbrowser=False,
+                quiet=True,
+                show_error=False,
+                allowed_paths=[str(self.output_dir.resolve())],
+                footer_links=[],
+                ssr_mode=False,
+                pwa=False,
+                mcp_server=False,
+                enable_monitoring=False,
+                theme=self.theme(),
+            )
+        except OSError as err:
+            raise InputError(f"cannot serve on {host}:{port}: {first_line(err)}") from None
+        return str(url)
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.blocks.close()
