@@ -9,6 +9,7 @@ generation there. Without that environment these tests skip, unless ANYGPT_REQUI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -320,6 +321,131 @@ def test_cli_engine_flags_are_checked(capsys, args, message):
     code, _, err = run_cli(["run", "text|text|hi", *args], capsys)
     assert code == 6
     assert err.strip().splitlines()[-1] == message
+
+
+class _Proxy:
+    """A TCP forwarder to the vLLM server that the test can cut (a server gone after start)."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+        import threading
+
+        host, port = target.removeprefix("http://").rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open = True
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while self.open:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        import socket
+
+        self.open = False
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for s in self.sockets:  # shutdown wakes the pipes' recv and tells both ends
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def _start_gateway(url: str, log: Path):
+    import re
+    import subprocess
+    import sys
+
+    anygpt = Path(sys.executable).with_name("anygpt")
+    out = log.open("wb")
+    proc = subprocess.Popen(
+        [str(anygpt), "serve", "--engine", "vllm", "--vllm-url", url, "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=out,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        found = re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
+        if found:
+            return proc, found.group(1)
+        if proc.poll() is not None:
+            raise AssertionError(log.read_text())
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("gateway did not start: " + log.read_text())
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_serve_on_vllm_answers_as_the_local_engine_and_503_when_vllm_goes(server, local, tmp_path):
+    from anygpt_core.chat import Conversation
+
+    proxy = _Proxy(server.url)
+    proc, url = _start_gateway(proxy.url, tmp_path / "gateway.log")
+    try:
+        assert "on the vLLM server at" in (tmp_path / "gateway.log").read_text()
+        for prompt in ["tell me a story", "hello there"]:
+            body = {
+                "model": "anygpt-demo",
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0,
+                "max_tokens": 12,
+            }
+            status, answer = _post(url, body)
+            assert status == 200, answer
+            message = answer["choices"][0]["message"]
+            reply = Conversation(local, do_sample=False, max_new_tokens=12).send(prompt)
+            if not reply.spans and "media" not in message:  # spans would sample by modality
+                assert message["content"] == reply.text
+        spoken = _post(url, {**body, "modalities": ["text", "audio"], "max_tokens": 200})
+        assert spoken[0] == 200 and spoken[1]["choices"][0]["message"]["audio"]["data"]
+        proxy.cut()
+        status, error = _post(url, body)
+        assert status == 503, error
+        assert "vLLM server at" in error["error"]["message"]
+        assert error["error"]["code"] == "engine_unavailable"
+    finally:
+        proxy.cut()
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def test_vllm_server_dying_mid_request_is_engine_unavailable(server, gateway):
