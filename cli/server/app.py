@@ -166,10 +166,10 @@ def _validation_message(errors: list[Any]) -> tuple[str, str | None]:
     for item in errors[:3]:
         loc = [str(p) for p in item.get("loc", ()) if p not in ("body",)]
         where = ".".join(loc)
-        param = param or where or None
         if item.get("type") == "json_invalid":
             parts.append("the body is not valid JSON")
         else:
+            param = param or where or None
             msg = str(item.get("msg", "invalid")).removeprefix("Value error, ")
             parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts), param
