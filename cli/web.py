@@ -85,14 +85,15 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             )
         if not host.strip():
             raise InputError("--host: give an address, e.g. 127.0.0.1")
-        overrides = {
+        overrides: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
             "top_p": top_p,
             "top_k": top_k,
             "num_beams": num_beams,
         }
-        check_decoding(config, **overrides)  # a bad file or flag value fails before loading
+        # a bad file, seed or flag value fails before loading
+        check_decoding(config, seed=seed, **overrides)
         # uploads and the copies Gradio serves stay in the output directory, like the answers
         os.environ.setdefault("GRADIO_TEMP_DIR", str((output_dir / ".gradio").resolve()))
         import_gradio()  # a missing extra fails before the model loads
