@@ -95,25 +95,35 @@ class SpanState:
         """Bool [B]: rows that ended."""
         return self.reason > 0
 
+    #: The per-row tensors (one value per row, dim 0), in the order the fields are declared.
+    ROW_TENSORS = (
+        "modality",
+        "position",
+        "frames",
+        "produced",
+        "reason",
+        "forced_end",
+        "budget",
+        "min_new",
+        "stop_after",
+        "allow_spans",
+    )
+
     def select(self, keep: torch.Tensor) -> SpanState:
         """The state of the rows `keep` (int64 [B'] indices), in that order."""
         picked = [self.rows[i] for i in keep.tolist()]
-        tensors = {
-            name: getattr(self, name)[keep.to(self.modality.device)]
-            for name in (
-                "modality",
-                "position",
-                "frames",
-                "produced",
-                "reason",
-                "forced_end",
-                "budget",
-                "min_new",
-                "stop_after",
-                "allow_spans",
-            )
-        }
+        index = keep.to(self.modality.device)
+        tensors = {name: getattr(self, name)[index] for name in self.ROW_TENSORS}
         return replace(self, rows=picked, layout=None, **tensors)
+
+    @classmethod
+    def concat(cls, states: Sequence[SpanState]) -> SpanState:
+        """One state of the rows of `states`, in order (their tensors on one device)."""
+        import torch
+
+        tensors = {name: torch.cat([getattr(s, name) for s in states]) for name in cls.ROW_TENSORS}
+        rows = [r for s in states for r in s.rows]
+        return replace(states[0], rows=rows, layout=None, **tensors)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ __all__ = [
     "Device",
     "Dtype",
     "EngineName",
+    "InstructionsFile",
     "MaxNewTokens",
     "ModelPath",
     "NumBeams",
@@ -50,6 +51,10 @@ Dtype = Annotated[
     ),
 ]
 OutputDir = Annotated[Path, typer.Option("--output-dir", help="Where output files are written.")]
+InstructionsFile = Annotated[
+    Path | None,
+    typer.Option("--instructions", help="Phrasings JSON (other2text/text2other layout)."),
+]
 ConfigFile = Annotated[
     Path | None,
     typer.Option("--config", help="Decoding config JSON for the answer's modality."),

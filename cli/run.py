@@ -15,6 +15,7 @@ from anygpt_cli.common import (
     Device,
     Dtype,
     EngineName,
+    InstructionsFile,
     MaxNewTokens,
     ModelPath,
     NumBeams,
@@ -97,10 +98,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         top_p: TopP = None,
         top_k: TopK = None,
         num_beams: NumBeams = None,
-        instructions: Annotated[
-            Path | None,
-            typer.Option("--instructions", help="Phrasings JSON (other2text/text2other layout)."),
-        ] = None,
+        instructions: InstructionsFile = None,
         no_force_span: Annotated[
             bool,
             typer.Option(

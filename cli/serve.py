@@ -16,6 +16,7 @@ from anygpt_cli.common import (
     Device,
     Dtype,
     EngineName,
+    InstructionsFile,
     ModelPath,
     VLLMUrl,
     check_decoding,
@@ -76,10 +77,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         config: ConfigFile = None,
         engine: EngineName = "local",
         vllm_url: VLLMUrl = None,
-        instructions: Annotated[
-            Path | None,
-            typer.Option("--instructions", help="Phrasings JSON (other2text/text2other layout)."),
-        ] = None,
+        instructions: InstructionsFile = None,
         host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
         port: Annotated[
             int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")

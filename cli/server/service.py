@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anygpt_cli.server.errors import APIError, from_anygpt
-from anygpt_cli.server.media import AUDIO_FORMATS, MediaStore, parse_data_url, suffix_for
+from anygpt_cli.server.media import (
+    AUDIO_FORMATS,
+    MediaStore,
+    decode_base64,
+    parse_data_url,
+    suffix_for,
+)
 from anygpt_cli.server.schemas import SEED_MAX, ChatRequest, Message
 from anygpt_core.errors import AnyGPTError
 from anygpt_core.generation import Done, Event, Request, SpanClosed
@@ -319,14 +325,14 @@ class Service:
                         f"{where}.input_audio.format: {fmt!r}; use one of {', '.join(AUDIO_FORMATS)}",
                         param=f"{where}.input_audio.format",
                     )
-                data = _b64(part.input_audio.data, f"{where}.input_audio.data")
+                data = decode_base64(part.input_audio.data, f"{where}.input_audio.data")
                 media.append((SPEECH, data, "." + fmt, f"{where}.input_audio"))
             else:
                 name = part.input_media.modality
                 self.require(name, f"{where}.input_media.modality")
                 given = part.input_media.format
                 suffix = "." + given.lower().lstrip(".") if given else ""
-                data = _b64(part.input_media.data, f"{where}.input_media.data")
+                data = decode_base64(part.input_media.data, f"{where}.input_media.data")
                 media.append((name, data, suffix, f"{where}.input_media"))
         with contextlib.ExitStack() as files:
             inputs: dict[str, list[Path]] = {}
@@ -438,12 +444,6 @@ class Service:
 
 
 _AUDIO_SUFFIXES = {"." + f for f in AUDIO_FORMATS}
-
-
-def _b64(data: str, what: str) -> bytes:
-    from anygpt_cli.server.media import decode_base64
-
-    return decode_base64(data, what)
 
 
 def _finish(reason: str) -> str:

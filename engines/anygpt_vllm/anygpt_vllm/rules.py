@@ -14,7 +14,7 @@ import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from anygpt_core.constraint import SpanConstraint, SpanState
@@ -148,7 +148,7 @@ class SpanRules:
                     old.state = cached[1].select(torch.tensor([j]))
             for m in members:
                 m.catch_up()
-            state = _stack([m.state for m in members])
+            state = SpanState.concat([m.state for m in members])
         self._batches[id(constraint)] = (key, state, members)
         return state
 
@@ -181,29 +181,6 @@ class SpanRules:
             scores[pick] = -math.inf
             scores[pick, best] = 0.0
         logits[rows] = scores
-
-
-def _stack(states: Sequence[SpanState]) -> SpanState:
-    """One state of the rows of `states`, in order."""
-    import torch
-
-    first = states[0]
-    tensors = {
-        name: torch.cat([getattr(s, name) for s in states])
-        for name in (
-            "modality",
-            "position",
-            "frames",
-            "produced",
-            "reason",
-            "forced_end",
-            "budget",
-            "min_new",
-            "stop_after",
-            "allow_spans",
-        )
-    }
-    return replace(first, rows=[r for s in states for r in s.rows], layout=None, **tensors)
 
 
 @functools.lru_cache(maxsize=16)
