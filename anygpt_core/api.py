@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from anygpt_core.config import DecodingConfig, check_seed, load_decoding_config
 from anygpt_core.constraint import Row
-from anygpt_core.engine import Engine
+from anygpt_core.engine import Engine, Stop
 from anygpt_core.errors import AnyGPTError, GenerationError, InputError
 from anygpt_core.files import check_input_file, write_bytes
 from anygpt_core.generation import Done, Event, Generator, Request, SpanClosed, TokenEvent
@@ -494,14 +494,17 @@ class AnyGPT:
         for _, event in self.stream_many([prepared]):
             yield event
 
-    def stream_many(self, prepared: Sequence[Prepared]) -> Iterator[tuple[int, Event]]:
+    def stream_many(
+        self, prepared: Sequence[Prepared], *, stop: Stop | None = None
+    ) -> Iterator[tuple[int, Event]]:
         """Generate for many prepared tasks, batched, yielding `(task index, event)` pairs.
 
         Safe to call from several threads at once: the engine batches every caller's tasks (at
         most `engine.max_batch` rows together). Each task's last event is its `Done`; leaving the
-        loop early cancels the tasks still running.
+        loop early cancels the tasks still running, and so does `stop` (a flag set from another
+        thread, a deadline that raises `DeadlineError`).
         """
-        return self.engine.submit([self.request(p) for p in prepared])
+        return self.engine.submit([self.request(p) for p in prepared], stop=stop)
 
     def run(
         self,

@@ -6,6 +6,8 @@ batch through the `Generator`, and hands each event to the caller it belongs to.
 samples with its own seeded generator, so its tokens are the same whatever it was batched with
 (greedy ids exactly). A caller that stops iterating (an interrupt, a closed stream, a client gone)
 gives its rows back: they leave the batch at the next step, and the engine serves the next call.
+A caller blocked in another thread can do the same through a `Stop` (a flag it sets, a deadline):
+its rows leave the batch, or the queue, without it iterating.
 """
 
 from __future__ import annotations
@@ -18,11 +20,54 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 from anygpt_core import generation
+from anygpt_core.errors import DeadlineError
 from anygpt_core.generation import Done, Event, Request
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "Stop"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a caller with a `Stop` waits for an event before it looks at the flag and the clock.
+_POLL = 0.05
+
+
+@dataclass(frozen=True)
+class Stop:
+    """When a caller gives up on its requests, seen by the engine without the caller iterating.
+
+    Args:
+        cancel: set from any thread (a client gone, a sibling request failed): the rows leave.
+        deadline: a `time.monotonic()` after which the rows leave and iterating raises
+            `DeadlineError`; `timeout` is the limit that deadline came from, for the message.
+    """
+
+    cancel: threading.Event | None = None
+    deadline: float | None = None
+    timeout: float | None = None
+
+    @classmethod
+    def after(cls, seconds: float, cancel: threading.Event | None = None) -> Stop:
+        """A stop `seconds` from now (and when `cancel` is set)."""
+        return cls(cancel=cancel, deadline=time.monotonic() + seconds, timeout=seconds)
+
+    @property
+    def cancelled(self) -> bool:
+        """The flag is set."""
+        return self.cancel is not None and self.cancel.is_set()
+
+    @property
+    def expired(self) -> bool:
+        """The deadline has passed."""
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def check(self) -> bool:
+        """False once cancelled (the caller stops quietly); raises `DeadlineError` once expired."""
+        if self.cancelled:
+            return False
+        if self.expired:
+            limit = f" of {self.timeout:g} s" if self.timeout is not None else ""
+            raise DeadlineError(f"the request took longer than its limit{limit}")
+        return True
 
 
 @dataclass(eq=False)
@@ -35,6 +80,12 @@ class _Job:
     )
     open_rows: int = 0
     cancelled: bool = False
+    stop: Stop = field(default_factory=Stop)
+
+    @property
+    def gone(self) -> bool:
+        """The caller stopped iterating, cancelled, or ran out of time."""
+        return self.cancelled or self.stop.cancelled or self.stop.expired
 
 
 class _Cancelled:
@@ -44,7 +95,7 @@ class _Cancelled:
         self.jobs = jobs
 
     def __call__(self, row: int) -> bool:
-        return self.jobs[row].cancelled
+        return self.jobs[row].gone
 
 
 class Engine:
@@ -72,15 +123,19 @@ class Engine:
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
 
-    def submit(self, requests: Sequence[Request]) -> Generator[tuple[int, Event], None, None]:
+    def submit(
+        self, requests: Sequence[Request], *, stop: Stop | None = None
+    ) -> Generator[tuple[int, Event], None, None]:
         """Queue `requests` and yield `(request index, event)` as they are generated.
 
         Raises `ConfigError` / `GenerationError` for a request that cannot run before anything is
-        queued. Closing the iterator early cancels whatever of it is still running.
+        queued. Closing the iterator early cancels whatever of it is still running; so does
+        `stop`, from any thread: once its flag is set the iterator ends, once its deadline passes
+        it raises `DeadlineError`, and either way the rows leave the batch (or the queue).
         """
         for request in requests:
             self.generator.check(request)
-        job = _Job(requests, open_rows=len(requests))
+        job = _Job(requests, open_rows=len(requests), stop=stop or Stop())
         if not requests:
             job.events.put(None)
             return self._events(job)
@@ -95,9 +150,15 @@ class Engine:
         return self._events(job)
 
     def _events(self, job: _Job) -> Generator[tuple[int, Event], None, None]:
+        watched = job.stop.cancel is not None or job.stop.deadline is not None
         try:
             while True:
-                item = job.events.get()
+                try:  # what was generated is delivered first, then the stop is looked at
+                    item = job.events.get(timeout=_POLL) if watched else job.events.get()
+                except queue.Empty:
+                    if not job.stop.check():
+                        return
+                    continue
                 if item is None:
                     return
                 if isinstance(item, BaseException):
@@ -116,7 +177,7 @@ class Engine:
                 until = time.monotonic() + self.gather
                 while len(self._pending) < self.max_batch and time.monotonic() < until:
                     self._wake.wait(until - time.monotonic())
-                waiting = [(j, i) for j, i in self._pending if not j.cancelled]
+                waiting = [(j, i) for j, i in self._pending if not j.gone]
                 taken, self._pending = waiting[: self.max_batch], waiting[self.max_batch :]
             if not taken:
                 continue
@@ -128,7 +189,7 @@ class Engine:
                     )
                     for row, event in events:
                         job, index = taken[row]
-                        if job.cancelled:
+                        if job.gone:
                             continue
                         job.events.put((index, event))
                         if isinstance(event, Done):

@@ -81,6 +81,10 @@ class GenerationError(AnyGPTError):
     exit_code: ClassVar[int] = 7
 
 
+class DeadlineError(GenerationError):
+    """A request that ran past the time its caller gave it (a server's request timeout)."""
+
+
 class EngineUnavailableError(AnyGPTError):
     """The generation engine cannot be reached: a vLLM server that is down, failing or gone.
 

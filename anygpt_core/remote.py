@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from anygpt_core.constraint import SpanConstraint
+from anygpt_core.engine import Stop
 from anygpt_core.errors import (
     CheckpointError,
     ConfigError,
@@ -41,6 +42,9 @@ from anygpt_core.tokens import ROLE_TOKENS, TokenSpace
 __all__ = ["ServerInfo", "VLLMEngine"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds the caller waits for an event before it looks at its `Stop`.
+_POLL = 0.05
 
 #: The `vllm_xargs` key the `anygpt-vllm` processor reads.
 PAYLOAD_KEY = "anygpt"
@@ -60,6 +64,12 @@ class _Job:
         default_factory=queue.SimpleQueue
     )
     cancelled: bool = False
+    stop: Stop = field(default_factory=Stop)
+
+    @property
+    def gone(self) -> bool:
+        """The caller stopped iterating, cancelled, or ran out of time."""
+        return self.cancelled or self.stop.cancelled or self.stop.expired
 
 
 class VLLMEngine:
@@ -213,16 +223,19 @@ class VLLMEngine:
             body["seed"] = request.seed
         return body
 
-    def submit(self, requests: Sequence[Request]) -> Generator[tuple[int, Event], None, None]:
+    def submit(
+        self, requests: Sequence[Request], *, stop: Stop | None = None
+    ) -> Generator[tuple[int, Event], None, None]:
         """Send `requests` and yield `(request index, event)` as their tokens stream back.
 
         Raises `ConfigError` / `GenerationError` for a request that cannot run before anything is
-        sent, and `EngineUnavailableError` when the server is down. Closing the iterator early
-        closes the streams still open, which makes vLLM abort those requests.
+        sent, and `EngineUnavailableError` when the server is down. Closing the iterator early, or
+        `stop` (as in `Engine.submit`), closes the streams still open, which makes vLLM abort
+        those requests.
         """
         for request in requests:
             self.check(request)
-        job = _Job()
+        job = _Job(stop=stop or Stop())
         if not requests:
             job.events.put(None)
             return self._events(job, 0)
@@ -244,7 +257,12 @@ class VLLMEngine:
         finished = 0
         try:
             while finished < max(workers, 1):
-                item = job.events.get()
+                try:  # what arrived is delivered first, then the stop is looked at
+                    item = job.events.get(timeout=_POLL)
+                except queue.Empty:
+                    if not job.stop.check():
+                        return
+                    continue
                 if item is None:
                     finished += 1
                     continue
@@ -262,7 +280,7 @@ class VLLMEngine:
         job: _Job,
     ) -> None:
         try:
-            while not job.cancelled:
+            while not job.gone:
                 try:
                     index = pending.get_nowait()
                 except queue.Empty:
@@ -296,7 +314,7 @@ class VLLMEngine:
                 raise self._refused(response.status, response.read())
             ended = False
             for chunk in _sse(response, self._unavailable):
-                if job.cancelled:
+                if job.gone:
                     return
                 if chunk is None:
                     ended = True

@@ -103,8 +103,15 @@ def _setup_logging(verbose: int) -> None:
     )
     handler = RichHandler(console=stderr, show_time=False, show_path=False)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
-    # libraries' warnings (torch, transformers, ...) show with -v, not beside our one-line errors
-    logging.getLogger("py.warnings").setLevel(logging.NOTSET if verbose else logging.ERROR)
+    # libraries' warnings (torch, transformers, ...) show with -v, not beside our one-line errors;
+    # transformers logs through its own handler, or through ours where CI=1 (it propagates there)
+    quiet = logging.NOTSET if verbose else logging.ERROR
+    for name in ("py.warnings", *_LIBRARIES):
+        logging.getLogger(name).setLevel(quiet)
+
+
+#: Libraries whose loggers warn about their own deprecations and defaults.
+_LIBRARIES = ("transformers", "diffusers", "accelerate", "huggingface_hub")
 
 
 def report(err: AnyGPTError) -> int:

@@ -219,3 +219,49 @@ def test_media_in_memory_writes_no_file(toy_gpt, tmp_path, monkeypatch):
     (media,) = result.media
     values = [float(v) for v in media.data().split()]
     assert len(values) == result.spans[0].codes.shape[1]
+
+
+def long_request(gpt, tokens=400):
+    """A text answer that cannot end before `tokens` tokens."""
+    prompt = gpt.tokenizer("[Human]: Tell me everything<eoh> [MMGPT]:", return_tensors="pt")
+    config = DecodingConfig(do_sample=False, min_new_tokens=tokens)
+    return Request(prompt.input_ids[0], Row(config, {"toy": GREEDY}, tokens))
+
+
+def test_a_stop_flag_set_from_another_thread_ends_a_blocked_caller(toy_gpt):
+    """The caller is blocked waiting for events; the flag alone frees it and its rows."""
+    from anygpt_core.engine import Engine, Stop
+
+    engine = Engine(toy_gpt.generator, max_batch=1)
+    first = engine.submit([long_request(toy_gpt, 4000)])
+    next(first)  # the long request holds the only row
+    cancel = threading.Event()
+    queued = engine.submit([long_request(toy_gpt, 50)], stop=Stop(cancel=cancel))
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.extend(queued))
+    waiter.start()
+    cancel.set()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and got == []  # ended without an event, while still queued
+    first.close()
+    done = [e for _, e in engine.submit([long_request(toy_gpt, 20)]) if isinstance(e, Done)]
+    assert len(done) == 1 and len(done[0].token_ids) == 20
+
+
+def test_a_deadline_raises_for_a_queued_caller_and_frees_a_running_one(toy_gpt):
+    import pytest
+
+    from anygpt_core.engine import Engine, Stop
+    from anygpt_core.errors import DeadlineError
+
+    engine = Engine(toy_gpt.generator, max_batch=1)
+    running = engine.submit([long_request(toy_gpt, 4000)], stop=Stop.after(0.5))
+    next(running)
+    queued = engine.submit([long_request(toy_gpt, 50)], stop=Stop.after(0.2))
+    with pytest.raises(DeadlineError, match=r"limit of 0\.2 s"):
+        list(queued)  # never started: the running row held the batch
+    with pytest.raises(DeadlineError, match=r"limit of 0\.5 s"):
+        list(running)  # 4000 tokens do not fit in half a second on the demo model
+    # both left: the next caller runs at once
+    done = [e for _, e in engine.submit([long_request(toy_gpt, 20)]) if isinstance(e, Done)]
+    assert len(done) == 1 and len(done[0].token_ids) == 20

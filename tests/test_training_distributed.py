@@ -222,8 +222,17 @@ def test_a_failing_rank_stops_the_run_with_its_error(
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
-def test_fsdp_on_the_cpu_is_refused_not_ignored(extended, pretrain_data, tmp_path, capsys):
-    """accelerate shards only on accelerators; on the CPU it would quietly run plain DDP."""
+def test_fsdp_on_the_cpu_is_refused_not_ignored(
+    extended, pretrain_data, tmp_path, capsys, monkeypatch
+):
+    """accelerate shards only on accelerators; on the CPU it would quietly run plain DDP.
+
+    transformers warns that a string `fsdp` is deprecated; that warning stays out of the error,
+    also where its logger propagates to ours (as it does with CI=1).
+    """
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)
     fields = config_fields(extended, pretrain_data, tmp_path / "run")
     fields["trainer"] = {**fields["trainer"], "fsdp": "full_shard"}
     config = write_config(tmp_path / "fsdp.yaml", fields)

@@ -8,7 +8,7 @@ max_length: 2048
 learning_rate: 3.0e-5
 max_steps: 4096
 trainer:                        # any other TrainingArguments field, passed through
-  fsdp: full_shard
+  fsdp: true
 ```
 """
 

@@ -8,6 +8,7 @@ from anygpt_core.errors import (
     AnyGPTError,
     CheckpointError,
     ConfigError,
+    DeadlineError,
     EngineUnavailableError,
     GenerationError,
     InputError,
@@ -71,6 +72,8 @@ def from_anygpt(err: AnyGPTError) -> APIError:
         return APIError(400, message, code="modality_unavailable")
     if isinstance(err, (InputError, ConfigError)):
         return APIError(400, message, code="invalid_value")
+    if isinstance(err, DeadlineError):
+        return APIError(504, message, code="timeout")
     if isinstance(err, GenerationError):
         return APIError(500, message, code="generation_failed")
     if isinstance(err, CheckpointError):

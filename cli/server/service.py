@@ -30,7 +30,8 @@ from anygpt_cli.server.media import (
     suffix_for,
 )
 from anygpt_cli.server.schemas import SEED_MAX, ChatRequest, Message
-from anygpt_core.errors import AnyGPTError
+from anygpt_core.engine import Stop
+from anygpt_core.errors import AnyGPTError, DeadlineError
 from anygpt_core.generation import Done, Event, Request, SpanClosed
 
 if TYPE_CHECKING:
@@ -355,15 +356,13 @@ class Service:
         """Generate one choice: text pieces as they come, each span's media once it closes."""
         conversation = plan.conversations[choice]
         stream = conversation.text_stream(incremental=plan.stream)
-        deadline = time.monotonic() + self.settings.request_timeout
+        # the engine watches both: a row queued behind others leaves on time, not when it starts
+        stop = Stop.after(self.settings.request_timeout, cancel)
         events = None
         try:
-            events = self.gpt.engine.submit([plan.requests[choice]])
+            events = self.gpt.engine.submit([plan.requests[choice]], stop=stop)
             for _, event in events:
-                if cancel.is_set():
-                    return
-                if time.monotonic() > deadline:
-                    emit(("error", choice, _timeout(self.settings.request_timeout)))
+                if not stop.check():
                     return
                 piece = stream.feed(event)
                 if piece:
@@ -377,6 +376,8 @@ class Service:
                 if stream.stopped:
                     emit(("done", choice, ("stop", stream.tokens, stream.text)))
                     return
+        except DeadlineError:
+            emit(("error", choice, _timeout(self.settings.request_timeout)))
         except AnyGPTError as err:
             emit(("error", choice, from_anygpt(err)))
         except Exception as err:
@@ -415,21 +416,23 @@ class Service:
     def run_tasks(self, prepared: Sequence[Prepared], cancel: threading.Event) -> list[Result]:
         """Generate prepared tasks together (one engine call) and decode them, in memory."""
         started = time.perf_counter()
-        deadline = time.monotonic() + self.settings.request_timeout
+        stop = Stop.after(self.settings.request_timeout, cancel)
         events: list[list[Event]] = [[] for _ in prepared]
         stream = None
         try:
-            stream = self.gpt.stream_many(list(prepared))
+            stream = self.gpt.stream_many(list(prepared), stop=stop)
             for index, event in stream:
-                if cancel.is_set():
-                    raise APIError(499, "client closed the request")
-                if time.monotonic() > deadline:
-                    raise _timeout(self.settings.request_timeout)
+                if not stop.check():
+                    break
                 events[index].append(event)
+            if stop.cancelled:
+                raise APIError(499, "client closed the request")
             return [
                 self.gpt.finish(p, e, started=started, save=False)
                 for p, e in zip(prepared, events, strict=True)
             ]
+        except DeadlineError as err:
+            raise _timeout(self.settings.request_timeout) from err
         except AnyGPTError as err:
             raise from_anygpt(err) from err
         finally:
