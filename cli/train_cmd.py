@@ -43,7 +43,7 @@ def _train(kind: Kind, path: Path, plugins: PluginSet) -> None:
     from anygpt_cli.console import stderr, stdout
     from anygpt_cli.launch import launch_rank
     from anygpt_core.training.config import load_train_config
-    from anygpt_core.training.train import train
+    from anygpt_core.training.train import end_process_group, train
 
     if launch_rank():
         _quiet_replica()
@@ -62,6 +62,7 @@ def _train(kind: Kind, path: Path, plugins: PluginSet) -> None:
                 "its error is above"
             ) from err
         raise
+    end_process_group()
     if not result.main_process:
         return
     last = f", last loss {result.losses[-1][1]:.4f}" if result.losses else ""

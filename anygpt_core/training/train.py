@@ -263,6 +263,7 @@ def _run_trainer(
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(output_dir))  # written by the main process alone
         trainer.save_state()  # trainer_state.json beside the model: the loss curve of the whole run
+        _wait_for_everyone()  # no process leaves (and tears its group down) while one still saves
     except Exception as err:
         failure = _write_failure(err, output_dir / f"checkpoint-{trainer.state.global_step}")
         if failure is None:
@@ -276,6 +277,26 @@ def _run_trainer(
         losses,
         main_process=args.process_index == 0,
     )
+
+
+def _wait_for_everyone() -> None:
+    """A barrier over the processes of a multi-process run; nothing in a one-process run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def end_process_group() -> None:
+    """Tear down this process's group of a multi-process run (gloo, NCCL), if there is one.
+
+    A process that exits with its group alive may abort in the group's threads (seen with gloo:
+    `terminate called without an active exception`, SIGABRT), which fails the whole launch.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _write_failure(err: BaseException, checkpoint: Path) -> OutputError | None:
