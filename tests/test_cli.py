@@ -260,13 +260,13 @@ def test_instructions_file_and_seeded_choice(toy_env, capsys, tmp_path):
         (
             ["run", "text|text|x", "--model-name-or-path", "/no/model"],
             4,
-            "Error: /no/model: no such model directory",
+            "Error: /no/model: no such file or folder",
         ),
         (
             ["run", "text|text|x", "--model-name-or-path", "someone/missing-model"],
             4,
-            "Error: someone/missing-model: model not available locally (offline); download it with "
-            "`hf download someone/missing-model` or pass its directory",
+            "Error: someone/missing-model: not in the local Hugging Face cache (offline); run "
+            "`hf download someone/missing-model` where there is network, or pass a local path",
         ),
         (["run", "toy|toy|x"], 3, "Error: task toy|toy: the base model maps a modality to text"),
         (["encode", "toy", "/no/file.txt", "--demo"], 3, "Error: /no/file.txt: no such file"),

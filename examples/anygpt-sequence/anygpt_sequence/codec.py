@@ -81,7 +81,8 @@ class SequenceCodec:
     """Encode a series to codes int64 [num_codebooks, T] (T frames) and back.
 
     Args:
-        path: the safetensors checkpoint; read on first use, so building the codec is free.
+        path: the checkpoint (safetensors, a folder or a hub id); read on first use, so building
+            the codec is free.
     """
 
     def __init__(self, path: str | None) -> None:
@@ -95,14 +96,9 @@ class SequenceCodec:
                 raise CheckpointError(
                     "sequence codec: pass --sequence-codec-path codec.safetensors"
                 )
-            from safetensors.torch import load_file
+            from anygpt_core.checkpoints import read_state_dict, resolve_checkpoint
 
-            try:
-                tensors = load_file(self.path)
-            except FileNotFoundError as err:
-                raise CheckpointError(f"{self.path}: no such sequence codec checkpoint") from err
-            except Exception as err:
-                raise CheckpointError(f"{self.path}: not a safetensors file ({err})") from err
+            tensors = read_state_dict(resolve_checkpoint(self.path, flag="--sequence-codec-path"))
             books = tensors.get("codebooks")
             shape = (NUM_CODEBOOKS, CODEBOOK_SIZE)
             if (

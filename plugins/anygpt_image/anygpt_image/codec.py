@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import torch
 
+from anygpt_core.checkpoints import resolve_checkpoint
 from anygpt_core.errors import ConfigError, InputError
 from anygpt_core.loading import pick_device
 from anygpt_core.spec import save_format
-from anygpt_image.checkpoint import SEED_FILE, VIT_FILE, load_seed, resolve_file, seed_config
+from anygpt_image.checkpoint import SEED_FILE, VIT_FILE, load_seed, seed_config
 from anygpt_image.config import NUM_QUERY_TOKENS, SeedConfig
 from anygpt_image.preprocess import open_image, to_pixels
 
@@ -101,8 +102,8 @@ class ImageCodec:
     @functools.cached_property
     def seed_path(self) -> Path:
         """The SEED-2 tokenizer file (`--image-tokenizer-path`)."""
-        return resolve_file(
-            self.tokenizer_path, SEED_FILE, what="SEED-2 tokenizer", flag="--image-tokenizer-path"
+        return resolve_checkpoint(
+            self.tokenizer_path, flag="--image-tokenizer-path", filename=SEED_FILE
         )
 
     @functools.cached_property
@@ -137,8 +138,8 @@ class ImageCodec:
             seed_path = self.seed_path
             vit_path = None
             if self.vit_path:
-                vit_path = resolve_file(
-                    self.vit_path, VIT_FILE, what="EVA-ViT-g weights", flag="--image-vit-path"
+                vit_path = resolve_checkpoint(
+                    self.vit_path, flag="--image-vit-path", filename=VIT_FILE
                 )
             logger.info("loading SEED-2 tokenizer from %s", seed_path)
             self._seed = load_seed(

@@ -16,10 +16,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anygpt_core.checkpoints import check_state_dict, read_state_dict
 from anygpt_core.errors import CheckpointError
 from anygpt_music.base import WaveCodec
-from anygpt_music.keys import check_keys, to_encodec_names
-from anygpt_music.loading import read_config, read_state_dict, resolve_checkpoint
+from anygpt_music.keys import to_encodec_names, training_only
+from anygpt_music.loading import read_config, resolve_encodec
 
 if TYPE_CHECKING:
     import torch
@@ -121,7 +122,7 @@ def load_encodec_package_model(value: str | Path) -> tuple[Any, str]:
     Raises:
         CheckpointError: nothing loadable there, or tensors that do not fit the architecture.
     """
-    path = resolve_checkpoint(
+    path = resolve_encodec(
         value, flag="--audio-tokenizer-path", default_revision=AUDIO_HUB_REVISION
     )
     original = _original_file(path)
@@ -140,7 +141,9 @@ def load_encodec_package_model(value: str | Path) -> tuple[Any, str]:
         expected_keys = model.state_dict().keys()
         state = to_encodec_names(read_state_dict(path), expected_keys)
         where = str(folder)
-    check_keys(where, state, model.state_dict())
+    check_state_dict(
+        state, model.state_dict(), source=where, what="the EnCodec model", optional=training_only
+    )
     model.load_state_dict(state, strict=False)
     model.eval()
     return model, where

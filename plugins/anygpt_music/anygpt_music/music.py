@@ -10,10 +10,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anygpt_core.checkpoints import check_state_dict, read_state_dict
 from anygpt_core.errors import CheckpointError
 from anygpt_music.base import WaveCodec
-from anygpt_music.keys import check_keys, to_parametrized_weight_norm
-from anygpt_music.loading import read_config, read_state_dict, resolve_checkpoint
+from anygpt_music.keys import to_parametrized_weight_norm, training_only
+from anygpt_music.loading import read_config, resolve_encodec
 
 if TYPE_CHECKING:
     import torch
@@ -55,7 +56,7 @@ def load_transformers_encodec(
     """
     from transformers import EncodecConfig, EncodecModel
 
-    path = resolve_checkpoint(value, flag=flag, default_revision=default_revision)
+    path = resolve_encodec(value, flag=flag, default_revision=default_revision)
     folder = path.parent if path.is_file() else path
     data = read_config(folder)
     try:
@@ -64,7 +65,9 @@ def load_transformers_encodec(
         raise CheckpointError(f"{folder / 'config.json'}: invalid EnCodec config ({err})") from err
     model = EncodecModel(config)
     state = to_parametrized_weight_norm(read_state_dict(path))
-    check_keys(str(folder), state, model.state_dict())
+    check_state_dict(
+        state, model.state_dict(), source=folder, what="the EnCodec model", optional=training_only
+    )
     model.load_state_dict(state, strict=False)
     model.eval()
     return model, str(folder)

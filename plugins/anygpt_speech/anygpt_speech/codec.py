@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from pydantic import ValidationError
 
 from anygpt_core.audio import load_audio, to_mono_tensor, write_wav
+from anygpt_core.checkpoints import check_state_dict, read_state_dict, resolve_checkpoint
 from anygpt_core.config import format_validation_error
 from anygpt_core.errors import ConfigError, InputError
 from anygpt_speech.checkpoints import (
@@ -25,9 +26,6 @@ from anygpt_speech.checkpoints import (
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     load_json,
-    load_state_dict,
-    load_strict,
-    resolve_file,
 )
 
 if TYPE_CHECKING:
@@ -89,11 +87,11 @@ class SpeechCodec:
 
         source = str(self.options.get("speech_tokenizer_path"))
         flag = "--speech-tokenizer-path"
-        ckpt = resolve_file(source, TOKENIZER_FILE, flag=flag)
+        ckpt = resolve_checkpoint(source, flag=flag, filename=TOKENIZER_FILE)
         given = self.options.get("speech_tokenizer_config")
         if given:
-            config_path = resolve_file(
-                given, TOKENIZER_CONFIG_FILE, flag="--speech-tokenizer-config"
+            config_path = resolve_checkpoint(
+                given, flag="--speech-tokenizer-config", filename=TOKENIZER_CONFIG_FILE
             )
         elif Path(source).expanduser().exists():
             config_path = ckpt.parent / "config.json"
@@ -102,7 +100,7 @@ class SpeechCodec:
                     f"{flag} {ckpt}: no config.json beside it; pass --speech-tokenizer-config FILE"
                 )
         else:
-            config_path = resolve_file(source, TOKENIZER_CONFIG_FILE, flag=flag)
+            config_path = resolve_checkpoint(source, flag=flag, filename=TOKENIZER_CONFIG_FILE)
         raw = load_json(config_path, flag="--speech-tokenizer-config")
         return ckpt, config_path, raw, SpeechTokenizerConfig.from_json(raw, source=str(config_path))
 
@@ -147,16 +145,23 @@ class SpeechCodec:
                 f"SpeechTokenizer has {acoustic_layers} (n_q {self.tokenizer_config.n_q}); "
                 "check --soundstorm-config"
             )
-        path = resolve_file(
-            str(self.options.get("soundstorm_path")), SOUNDSTORM_FILE, flag="--soundstorm-path"
+        path = resolve_checkpoint(
+            str(self.options.get("soundstorm_path")),
+            flag="--soundstorm-path",
+            filename=SOUNDSTORM_FILE,
         )
         started = time.perf_counter()
-        state = load_state_dict(path)
+        state = read_state_dict(path)
         with torch.device("meta"):
             model = SoundStorm(config)
-        load_strict(
-            model, state, path=path, hint=_soundstorm_hint(state, self.options), assign=True
+        check_state_dict(
+            state,
+            model.state_dict(),
+            source=path,
+            what="the SoundStorm model",
+            hint=_soundstorm_hint(state, self.options),
         )
+        model.load_state_dict(state, strict=True, assign=True)
         model = model.to(device=self.device, dtype=torch.float32).eval()
         logger.info("SoundStorm %s loaded in %.1f s", path, time.perf_counter() - started)
         return model

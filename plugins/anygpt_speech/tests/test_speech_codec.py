@@ -44,7 +44,9 @@ def test_codec_factory_is_lazy(tmp_path):
         o.name: str(tmp_path / "missing") if o.name in paths else o.default for o in SPEECH.options
     }
     codec = SPEECH.codec_factory(values)
-    with pytest.raises(CheckpointError, match=r"--speech-tokenizer-path .*missing: no such file"):
+    with pytest.raises(
+        CheckpointError, match=r"--speech-tokenizer-path .*missing: no such file or folder"
+    ):
         codec.encode(np.zeros(16000, np.float32))
 
 
@@ -202,7 +204,7 @@ def test_codec_hub_id_not_cached_offline(tiny_options):
     assert str(err.value) == (
         "--speech-tokenizer-path nobody/no-such-speech-modules: speechtokenizer/ckpt.dev is not in "
         "the local Hugging Face cache (offline); run `hf download "
-        "nobody/no-such-speech-modules` or pass the file's path"
+        "nobody/no-such-speech-modules` where there is network, or pass a local path"
     )
 
 
@@ -222,7 +224,9 @@ def test_codec_directory_in_published_layout(tiny_options, tiny_dir, audio_dir):
 
 def test_codec_missing_soundstorm_file(tiny_options, codes, tmp_path):
     codec = SpeechCodec({**tiny_options, "soundstorm_path": str(Path(tmp_path) / "nope.pt")})
-    with pytest.raises(CheckpointError, match=r"--soundstorm-path .*nope\.pt: no such file"):
+    with pytest.raises(
+        CheckpointError, match=r"--soundstorm-path .*nope\.pt: no such file or folder"
+    ):
         codec.decode(codes, seed=0)
 
 
