@@ -83,6 +83,8 @@ IMAGE = ModalitySpec(
     ),
     codec_factory=_codec,
     description="SEED-2 image tokens (32 per image) and Stable unCLIP decoding.",
+    rank=0,  # the published models' vocabulary order: image, speech, music
+    turn_rank=0,  # the reference's interleaved turn: images first
 )
 
 

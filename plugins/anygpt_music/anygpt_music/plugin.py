@@ -75,6 +75,8 @@ MUSIC = ModalitySpec(
     ),
     codec_factory=_music_codec,
     description="Music as EnCodec 32 kHz codes (4 codebooks x 2048, 50 frames/s).",
+    rank=2,
+    turn_rank=10,  # the reference's interleaved turn: after images, before the others
 )
 
 AUDIO = ModalitySpec(

@@ -14,6 +14,9 @@ from anygpt_speech.checkpoints import HUB_REPO
 from anygpt_speech.codec import SpeechCodec
 from anygpt_speech.phrasings import SPEECH_INSTRUCTIONS
 
+#: The reference's `Speech-Instruction` task prompt, wrapped around a chat turn holding speech.
+SPEECH_INSTRUCTION = "{turn} Please recognize the voice command and give reply and voice"
+
 SPEECH = ModalitySpec(
     name="speech",
     prefix="🗣️",  # U+1F5E3 U+FE0F
@@ -89,6 +92,10 @@ SPEECH = ModalitySpec(
     ),
     codec_factory=SpeechCodec,
     description="SpeechTokenizer (RVQ layer 0, 50 Hz) + SoundStorm, 16 kHz, voice prompts",
+    rank=1,
+    turn_rank=90,  # the reference's interleaved turn: speech last, just before the text
+    turn_template=SPEECH_INSTRUCTION,
+    condition="voice",
 )
 
 
