@@ -417,7 +417,9 @@ class AnyGPT:
             raise InputError(f"{task.condition}: a voice or condition file needs a media target")
         target_config = self.config_for(task.target)
         if config is not None:
-            target_config = load_decoding_config(Path(config), base=target_config)
+            target_config = load_decoding_config(
+                Path(config), base=target_config, other_fields=self.plugins.decoding_fields()
+            )
         target_config = text_answers_only(target_config.merged(**overrides), task.target)
         bank = InstructionBank.from_specs(
             self.plugins.modalities, seed=seed, path=self.instructions

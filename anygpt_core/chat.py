@@ -339,7 +339,8 @@ class Conversation:
 
         config = CHAT_TEXT_DECODING if to == "text" else self.gpt.config_for(to)
         if self.config is not None:
-            config = load_decoding_config(self.config, base=config)
+            fields = self.gpt.plugins.decoding_fields()
+            config = load_decoding_config(self.config, base=config, other_fields=fields)
         return text_answers_only(config.merged(**self.overrides), to)
 
     def message(

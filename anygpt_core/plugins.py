@@ -98,6 +98,15 @@ class PluginSet:
                 seen.setdefault(option.name, option)
         return list(seen.values())
 
+    def decoding_fields(self) -> set[str]:
+        """Decoding config fields the installed modalities read, the core's and their own.
+
+        A config file may hold any of them, whatever modality it serves (a decoder's steps, say).
+        """
+        return {
+            name for spec in self.modalities.values() for name in type(spec.decoding).model_fields
+        }
+
     def option_panels(self) -> dict[str, str]:
         """The `--help` panel of each codec option: titled by the distribution that adds it."""
         panels: dict[str, str] = {}

@@ -111,6 +111,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             plugins.modality(to)
         check_decoding(  # a bad file or flag value fails before the model loads
             config,
+            plugins=plugins,
             seed=seed,
             max_new_tokens=max_new_tokens,
             temperature=temperature,

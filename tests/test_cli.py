@@ -140,7 +140,8 @@ def test_run_text_json_is_reproducible(text_only_env, capsys, tmp_path):
 
 def test_beam_search_from_the_seed_chat_config(toy_env, capsys, tmp_path):
     """The seed chat's generate_config.json (5 sampled beams) drives text answers; media answers
-    take the rest of the file but decode one beam, as with --num-beams."""
+    take the rest of the file but decode one beam, as with --num-beams. (Its `vc_steps` is left
+    out: only the speech plugin reads it, and this environment has the toy alone.)"""
     seed_chat = tmp_path / "generate_config.json"
     seed_chat.write_text(
         json.dumps(
@@ -151,7 +152,6 @@ def test_beam_search_from_the_seed_chat_config(toy_env, capsys, tmp_path):
                 "max_new_tokens": 500,
                 "min_new_tokens": 10,
                 "repetition_penalty": 1.0,
-                "vc_steps": 3,
                 "num_beams": 5,
             }
         )
@@ -169,7 +169,7 @@ def test_beam_search_from_the_seed_chat_config(toy_env, capsys, tmp_path):
     assert len(json.loads(out)["files"]) == 1
     media = ["run", "text|toy|a wave", "--config", str(seed_chat), "--seed", "1", "--json"]
     code, out, err = run_cli([*media, "--output-dir", out_dir], capsys)
-    assert code == 0, err  # the file's vc_steps etc. serve media; its beams only text
+    assert code == 0, err  # the file's sampling serves media; its beams only text
     assert len(json.loads(out)["files"]) == 1
 
 

@@ -223,7 +223,7 @@ class SpeechCodec:
         """
         from anygpt_speech.tokenizer import decode_codes
 
-        steps = None if config is None else config.vc_steps
+        steps = getattr(config, "vc_steps", None)  # the speech plugin's SpeechDecodingConfig
         layers = self.all_layers(codes, condition=condition, seed=seed, steps=steps)
         return decode_codes(self.tokenizer, layers)
 

@@ -8,11 +8,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from anygpt_core import CodecOption, DecodingConfig, ModalitySpec, hookimpl
 from anygpt_core.audio import AUDIO_SUFFIXES
 from anygpt_speech.checkpoints import HUB_REPO
 from anygpt_speech.codec import SpeechCodec
 from anygpt_speech.phrasings import SPEECH_INSTRUCTIONS
+
+
+class SpeechDecodingConfig(DecodingConfig):
+    """The core's decoding fields plus SoundStorm's, as the seed's speech config files hold them."""
+
+    vc_steps: int | None = Field(
+        None,
+        gt=0,
+        le=10_000,
+        description="Mask-predict steps of SoundStorm's first acoustic layer.",
+    )
+
 
 #: The reference's `Speech-Instruction` task prompt, wrapped around a chat turn holding speech.
 SPEECH_INSTRUCTION = "{turn} Please recognize the voice command and give reply and voice"
@@ -27,7 +41,7 @@ SPEECH = ModalitySpec(
     frame_rate=50.0,
     # The reference's effective speech sampling (transformers 4.34 added top_k 50 and dropped
     # min_new_tokens); vc_steps 3 is the value its SoundStorm call actually used.
-    decoding=DecodingConfig(
+    decoding=SpeechDecodingConfig(
         temperature=1.0,
         top_p=1.0,
         top_k=50,
