@@ -17,6 +17,7 @@ import torch
 from anygpt_core.checkpoints import check_state_dict, read_state_dict
 from anygpt_core.errors import CheckpointError
 from anygpt_image.config import CONFIG_NAME, SeedConfig
+from anygpt_image.options import SEED_HUB_ID
 from anygpt_image.seed import DECODE_PREFIXES, INFERENCE_UNUSED_PREFIXES, SeedTokenizer
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SEED_HUB_ID = "AILab-CVC/seed-tokenizer-2"
 SEED_FILE = "seed_quantizer.pt"
 VIT_FILE = "eva_vit_g.pth"
 VIT_PREFIX = "visual_encoder."

@@ -17,6 +17,7 @@ from PIL import Image
 
 from anygpt_core.checkpoints import resolve_checkpoint
 from anygpt_core.errors import CheckpointError, first_line
+from anygpt_image.options import UNCLIP_HUB_ID
 
 # diffusers imports transformers' CLIPImageProcessor, whose torchvision advice does not apply: the
 # pipeline's image processor is never used on this path.
@@ -37,8 +38,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-UNCLIP_HUB_ID = "stabilityai/stable-diffusion-2-1-unclip"
 
 
 class EmbeddingUnCLIPPipeline(StableUnCLIPImg2ImgPipeline):  # type: ignore[misc]  # untyped base

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CODEBOOK_SIZE",
+    "FRAME_RATE",
     "SpeechTokenizerConfig",
     "build_speech_tokenizer",
     "calibrate_codebooks",
@@ -35,6 +36,8 @@ __all__ = [
 
 #: Codes per RVQ layer; the speech modality has exactly this many tokens.
 CODEBOOK_SIZE = 1024
+#: Code frames per second of the published model (16 kHz, hop 320).
+FRAME_RATE = 50.0
 
 
 class SpeechTokenizerConfig(BaseModel):
