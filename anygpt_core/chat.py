@@ -17,7 +17,6 @@ holds exactly what the model said, text and spans as protocol strings, never the
 
 from __future__ import annotations
 
-import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,12 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anygpt_core.config import DecodingConfig, check_seed, load_decoding_config
+from anygpt_core.config import DecodingConfig, draw_seed, load_decoding_config
 from anygpt_core.errors import InputError
-from anygpt_core.generation import Event, Request, SpanClosed, SpanOpened, TokenEvent
+from anygpt_core.generation import (
+    Event,
+    Request,
+    SpanClosed,
+    SpanOpened,
+    TokenEvent,
+    spans_json,
+)
 from anygpt_core.prompts import ANYGPT_CHAT, MMGPT_CHAT, ChatTemplate
 from anygpt_core.protocol import codes_to_string
-from anygpt_core.tasks import output_name
 
 if TYPE_CHECKING:
     from anygpt_core.api import AnyGPT
@@ -121,10 +126,7 @@ class Reply:
             "message": self.message,
             "transcript": self.transcript,
             "files": [str(f) for f in self.files],
-            "spans": [
-                {"modality": s.modality, "shape": list(s.codes.shape), "forced_end": s.forced}
-                for s in self.spans
-            ],
+            "spans": spans_json(self.spans),
             "prompt": self.prompt,
             "new_tokens": self.new_tokens,
             "finish_reason": self.finish_reason,
@@ -320,15 +322,14 @@ class Conversation:
     def render(self, turns: Sequence[Turn] | None = None, message: str | None = None) -> str:
         """The template applied to `turns` (default: the history), then `message` as the next user turn.
 
-        As `ChatTemplate.render`, except that an empty answer still closes its turn
-        (`[MMGPT]: <eos>`), where FastChat's empty-message rule would leave `[MMGPT]:` open.
+        An empty answer still closes its turn (`[MMGPT]: <eos>`), where FastChat's empty-message
+        rule would leave `[MMGPT]:` open (`ChatTemplate.render`'s `keep_empty`).
         """
-        t = self.template
         done = list(self.history if turns is None else turns)
-        lines = [f"{t.user}: {x.user}{t.user_end}\n{t.bot}: {x.assistant}{t.bot_end}" for x in done]
+        pairs = [pair for t in done for pair in (("user", t.user), ("bot", t.assistant))]
         if message is not None:
-            lines.append(f"{t.user}: {message}{t.user_end}\n{t.bot}:")
-        return t.system + "\n" + "\n".join(lines)
+            pairs.append(("user", message))
+        return self.template.render(pairs, keep_empty=True)
 
     def target_config(self, to: str) -> DecodingConfig:
         """The decoding config of an answer in modality `to` (its default, the config file, overrides).
@@ -409,7 +410,7 @@ class Conversation:
             given[name] = _as_list(given.get(name)) + _as_list(sources)
         message = self.message(text, inputs=given)
         target = self.target_config(to)
-        seed = random.SystemRandom().randrange(2**31) if seed is None else check_seed(seed)
+        seed = draw_seed(seed)
         prompt, input_ids, dropped = self.fit(message, to, target.max_new_tokens)
         stream, spans, reason = self._generate(input_ids, to, target, seed, on_event, on_text)
         reply = Reply(
@@ -423,21 +424,22 @@ class Conversation:
             seed=seed,
             dropped=dropped,
         )
-        for span in reply.spans:
-            name = output_name(text or span.modality, self.gpt.codecs.extension(span.modality))
-            takes_voice = self.gpt.codecs.spec(span.modality).condition == VOICE
-            condition = voice if takes_voice else None
-            reply.files.append(
-                self.gpt.codecs.decode_to_file(
-                    span.modality,
-                    span.codes,
-                    self.output_dir,
-                    name,
-                    condition=condition,
-                    seed=seed,
-                    config=target if span.modality == to else None,  # --config serves the answer
-                )
-            )
+        conditions = {}
+        if voice is not None:
+            conditions = {
+                span.modality: voice
+                for span in reply.spans
+                if self.gpt.codecs.spec(span.modality).condition == VOICE
+            }
+        _, reply.files = self.gpt.decode_spans(
+            reply.spans,
+            target=to,
+            config=target,
+            seed=seed,
+            name=text or "",
+            conditions=conditions,
+            directory=self.output_dir,
+        )
         self.history = [*self.history[dropped:], Turn(message, reply.message)]
         reply.seconds = time.perf_counter() - started
         return reply
@@ -472,18 +474,7 @@ class Conversation:
         seed: int | None,
     ) -> Request:
         """The engine request of a turn: `target` for the answer modality, spans at their defaults."""
-        from anygpt_core.api import TEXT_DECODING
-        from anygpt_core.constraint import Row
-
-        span_configs = {name: spec.decoding for name, spec in self.gpt.plugins.modalities.items()}
-        if to != "text":
-            span_configs[to] = target
-        row = Row(
-            target if to == "text" else TEXT_DECODING,
-            span_configs,
-            target.max_new_tokens,
-            open_span=None if to == "text" else to,
-        )
+        row = self.gpt.row(to, target, open_span=None if to == "text" else to)
         return Request(input_ids, row, seed)
 
     def text_stream(self, *, incremental: bool = True) -> TextStream:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ __all__ = [
     "MAX_SEED",
     "DecodingConfig",
     "check_seed",
+    "draw_seed",
     "format_validation_error",
     "load_decoding_config",
 ]
@@ -131,6 +133,14 @@ def load_decoding_config(
         raise ConfigError(f"{path}: {format_validation_error(err)}") from err
     except UnicodeEncodeError as err:  # JSON's "\ud800" escapes make text no encoder takes
         raise ConfigError(f"{path}: holds a lone surrogate escape; write the character") from err
+
+
+def draw_seed(seed: int | None) -> int:
+    """`seed` checked (`check_seed`), or a fresh one from the system's randomness when None.
+
+    A drawn seed is below 2**31, so a run can be repeated with it whatever tool reads it.
+    """
+    return random.SystemRandom().randrange(2**31) if seed is None else check_seed(seed)
 
 
 def check_seed(seed: int) -> int:

@@ -182,12 +182,18 @@ class ModalitySpec(BaseModel):
     fixed_frames: int | None = Field(
         None, gt=0, description="Every item has exactly this many frames (e.g. 32)."
     )
-    frame_rate: float | None = Field(None, gt=0, description="Frames per second, for timed media.")
+    frame_rate: float | None = Field(
+        None, gt=0, description="Frames per second, for timed media (shown by `anygpt plugins`)."
+    )
     max_frames: int | None = Field(
         None, gt=0, description="Longest span the loop lets a model write."
     )
     decoding: DecodingConfig = Field(description="Default decoding config inside this modality.")
-    input_extensions: tuple[str, ...] = Field((), description="File suffixes encode accepts.")
+    input_extensions: tuple[str, ...] = Field(
+        (),
+        description="Lowercase file suffixes encode reads, e.g. `.wav`; a file with another is "
+        "refused before its codec sees it. Empty: any.",
+    )
     output_extension: str = Field(description="Suffix of files decode writes, e.g. `.wav`.")
     instructions: Instructions = Field(description="Prompt phrasings for this modality.")
     options: tuple[CodecOption, ...] = Field((), description="CLI options passed to the codec.")
@@ -232,6 +238,14 @@ class ModalitySpec(BaseModel):
     def _identifier(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError(f"modality name {value!r} must be a lowercase identifier")
+        return value
+
+    @field_validator("input_extensions")
+    @classmethod
+    def _suffixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for suffix in value:
+            if not suffix.startswith(".") or suffix != suffix.lower():
+                raise ValueError(f"input extension {suffix!r} must be a lowercase `.suffix`")
         return value
 
     @model_validator(mode="after")

@@ -40,6 +40,7 @@ def test_plugins_json_reports_states(toy_env, monkeypatch, capsys):
     assert code == 0
     assert rows["toy"]["modalities"][0]["tokens"] == "<🧪0>…<🧪31>"
     assert rows["toy"]["modalities"][0]["codebooks"] == 2
+    assert rows["toy"]["modalities"][0]["input_extensions"] == [".txt"]
     assert rows["broken"]["state"] == "broken"
 
 

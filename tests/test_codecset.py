@@ -48,3 +48,25 @@ def test_codecset_decode_to_file_writes_what_to_bytes_gives(codecs, tmp_path):
 def test_codec_save_to_a_file_object_needs_a_suffix(codecs):
     with pytest.raises(InputError, match="needs a suffix"):
         codecs.codec("toy").save(codecs.decode("toy", CODES), io.BytesIO())
+
+
+def test_codecset_refuses_a_file_of_another_format(codecs, tmp_path):
+    """The spec's `input_extensions`: one line before the codec sees the file."""
+    wrong = tmp_path / "series.csv"
+    wrong.write_text("0.1 0.2")
+    with pytest.raises(InputError) as err:
+        codecs.encode("toy", wrong)
+    assert str(err.value) == f"{wrong}: unsupported format; toy reads .txt"
+    bare = tmp_path / "series"
+    bare.write_text("0.1 0.2")
+    assert codecs.encode("toy", bare).shape[0] == 2  # no suffix: the codec reads it
+
+
+def test_draw_seed():
+    from anygpt_core.config import MAX_SEED, draw_seed
+    from anygpt_core.errors import ConfigError
+
+    assert draw_seed(7) == 7
+    assert 0 <= draw_seed(None) < 2**31
+    with pytest.raises(ConfigError):
+        draw_seed(MAX_SEED + 1)
