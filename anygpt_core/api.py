@@ -205,9 +205,11 @@ class CodecSet:
 
         Raises:
             GenerationError: codes of the wrong shape or out of range.
+            InputError: a condition file for a modality whose spec declares none.
         """
         spec = self.spec(modality)
         _check_codes(spec, codes)
+        _check_condition(spec, condition)
         codec = self.codec(modality)
         with self._lock:
             return codec.decode(
@@ -273,6 +275,12 @@ def text_answers_only(config: DecodingConfig, target: str) -> DecodingConfig:
         "num_beams %d applies to text answers; %s decodes one beam", config.num_beams, target
     )
     return config.merged(num_beams=1)
+
+
+def _check_condition(spec: ModalitySpec, condition: Path | str | None) -> None:
+    """Refuse a condition file where the spec declares none, so no codec has to."""
+    if condition is not None and spec.condition is None:
+        raise InputError(f"{condition}: {spec.name} decoding takes no condition file")
 
 
 def _check_codes(spec: ModalitySpec, codes: torch.Tensor) -> None:
@@ -430,6 +438,8 @@ class AnyGPT:
             )
         if task.condition is not None and task.target == "text":
             raise InputError(f"{task.condition}: a voice or condition file needs a media target")
+        if task.target != "text":
+            _check_condition(self.codecs.spec(task.target), task.condition)  # before generating
         target_config = self.config_for(task.target)
         if config is not None:
             target_config = load_decoding_config(

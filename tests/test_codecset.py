@@ -70,3 +70,14 @@ def test_draw_seed():
     assert 0 <= draw_seed(None) < 2**31
     with pytest.raises(ConfigError):
         draw_seed(MAX_SEED + 1)
+
+
+def test_a_condition_is_refused_where_the_spec_declares_none(codecs, tmp_path, toy_gpt):
+    """No codec has to check: the core refuses it, before generating for a task."""
+    voice = tmp_path / "voice.wav"
+    voice.write_bytes(b"RIFF")
+    with pytest.raises(InputError) as err:
+        codecs.decode("toy", CODES, condition=voice)
+    assert str(err.value) == f"{voice}: toy decoding takes no condition file"
+    with pytest.raises(InputError, match="toy decoding takes no condition file"):
+        toy_gpt.prepare(f"text|toy|a wave|{voice}")

@@ -149,10 +149,11 @@ class SequenceCodec(LazyCodec[SequenceOptions]):
         seed: int | None = None,
         config: DecodingConfig | None = None,
     ) -> np.ndarray:
-        """Sum the chosen codewords of each stage: codes int64 [K, T] -> float32 [T * frame]."""
-        del seed  # decoding is deterministic
-        if condition is not None:
-            raise InputError("the sequence codec takes no condition file")
+        """Sum the chosen codewords of each stage: codes int64 [K, T] -> float32 [T * frame].
+
+        Deterministic: `seed` and `config` are not read; a `condition` never comes (the spec
+        declares none, and the core refuses one).
+        """
         codes = check_codes(
             codes, name="sequence", num_codebooks=NUM_CODEBOOKS, codebook_size=CODEBOOK_SIZE
         )
