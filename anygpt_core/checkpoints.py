@@ -58,7 +58,10 @@ def split_revision(value: str) -> tuple[str, str | None]:
 
 
 def _is_hub_id(repo_id: str) -> bool:
-    return repo_id.count("/") == 1 and not repo_id.startswith((".", "/", "~"))
+    """`owner/name`, unless the owner is a local folder: then it is a path that does not exist."""
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        return False
+    return not Path(repo_id).parent.is_dir()
 
 
 def resolve_checkpoint(

@@ -65,6 +65,14 @@ def test_resolve_local_errors(tmp_path, value, filename, message):
     assert str(err.value) == message.format(tmp=tmp_path)
 
 
+def test_a_missing_file_in_a_local_folder_is_no_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(CheckpointError) as err:
+        resolve_checkpoint("models/seed.pt", flag="--f")
+    assert str(err.value) == "--f models/seed.pt: no such file or folder"
+
+
 def test_resolve_hub_id_offline_is_one_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
