@@ -244,24 +244,6 @@ class CodecSet:
             self.codec(modality).save(media, buffer, suffix=suffix or self.extension(modality))
         return buffer.getvalue()
 
-    def decode_to_file(
-        self,
-        modality: str,
-        codes: torch.Tensor,
-        directory: Path,
-        name: str,
-        *,
-        condition: Path | None = None,
-        seed: int | None = None,
-        config: DecodingConfig | None = None,
-    ) -> Path:
-        """Decode codes and write the media atomically as a new file in `directory`.
-
-        `config` defaults to the modality's own decoding config.
-        """
-        media = self.decode(modality, codes, condition=condition, seed=seed, config=config)
-        return self.save(modality, media, directory, name)
-
 
 def text_answers_only(config: DecodingConfig, target: str) -> DecodingConfig:
     """`config` for an answer in `target`: beams (`num_beams`) apply to text answers only.

@@ -107,6 +107,7 @@ def resolve_checkpoint(
     repo_id, given_revision = split_revision(text)
     if not _is_hub_id(repo_id):
         raise CheckpointError(f"{named}: no such file or folder")
+    command = f"hf download {repo_id}" + (f" --revision {given_revision}" if given_revision else "")
     revision = given_revision or revision
     what = f"{filename} is not" if filename else "not"
     try:
@@ -115,7 +116,7 @@ def resolve_checkpoint(
         if hub_offline():
             raise CheckpointError(
                 f"{named}: {what} in the local Hugging Face cache (offline); run "
-                f"`hf download {repo_id}` where there is network, or pass a local path"
+                f"`{command}` where there is network, or pass a local path"
             ) from err
     try:
         return _from_hub(repo_id, filename, revision, allow_patterns, local_files_only=False)

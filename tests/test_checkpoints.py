@@ -80,7 +80,7 @@ def test_resolve_hub_id_offline_is_one_message(tmp_path, monkeypatch):
         resolve_checkpoint("someone/thing@v1", flag="--f", filename="w.pt")
     assert str(err.value) == (
         "--f someone/thing@v1: w.pt is not in the local Hugging Face cache (offline); run "
-        "`hf download someone/thing` where there is network, or pass a local path"
+        "`hf download someone/thing --revision v1` where there is network, or pass a local path"
     )
     with pytest.raises(CheckpointError) as err:
         resolve_checkpoint("someone/thing", flag="")

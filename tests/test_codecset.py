@@ -40,11 +40,6 @@ def test_codecset_to_bytes_equals_the_saved_file(codecs, tmp_path):
     assert codecs.to_bytes("toy", media, suffix=".txt") == data
 
 
-def test_codecset_decode_to_file_writes_what_to_bytes_gives(codecs, tmp_path):
-    path = codecs.decode_to_file("toy", CODES, tmp_path, "toy.txt")
-    assert path.read_bytes() == codecs.to_bytes("toy", codecs.decode("toy", CODES))
-
-
 def test_codec_save_to_a_file_object_needs_a_suffix(codecs):
     with pytest.raises(InputError, match="needs a suffix"):
         codecs.codec("toy").save(codecs.decode("toy", CODES), io.BytesIO())
