@@ -11,7 +11,6 @@ result.text, result.files
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,12 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anygpt_core.config import DecodingConfig, check_seed, load_decoding_config
+from anygpt_core.config import DecodingConfig, draw_seed, load_decoding_config
 from anygpt_core.constraint import Row
 from anygpt_core.engine import Engine, Stop
 from anygpt_core.errors import AnyGPTError, GenerationError, InputError
 from anygpt_core.files import check_input_file, write_bytes
-from anygpt_core.generation import Done, Event, Generator, Request, SpanClosed, TokenEvent
+from anygpt_core.generation import (
+    Done,
+    Event,
+    Generator,
+    Request,
+    SpanClosed,
+    TokenEvent,
+    spans_json,
+)
 from anygpt_core.plugins import PluginSet, discover
 from anygpt_core.prompts import InstructionBank, custom_prompt, from_text_prompt, to_text_prompt
 from anygpt_core.protocol import codes_to_string
@@ -97,10 +104,7 @@ class Result:
             "prompt": self.prompt,
             "text": self.text,
             "files": [str(f) for f in self.files],
-            "spans": [
-                {"modality": s.modality, "shape": list(s.codes.shape), "forced_end": s.forced}
-                for s in self.spans
-            ],
+            "spans": spans_json(self.spans),
             "new_tokens": self.new_tokens,
             "seconds": round(self.seconds, 3),
             "finish_reason": self.finish_reason,
@@ -162,10 +166,21 @@ class CodecSet:
         return str(chosen) if chosen else self.spec(modality).output_extension
 
     def encode(self, modality: str, source: Path | Any) -> torch.Tensor:  # noqa: ANN401
-        """Codes int64 [K, T] of a file or array, checked against the modality's spec."""
+        """Codes int64 [K, T] of a file or array, checked against the modality's spec.
+
+        Raises:
+            InputError: a missing file, or one whose suffix is not among the spec's
+                `input_extensions` (a file without suffix is left to the codec to read).
+        """
         spec = self.spec(modality)
         if isinstance(source, (str, Path)):
             source = check_input_file(source)
+            suffix = source.suffix.lower()
+            if suffix and spec.input_extensions and suffix not in spec.input_extensions:
+                raise InputError(
+                    f"{source}: unsupported format; {modality} reads "
+                    f"{', '.join(spec.input_extensions)}"
+                )
         with self._lock:
             codes = self.codec(modality).encode(source)
         _check_codes(spec, codes)
@@ -190,9 +205,11 @@ class CodecSet:
 
         Raises:
             GenerationError: codes of the wrong shape or out of range.
+            InputError: a condition file for a modality whose spec declares none.
         """
         spec = self.spec(modality)
         _check_codes(spec, codes)
+        _check_condition(spec, condition)
         codec = self.codec(modality)
         with self._lock:
             return codec.decode(
@@ -227,24 +244,6 @@ class CodecSet:
             self.codec(modality).save(media, buffer, suffix=suffix or self.extension(modality))
         return buffer.getvalue()
 
-    def decode_to_file(
-        self,
-        modality: str,
-        codes: torch.Tensor,
-        directory: Path,
-        name: str,
-        *,
-        condition: Path | None = None,
-        seed: int | None = None,
-        config: DecodingConfig | None = None,
-    ) -> Path:
-        """Decode codes and write the media atomically as a new file in `directory`.
-
-        `config` defaults to the modality's own decoding config.
-        """
-        media = self.decode(modality, codes, condition=condition, seed=seed, config=config)
-        return self.save(modality, media, directory, name)
-
 
 def text_answers_only(config: DecodingConfig, target: str) -> DecodingConfig:
     """`config` for an answer in `target`: beams (`num_beams`) apply to text answers only.
@@ -258,6 +257,12 @@ def text_answers_only(config: DecodingConfig, target: str) -> DecodingConfig:
         "num_beams %d applies to text answers; %s decodes one beam", config.num_beams, target
     )
     return config.merged(num_beams=1)
+
+
+def _check_condition(spec: ModalitySpec, condition: Path | str | None) -> None:
+    """Refuse a condition file where the spec declares none, so no codec has to."""
+    if condition is not None and spec.condition is None:
+        raise InputError(f"{condition}: {spec.name} decoding takes no condition file")
 
 
 def _check_codes(spec: ModalitySpec, codes: torch.Tensor) -> None:
@@ -402,7 +407,7 @@ class AnyGPT:
                 from here or `config`) apply to text answers only.
         """
         task = parse_instruction(task) if isinstance(task, str) else task
-        seed = random.SystemRandom().randrange(2**31) if seed is None else check_seed(seed)
+        seed = draw_seed(seed)
         for name in {task.source, task.target} - {"text"}:
             self.codecs.spec(name)
             self.space.require(name)
@@ -415,9 +420,13 @@ class AnyGPT:
             )
         if task.condition is not None and task.target == "text":
             raise InputError(f"{task.condition}: a voice or condition file needs a media target")
+        if task.target != "text":
+            _check_condition(self.codecs.spec(task.target), task.condition)  # before generating
         target_config = self.config_for(task.target)
         if config is not None:
-            target_config = load_decoding_config(Path(config), base=target_config)
+            target_config = load_decoding_config(
+                Path(config), base=target_config, other_fields=self.plugins.decoding_fields()
+            )
         target_config = text_answers_only(target_config.merged(**overrides), task.target)
         bank = InstructionBank.from_specs(
             self.plugins.modalities, seed=seed, path=self.instructions
@@ -470,17 +479,80 @@ class AnyGPT:
         )
         return config.merged(max_new_tokens=room), (notice,)
 
-    def request(self, prepared: Prepared) -> Request:
-        """The engine request of a prepared task: prompt ids, span rules, configs and seed."""
-        task = prepared.task
-        text_config = prepared.target_config if task.target == "text" else TEXT_DECODING
+    def row(
+        self,
+        target: str,
+        config: DecodingConfig,
+        *,
+        open_span: str | None = None,
+        stop_after_span: bool = False,
+    ) -> Row:
+        """The span rules of an answer in `target`: `config` for it, the defaults elsewhere.
+
+        A media answer's text (around its spans) samples with `TEXT_DECODING`; every modality's
+        spans with their spec's decoding, the target's with `config`. `config.max_new_tokens`
+        bounds the whole answer.
+        """
         span_configs = {name: spec.decoding for name, spec in self.plugins.modalities.items()}
-        if task.target != "text":
-            span_configs[task.target] = prepared.target_config
-        row = Row(
+        if target != "text":
+            span_configs[target] = config
+        text_config = config if target == "text" else TEXT_DECODING
+        return Row(
             text_config,
             span_configs,
-            prepared.target_config.max_new_tokens,
+            config.max_new_tokens,
+            open_span=open_span,
+            stop_after_span=stop_after_span,
+        )
+
+    def decode_spans(
+        self,
+        spans: Sequence[SpanClosed],
+        *,
+        target: str,
+        config: DecodingConfig,
+        seed: int,
+        name: str,
+        conditions: Mapping[str, Path] | None = None,
+        save: bool = True,
+        directory: Path | None = None,
+    ) -> tuple[list[Media], list[Path]]:
+        """Decode an answer's spans, and write each as a new file (in `directory`) with `save`.
+
+        Args:
+            spans: the spans the model wrote.
+            target: the answer modality: its spans decode with `config` (a `--config` file, flags),
+                the others with their defaults.
+            config: the answer's decoding config.
+            seed: seeds sampling decoders.
+            name: the text file names are made of (`output_name`).
+            conditions: a condition file per modality (a voice prompt).
+            save: write files; without it, only the media in memory.
+            directory: where files go (default `output_dir`).
+        """
+        media: list[Media] = []
+        files: list[Path] = []
+        for span in spans:
+            value = self.codecs.decode(
+                span.modality,
+                span.codes,
+                condition=(conditions or {}).get(span.modality),
+                seed=seed,
+                config=config if span.modality == target else None,
+            )
+            suffix = self.codecs.extension(span.modality)
+            media.append(Media(span.modality, value, suffix, self.codecs))
+            if save:
+                filename = output_name(name or span.modality, suffix)
+                where = self.output_dir if directory is None else directory
+                files.append(self.codecs.save(span.modality, value, where, filename))
+        return media, files
+
+    def request(self, prepared: Prepared) -> Request:
+        """The engine request of a prepared task: prompt ids, span rules, configs and seed."""
+        row = self.row(
+            prepared.task.target,
+            prepared.target_config,
             open_span=prepared.open_span,
             stop_after_span=prepared.open_span is not None,
         )
@@ -584,21 +656,19 @@ class AnyGPT:
         result.finish_reason = done.reason
         result.spans = done.spans
         result.text = self.text_of(events)
-        condition = prepared.task.condition
-        for span in done.spans:
-            target = span.modality == prepared.task.target
-            value = self.codecs.decode(
-                span.modality,
-                span.codes,
-                condition=Path(condition).expanduser() if condition and target else None,
-                seed=prepared.seed,
-                config=prepared.target_config if target else None,
-            )
-            suffix = self.codecs.extension(span.modality)
-            result.media.append(Media(span.modality, value, suffix, self.codecs))
-            if save:
-                name = output_name(prepared.task.payload, suffix)
-                result.files.append(self.codecs.save(span.modality, value, self.output_dir, name))
+        task = prepared.task
+        conditions = {}
+        if task.condition:
+            conditions[task.target] = Path(task.condition).expanduser()
+        result.media, result.files = self.decode_spans(
+            done.spans,
+            target=task.target,
+            config=prepared.target_config,
+            seed=prepared.seed,
+            name=task.payload,
+            conditions=conditions,
+            save=save,
+        )
         result.seconds = time.perf_counter() - started
         return result
 

@@ -8,16 +8,15 @@ reply = chat.send("Draw me a beach", to="image", seed=0)
 reply.text, reply.files, chat.history
 ```
 
-A user turn is built with the reference's `interleaved` rule (REFERENCE.md §2): each image span and a
-space, each music span (and any other modality's) and a space, each speech span and a space, then the
-text; with speech present the whole is wrapped in the `Speech-Instruction` task prompt. The history
+A user turn is built with the reference's `interleaved` rule (REFERENCE.md §2): each span and a
+space, modalities in the `turn_rank` order their specs declare, then the text; a modality with a
+`turn_template` (speech: the `Speech-Instruction` task prompt) wraps the whole when present. The history
 holds exactly what the model said, text and spans as protocol strings, never the prompt's echo
 (REFERENCE.md §9.5-9.7).
 """
 
 from __future__ import annotations
 
-import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,29 +24,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anygpt_core.chat_lines import ChatLine, classify_file, parse_line
-from anygpt_core.config import DecodingConfig, check_seed, load_decoding_config
+from anygpt_core.config import DecodingConfig, draw_seed, load_decoding_config
 from anygpt_core.errors import InputError
-from anygpt_core.generation import Event, Request, SpanClosed, SpanOpened, TokenEvent
+from anygpt_core.generation import (
+    Event,
+    Request,
+    SpanClosed,
+    SpanOpened,
+    TokenEvent,
+    spans_json,
+)
 from anygpt_core.prompts import ANYGPT_CHAT, MMGPT_CHAT, ChatTemplate
 from anygpt_core.protocol import codes_to_string
-from anygpt_core.tasks import output_name
 
 if TYPE_CHECKING:
     from anygpt_core.api import AnyGPT
+    from anygpt_core.spec import ModalitySpec
     from anygpt_core.tokens import TokenSpace
 
 __all__ = [
     "CHAT_TEXT_DECODING",
-    "SPEECH_INSTRUCTION",
     "TEMPLATES",
-    "ChatLine",
+    "VOICE",
     "Conversation",
     "Reply",
     "TextStream",
     "Turn",
-    "classify_file",
-    "parse_line",
     "user_message",
 ]
 
@@ -59,12 +61,10 @@ CHAT_TEXT_DECODING = DecodingConfig(
     do_sample=True, temperature=1.0, top_p=1.0, top_k=50, max_new_tokens=500, min_new_tokens=0
 )
 
-#: The reference's `Speech-Instruction` task prompt, wrapped around a turn holding speech.
-SPEECH_INSTRUCTION = "{speech} Please recognize the voice command and give reply and voice"
 #: Chat templates by `--chat-template` name.
 TEMPLATES: dict[str, ChatTemplate] = {"mmgpt": MMGPT_CHAT, "anygpt": ANYGPT_CHAT}
-#: The modality whose spans a voice prompt conditions.
-VOICE_MODALITY = "speech"
+#: The `ModalitySpec.condition` that a chat's voice prompt conditions.
+VOICE = "voice"
 _INS, _RES = "<-Ins->", "<-Res->"
 
 Source = str | Path | Any
@@ -126,10 +126,7 @@ class Reply:
             "message": self.message,
             "transcript": self.transcript,
             "files": [str(f) for f in self.files],
-            "spans": [
-                {"modality": s.modality, "shape": list(s.codes.shape), "forced_end": s.forced}
-                for s in self.spans
-            ],
+            "spans": spans_json(self.spans),
             "prompt": self.prompt,
             "new_tokens": self.new_tokens,
             "finish_reason": self.finish_reason,
@@ -139,26 +136,29 @@ class Reply:
         }
 
 
-def user_message(text: str, spans: Mapping[str, Sequence[str]]) -> str:
+def user_message(
+    text: str, spans: Mapping[str, Sequence[str]], specs: Mapping[str, ModalitySpec]
+) -> str:
     """A user turn by the reference's `interleaved` rule.
 
     Args:
         text: the typed instruction (may be empty).
         spans: protocol strings per modality.
+        specs: the spec of each modality in `spans`.
 
     Returns:
-        Image spans, then music and other modalities' spans (by name), then speech spans, each
-        followed by a space, then the text, stripped; wrapped in `SPEECH_INSTRUCTION` when speech
-        is present.
+        The spans, each followed by a space, modalities by their `turn_rank` (then name), then the
+        text, stripped; wrapped in the `turn_template` of each modality present that has one.
     """
-    others = sorted(set(spans) - {"image", "music", VOICE_MODALITY})
-    order = ["image", "music", *others, VOICE_MODALITY]
-    message = "".join(span + " " for name in order for span in spans.get(name, ()))
+    order = sorted((name for name in spans if spans[name]), key=lambda n: (specs[n].turn_rank, n))
+    message = "".join(span + " " for name in order for span in spans[name])
     message = (message + text).strip()
-    if spans.get(VOICE_MODALITY):
-        # stripped first: with no text, `{speech}  Please` (the reference's double space) becomes
-        # `{speech} Please`, the Speech-Instruction form the chat model was tuned on
-        message = SPEECH_INSTRUCTION.format(speech=message)
+    for name in order:
+        template = specs[name].turn_template
+        if template is not None:
+            # stripped first: with no text, the reference's `{speech}  Please` (two spaces)
+            # becomes `{speech} Please`, the Speech-Instruction form the chat model was tuned on
+            message = template.replace("{turn}", message)
     return message
 
 
@@ -315,9 +315,6 @@ class Conversation:
         self.context_length: int | None = context_length
         self.history: list[Turn] = []
 
-    #: Spans of this modality are decoded with the voice prompt as their condition.
-    voice_modality = VOICE_MODALITY
-
     def clear(self) -> None:
         """Forget every turn (the system line stays)."""
         self.history = []
@@ -325,15 +322,14 @@ class Conversation:
     def render(self, turns: Sequence[Turn] | None = None, message: str | None = None) -> str:
         """The template applied to `turns` (default: the history), then `message` as the next user turn.
 
-        As `ChatTemplate.render`, except that an empty answer still closes its turn
-        (`[MMGPT]: <eos>`), where FastChat's empty-message rule would leave `[MMGPT]:` open.
+        An empty answer still closes its turn (`[MMGPT]: <eos>`), where FastChat's empty-message
+        rule would leave `[MMGPT]:` open (`ChatTemplate.render`'s `keep_empty`).
         """
-        t = self.template
         done = list(self.history if turns is None else turns)
-        lines = [f"{t.user}: {x.user}{t.user_end}\n{t.bot}: {x.assistant}{t.bot_end}" for x in done]
+        pairs = [pair for t in done for pair in (("user", t.user), ("bot", t.assistant))]
         if message is not None:
-            lines.append(f"{t.user}: {message}{t.user_end}\n{t.bot}:")
-        return t.system + "\n" + "\n".join(lines)
+            pairs.append(("user", message))
+        return self.template.render(pairs, keep_empty=True)
 
     def target_config(self, to: str) -> DecodingConfig:
         """The decoding config of an answer in modality `to` (its default, the config file, overrides).
@@ -344,7 +340,8 @@ class Conversation:
 
         config = CHAT_TEXT_DECODING if to == "text" else self.gpt.config_for(to)
         if self.config is not None:
-            config = load_decoding_config(self.config, base=config)
+            fields = self.gpt.plugins.decoding_fields()
+            config = load_decoding_config(self.config, base=config, other_fields=fields)
         return text_answers_only(config.merged(**self.overrides), to)
 
     def message(
@@ -365,7 +362,8 @@ class Conversation:
                 self.gpt.codecs.spec(name)
                 self.gpt.space.require(name)
                 spans.setdefault(name, []).append(self.gpt.codecs.to_string(name, source))
-        message = user_message((text or "").strip(), spans)
+        specs = {name: self.gpt.codecs.spec(name) for name in spans}
+        message = user_message((text or "").strip(), spans, specs)
         if not message:
             raise InputError("empty message: type some text or attach a file")
         return message
@@ -374,25 +372,22 @@ class Conversation:
         self,
         text: str | None = None,
         *,
-        image: Sources = None,
-        speech: Sources = None,
-        music: Sources = None,
         voice_prompt: Path | str | None = None,
         inputs: Mapping[str, Sources] | None = None,
         to: str = "text",
         seed: int | None = None,
         on_event: Callable[[Event], None] | None = None,
         on_text: Callable[[str], None] | None = None,
+        **attachments: Sources,
     ) -> Reply:
         """Send one user turn and return the answer; the history gains the turn once its files are written.
 
         Args:
             text: the typed instruction.
-            image: image file(s) or array(s) to show.
-            speech: spoken instruction(s); the turn is wrapped in the Speech-Instruction prompt.
-            music: music file(s).
-            voice_prompt: the voice of spoken answers (passed to the speech codec's decoder).
+            voice_prompt: the voice of spoken answers: the condition of each span whose modality
+                declares `condition="voice"`.
             inputs: attachments of any installed modality by name (e.g. `{"toy": "series.txt"}`).
+            attachments: the same by keyword, e.g. `image="beach.jpg"`: file(s) or array(s).
             to: the answer modality; other than text, the answer is started with its start token.
             seed: seeds sampling and the decoders; None picks one (reported in the reply).
             on_event: called with each event of the generation loop.
@@ -410,12 +405,12 @@ class Conversation:
         voice = Path(voice_prompt).expanduser() if voice_prompt is not None else None
         if voice is not None and not voice.is_file():
             raise InputError(f"{voice}: no such file")
-        attachments: dict[str, Sources] = {"image": image, "music": music, "speech": speech}
+        given: dict[str, Sources] = dict(attachments)
         for name, sources in (inputs or {}).items():
-            attachments[name] = _as_list(attachments.get(name)) + _as_list(sources)
-        message = self.message(text, inputs=attachments)
+            given[name] = _as_list(given.get(name)) + _as_list(sources)
+        message = self.message(text, inputs=given)
         target = self.target_config(to)
-        seed = random.SystemRandom().randrange(2**31) if seed is None else check_seed(seed)
+        seed = draw_seed(seed)
         prompt, input_ids, dropped = self.fit(message, to, target.max_new_tokens)
         stream, spans, reason = self._generate(input_ids, to, target, seed, on_event, on_text)
         reply = Reply(
@@ -429,20 +424,22 @@ class Conversation:
             seed=seed,
             dropped=dropped,
         )
-        for span in reply.spans:
-            name = output_name(text or span.modality, self.gpt.codecs.extension(span.modality))
-            condition = voice if span.modality == self.voice_modality else None
-            reply.files.append(
-                self.gpt.codecs.decode_to_file(
-                    span.modality,
-                    span.codes,
-                    self.output_dir,
-                    name,
-                    condition=condition,
-                    seed=seed,
-                    config=target if span.modality == to else None,  # e.g. --config's vc_steps
-                )
-            )
+        conditions = {}
+        if voice is not None:
+            conditions = {
+                span.modality: voice
+                for span in reply.spans
+                if self.gpt.codecs.spec(span.modality).condition == VOICE
+            }
+        _, reply.files = self.gpt.decode_spans(
+            reply.spans,
+            target=to,
+            config=target,
+            seed=seed,
+            name=text or "",
+            conditions=conditions,
+            directory=self.output_dir,
+        )
         self.history = [*self.history[dropped:], Turn(message, reply.message)]
         reply.seconds = time.perf_counter() - started
         return reply
@@ -477,18 +474,7 @@ class Conversation:
         seed: int | None,
     ) -> Request:
         """The engine request of a turn: `target` for the answer modality, spans at their defaults."""
-        from anygpt_core.api import TEXT_DECODING
-        from anygpt_core.constraint import Row
-
-        span_configs = {name: spec.decoding for name, spec in self.gpt.plugins.modalities.items()}
-        if to != "text":
-            span_configs[to] = target
-        row = Row(
-            target if to == "text" else TEXT_DECODING,
-            span_configs,
-            target.max_new_tokens,
-            open_span=None if to == "text" else to,
-        )
+        row = self.gpt.row(to, target, open_span=None if to == "text" else to)
         return Request(input_ids, row, seed)
 
     def text_stream(self, *, incremental: bool = True) -> TextStream:

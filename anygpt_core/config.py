@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ __all__ = [
     "MAX_SEED",
     "DecodingConfig",
     "check_seed",
+    "draw_seed",
     "format_validation_error",
     "load_decoding_config",
 ]
@@ -28,7 +31,9 @@ _MAX_INT = 2**31 - 1
 class DecodingConfig(BaseModel):
     """How to sample tokens in one state of the generation loop (text, or inside a modality span).
 
-    Field names are the seed's, so its JSON files load unchanged. Unlike the reference (which ran
+    Field names are the seed's, so its JSON files load unchanged. A modality whose decoder reads more
+    fields declares a subclass as its spec's `decoding` (the speech plugin's `vc_steps`). Unlike the
+    reference (which ran
     transformers 4.34 with an implicit `top_k=50` and a silently dropped `min_new_tokens`), every field
     here is applied as written; the shipped defaults spell out the values the reference effectively used.
     """
@@ -70,12 +75,6 @@ class DecodingConfig(BaseModel):
             "token-by-token loop, which modality spans need."
         ),
     )
-    vc_steps: int | None = Field(
-        None,
-        gt=0,
-        le=10_000,
-        description="Mask-predict steps of a speech decoder (SoundStorm); speech only.",
-    )
 
     def merged(self, **overrides: Any) -> DecodingConfig:  # noqa: ANN401 - field values
         """Return a copy with the non-None overrides applied and validated."""
@@ -83,7 +82,7 @@ class DecodingConfig(BaseModel):
         if not values:
             return self
         try:
-            return DecodingConfig.model_validate({**self.model_dump(), **values})
+            return type(self).model_validate({**self.model_dump(), **values})
         except ValidationError as err:
             raise ConfigError(f"decoding options: {format_validation_error(err)}") from err
 
@@ -99,8 +98,14 @@ def format_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_decoding_config(path: Path, *, base: DecodingConfig | None = None) -> DecodingConfig:
+def load_decoding_config(
+    path: Path, *, base: DecodingConfig | None = None, other_fields: Collection[str] = ()
+) -> DecodingConfig:
     """Read a decoding config JSON file; fields it leaves out keep the values of `base`.
+
+    The result has `base`'s type (a plugin's subclass reads its own fields too). `other_fields` are
+    fields other modalities' configs read (`PluginSet.decoding_fields`): one file serves every
+    modality, so each takes its own and leaves theirs.
 
     Raises:
         ConfigError: the file is missing, is not a JSON object, or has unknown or invalid fields.
@@ -118,13 +123,24 @@ def load_decoding_config(path: Path, *, base: DecodingConfig | None = None) -> D
         raise ConfigError(f"{path}: JSON nested too deeply to be a decoding config") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a decoding config must be a JSON object")
+    kind = type(base) if base is not None else DecodingConfig
+    theirs = set(other_fields) - set(kind.model_fields)
     merged = {**(base.model_dump() if base else {}), **data}
+    merged = {k: v for k, v in merged.items() if k not in theirs}
     try:
-        return DecodingConfig.model_validate(merged)
+        return kind.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(f"{path}: {format_validation_error(err)}") from err
     except UnicodeEncodeError as err:  # JSON's "\ud800" escapes make text no encoder takes
         raise ConfigError(f"{path}: holds a lone surrogate escape; write the character") from err
+
+
+def draw_seed(seed: int | None) -> int:
+    """`seed` checked (`check_seed`), or a fresh one from the system's randomness when None.
+
+    A drawn seed is below 2**31, so a run can be repeated with it whatever tool reads it.
+    """
+    return random.SystemRandom().randrange(2**31) if seed is None else check_seed(seed)
 
 
 def check_seed(seed: int) -> int:

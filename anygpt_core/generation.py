@@ -16,7 +16,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from anygpt_core.config import DecodingConfig
 from anygpt_core.constraint import REASONS, Row, SpanConstraint, SpanState
@@ -37,6 +37,7 @@ __all__ = [
     "SpanOpened",
     "TokenEvent",
     "sample",
+    "spans_json",
     "warp",
 ]
 
@@ -67,6 +68,14 @@ class SpanClosed:
     modality: str
     codes: torch.Tensor
     forced: bool
+
+
+def spans_json(spans: Sequence[SpanClosed]) -> list[dict[str, Any]]:
+    """Spans as `--json` prints them: modality, codes shape, whether a length rule closed it."""
+    return [
+        {"modality": s.modality, "shape": list(s.codes.shape), "forced_end": s.forced}
+        for s in spans
+    ]
 
 
 @dataclass(frozen=True)

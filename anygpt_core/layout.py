@@ -153,11 +153,16 @@ def constraint_from_layout(layout: Mapping[str, Any], *, device: str = "cpu") ->
         raise ConfigError(f"span layout: {err}") from err
 
 
+def _core_fields(config: DecodingConfig) -> dict[str, Any]:
+    """The fields the span rules read; a plugin's own (its decoder's) stay with the gateway."""
+    return config.model_dump(include=set(DecodingConfig.model_fields))
+
+
 def row_to_json(row: Row) -> dict[str, Any]:
     """A `Row` as JSON-able values."""
     return {
-        "text_config": row.text_config.model_dump(),
-        "span_configs": {name: c.model_dump() for name, c in row.span_configs.items()},
+        "text_config": _core_fields(row.text_config),
+        "span_configs": {name: _core_fields(c) for name, c in row.span_configs.items()},
         "max_new_tokens": row.max_new_tokens,
         "open_span": row.open_span,
         "stop_after_span": row.stop_after_span,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from anygpt_core.checkpoints import mismatch_error, resolve_checkpoint
 from anygpt_core.errors import CheckpointError, ConfigError, first_line
 
 __all__ = [
@@ -25,40 +25,18 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:
-    """A local directory holding a Hugging Face model, from a path or a hub id in the local cache.
+    """A local directory holding a Hugging Face model, from a path or a hub id (`@revision` too).
 
     Raises:
-        CheckpointError: no such directory, not a model directory, or a hub id that is not available
-            locally (and cannot be downloaded, e.g. offline).
+        CheckpointError: no such directory, not a model directory, or a hub id that is neither
+            cached nor downloadable (see `anygpt_core.checkpoints.resolve_checkpoint`).
     """
-    text = str(name_or_path)
-    path = Path(text).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise CheckpointError(f"{path}: not a directory; pass the model's directory")
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
-        return path
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise CheckpointError(f"{text}: no such model directory")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(text, local_files_only=True))
-    except Exception as err:
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
-            raise CheckpointError(
-                f"{text}: model not available locally (offline); download it with "
-                f"`hf download {text}` or pass its directory"
-            ) from err
-    try:
-        return Path(snapshot_download(text))
-    except Exception as err:
-        raise CheckpointError(
-            f"{text}: model not available locally and download failed "
-            f"({type(err).__name__}); pass a local directory"
-        ) from err
+    path = resolve_checkpoint(name_or_path, flag="")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory; pass the model's directory")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
+    return path
 
 
 def pick_device(device: str = "auto", *, flag: str = "--device") -> Any:  # noqa: ANN401 - torch.device
@@ -236,16 +214,13 @@ def _check_loading_info(directory: Path, info: dict[str, Any]) -> None:
     """Refuse weights that do not fill the model: transformers would initialise the gaps randomly."""
     missing = sorted(info.get("missing_keys") or ())
     unexpected = sorted(info.get("unexpected_keys") or ())
-    if not missing and not unexpected:
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    raise CheckpointError(
-        f"{directory}: its weights do not match its config.json: {', '.join(parts)} tensors"
-    )
+    if missing or unexpected:
+        raise mismatch_error(
+            directory,
+            what="the model its config.json describes",
+            missing=missing,
+            unexpected=unexpected,
+        )
 
 
 def _load_error(err: BaseException) -> str:

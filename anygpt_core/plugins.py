@@ -19,35 +19,13 @@ from anygpt_core.errors import PluginError
 from anygpt_core.spec import CodecOption, ModalitySpec
 
 __all__ = [
-    "CANONICAL_ORDER",
-    "FIRST_PARTY",
     "PluginInfo",
     "PluginSet",
     "discover",
-    "package_for_flag",
+    "modality_order",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Modalities of the published models come first, in this order; the rest follow sorted by name.
-CANONICAL_ORDER = ("image", "speech", "music")
-
-#: Which of our distributions provides a modality, for "install X" hints.
-FIRST_PARTY = {
-    "image": "anygpt-image",
-    "speech": "anygpt-speech",
-    "music": "anygpt-music",
-    "audio": "anygpt-music",
-}
-
-_FLAG_PREFIXES = {
-    "--image-": "anygpt-image",
-    "--speech-": "anygpt-speech",
-    "--soundstorm-": "anygpt-speech",
-    "--voice-prompt-": "anygpt-speech",
-    "--music-": "anygpt-music",
-    "--audio-": "anygpt-music",
-}
 
 State = Literal["loaded", "broken", "conflict", "blocked", "not selected"]
 
@@ -70,29 +48,28 @@ def _csv(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def package_for_flag(flag: str) -> str | None:
-    """The first-party distribution that adds a command-line flag, e.g. `--music-seconds`."""
-    for prefix, package in _FLAG_PREFIXES.items():
-        if flag.startswith(prefix):
-            return package
-    return None
-
-
-def _order_key(spec: ModalitySpec) -> tuple[int, str]:
-    if spec.name in CANONICAL_ORDER:
-        return (CANONICAL_ORDER.index(spec.name), "")
-    return (len(CANONICAL_ORDER), spec.name)
+def modality_order(specs: Iterable[ModalitySpec]) -> list[ModalitySpec]:
+    """Modalities in their canonical order: by the `rank` each declares, then by name."""
+    return sorted(specs, key=lambda spec: (spec.rank, spec.name))
 
 
 class PluginSet:
     """The plugins found in this environment and the modalities they registered."""
 
-    def __init__(self, infos: list[PluginInfo], manager: pluggy.PluginManager) -> None:
+    def __init__(
+        self,
+        infos: list[PluginInfo],
+        manager: pluggy.PluginManager,
+        *,
+        known: Mapping[str, str] | None = None,
+    ) -> None:
         self.infos = infos
         self.manager = manager
+        #: modality -> distribution that provides it, named when it is not installed
+        self.known: dict[str, str] = dict(known or {})
         specs = [spec for info in infos if info.state == "loaded" for spec in info.modalities]
         self.modalities: dict[str, ModalitySpec] = {
-            spec.name: spec for spec in sorted(specs, key=_order_key)
+            spec.name: spec for spec in modality_order(specs)
         }
 
     def modality(self, name: str) -> ModalitySpec:
@@ -106,8 +83,8 @@ class PluginSet:
         for info in self.infos:
             if info.state != "loaded" and any(m.name == name for m in info.modalities):
                 raise PluginError(f"modality {name!r}: plugin {info.name!r} is {info.state}")
-        if name in FIRST_PARTY:
-            raise PluginError(f"modality {name!r} needs a plugin: pip install {FIRST_PARTY[name]}")
+        if name in self.known:
+            raise PluginError(f"modality {name!r} needs a plugin: pip install {self.known[name]}")
         known = ", ".join(["text", *self.modalities])
         skipped = [f"{i.name} ({i.state})" for i in self.infos if i.state != "loaded"]
         hint = f"; not loaded: {', '.join(skipped)}" if skipped else ""
@@ -120,6 +97,15 @@ class PluginSet:
             for option in spec.options:
                 seen.setdefault(option.name, option)
         return list(seen.values())
+
+    def decoding_fields(self) -> set[str]:
+        """Decoding config fields the installed modalities read, the core's and their own.
+
+        A config file may hold any of them, whatever modality it serves (a decoder's steps, say).
+        """
+        return {
+            name for spec in self.modalities.values() for name in type(spec.decoding).model_fields
+        }
 
     def option_panels(self) -> dict[str, str]:
         """The `--help` panel of each codec option: titled by the distribution that adds it."""
@@ -155,6 +141,11 @@ class PluginSet:
         return values
 
 
+def _distribution(ep: EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else None
+
+
 def _entry_point_info(ep: EntryPoint) -> PluginInfo:
     dist = getattr(ep, "dist", None)
     return PluginInfo(
@@ -184,6 +175,7 @@ def discover(
     load_only: Iterable[str] | None = None,
     extra: Mapping[str, ModuleType | object] | None = None,
     use_entry_points: bool = True,
+    known: Mapping[str, str] | None = None,
 ) -> PluginSet:
     """Find, load and validate plugins one at a time.
 
@@ -192,6 +184,8 @@ def discover(
         load_only: if given, only these plugins load (default `ANYGPT_LOAD_PLUGINS`, if set).
         extra: plugin objects registered directly (name -> module), after the entry points.
         use_entry_points: read the `anygpt` entry-point group of the environment.
+        known: modality -> the distribution that provides it, for "pip install" hints; plugins of
+            these distributions load first and so win a conflict.
 
     A plugin that fails to import, implements an unknown hook, returns an invalid spec, or registers a
     modality clashing with an earlier one is recorded with its reason and skipped.
@@ -204,10 +198,11 @@ def discover(
     manager.add_hookspecs(hookspecs)
     candidates: list[tuple[PluginInfo, EntryPoint | None, object | None]] = []
     if use_entry_points:
-        # Our own plugins first, then the rest by name: the earlier one wins a conflict.
+        # Known distributions first, then the rest by name: the earlier one wins a conflict.
+        preferred = set((known or {}).values())
         eps = sorted(
             entry_points(group=hookspecs.PROJECT),
-            key=lambda e: (e.name not in FIRST_PARTY, e.name),
+            key=lambda e: (_distribution(e) not in preferred, e.name),
         )
         candidates += [(_entry_point_info(ep), ep, None) for ep in eps]
     for name, obj in (extra or {}).items():
@@ -225,7 +220,7 @@ def discover(
             info.state = "not selected"
             continue
         _load_one(manager, info, ep, obj, taken)
-    return PluginSet(infos, manager)
+    return PluginSet(infos, manager, known=known)
 
 
 def _load_one(

@@ -50,12 +50,17 @@ class ChatTemplate:
     user_end: str
     bot_end: str
 
-    def render(self, messages: Sequence[tuple[str, str]]) -> str:
-        """Render `(role, message)` pairs (roles alternate, user first); ends with `bot:` after a user turn."""
+    def render(self, messages: Sequence[tuple[str, str]], *, keep_empty: bool = False) -> str:
+        """Render `(role, message)` pairs (roles alternate, user first); ends with `bot:` after a user turn.
+
+        An empty message leaves its role open (`[MMGPT]:`), FastChat's rule, which training
+        follows; with `keep_empty` it is closed like any other (`[MMGPT]: <eos>`), as a chat's
+        history holds an empty answer.
+        """
         out = self.system + "\n"
         for i, (_, message) in enumerate(messages):
             role = self.user if i % 2 == 0 else self.bot
-            if not message:
+            if not message and not keep_empty:
                 out += role + ":"
             elif i % 2 == 0:
                 out += f"{role}: {message}{self.user_end}\n"

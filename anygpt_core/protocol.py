@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SpanSegment",
     "TextSegment",
+    "check_codes",
     "codes_to_string",
     "flatten_codes",
     "frames_from_flat",
@@ -57,22 +58,71 @@ class SpanSegment:
     repairs: tuple[str, ...] = field(default=())
 
 
-def flatten_codes(spec: ModalitySpec, codes: torch.Tensor) -> torch.Tensor:
-    """Flatten codes int64 [K, T] frame-major with layer offsets into indices int64 [T*K]."""
+def check_codes(
+    codes: torch.Tensor,
+    *,
+    name: str,
+    num_codebooks: int,
+    codebook_size: int,
+    frames: int | None = None,
+    allow_empty: bool = False,
+) -> torch.Tensor:
+    """Codes as int64 [num_codebooks, T], or a `GenerationError` saying what is wrong with them.
+
+    The one check of the core (before codes become tokens) and of every codec (before it decodes),
+    so the same bad codes fail alike everywhere. A 1-D tensor is one codebook's [T].
+
+    Args:
+        codes: integer codes [K, T] (or [T] when `num_codebooks` is 1).
+        name: the modality, named in the error.
+        num_codebooks: K.
+        codebook_size: codes lie in [0, codebook_size).
+        frames: T when every item has this many frames (an image's 32).
+        allow_empty: whether T may be 0.
+    """
     import torch
 
-    codes = torch.as_tensor(codes, dtype=torch.long)
-    if codes.ndim == 1 and spec.num_codebooks == 1:
+    codes = torch.as_tensor(codes)
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise GenerationError(f"{name}: codes must be integers, got {codes.dtype}")
+    if codes.ndim == 1 and num_codebooks == 1:
         codes = codes[None]
-    if codes.ndim != 2 or codes.shape[0] != spec.num_codebooks:
+    width = "T" if frames is None else str(frames)
+    if (
+        codes.ndim != 2
+        or codes.shape[0] != num_codebooks
+        or (frames is not None and codes.shape[1] != frames)
+    ):
         raise GenerationError(
-            f"{spec.name}: codes must have shape [{spec.num_codebooks}, T], got {tuple(codes.shape)}"
+            f"{name}: codes must have shape [{num_codebooks}, {width}], got {list(codes.shape)}"
         )
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= spec.codebook_size):
-        raise GenerationError(
-            f"{spec.name}: codes must lie in [0, {spec.codebook_size}), got "
-            f"[{int(codes.min())}, {int(codes.max())}]"
-        )
+    if codes.shape[1] == 0 and not allow_empty:
+        raise GenerationError(f"{name}: no codes to decode")
+    if codes.numel():
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= codebook_size:
+            raise GenerationError(
+                f"{name}: code {low if low < 0 else high} out of range: each codebook holds "
+                f"0..{codebook_size - 1}"
+            )
+    return codes.to(torch.long)
+
+
+def flatten_codes(spec: ModalitySpec, codes: torch.Tensor) -> torch.Tensor:
+    """Flatten codes int64 [K, T] frame-major with layer offsets into indices int64 [T*K].
+
+    Raises:
+        GenerationError: see `check_codes`.
+    """
+    import torch
+
+    codes = check_codes(
+        codes,
+        name=spec.name,
+        num_codebooks=spec.num_codebooks,
+        codebook_size=spec.codebook_size,
+        allow_empty=True,
+    )
     offsets = torch.arange(spec.num_codebooks, dtype=torch.long)[:, None] * spec.codebook_size
     return (codes + offsets).T.reshape(-1)
 

@@ -54,8 +54,8 @@ class Codec(Protocol):
 
         Args:
             codes: int64 [num_codebooks, T].
-            condition: an optional file that steers decoding (a voice prompt for speech); codecs that
-                take none raise `InputError` when given one.
+            condition: an optional file that steers decoding (what it is: the spec's `condition`,
+                e.g. a voice prompt); codecs that take none raise `InputError` when given one.
             seed: makes sampling decoders (diffusion, mask-predict) reproducible.
             config: the decoding config in effect for this modality (the default, a user's
                 `--config` file, flags); decoders read their own fields, e.g. speech `vc_steps`.
@@ -173,21 +173,27 @@ class ModalitySpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
-    name: str = Field(description="Lowercase identifier used in instructions, e.g. `music`.")
+    name: str = Field(description="Lowercase identifier used in instructions, e.g. `sequence`.")
     prefix: str = Field(description="Token prefix, e.g. `🎶` (token `<🎶17>`).")
     start: str = Field(description="Span start token, e.g. `<somu>`.")
     end: str = Field(description="Span end token, e.g. `<eomu>`.")
     codebook_size: int = Field(gt=0, description="Codes per codebook.")
     num_codebooks: int = Field(1, gt=0, description="RVQ layers per frame (flattened frame-major).")
     fixed_frames: int | None = Field(
-        None, gt=0, description="Every item has exactly this many frames (image: 32)."
+        None, gt=0, description="Every item has exactly this many frames (e.g. 32)."
     )
-    frame_rate: float | None = Field(None, gt=0, description="Frames per second, for timed media.")
+    frame_rate: float | None = Field(
+        None, gt=0, description="Frames per second, for timed media (shown by `anygpt plugins`)."
+    )
     max_frames: int | None = Field(
         None, gt=0, description="Longest span the loop lets a model write."
     )
     decoding: DecodingConfig = Field(description="Default decoding config inside this modality.")
-    input_extensions: tuple[str, ...] = Field((), description="File suffixes encode accepts.")
+    input_extensions: tuple[str, ...] = Field(
+        (),
+        description="Lowercase file suffixes encode reads, e.g. `.wav`; a file with another is "
+        "refused before its codec sees it. Empty: any.",
+    )
     output_extension: str = Field(description="Suffix of files decode writes, e.g. `.wav`.")
     instructions: Instructions = Field(description="Prompt phrasings for this modality.")
     options: tuple[CodecOption, ...] = Field((), description="CLI options passed to the codec.")
@@ -195,6 +201,37 @@ class ModalitySpec(BaseModel):
         description="Build the codec from option values; called lazily, must not load weights yet."
     )
     description: str = Field("", description="One line for `anygpt plugins`.")
+    rank: int = Field(
+        100,
+        ge=0,
+        description=(
+            "Place among the modalities (vocabulary extension, listings), lowest first, ties by "
+            "name; the published models' modalities take 0, 1, 2."
+        ),
+    )
+    turn_rank: int = Field(
+        50,
+        ge=0,
+        description=(
+            "Place of this modality's spans in a chat user turn, lowest first, ties by name "
+            "(the reference's interleaved rule: image, music, the others, speech)."
+        ),
+    )
+    turn_template: str | None = Field(
+        None,
+        description=(
+            "Wraps a chat user turn that holds this modality's spans; `{turn}` stands for the "
+            "turn (the reference's Speech-Instruction prompt)."
+        ),
+    )
+    condition: str | None = Field(
+        None,
+        description=(
+            "What a decoding condition file is to this modality's codec, e.g. `voice`; None: it "
+            "takes none. A chat's voice prompt conditions the modalities whose condition is "
+            "`voice`."
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -203,10 +240,20 @@ class ModalitySpec(BaseModel):
             raise ValueError(f"modality name {value!r} must be a lowercase identifier")
         return value
 
+    @field_validator("input_extensions")
+    @classmethod
+    def _suffixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for suffix in value:
+            if not suffix.startswith(".") or suffix != suffix.lower():
+                raise ValueError(f"input extension {suffix!r} must be a lowercase `.suffix`")
+        return value
+
     @model_validator(mode="after")
     def _tokens_distinct(self) -> ModalitySpec:
         if self.start == self.end:
             raise ValueError("start and end tokens must differ")
+        if self.turn_template is not None and self.turn_template.count("{turn}") != 1:
+            raise ValueError("turn_template must hold `{turn}` once")
         if not self.prefix or any(c in self.prefix for c in "<>0123456789"):
             raise ValueError(
                 f"prefix {self.prefix!r} must be non-empty without digits or angle brackets"

@@ -9,9 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
+from anygpt_cli.catalogue import KNOWN_PLUGINS, package_for_flag
 from anygpt_core import __version__
 from anygpt_core.errors import AnyGPTError, PluginError, first_line
-from anygpt_core.plugins import PluginSet, discover, package_for_flag
+from anygpt_core.plugins import PluginSet, discover
 
 __all__ = ["build_app", "main"]
 
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.captureWarnings(True)  # library warnings go through logging (shown with -v)
     logging.getLogger("py.warnings").setLevel(logging.ERROR)
     try:
-        plugins = discover(block=_blocked_from_argv(args))
+        plugins = discover(block=_blocked_from_argv(args), known=KNOWN_PLUGINS)
         _check_plugin_flags(args, plugins)
         app = build_app(plugins)
         code = _invoke(app, args)

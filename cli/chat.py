@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from anygpt_cli.catalogue import KNOWN_PLUGINS
 from anygpt_cli.common import (
     ConfigFile,
     Device,
@@ -32,7 +33,8 @@ from anygpt_core.errors import AnyGPTError, InputError
 from anygpt_core.files import check_input_file, check_output_dir
 
 if TYPE_CHECKING:
-    from anygpt_core.chat import ChatLine, Conversation, Reply
+    from anygpt_cli.chat_lines import ChatLine
+    from anygpt_core.chat import Conversation, Reply
     from anygpt_core.generation import Event
     from anygpt_core.plugins import PluginSet
 
@@ -109,6 +111,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             plugins.modality(to)
         check_decoding(  # a bad file or flag value fails before the model loads
             config,
+            plugins=plugins,
             seed=seed,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -206,7 +209,7 @@ class _Session:
 
     def _handle(self, line: str) -> bool:
         """Act on one line; False ends the session."""
-        from anygpt_core.chat import parse_line
+        from anygpt_cli.chat_lines import parse_line
         from anygpt_core.tasks import require_utf8
 
         require_utf8(line)  # commands too: such a byte is refused here, and the session goes on
@@ -224,7 +227,7 @@ class _Session:
         return True
 
     def _with_pending(self, text: str) -> ChatLine:
-        from anygpt_core.chat import ChatLine
+        from anygpt_cli.chat_lines import ChatLine
 
         inputs = {name: tuple(paths) for name, paths in self.pending.items()}
         return ChatLine("send", text=text, to=self.to, inputs=inputs, voice_prompt=self.voice)
@@ -264,7 +267,7 @@ class _Session:
                     "/send: nothing attached; attach with /image PATH, /speech PATH, …"
                 )
             self._send(self._with_pending(""), line)
-        elif name in plugins.modalities or name in {"image", "speech", "music"}:
+        elif name in plugins.modalities or name in KNOWN_PLUGINS:
             self._attach(name, argument)
         else:
             raise InputError(

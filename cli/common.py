@@ -108,8 +108,16 @@ def check_engine(engine: str, vllm_url: str | None) -> str | None:
     return vllm_url if engine == "vllm" else None
 
 
-def check_decoding(config: Path | None, *, seed: int | None = None, **flags: Any) -> None:  # noqa: ANN401 - field values
+def check_decoding(
+    config: Path | None,
+    *,
+    plugins: PluginSet,
+    seed: int | None = None,
+    **flags: Any,  # noqa: ANN401 - field values
+) -> None:
     """Validate a decoding config file, the seed and flag values without loading anything.
+
+    The file may hold the fields an installed modality's decoder reads (`decoding_fields`).
 
     Raises:
         ConfigError: a missing or bad file, or an invalid value, in one line.
@@ -119,7 +127,7 @@ def check_decoding(config: Path | None, *, seed: int | None = None, **flags: Any
     if seed is not None:
         check_seed(seed)
     if config is not None:
-        load_decoding_config(config, base=DecodingConfig())
+        load_decoding_config(config, base=DecodingConfig(), other_fields=plugins.decoding_fields())
     DecodingConfig().merged(**flags)
 
 

@@ -35,6 +35,8 @@ def describe(plugins: PluginSet) -> list[dict[str, Any]]:
                         "codebook_size": m.codebook_size,
                         "tokens": f"<{m.prefix}0>…<{m.prefix}{m.vocab_size - 1}>",
                         "fixed_frames": m.fixed_frames,
+                        "frame_rate": m.frame_rate,
+                        "input_extensions": list(m.input_extensions),
                         "options": [o.flag for o in m.options],
                     }
                     for m in info.modalities
@@ -42,6 +44,13 @@ def describe(plugins: PluginSet) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _frames(modality: dict[str, Any]) -> str:
+    """`32 per item`, `50/s` or nothing: how a modality's spans are sized."""
+    if modality["fixed_frames"]:
+        return f"{modality['fixed_frames']} per item"
+    return f"{modality['frame_rate']:g}/s" if modality["frame_rate"] else ""
 
 
 def register(app: typer.Typer, plugins: PluginSet) -> None:
@@ -63,7 +72,9 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         if not rows:
             stdout.print("No plugins installed: only text. Try `pip install anygpt-music`.")
             return
-        table = Table("plugin", "version", "state", "modality", "tokens", "start/end", "K × size")
+        table = Table(
+            "plugin", "version", "state", "modality", "tokens", "start/end", "K × size", "frames"
+        )
         for row in rows:
             mods = row["modalities"] or [None]
             for i, m in enumerate(mods):
@@ -77,5 +88,6 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                     m["tokens"] if m else "",
                     f"{m['start']} {m['end']}" if m else "",
                     f"{m['codebooks']} × {m['codebook_size']}" if m else "",
+                    _frames(m) if m else "",
                 )
         stdout.print(table)

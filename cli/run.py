@@ -132,6 +132,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 plugins.modality(name)
         check_decoding(  # a bad file or flag value fails before the model loads
             config,
+            plugins=plugins,
             seed=seed,
             max_new_tokens=max_new_tokens,
             temperature=temperature,

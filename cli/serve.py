@@ -164,7 +164,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             if value != value or value in (float("inf"), float("-inf")):
                 raise ConfigError(f"--{name}: must be a finite number")
         voices = _voices(voice)
-        check_decoding(config)
+        check_decoding(config, plugins=plugins)
         url = check_engine(engine, vllm_url)
         sock = _bind(host, port)  # a taken port fails before the model loads
         limits = Limits(

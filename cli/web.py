@@ -93,7 +93,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             "num_beams": num_beams,
         }
         # a bad file, seed or flag value fails before loading
-        check_decoding(config, seed=seed, **overrides)
+        check_decoding(config, plugins=plugins, seed=seed, **overrides)
         # uploads and the copies Gradio serves stay in the output directory, like the answers
         os.environ.setdefault("GRADIO_TEMP_DIR", str((output_dir / ".gradio").resolve()))
         import_gradio()  # a missing extra fails before the model loads

@@ -5,20 +5,19 @@ import json
 import struct
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
 from cli_runner import TOY_DIR, run_cli
 
+from anygpt_cli.chat_lines import ChatLine, parse_line
 from anygpt_core.chat import (
-    SPEECH_INSTRUCTION,
-    ChatLine,
     Conversation,
     Reply,
     TextStream,
     Turn,
-    parse_line,
     user_message,
 )
 from anygpt_core.errors import InputError, PluginError
@@ -73,6 +72,17 @@ def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float =
 # --- turn building and line parsing -------------------------------------------------------------
 
 
+#: The reference's Speech-Instruction prompt, as the speech plugin declares it.
+SPEECH_INSTRUCTION = "{turn} Please recognize the voice command and give reply and voice"
+#: The turn rules the published modalities declare (image, music, the others, speech last).
+TURN_SPECS = {
+    "image": SimpleNamespace(turn_rank=0, turn_template=None),
+    "music": SimpleNamespace(turn_rank=10, turn_template=None),
+    "toy": SimpleNamespace(turn_rank=50, turn_template=None),
+    "speech": SimpleNamespace(turn_rank=90, turn_template=SPEECH_INSTRUCTION),
+}
+
+
 def test_user_message_follows_the_interleaved_rule():
     spans = {
         "speech": ["<sosp>S</eosp>"],
@@ -80,16 +90,26 @@ def test_user_message_follows_the_interleaved_rule():
         "image": ["<soim>A", "<soim>B"],
         "music": ["M"],
     }
-    message = user_message("draw it", spans)
-    assert message == SPEECH_INSTRUCTION.format(
-        speech="<soim>A <soim>B M <soty>T<eoty> <sosp>S</eosp> draw it"
+    message = user_message("draw it", spans, TURN_SPECS)
+    assert message == SPEECH_INSTRUCTION.replace(
+        "{turn}", "<soim>A <soim>B M <soty>T<eoty> <sosp>S</eosp> draw it"
     )
     assert message.endswith("draw it Please recognize the voice command and give reply and voice")
-    assert user_message("  ", {"image": ["<soim>A"]}) == "<soim>A"
-    assert user_message("", {"speech": ["<sosp>S</eosp>"]}) == SPEECH_INSTRUCTION.format(
-        speech="<sosp>S</eosp>"
-    )
-    assert user_message("hi", {}) == "hi"
+    assert user_message("  ", {"image": ["<soim>A"]}, TURN_SPECS) == "<soim>A"
+    assert user_message(
+        "", {"speech": ["<sosp>S</eosp>"]}, TURN_SPECS
+    ) == SPEECH_INSTRUCTION.replace("{turn}", "<sosp>S</eosp>")
+    assert user_message("hi", {}, TURN_SPECS) == "hi"
+
+
+def test_a_third_party_modality_can_wrap_and_order_a_turn():
+    """What the core did for speech by name, any plugin can declare."""
+    specs = {
+        **TURN_SPECS,
+        "toy": SimpleNamespace(turn_rank=95, turn_template="Listen: {turn}"),
+    }
+    spans = {"toy": ["<soty>T<eoty>"], "image": ["<soim>A"]}
+    assert user_message("go", spans, specs) == "Listen: <soim>A <soty>T<eoty> go"
 
 
 @pytest.mark.parametrize(
@@ -256,8 +276,9 @@ def test_history_is_cut_from_the_oldest_turn(chat_gpt):
             InputError,
             "/no/such.txt: no such file",
         ),
-        ({"text": "hi", "to": "speech"}, PluginError, "needs a plugin: pip install anygpt-speech"),
-        ({"text": "hi", "image": "x.png"}, PluginError, "needs a plugin: pip install anygpt-image"),
+        # the API knows no plugin it has not found (the CLI names ours: test_cli)
+        ({"text": "hi", "to": "speech"}, PluginError, "unknown modality 'speech'; installed"),
+        ({"text": "hi", "image": "x.png"}, PluginError, "unknown modality 'image'; installed"),
         ({"text": "hi", "to": "smell"}, PluginError, "unknown modality 'smell'"),
         ({"text": "  "}, InputError, "empty message"),
         (
@@ -276,9 +297,13 @@ def test_bad_turns_leave_the_history_intact(chat_gpt, kwargs, error, message):
     assert chat.history == before
 
 
-def test_voice_prompt_is_passed_to_the_decoder(chat_gpt, series, tmp_path):
+def test_voice_prompt_is_passed_to_the_decoder(chat_gpt, series, tmp_path, monkeypatch):
     chat = Conversation(chat_gpt, output_dir=tmp_path, max_new_tokens=12)
-    chat.voice_modality = "toy"  # the toy codec refuses any condition, which shows it got one
+    spec = chat_gpt.plugins.modalities["toy"]
+    # a toy that declares a voice condition; its codec refuses any condition, which shows it got one
+    monkeypatch.setitem(
+        chat_gpt.plugins.modalities, "toy", spec.model_copy(update={"condition": "voice"})
+    )
     with pytest.raises(InputError, match="toy codec takes no condition file"):
         chat.send("say it", to="toy", voice_prompt=series, seed=0)
     assert chat.history == []

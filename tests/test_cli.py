@@ -40,6 +40,7 @@ def test_plugins_json_reports_states(toy_env, monkeypatch, capsys):
     assert code == 0
     assert rows["toy"]["modalities"][0]["tokens"] == "<🧪0>…<🧪31>"
     assert rows["toy"]["modalities"][0]["codebooks"] == 2
+    assert rows["toy"]["modalities"][0]["input_extensions"] == [".txt"]
     assert rows["broken"]["state"] == "broken"
 
 
@@ -140,7 +141,8 @@ def test_run_text_json_is_reproducible(text_only_env, capsys, tmp_path):
 
 def test_beam_search_from_the_seed_chat_config(toy_env, capsys, tmp_path):
     """The seed chat's generate_config.json (5 sampled beams) drives text answers; media answers
-    take the rest of the file but decode one beam, as with --num-beams."""
+    take the rest of the file but decode one beam, as with --num-beams. (Its `vc_steps` is left
+    out: only the speech plugin reads it, and this environment has the toy alone.)"""
     seed_chat = tmp_path / "generate_config.json"
     seed_chat.write_text(
         json.dumps(
@@ -151,7 +153,6 @@ def test_beam_search_from_the_seed_chat_config(toy_env, capsys, tmp_path):
                 "max_new_tokens": 500,
                 "min_new_tokens": 10,
                 "repetition_penalty": 1.0,
-                "vc_steps": 3,
                 "num_beams": 5,
             }
         )
@@ -169,7 +170,7 @@ def test_beam_search_from_the_seed_chat_config(toy_env, capsys, tmp_path):
     assert len(json.loads(out)["files"]) == 1
     media = ["run", "text|toy|a wave", "--config", str(seed_chat), "--seed", "1", "--json"]
     code, out, err = run_cli([*media, "--output-dir", out_dir], capsys)
-    assert code == 0, err  # the file's vc_steps etc. serve media; its beams only text
+    assert code == 0, err  # the file's sampling serves media; its beams only text
     assert len(json.loads(out)["files"]) == 1
 
 
@@ -260,13 +261,13 @@ def test_instructions_file_and_seeded_choice(toy_env, capsys, tmp_path):
         (
             ["run", "text|text|x", "--model-name-or-path", "/no/model"],
             4,
-            "Error: /no/model: no such model directory",
+            "Error: /no/model: no such file or folder",
         ),
         (
             ["run", "text|text|x", "--model-name-or-path", "someone/missing-model"],
             4,
-            "Error: someone/missing-model: model not available locally (offline); download it with "
-            "`hf download someone/missing-model` or pass its directory",
+            "Error: someone/missing-model: not in the local Hugging Face cache (offline); run "
+            "`hf download someone/missing-model` where there is network, or pass a local path",
         ),
         (["run", "toy|toy|x"], 3, "Error: task toy|toy: the base model maps a modality to text"),
         (["encode", "toy", "/no/file.txt", "--demo"], 3, "Error: /no/file.txt: no such file"),

@@ -26,11 +26,31 @@ SEED_CONFIGS = {
 def test_seed_configs_load_unchanged(tmp_path, name):
     path = tmp_path / f"{name}.json"
     path.write_text(SEED_CONFIGS[name])
-    config = load_decoding_config(path)
+    base = StepsDecoding()
+    config = load_decoding_config(path, base=base)
+    assert type(config) is StepsDecoding
     assert config.model_dump(exclude_defaults=True) == {
-        k: v for k, v in json.loads(SEED_CONFIGS[name]).items() if getattr(DecodingConfig(), k) != v
+        k: v for k, v in json.loads(SEED_CONFIGS[name]).items() if getattr(base, k) != v
     }
     assert config.min_new_tokens == 10  # applied as written, unlike the reference
+
+
+class StepsDecoding(DecodingConfig):
+    """What a plugin whose decoder reads more fields declares (the speech plugin: `vc_steps`)."""
+
+    vc_steps: int | None = None
+
+
+def test_a_plugins_field_serves_its_modality_and_is_left_by_the_others(tmp_path):
+    path = tmp_path / "chat.json"
+    path.write_text(SEED_CONFIGS["chat"])
+    fields = set(StepsDecoding.model_fields)
+    assert load_decoding_config(path, base=StepsDecoding(), other_fields=fields).vc_steps == 3
+    text = load_decoding_config(path, base=DecodingConfig(), other_fields=fields)
+    assert type(text) is DecodingConfig and text.num_beams == 5
+    assert StepsDecoding().merged(vc_steps=4) == StepsDecoding(vc_steps=4)
+    with pytest.raises(ConfigError, match=r"chat\.json: vc_steps: unknown field"):
+        load_decoding_config(path)  # no installed modality reads it
 
 
 def test_text_default_spells_out_the_reference_effective_values():

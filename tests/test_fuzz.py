@@ -118,7 +118,7 @@ def test_instruction_parser_never_fails_internally(text):
 @FUZZ
 @given(inputs)
 def test_chat_line_parser_never_fails_internally(tmp_path_factory, text):
-    from anygpt_core.chat_lines import ChatLine, parse_line
+    from anygpt_cli.chat_lines import ChatLine, parse_line
     from anygpt_core.errors import InputError
 
     line, err = _outcome(lambda: parse_line(_line_of(text)), InputError)

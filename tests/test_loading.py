@@ -63,9 +63,8 @@ def _reshape(weights):
     [
         (
             _rename,
-            "its weights do not match its config.json: 1 missing (e.g. "
-            "model.layers.0.mlp.up_proj.weight), 1 unexpected (e.g. model.layers.0.mlp.upp.weight) "
-            "tensors",
+            "does not match the model its config.json describes: 1 missing key (model.layers.0.mlp.up_proj.weight); "
+            "1 unexpected key (model.layers.0.mlp.upp.weight)",
         ),
         (_reshape, "cannot load the model (tensor shapes differ from its config.json)"),
     ],

@@ -49,11 +49,31 @@ def test_load_only_selects(toy_env, monkeypatch):
     assert list(plugins.modalities) == ["clash"]  # without toy, clash has no conflict
 
 
-def test_missing_first_party_modality_names_the_package(text_only_env):
+def test_missing_known_modality_names_the_package(text_only_env):
+    """The core names no plugin of its own; the caller says which it knows (the CLI: ours)."""
+    from anygpt_cli.catalogue import KNOWN_PLUGINS
+
     with pytest.raises(PluginError, match="pip install anygpt-speech"):
+        discover(known=KNOWN_PLUGINS).modality("speech")
+    with pytest.raises(PluginError, match="unknown modality 'speech'; installed: text"):
         discover().modality("speech")
     with pytest.raises(PluginError, match="unknown modality 'smell'; installed: text"):
-        discover().modality("smell")
+        discover(known=KNOWN_PLUGINS).modality("smell")
+
+
+def test_known_distributions_load_first_and_win_a_conflict(toy_env, monkeypatch):
+    monkeypatch.setenv("ANYGPT_LOAD_PLUGINS", "toy,clash")
+    found = states(discover(known={"toy": "anygpt-toy"}))
+    assert found["toy"] == ("loaded", None)
+    assert found["clash"][0] == "conflict"
+
+
+def test_modalities_are_ordered_by_their_declared_rank(toy_env, monkeypatch):
+    from anygpt_core.plugins import modality_order
+
+    toy = discover().modality("toy")
+    first = toy.model_copy(update={"name": "zzz", "rank": 0})
+    assert [s.name for s in modality_order([toy, first])] == ["zzz", "toy"]
 
 
 def test_hook_anygpt_modalities(toy_env):

@@ -39,6 +39,11 @@ def test_chat_templates_byte_for_byte():
     assert ANYGPT_CHAT.render([("user", "Hi"), ("bot", "Yo")]).endswith(
         "[Human]: Hi<eoh>\n[AnyGPT]: Yo<eom>"
     )
+    empty = [("user", "Hi"), ("bot", ""), ("user", "Bye")]
+    assert "[MMGPT]:[Human]: Bye" in MMGPT_CHAT.render(empty)  # FastChat: left open
+    assert MMGPT_CHAT.render(empty, keep_empty=True).endswith(
+        "[MMGPT]: <eos>\n[Human]: Bye<eoh>\n[MMGPT]:"
+    )  # a chat's history: closed
 
 
 def test_seeded_choice_repeats():

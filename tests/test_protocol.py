@@ -72,8 +72,13 @@ def test_flatten_string_round_trip(k, size, frames, data):
 def test_flatten_rejects_wrong_shape_and_range():
     with pytest.raises(GenerationError, match=r"shape \[4, T\]"):
         flatten_codes(MUSIC, torch.zeros(3, 5, dtype=torch.long))
-    with pytest.raises(GenerationError, match=r"\[0, 2048\)"):
+    with pytest.raises(
+        GenerationError, match=r"code 2048 out of range: each codebook holds 0\.\.2047"
+    ):
         flatten_codes(MUSIC, torch.full((4, 2), 2048))
+    with pytest.raises(GenerationError, match="codes must be integers"):
+        flatten_codes(MUSIC, torch.zeros(4, 2))
+    assert flatten_codes(MUSIC, torch.zeros(4, 0, dtype=torch.long)).numel() == 0
 
 
 def test_parse_response_splits_text_and_spans_with_spaces_between_tokens():

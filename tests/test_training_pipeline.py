@@ -213,8 +213,8 @@ def test_cli_extend_refuses_weights_that_do_not_fill_the_model(
     code, _, err = run_cli(["model", "extend", str(base), str(out), "-m", "sequence"], capsys)
     assert code == 4
     assert err == (
-        f"Error: {base}: its weights do not match its config.json: 1 missing "
-        "(e.g. model.norm.weight) tensors\n"
+        f"Error: {base}: does not match the model its config.json describes: 1 missing key "
+        "(model.norm.weight)\n"
     )
     assert not out.exists()
 

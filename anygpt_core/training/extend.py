@@ -1,7 +1,7 @@
 """Extend a LLaMA-family model with AnyGPT's role and modality tokens (REFERENCE.md §1, §8).
 
-Tokens are appended in the canonical order: the role tokens, then per modality (image, speech,
-music, then others by name) its codes, start and end token; tokens already in the vocabulary are
+Tokens are appended in the canonical order: the role tokens, then per modality (by the `rank`
+its spec declares, then by name) its codes, start and end token; tokens already in the vocabulary are
 skipped, so extending an extended model keeps every existing id. New embedding rows start at the
 mean of the old ones. A base with a SentencePiece `tokenizer.model` keeps the published slow layout
 (`tokenizer.model`, `added_tokens.json`, `tokenizer_config.json`), so the result loads like
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from anygpt_core.errors import CheckpointError, InputError
-from anygpt_core.plugins import CANONICAL_ORDER
+from anygpt_core.plugins import modality_order
 from anygpt_core.spec import ModalitySpec
 from anygpt_core.tokens import ROLE_TOKENS
 
@@ -62,16 +62,10 @@ class ExtendResult:
     vocab_size: int = 0
 
 
-def _order_key(spec: ModalitySpec) -> tuple[int, str]:
-    if spec.name in CANONICAL_ORDER:
-        return (CANONICAL_ORDER.index(spec.name), "")
-    return (len(CANONICAL_ORDER), spec.name)
-
-
 def tokens_for(specs: Iterable[ModalitySpec]) -> list[str]:
     """Role tokens, then each modality's codes, start and end, modalities in canonical order."""
     tokens = list(ROLE_TOKENS)
-    for spec in sorted({s.name: s for s in specs}.values(), key=_order_key):
+    for spec in modality_order({s.name: s for s in specs}.values()):
         tokens += spec.token_strings()
     return tokens
 

@@ -13,7 +13,6 @@ import base64
 import contextlib
 import dataclasses
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +29,7 @@ from anygpt_cli.server.media import (
     suffix_for,
 )
 from anygpt_cli.server.schemas import SEED_MAX, ChatRequest, Message
+from anygpt_core.config import draw_seed
 from anygpt_core.engine import Stop
 from anygpt_core.errors import AnyGPTError, DeadlineError
 from anygpt_core.generation import Done, Event, Request, SpanClosed
@@ -101,7 +101,7 @@ class ChatPlan:
 
 def _seed(seed: int | None, n: int = 1) -> int:
     if seed is None:
-        return random.SystemRandom().randrange(2**31)
+        return draw_seed(None)
     if seed + n - 1 > SEED_MAX:
         raise APIError(400, f"seed: at most {SEED_MAX - n + 1} with n={n}", param="seed")
     return seed

@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from pydantic import Field
+
 from anygpt_core import CheckpointError, InputError
+from anygpt_core.checkpoints import read_state_dict, resolve_checkpoint
+from anygpt_core.codec import CodecOptions, LazyCodec
+from anygpt_core.protocol import check_codes
 from anygpt_core.spec import save_suffix
 
 if TYPE_CHECKING:
@@ -26,6 +31,7 @@ __all__ = [
     "CODEBOOK_SIZE",
     "NUM_CODEBOOKS",
     "SequenceCodec",
+    "SequenceOptions",
     "fit_codebooks",
     "read_series",
     "save_checkpoint",
@@ -77,52 +83,45 @@ def _numeric(cell: str) -> bool:
     return True
 
 
-class SequenceCodec:
+class SequenceOptions(CodecOptions):
+    """The codec's options: each field is a flag of `anygpt run`, `chat`, `encode`, `decode`."""
+
+    sequence_codec_path: Path | None = Field(
+        None, description="Sequence codec checkpoint: .safetensors with codebooks and scale."
+    )
+
+
+class SequenceCodec(LazyCodec[SequenceOptions]):
     """Encode a series to codes int64 [num_codebooks, T] (T frames) and back.
 
-    Args:
-        path: the safetensors checkpoint; read on first use, so building the codec is free.
+    Built from option values (`SequenceCodec(sequence_codec_path="codec.safetensors")`); the
+    checkpoint is read on first use, once, so building the codec is free.
     """
 
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self._codebooks: torch.Tensor | None = None
-        self._scale = 1.0
+    Options = SequenceOptions
 
-    def _load(self) -> torch.Tensor:
-        if self._codebooks is None:
-            if not self.path:
-                raise CheckpointError(
-                    "sequence codec: pass --sequence-codec-path codec.safetensors"
-                )
-            from safetensors.torch import load_file
+    def _load(self) -> tuple[torch.Tensor, float]:
+        return self.lazy("checkpoint", self._read)
 
-            try:
-                tensors = load_file(self.path)
-            except FileNotFoundError as err:
-                raise CheckpointError(f"{self.path}: no such sequence codec checkpoint") from err
-            except Exception as err:
-                raise CheckpointError(f"{self.path}: not a safetensors file ({err})") from err
-            books = tensors.get("codebooks")
-            shape = (NUM_CODEBOOKS, CODEBOOK_SIZE)
-            if (
-                books is None
-                or books.ndim != 3
-                or tuple(books.shape[:2]) != shape
-                or "scale" not in tensors
-            ):
-                raise CheckpointError(
-                    f"{self.path}: expected tensors 'codebooks' [{shape[0]}, {shape[1]}, F] "
-                    "and 'scale'"
-                )
-            self._codebooks = books.float()
-            self._scale = float(tensors["scale"].reshape(-1)[0])
-        return self._codebooks
+    def _read(self) -> tuple[torch.Tensor, float]:
+        path = self.options.sequence_codec_path
+        if path is None:
+            raise CheckpointError("sequence codec: pass --sequence-codec-path codec.safetensors")
+        tensors = read_state_dict(resolve_checkpoint(path, flag="--sequence-codec-path"))
+        books = tensors.get("codebooks")
+        shape = (NUM_CODEBOOKS, CODEBOOK_SIZE)
+        if books is None or books.ndim != 3 or tuple(books.shape[:2]) != shape:
+            raise CheckpointError(
+                f"{path}: expected tensors 'codebooks' [{shape[0]}, {shape[1]}, F] and 'scale'"
+            )
+        if "scale" not in tensors:
+            raise CheckpointError(f"{path}: expected a tensor 'scale'")
+        return books.float(), float(tensors["scale"].reshape(-1)[0])
 
     @property
     def frame_size(self) -> int:
         """Values per frame (loads the checkpoint)."""
-        return int(self._load().shape[2])
+        return int(self._load()[0].shape[2])
 
     def encode(self, source: Path | np.ndarray | torch.Tensor) -> torch.Tensor:
         """Quantise a series; the last frame is padded by repeating the last value.
@@ -132,9 +131,9 @@ class SequenceCodec:
         """
         import torch
 
-        books = self._load()
+        books, scale = self._load()
         values = read_series(source) if isinstance(source, Path) else source
-        x = torch.as_tensor(values, dtype=torch.float32).reshape(-1) / self._scale
+        x = torch.as_tensor(values, dtype=torch.float32).reshape(-1) / scale
         if x.numel() == 0:
             raise InputError("sequence codec: empty series")
         frame = books.shape[2]
@@ -150,15 +149,19 @@ class SequenceCodec:
         seed: int | None = None,
         config: DecodingConfig | None = None,
     ) -> np.ndarray:
-        """Sum the chosen codewords of each stage: codes int64 [K, T] -> float32 [T * frame]."""
-        del seed  # decoding is deterministic
-        if condition is not None:
-            raise InputError("the sequence codec takes no condition file")
-        books = self._load()
+        """Sum the chosen codewords of each stage: codes int64 [K, T] -> float32 [T * frame].
+
+        Deterministic: `seed` and `config` are not read; a `condition` never comes (the spec
+        declares none, and the core refuses one).
+        """
+        codes = check_codes(
+            codes, name="sequence", num_codebooks=NUM_CODEBOOKS, codebook_size=CODEBOOK_SIZE
+        )
+        books, scale = self._load()
         frames = books[0][codes[0]]  # (T, frame)
         for k in range(1, books.shape[0]):
             frames = frames + books[k][codes[k]]
-        return (frames.reshape(-1) * self._scale).numpy()
+        return (frames.reshape(-1) * scale).numpy()
 
     def save(
         self, media: np.ndarray, target: Path | BinaryIO, *, suffix: str | None = None

@@ -5,19 +5,14 @@ Registered by the entry point `[project.entry-points.anygpt] sequence = "anygpt_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from anygpt_core import CodecOption, DecodingConfig, Instructions, ModalitySpec, hookimpl
-from anygpt_sequence.codec import CODEBOOK_SIZE, NUM_CODEBOOKS, SequenceCodec
+from anygpt_core import DecodingConfig, Instructions, ModalitySpec, hookimpl
+from anygpt_sequence.codec import CODEBOOK_SIZE, NUM_CODEBOOKS, SequenceCodec, SequenceOptions
 from anygpt_sequence.phrasings import FROM_TEXT, TO_TEXT
 
 __all__ = ["SEQUENCE", "anygpt_demo_assets", "anygpt_modalities"]
-
-
-def _codec(options: Mapping[str, Any]) -> SequenceCodec:
-    return SequenceCodec(options.get("sequence_codec_path"))
 
 
 SEQUENCE = ModalitySpec(
@@ -32,14 +27,8 @@ SEQUENCE = ModalitySpec(
     input_extensions=(".csv", ".txt", ".npy"),
     output_extension=".csv",
     instructions=Instructions(to_text=TO_TEXT, from_text=FROM_TEXT),
-    options=(
-        CodecOption(
-            name="sequence_codec_path",
-            help="Sequence codec checkpoint (.safetensors with codebooks and scale).",
-            type="path",
-        ),
-    ),
-    codec_factory=_codec,
+    options=SequenceOptions.cli_options(),
+    codec_factory=SequenceCodec,
     description="Numeric time series: frames of 4 values, 2-stage RVQ of 64 codes (example).",
 )
 

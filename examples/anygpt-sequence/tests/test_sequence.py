@@ -44,7 +44,7 @@ def test_codec_contract(codec_path, series_csv, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".csv", ".npy"])
 def test_decoded_series_saves_in_memory_as_on_disk(codec_path, series_csv, tmp_path, suffix):
-    codec = SequenceCodec(str(codec_path))
+    codec = SequenceCodec(sequence_codec_path=codec_path)
     values = codec.decode(codec.encode(series_csv))
     buffer = io.BytesIO()
     codec.save(values, buffer, suffix=suffix)
@@ -61,18 +61,18 @@ def test_save_to_a_file_object_needs_a_suffix(codec_path):
     from anygpt_core import InputError
 
     with pytest.raises(InputError, match="needs a suffix"):
-        SequenceCodec(str(codec_path)).save(np.zeros(4, np.float32), io.BytesIO())
+        SequenceCodec(sequence_codec_path=codec_path).save(np.zeros(4, np.float32), io.BytesIO())
 
 
 def test_round_trip_error_is_small(codec_path, series_csv):
-    codec = SequenceCodec(str(codec_path))
+    codec = SequenceCodec(sequence_codec_path=codec_path)
     values = read_series(series_csv)
     decoded = codec.decode(codec.encode(series_csv))[: len(values)]
     assert np.abs(decoded - values).mean() < 0.1
 
 
 def test_span_is_frame_major_with_layer_offsets(codec_path, series_csv):
-    codes = SequenceCodec(str(codec_path)).encode(series_csv)
+    codes = SequenceCodec(sequence_codec_path=codec_path).encode(series_csv)
     span = codes_to_string(SEQUENCE, codes)
     assert span.startswith(f"<sosq><📈{int(codes[0, 0])}><📈{64 + int(codes[1, 0])}>")
     assert torch.equal(string_to_codes(SEQUENCE, span), codes)
@@ -84,7 +84,7 @@ def test_fit_codebooks_is_seeded(tmp_path):
     assert torch.equal(first["codebooks"], second["codebooks"])
     assert first["codebooks"].shape == (2, 64, 4)
     save_checkpoint(first, tmp_path / "c.safetensors")
-    assert SequenceCodec(str(tmp_path / "c.safetensors")).frame_size == 4
+    assert SequenceCodec(sequence_codec_path=tmp_path / "c.safetensors").frame_size == 4
 
 
 def test_bad_inputs_are_one_line_errors(codec_path, tmp_path):
@@ -93,6 +93,15 @@ def test_bad_inputs_are_one_line_errors(codec_path, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("1\nnan\n")
     with pytest.raises(InputError, match="NaN"):
-        SequenceCodec(str(codec_path)).encode(bad)
+        SequenceCodec(sequence_codec_path=codec_path).encode(bad)
     with pytest.raises(CheckpointError, match="pass --sequence-codec-path"):
-        SequenceCodec(None).encode(bad)
+        SequenceCodec().encode(bad)
+
+
+def test_bad_codes_fail_as_the_core_fails_them(codec_path):
+    import torch
+
+    from anygpt_core import GenerationError
+
+    with pytest.raises(GenerationError, match="sequence: code 64 out of range"):
+        SequenceCodec(sequence_codec_path=codec_path).decode(torch.full((2, 3), 64))

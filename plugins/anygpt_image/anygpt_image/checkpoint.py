@@ -3,19 +3,21 @@
 The published tokenizer file is a flat state dict without the ViT (the reference builds the ViT from
 LAVIS `eva_vit_g.pth` first, then loads `seed_quantizer.pt` with `strict=False`). Here every key the
 inference path reads must be present with the right shape, or loading fails naming the first
-missing or mismatched keys; keys we do not know are ignored with a log line.
+missing or mismatched keys (`anygpt_core.checkpoints.check_state_dict`); keys we do not know are
+ignored with a log line.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from anygpt_core.errors import CheckpointError, first_line
+from anygpt_core.checkpoints import check_state_dict, read_state_dict
+from anygpt_core.errors import CheckpointError
 from anygpt_image.config import CONFIG_NAME, SeedConfig
+from anygpt_image.options import SEED_HUB_ID
 from anygpt_image.seed import DECODE_PREFIXES, INFERENCE_UNUSED_PREFIXES, SeedTokenizer
 
 __all__ = [
@@ -24,74 +26,14 @@ __all__ = [
     "VIT_FILE",
     "VIT_PREFIX",
     "load_seed",
-    "read_state_dict",
-    "resolve_file",
     "seed_config",
 ]
 
 logger = logging.getLogger(__name__)
 
-SEED_HUB_ID = "AILab-CVC/seed-tokenizer-2"
 SEED_FILE = "seed_quantizer.pt"
 VIT_FILE = "eva_vit_g.pth"
 VIT_PREFIX = "visual_encoder."
-_SHOW = 5
-
-
-def resolve_file(location: str | Path, filename: str, *, what: str, flag: str) -> Path:
-    """Find a weights file given as a file, a directory holding `filename`, or a hub repo id.
-
-    Hub ids resolve only from the local Hugging Face cache (`local_files_only`); nothing downloads.
-
-    Raises:
-        CheckpointError: nothing found; the message says where to put the file.
-    """
-    path = Path(location).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if (path / filename).is_file():
-            return path / filename
-        raise CheckpointError(
-            f"{path}: no {filename} in this directory ({what}); pass the file with {flag}"
-        )
-    text = str(location)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HFValidationError
-
-        try:
-            return Path(hf_hub_download(text, filename, local_files_only=True))
-        except (EntryNotFoundError, HFValidationError, OSError, ValueError) as err:
-            raise CheckpointError(
-                f"{text}/{filename} ({what}) is not in the local Hugging Face cache; run "
-                f"`hf download {text} {filename}` or pass a local file with {flag}"
-            ) from err
-    raise CheckpointError(f"{path}: no such file ({what}); pass an existing file with {flag}")
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a flat state dict from safetensors or a torch pickle, without running pickled code.
-
-    Raises:
-        CheckpointError: the file is empty, corrupt, or not a flat mapping of names to tensors.
-    """
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty checkpoint file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            data: object = load_file(str(path))
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # pickle, zip, torch and safetensors each raise their own types
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(err)})") from err
-    if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
-        data = data["model"]  # LAVIS-style {"model": state_dict}
-    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path}: expected a flat state dict of tensors")
-    return dict(data)
 
 
 def _required(key: str) -> bool:
@@ -120,31 +62,15 @@ def _check(
     expected = model.state_dict()
     if decode_only:
         expected = {k: v for k, v in expected.items() if k.startswith(DECODE_PREFIXES)}
-    missing = [k for k in expected if k not in state and _required(k)]
-    if missing:
-        shown = ", ".join(missing[:_SHOW]) + (" ..." if len(missing) > _SHOW else "")
-        raise CheckpointError(
-            f"{source}: {len(missing)} SEED-2 keys missing ({shown}); is this seed_quantizer.pt "
-            "(with --image-vit-path for the ViT)?"
-        )
-    wrong = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if wrong:
-        shown = "; ".join(wrong[:_SHOW]) + (" ..." if len(wrong) > _SHOW else "")
-        raise CheckpointError(
-            f"{source}: {len(wrong)} SEED-2 tensors have the wrong shape ({shown})"
-        )
-    unexpected = [k for k in state if k not in expected]
-    if unexpected:
-        logger.info(
-            "%s: ignoring %d keys SEED-2 does not use (e.g. %s)",
-            source,
-            len(unexpected),
-            unexpected[0],
-        )
+    check_state_dict(
+        state,
+        expected,
+        source=source,
+        what="the SEED-2 model",
+        optional=lambda key: not _required(key),
+        ignore_unexpected=True,
+        hint=f"is this {SEED_FILE} (with --image-vit-path for the ViT)?",
+    )
     return {k: state[k] for k in expected if k in state}
 
 

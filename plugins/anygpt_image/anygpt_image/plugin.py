@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from anygpt_core import CodecOption, DecodingConfig, Instructions, ModalitySpec, hookimpl
+from anygpt_core import DecodingConfig, Instructions, ModalitySpec, hookimpl
 from anygpt_core.spec import Codec
+from anygpt_image.config import NUM_QUERY_TOKENS, SeedConfig
+from anygpt_image.options import ImageOptions
 from anygpt_image.phrasings import FROM_TEXT, TO_TEXT
 
 __all__ = ["IMAGE", "anygpt_demo_assets", "anygpt_modalities"]
@@ -27,9 +29,9 @@ IMAGE = ModalitySpec(
     prefix="👀",
     start="<soim>",
     end="<eoim>",
-    codebook_size=8192,
+    codebook_size=SeedConfig.codebook_size,
     num_codebooks=1,
-    fixed_frames=32,
+    fixed_frames=NUM_QUERY_TOKENS,
     # The reference's image_generate_config.json as transformers 4.34 applied it: top_k 50 implicit,
     # min_new_tokens without effect.
     decoding=DecodingConfig(
@@ -38,51 +40,11 @@ IMAGE = ModalitySpec(
     input_extensions=(".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"),
     output_extension=".jpg",
     instructions=Instructions(to_text=TO_TEXT, from_text=FROM_TEXT),
-    options=(
-        CodecOption(
-            name="image_tokenizer_path",
-            help="SEED-2 seed_quantizer.pt: a file, a directory holding it, or a hub id.",
-            type="str",
-            default="AILab-CVC/seed-tokenizer-2",
-        ),
-        CodecOption(
-            name="image_vit_path",
-            help="EVA-ViT-g weights (LAVIS eva_vit_g.pth) when the tokenizer file lacks them.",
-            type="str",
-        ),
-        CodecOption(
-            name="image_decoder_path",
-            help="Stable unCLIP diffusers pipeline: a local directory or a hub id.",
-            type="str",
-            default="stabilityai/stable-diffusion-2-1-unclip",
-        ),
-        CodecOption(name="image_steps", help="Diffusion steps per image.", type="int", default=20),
-        CodecOption(
-            name="image_guidance_scale",
-            help="Classifier-free guidance scale of the decoder.",
-            type="float",
-            default=10.0,
-        ),
-        CodecOption(
-            name="image_low_memory",
-            help="Offload decoder models to the CPU between uses and decode the VAE in slices (24 GB GPUs).",
-            type="bool",
-            default=False,
-        ),
-        CodecOption(
-            name="image_format",
-            help="Format of the images run and chat write: jpg or png (decode -o: the suffix).",
-            type="str",
-            default="jpg",
-        ),
-        CodecOption(
-            name="image_device",
-            help="Device for image models (default: cuda if present).",
-            type="str",
-        ),
-    ),
+    options=ImageOptions.cli_options(),
     codec_factory=_codec,
     description="SEED-2 image tokens (32 per image) and Stable unCLIP decoding.",
+    rank=0,  # the published models' vocabulary order: image, speech, music
+    turn_rank=0,  # the reference's interleaved turn: images first
 )
 
 

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from anygpt_core.checkpoints import resolve_checkpoint
 from anygpt_core.errors import CheckpointError, first_line
+from anygpt_image.options import UNCLIP_HUB_ID
 
 # diffusers imports transformers' CLIPImageProcessor, whose torchvision advice does not apply: the
 # pipeline's image processor is never used on this path.
@@ -27,6 +29,7 @@ from diffusers import StableUnCLIPImg2ImgPipeline  # noqa: E402
 _import_log.setLevel(_level)
 
 __all__ = [
+    "PIPELINE_FILES",
     "UNCLIP_HUB_ID",
     "EmbeddingUnCLIPPipeline",
     "StableUnCLIPImg2ImgPipeline",
@@ -35,8 +38,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-UNCLIP_HUB_ID = "stabilityai/stable-diffusion-2-1-unclip"
 
 
 class EmbeddingUnCLIPPipeline(StableUnCLIPImg2ImgPipeline):  # type: ignore[misc]  # untyped base
@@ -75,28 +76,25 @@ class EmbeddingUnCLIPPipeline(StableUnCLIPImg2ImgPipeline):  # type: ignore[misc
         return embeds
 
 
-def _resolve(location: str | Path) -> Path:
-    path = Path(location).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise CheckpointError(
-                f"{path}: no model_index.json; --image-decoder-path wants a diffusers pipeline "
-                "directory such as stable-diffusion-2-1-unclip"
-            )
-        return path
-    text = str(location)
-    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise CheckpointError(f"{path}: not a diffusers pipeline directory (--image-decoder-path)")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+#: What decoding reads of a published pipeline: not its CLIP image encoder, fp16 variants or pickles.
+PIPELINE_FILES = (
+    "model_index.json",
+    "*/*.json",
+    "tokenizer/*",
+    "text_encoder/model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+)
 
-    try:
-        return Path(snapshot_download(text, local_files_only=True))
-    except (EntryNotFoundError, HFValidationError, OSError, ValueError) as err:
+
+def _resolve(location: str | Path) -> Path:
+    path = resolve_checkpoint(location, flag="--image-decoder-path", allow_patterns=PIPELINE_FILES)
+    if not (path / "model_index.json").is_file():
         raise CheckpointError(
-            f"{text} is not in the local Hugging Face cache; run `hf download {text}` or pass a "
-            "local pipeline directory with --image-decoder-path"
-        ) from err
+            f"{path}: no model_index.json; --image-decoder-path wants a diffusers pipeline "
+            "directory such as stable-diffusion-2-1-unclip"
+        )
+    return path
 
 
 def _load_text_encoder(path: Path, dtype: torch.dtype) -> Any:  # noqa: ANN401 - a CLIP text model

@@ -136,8 +136,8 @@ def bench_tiny_decode(repeats: int) -> None:
         codec.decode(codes, seed=0)  # load + warm-up
         times = timed(lambda: codec.decode(codes, seed=0), repeats)
     logger.info(
-        f"tiny demo pipeline, {codec.steps} steps: {statistics.median(times):.2f} s per image "
-        f"({statistics.median(times) / codec.steps * 1e3:.0f} ms per step)"
+        f"tiny demo pipeline, {codec.options.image_steps} steps: {statistics.median(times):.2f} s per image "
+        f"({statistics.median(times) / codec.options.image_steps * 1e3:.0f} ms per step)"
     )
 
 

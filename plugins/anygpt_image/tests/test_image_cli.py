@@ -88,5 +88,7 @@ def test_cli_run_text_to_image_and_caption_on_demo(picture_path, tmp_path, capsy
         assert picture.format == "PNG"
     code, _, err = run_cli([*png, "--image-format", "gif"], capsys)
     assert code == 6
-    assert err.strip().splitlines()[-1] == "Error: --image-format gif: choose jpg or png"
+    assert (
+        err.strip().splitlines()[-1] == "Error: --image-format gif: Value error, choose jpg or png"
+    )
     assert list((tmp_path / "png").iterdir()) == [tmp_path / "png" / path.split("/")[-1]]

@@ -10,13 +10,14 @@ from anygpt_image.preprocess import to_pixels
 from image_helpers import smooth_picture
 from PIL import Image
 
-from anygpt_core.errors import ConfigError, InputError
+from anygpt_core.errors import ConfigError, GenerationError, InputError
 
 
 def test_factory_loads_no_weights(demo_options):
     codec = ImageCodec(demo_options)
-    assert codec._seed is None
-    assert codec._pipe is None
+    assert not codec.is_loaded("seed")
+    assert not codec.is_loaded("seed decoder")
+    assert not codec.is_loaded("pipeline")
 
 
 def test_encode_returns_32_codes(codec, picture_path):
@@ -125,16 +126,15 @@ def test_embedding_shape_tiny(codec, picture_path):
 @pytest.mark.parametrize(
     ("codes", "message"),
     [
-        (torch.zeros(1, 31, dtype=torch.long), "exactly 1 x 32"),
-        (torch.zeros(2, 32, dtype=torch.long), "exactly 1 x 32"),
-        (torch.zeros(32, dtype=torch.long), "exactly 1 x 32"),
-        (torch.full((1, 32), 8192), "out of range"),
-        (torch.full((1, 32), -1), "out of range"),
-        (torch.zeros(1, 32), "integer tensor"),
+        (torch.zeros(1, 31, dtype=torch.long), r"shape \[1, 32\], got \[1, 31\]"),
+        (torch.zeros(2, 32, dtype=torch.long), r"shape \[1, 32\], got \[2, 32\]"),
+        (torch.full((1, 32), 8192), "code 8192 out of range"),
+        (torch.full((1, 32), -1), "code -1 out of range"),
+        (torch.zeros(1, 32), "must be integers"),
     ],
 )
 def test_decode_validates_codes(codec, codes, message):
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(GenerationError, match=message):
         codec.decode(codes, seed=0)
 
 
@@ -195,7 +195,10 @@ def test_save_rejects_unknown_suffix(codec, tmp_path):
         codec.save(smooth_picture(8), tmp_path / "out.gifx")
 
 
-@pytest.mark.parametrize(("steps", "message"), [(0, "at least 1"), ("many", "not a number")])
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [(0, "0: Input should be greater than or equal to 1"), ("many", "many: Input should be")],
+)
 def test_bad_steps_option(demo_options, steps, message):
     codec = ImageCodec({**demo_options, "image_steps": steps})
     with pytest.raises(ConfigError, match=f"--image-steps .*{message}"):

@@ -16,18 +16,26 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
+from anygpt_core.checkpoints import check_state_dict, read_state_dict
+from anygpt_core.codec import CodecOptions
 from anygpt_core.errors import CheckpointError
 from anygpt_music.base import WaveCodec
-from anygpt_music.keys import check_keys, to_encodec_names
-from anygpt_music.loading import read_config, read_state_dict, resolve_checkpoint
+from anygpt_music.keys import to_encodec_names, training_only
+from anygpt_music.loading import read_config, resolve_encodec
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
     "AUDIO_BANDWIDTH",
+    "AUDIO_CODEBOOK_SIZE",
+    "AUDIO_FRAME_RATE",
     "AUDIO_HUB_ID",
+    "AUDIO_NUM_CODEBOOKS",
     "AudioCodec",
+    "AudioOptions",
     "build_encodec_model",
     "load_encodec_package_model",
 ]
@@ -40,6 +48,7 @@ AUDIO_SAMPLE_RATE = 24_000
 AUDIO_BANDWIDTH = 3.0
 AUDIO_CODEBOOK_SIZE = 1024
 AUDIO_NUM_CODEBOOKS = 4
+AUDIO_FRAME_RATE = 75
 #: The original checkpoint files end in these suffixes (`torch.save` output).
 ORIGINAL_SUFFIXES = (".th", ".pt", ".pth")
 
@@ -121,7 +130,7 @@ def load_encodec_package_model(value: str | Path) -> tuple[Any, str]:
     Raises:
         CheckpointError: nothing loadable there, or tensors that do not fit the architecture.
     """
-    path = resolve_checkpoint(
+    path = resolve_encodec(
         value, flag="--audio-tokenizer-path", default_revision=AUDIO_HUB_REVISION
     )
     original = _original_file(path)
@@ -140,35 +149,49 @@ def load_encodec_package_model(value: str | Path) -> tuple[Any, str]:
         expected_keys = model.state_dict().keys()
         state = to_encodec_names(read_state_dict(path), expected_keys)
         where = str(folder)
-    check_keys(where, state, model.state_dict())
+    check_state_dict(
+        state, model.state_dict(), source=where, what="the EnCodec model", optional=training_only
+    )
     model.load_state_dict(state, strict=False)
     model.eval()
     return model, where
 
 
-class AudioCodec(WaveCodec):
+class AudioOptions(CodecOptions):
+    """The audio codec's options (`--audio-*`)."""
+
+    audio_tokenizer_path: str = Field(
+        AUDIO_HUB_ID,
+        description="EnCodec 24 kHz: encodec .th file, transformers folder or hub id, "
+        "optionally @revision.",
+    )
+    audio_seconds: float = Field(
+        10.0, gt=0, description="Audio input longer than this is cut to its first N seconds."
+    )
+
+
+class AudioCodec(WaveCodec[AudioOptions]):
     """EnCodec 24 kHz at 3 kbps: mono audio <-> int64 codes [4, T] at 75 frames per second.
 
-    Args:
-        tokenizer_path: an original `.th` checkpoint (or a folder holding `encodec_24khz-*.th`), a
-            transformers folder, or a hub id (`owner/name[@revision]`).
-        max_seconds: longer input is cut to its first `max_seconds` with a logged notice.
+    Options (`AudioOptions`): `audio_tokenizer_path`, an original `.th` checkpoint (or a folder
+    holding `encodec_24khz-*.th`), a transformers folder, or a hub id (`owner/name[@revision]`);
+    `audio_seconds`, longer input is cut to its first N seconds with a logged notice.
     """
 
+    Options = AudioOptions
     name = "audio"
     sample_rate = AUDIO_SAMPLE_RATE
     num_codebooks = AUDIO_NUM_CODEBOOKS
     codebook_size = AUDIO_CODEBOOK_SIZE
-    frame_rate = 75
+    frame_rate = AUDIO_FRAME_RATE
 
-    def __init__(
-        self, tokenizer_path: str | Path = AUDIO_HUB_ID, *, max_seconds: float | str | None = 10.0
-    ) -> None:
-        super().__init__(max_seconds=max_seconds)
-        self.tokenizer_path = str(tokenizer_path)
+    @property
+    def max_seconds(self) -> float:
+        """`--audio-seconds`."""
+        return self.options.audio_seconds
 
     def _load(self) -> Any:  # noqa: ANN401 - an encodec.EncodecModel
-        model, where = load_encodec_package_model(self.tokenizer_path)
+        model, where = load_encodec_package_model(self.options.audio_tokenizer_path)
         bins = model.quantizer.bins
         if (
             model.sample_rate != AUDIO_SAMPLE_RATE

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 
 from anygpt_core.audio import load_audio, to_mono_tensor, write_wav
-from anygpt_core.errors import ConfigError, InputError
+from anygpt_core.codec import CodecOptions, LazyCodec
+from anygpt_core.errors import InputError
+from anygpt_core.protocol import check_codes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,59 +22,37 @@ __all__ = ["WaveCodec"]
 
 logger = logging.getLogger(__name__)
 
+OptionsT = TypeVar("OptionsT", bound=CodecOptions)
 
-class WaveCodec(ABC):
+
+class WaveCodec(LazyCodec[OptionsT], ABC):
     """An RVQ audio codec: mono audio at one rate <-> int64 codes [num_codebooks, T].
 
-    Subclasses load their model in `_load` (called once, on the first encode or decode) and
-    implement
-    `_encode_wave` and `_decode_codes`; this class handles files, arrays, length limits, code checks
-    and saving.
+    Subclasses set their options and sizes, load their model in `_load` (called once, on the
+    first encode or decode, whichever thread gets there first) and implement `_encode_wave` and
+    `_decode_codes`; this class handles files, arrays, length limits, code checks and saving.
     """
 
     #: Modality name used in messages.
-    name: str
-    sample_rate: int
-    num_codebooks: int
-    codebook_size: int
-
-    def __init__(self, *, max_seconds: float | str | None) -> None:
-        self._max_seconds = max_seconds  # checked on first use: building a codec must stay cheap
-        self._model: Any = None
-        self._lock = threading.Lock()
+    name: ClassVar[str]
+    sample_rate: ClassVar[int]
+    num_codebooks: ClassVar[int]
+    codebook_size: ClassVar[int]
+    frame_rate: ClassVar[int]
 
     @property
+    @abstractmethod
     def max_seconds(self) -> float | None:
-        """Longest input in seconds; longer input is clipped with a notice. None: no limit.
-
-        Raises:
-            ConfigError: the limit given is not a positive number.
-        """
-        value = self._max_seconds
-        if value is None:
-            return None
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            seconds = float("nan")
-        if not 0 < seconds < float("inf"):
-            raise ConfigError(
-                f"--{self.name}-seconds: must be a positive number of seconds, got {value!r}"
-            )
-        return seconds
+        """Longest input in seconds; longer input is clipped with a notice. None: no limit."""
 
     @property
     def loaded(self) -> bool:
         """Whether the weights are in memory (they load on the first encode or decode)."""
-        return self._model is not None
+        return self.is_loaded("model")
 
     def model(self) -> Any:  # noqa: ANN401 - each subclass holds its own model type
         """The underlying model, loaded on first use."""
-        if self._model is None:
-            with self._lock:
-                if self._model is None:
-                    self._model = self._load()
-        return self._model
+        return self.lazy("model", self._load)
 
     @abstractmethod
     def _load(self) -> Any:  # noqa: ANN401 - see `model`
@@ -126,28 +105,14 @@ class WaveCodec(ABC):
         """Validate decoder input and return it as int64 [num_codebooks, T].
 
         Raises:
-            InputError: wrong number of dimensions or codebooks, no frames, or a code out of range.
+            GenerationError: see `anygpt_core.protocol.check_codes`.
         """
-        import torch
-
-        codes = torch.as_tensor(codes)
-        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise InputError(f"{self.name} codes must be integers, got {codes.dtype}")
-        if codes.ndim != 2 or codes.shape[0] != self.num_codebooks:
-            raise InputError(
-                f"{self.name} codes must have shape [{self.num_codebooks}, T], "
-                f"got {list(codes.shape)}"
-            )
-        if codes.shape[1] == 0:
-            raise InputError(f"{self.name} codes: no frames to decode")
-        low, high = int(codes.min()), int(codes.max())
-        if low < 0 or high >= self.codebook_size:
-            bad = low if low < 0 else high
-            raise InputError(
-                f"{self.name} code {bad} out of range: "
-                f"each codebook holds 0..{self.codebook_size - 1}"
-            )
-        return codes.to(torch.int64)
+        return check_codes(
+            codes,
+            name=self.name,
+            num_codebooks=self.num_codebooks,
+            codebook_size=self.codebook_size,
+        )
 
     def decode(
         self,
@@ -169,7 +134,8 @@ class WaveCodec(ABC):
             wav: float32 [T * hop] at `sample_rate`, mono.
 
         Raises:
-            InputError: bad codes, or a condition file was given.
+            InputError: a condition file was given.
+            GenerationError: bad codes.
         """
         import torch
 

@@ -16,8 +16,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from anygpt_core.errors import CheckpointError
-
 if TYPE_CHECKING:
     import torch
 
@@ -25,9 +23,9 @@ __all__ = [
     "ENCODEC_FROM_TRANSFORMERS",
     "TRAINING_ONLY",
     "WEIGHT_NORM_NAMES",
-    "check_keys",
     "to_encodec_names",
     "to_parametrized_weight_norm",
+    "training_only",
 ]
 
 #: Old weight-norm tensor names -> torch's parametrized names (newer transformers write the latter).
@@ -54,6 +52,11 @@ ENCODEC_FROM_TRANSFORMERS: tuple[tuple[str, str], ...] = (
 
 #: Codebook buffers that only training updates; a checkpoint may leave them out.
 TRAINING_ONLY = (".inited", ".cluster_size", ".embed_avg")
+
+
+def training_only(key: str) -> bool:
+    """Whether a checkpoint may lack `key`: inference reads only a codebook's `embed`."""
+    return key.endswith(TRAINING_ONLY)
 
 
 def _old_weight_norm(key: str) -> str:
@@ -86,7 +89,7 @@ def to_encodec_names(
 
     Returns:
         The same tensors under `encodec` names; a key no row maps is kept as it is, so that
-        `check_keys` reports it.
+        `anygpt_core.checkpoints.check_state_dict` reports it.
     """
     wanted = set(target_keys)
     renamed = {}
@@ -100,36 +103,3 @@ def to_encodec_names(
         hits = [c for c in candidates if c in wanted]
         renamed[hits[0] if hits else key] = value
     return renamed
-
-
-def check_keys(
-    where: str, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
-) -> None:
-    """Raise `CheckpointError` naming the first missing, unexpected or mis-shaped tensors.
-
-    The codebooks' training statistics (`TRAINING_ONLY` suffixes) may be absent: inference reads
-    only `embed`.
-
-    Args:
-        where: the checkpoint, as the user named it.
-        state: tensors read from the checkpoint (already renamed to the model's names).
-        expected: the model's own state dict.
-    """
-    missing = sorted(k for k in set(expected) - set(state) if not k.endswith(TRAINING_ONLY))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing ({', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
-    if shapes:
-        problems.append(f"{len(shapes)} of another shape ({'; '.join(shapes[:2])})")
-    if problems:
-        raise CheckpointError(
-            f"{where}: not an EnCodec checkpoint of this layout: tensors {', '.join(problems)}"
-        )

@@ -10,10 +10,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
+from anygpt_core.checkpoints import check_state_dict, read_state_dict
+from anygpt_core.codec import CodecOptions
 from anygpt_core.errors import CheckpointError
 from anygpt_music.base import WaveCodec
-from anygpt_music.keys import check_keys, to_parametrized_weight_norm
-from anygpt_music.loading import read_config, read_state_dict, resolve_checkpoint
+from anygpt_music.keys import to_parametrized_weight_norm, training_only
+from anygpt_music.loading import read_config, resolve_encodec
 
 if TYPE_CHECKING:
     import torch
@@ -21,11 +25,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MUSIC_CODEBOOK_SIZE",
+    "MUSIC_FRAME_RATE",
     "MUSIC_HUB_ID",
     "MUSIC_HUB_REVISION",
     "MUSIC_NUM_CODEBOOKS",
     "MUSIC_SAMPLE_RATE",
     "MusicCodec",
+    "MusicOptions",
     "load_transformers_encodec",
 ]
 
@@ -55,7 +61,7 @@ def load_transformers_encodec(
     """
     from transformers import EncodecConfig, EncodecModel
 
-    path = resolve_checkpoint(value, flag=flag, default_revision=default_revision)
+    path = resolve_encodec(value, flag=flag, default_revision=default_revision)
     folder = path.parent if path.is_file() else path
     data = read_config(folder)
     try:
@@ -64,7 +70,9 @@ def load_transformers_encodec(
         raise CheckpointError(f"{folder / 'config.json'}: invalid EnCodec config ({err})") from err
     model = EncodecModel(config)
     state = to_parametrized_weight_norm(read_state_dict(path))
-    check_keys(str(folder), state, model.state_dict())
+    check_state_dict(
+        state, model.state_dict(), source=folder, what="the EnCodec model", optional=training_only
+    )
     model.load_state_dict(state, strict=False)
     model.eval()
     return model, str(folder)
@@ -75,31 +83,45 @@ def _num_codebooks(config: EncodecConfig, bandwidth: float) -> int:
     return max(1, int(bandwidth * 1000 // (config.frame_rate * bits)))
 
 
-class MusicCodec(WaveCodec):
+class MusicOptions(CodecOptions):
+    """The music codec's options (`--music-*`)."""
+
+    music_tokenizer_path: str = Field(
+        MUSIC_HUB_ID,
+        description="EnCodec 32 kHz: folder (config.json, model.safetensors) or hub id, "
+        "optionally @revision.",
+    )
+    music_seconds: float = Field(
+        20.0, gt=0, description="Music input longer than this is cut to its first N seconds."
+    )
+
+
+class MusicCodec(WaveCodec[MusicOptions]):
     """EnCodec 32 kHz: mono audio <-> int64 codes [4, T] at 50 frames per second.
 
-    Args:
-        tokenizer_path: a folder with config.json and model.safetensors, or a hub id
-            (`owner/name[@revision]`).
-        max_seconds: longer input is cut to its first `max_seconds` with a logged notice.
+    Options (`MusicOptions`): `music_tokenizer_path`, a folder with config.json and
+    model.safetensors or a hub id (`owner/name[@revision]`); `music_seconds`, longer input is cut
+    to its first N seconds with a logged notice.
     """
 
+    Options = MusicOptions
     name = "music"
     sample_rate = MUSIC_SAMPLE_RATE
     num_codebooks = MUSIC_NUM_CODEBOOKS
     codebook_size = MUSIC_CODEBOOK_SIZE
     frame_rate = MUSIC_FRAME_RATE
+    _bandwidth = 0.0
 
-    def __init__(
-        self, tokenizer_path: str | Path = MUSIC_HUB_ID, *, max_seconds: float | str | None = 20.0
-    ) -> None:
-        super().__init__(max_seconds=max_seconds)
-        self.tokenizer_path = str(tokenizer_path)
-        self._bandwidth = 0.0
+    @property
+    def max_seconds(self) -> float:
+        """`--music-seconds`."""
+        return self.options.music_seconds
 
     def _load(self) -> Any:  # noqa: ANN401 - a transformers EncodecModel
         model, folder = load_transformers_encodec(
-            self.tokenizer_path, flag="--music-tokenizer-path", default_revision=MUSIC_HUB_REVISION
+            self.options.music_tokenizer_path,
+            flag="--music-tokenizer-path",
+            default_revision=MUSIC_HUB_REVISION,
         )
         config = model.config
         bandwidth = float(config.target_bandwidths[0])

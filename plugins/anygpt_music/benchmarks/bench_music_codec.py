@@ -71,7 +71,7 @@ def main() -> None:
             params = pool.apply(write_checkpoint, (folder,))
         rss_before = peak_rss_mib()
 
-        codec = MusicCodec(folder, max_seconds=args.seconds)
+        codec = MusicCodec(music_tokenizer_path=folder, music_seconds=args.seconds)
         start = time.perf_counter()
         codec.model()
         load_s = time.perf_counter() - start

@@ -13,7 +13,7 @@ from anygpt_music.keys import to_encodec_names
 from anygpt_music.tiny import audio_config, build_seeded_encodec, seeded_signal
 from transformers import EncodecModel
 
-from anygpt_core.errors import CheckpointError, InputError
+from anygpt_core.errors import CheckpointError, GenerationError, InputError
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,9 @@ def test_music_rename_table_maps_all_252_tensors_one_to_one():
 def test_music_audio_original_and_transformers_layouts_give_same_codes(real_size_pair):
     folder, original, hf_model = real_size_pair
     wav = seeded_signal(24_000, 1.0, seed=11)
-    from_hf = AudioCodec(folder).encode(wav)
-    from_th = AudioCodec(original).encode(wav)
-    from_th_dir = AudioCodec(original.parent).encode(wav)
+    from_hf = AudioCodec(audio_tokenizer_path=folder).encode(wav)
+    from_th = AudioCodec(audio_tokenizer_path=original).encode(wav)
+    from_th_dir = AudioCodec(audio_tokenizer_path=original.parent).encode(wav)
     with torch.inference_mode():
         expected = hf_model.encode(wav[None, None], bandwidth=3.0, return_dict=True).audio_codes[
             0, 0
@@ -65,7 +65,7 @@ def test_music_audio_original_and_transformers_layouts_give_same_codes(real_size
 
 def test_music_audio_decode_matches_transformers(real_size_pair, tmp_path):
     _folder, original, hf_model = real_size_pair
-    codec = AudioCodec(original)
+    codec = AudioCodec(audio_tokenizer_path=original)
     codes = codec.encode(seeded_signal(24_000, 0.5, seed=12))
     wav = codec.decode(codes)
     with torch.inference_mode():
@@ -81,7 +81,7 @@ def test_music_audio_decode_matches_transformers(real_size_pair, tmp_path):
 
 def test_music_tiny_audio_codec_matches_transformers(tiny_audio_dir, write_audio):
     path = write_audio("sound.wav", 16_000, 1.5, channels=2)
-    codec = AudioCodec(tiny_audio_dir)
+    codec = AudioCodec(audio_tokenizer_path=tiny_audio_dir)
     codes = codec.encode(path)
     assert codes.shape == (4, math.ceil(1.5 * 24_000 / 320))
     assert len(set(codes[0].tolist())) >= 30
@@ -97,10 +97,10 @@ def test_music_tiny_audio_codec_matches_transformers(tiny_audio_dir, write_audio
 
 
 def test_music_audio_rejects_bad_codes_and_files(tiny_audio_dir, tmp_path):
-    codec = AudioCodec(tiny_audio_dir)
-    with pytest.raises(InputError, match="code 1024 out of range"):
+    codec = AudioCodec(audio_tokenizer_path=tiny_audio_dir)
+    with pytest.raises(GenerationError, match="code 1024 out of range"):
         codec.decode(torch.full((4, 3), 1024))
-    with pytest.raises(InputError, match=r"shape \[4, T\]"):
+    with pytest.raises(GenerationError, match=r"shape \[4, T\]"):
         codec.decode(torch.zeros(8, 3, dtype=torch.long))
     bad = tmp_path / "x.flac"
     bad.write_text("not audio")
@@ -112,14 +112,14 @@ def test_music_audio_wrong_original_checkpoint(tmp_path):
     path = tmp_path / "encodec_24khz-00000000.th"
     torch.save({"encoder.model.0.conv.conv.bias": torch.zeros(3)}, path)
     with pytest.raises(CheckpointError, match="missing") as err:
-        AudioCodec(path).encode(torch.zeros(320))
+        AudioCodec(audio_tokenizer_path=path).encode(torch.zeros(320))
     assert "\n" not in str(err.value)
     assert str(path) in str(err.value)
 
 
 def test_music_audio_rejects_the_music_codec(tiny_music_dir):
     with pytest.raises(CheckpointError, match="24 kHz"):
-        AudioCodec(tiny_music_dir).encode(torch.zeros(320))
+        AudioCodec(audio_tokenizer_path=tiny_music_dir).encode(torch.zeros(320))
 
 
 def test_music_audio_codec_contract(tiny_audio_dir, write_audio, tmp_path):

@@ -18,12 +18,12 @@ from safetensors.torch import load_file, save_file
 from transformers import EncodecModel
 
 from anygpt_core.audio import to_mono_tensor
-from anygpt_core.errors import CheckpointError, ConfigError, InputError
+from anygpt_core.errors import CheckpointError, ConfigError, GenerationError, InputError
 
 
 @pytest.fixture(scope="module")
 def codec(tiny_music_dir: Path) -> MusicCodec:
-    return MusicCodec(tiny_music_dir, max_seconds=20.0)
+    return MusicCodec(music_tokenizer_path=tiny_music_dir, music_seconds=20.0)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_music_compressed_formats_encode(codec, write_audio, name, kwargs):
 
 def test_music_long_input_is_clipped_from_its_start(tiny_music_dir, write_audio, caplog):
     path = write_audio("long.wav", 32_000, 3.0)
-    short = MusicCodec(tiny_music_dir, max_seconds=1.0)
+    short = MusicCodec(music_tokenizer_path=tiny_music_dir, music_seconds=1.0)
     with caplog.at_level(logging.WARNING):
         codes = short.encode(path)
     assert codes.shape == (4, 50)
@@ -132,7 +132,7 @@ def test_music_long_input_is_clipped_from_its_start(tiny_music_dir, write_audio,
 
 
 def test_music_long_array_is_clipped(tiny_music_dir, caplog):
-    short = MusicCodec(tiny_music_dir, max_seconds=0.5)
+    short = MusicCodec(music_tokenizer_path=tiny_music_dir, music_seconds=0.5)
     with caplog.at_level(logging.WARNING):
         assert short.encode(np.zeros(32_000, dtype=np.float32)).shape == (4, 25)
     assert "clipped" in caplog.text
@@ -171,14 +171,14 @@ def test_music_empty_or_non_finite_arrays_raise(codec):
     [
         (torch.zeros(4, 10, 2, dtype=torch.long), r"shape \[4, T\]"),
         (torch.zeros(3, 10, dtype=torch.long), r"shape \[4, T\], got \[3, 10\]"),
-        (torch.zeros(4, 0, dtype=torch.long), "no frames"),
+        (torch.zeros(4, 0, dtype=torch.long), "no codes"),
         (torch.full((4, 5), 2048), "code 2048 out of range"),
         (torch.full((4, 5), -1), "code -1 out of range"),
         (torch.zeros(4, 5), "must be integers"),
     ],
 )
 def test_music_decode_rejects_bad_codes(codec, codes, message):
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(GenerationError, match=message):
         codec.decode(codes)
 
 
@@ -188,7 +188,7 @@ def test_music_decode_takes_no_condition(codec, tmp_path):
 
 
 def test_music_weights_load_lazily(tiny_music_dir):
-    codec = MusicCodec(tiny_music_dir)
+    codec = MusicCodec(music_tokenizer_path=tiny_music_dir)
     assert not codec.loaded
     codec.decode(torch.zeros(4, 3, dtype=torch.long))
     assert codec.loaded
@@ -208,7 +208,9 @@ def test_music_old_weight_norm_names_load(tiny_music_dir, tmp_path, codec):
     assert any(k.endswith(".weight_g") for k in old)
     save_file(old, str(folder / "model.safetensors"))
     wav = seeded_signal(32_000, 1.0, seed=9)
-    torch.testing.assert_close(MusicCodec(folder).encode(wav), codec.encode(wav), rtol=0, atol=0)
+    torch.testing.assert_close(
+        MusicCodec(music_tokenizer_path=folder).encode(wav), codec.encode(wav), rtol=0, atol=0
+    )
 
 
 def test_music_missing_tensor_is_a_checkpoint_error(tiny_music_dir, tmp_path):
@@ -218,25 +220,33 @@ def test_music_missing_tensor_is_a_checkpoint_error(tiny_music_dir, tmp_path):
     state = load_file(str(tiny_music_dir / "model.safetensors"))
     del state["quantizer.layers.2.codebook.embed"]
     save_file(state, str(folder / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"1 missing \(quantizer.layers.2.codebook.embed\)"):
-        MusicCodec(folder).encode(np.zeros(640, dtype=np.float32))
+    with pytest.raises(
+        CheckpointError, match=r"1 missing key \(quantizer.layers.2.codebook.embed\)"
+    ):
+        MusicCodec(music_tokenizer_path=folder).encode(np.zeros(640, dtype=np.float32))
 
 
 def test_music_rejects_a_24khz_codec(tiny_audio_dir):
     with pytest.raises(CheckpointError, match="sampling_rate 24000 \\(need 32000\\)"):
-        MusicCodec(tiny_audio_dir).decode(torch.zeros(4, 2, dtype=torch.long))
+        MusicCodec(music_tokenizer_path=tiny_audio_dir).decode(torch.zeros(4, 2, dtype=torch.long))
 
 
 def test_music_missing_checkpoint_messages(tmp_path):
     with pytest.raises(CheckpointError, match="no such file or folder") as err:
-        MusicCodec(tmp_path / "nowhere").decode(torch.zeros(4, 2, dtype=torch.long))
+        MusicCodec(music_tokenizer_path=tmp_path / "nowhere").decode(
+            torch.zeros(4, 2, dtype=torch.long)
+        )
     _one_line_naming(err, "nowhere")
-    with pytest.raises(CheckpointError, match="--music-tokenizer-path DIR") as err:
-        MusicCodec("someone/not-cached-encodec").decode(torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache") as err:
+        MusicCodec(music_tokenizer_path="someone/not-cached-encodec").decode(
+            torch.zeros(4, 2, dtype=torch.long)
+        )
     _one_line_naming(err, "someone/not-cached-encodec")
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(CheckpointError, match=r"no config\.json"):
-        MusicCodec(tmp_path / "empty_dir").decode(torch.zeros(4, 2, dtype=torch.long))
+        MusicCodec(music_tokenizer_path=tmp_path / "empty_dir").decode(
+            torch.zeros(4, 2, dtype=torch.long)
+        )
 
 
 def test_music_corrupt_weights_are_a_checkpoint_error(tiny_music_dir, tmp_path):
@@ -244,8 +254,8 @@ def test_music_corrupt_weights_are_a_checkpoint_error(tiny_music_dir, tmp_path):
     folder.mkdir()
     shutil.copy(tiny_music_dir / "config.json", folder / "config.json")
     (folder / "model.safetensors").write_bytes(b"\x00" * 100)
-    with pytest.raises(CheckpointError, match="not a readable weights file"):
-        MusicCodec(folder).decode(torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        MusicCodec(music_tokenizer_path=folder).decode(torch.zeros(4, 2, dtype=torch.long))
 
 
 def test_music_hub_id_resolves_from_the_local_cache(tiny_music_dir, tmp_path, monkeypatch):
@@ -259,7 +269,7 @@ def test_music_hub_id_resolves_from_the_local_cache(tiny_music_dir, tmp_path, mo
     (repo / "refs" / "main").write_text(revision)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
-    codec = MusicCodec("facebook/encodec_32khz")
+    codec = MusicCodec(music_tokenizer_path="facebook/encodec_32khz")
     assert codec.encode(np.zeros(1280, dtype=np.float32)).shape == (4, 2)
 
 
@@ -291,7 +301,11 @@ def test_music_codec_contract(tiny_music_dir, write_audio, tmp_path):
 
 
 def test_music_seconds_must_be_positive(tiny_music_dir):
-    with pytest.raises(ConfigError, match="--music-seconds: must be a positive number"):
-        MusicCodec(tiny_music_dir, max_seconds=0).encode(np.zeros(640, dtype=np.float32))
+    with pytest.raises(ConfigError, match="--music-seconds 0: Input should be greater than 0"):
+        MusicCodec(music_tokenizer_path=tiny_music_dir, music_seconds=0).encode(
+            np.zeros(640, dtype=np.float32)
+        )
     with pytest.raises(ConfigError, match="--music-seconds"):
-        MusicCodec(tiny_music_dir, max_seconds="soon").encode(np.zeros(640, dtype=np.float32))
+        MusicCodec(music_tokenizer_path=tiny_music_dir, music_seconds="soon").encode(
+            np.zeros(640, dtype=np.float32)
+        )

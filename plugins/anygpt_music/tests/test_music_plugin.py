@@ -93,7 +93,8 @@ def test_music_factory_does_not_load_weights(tmp_path):
     assert codec.max_seconds == 20.0
     audio = plugin.AUDIO.codec_factory({o.name: o.default for o in plugin.AUDIO.options})
     assert isinstance(audio, AudioCodec)
-    assert audio.tokenizer_path == "facebook/encodec_24khz"
+    assert audio.options.audio_tokenizer_path == "facebook/encodec_24khz"
+    assert not audio.loaded
 
 
 def test_hook_anygpt_modalities():
@@ -118,10 +119,12 @@ def test_hook_anygpt_demo_assets(tmp_path):
         second = load_file(str(Path(again[name]) / "model.safetensors"))
         assert first.keys() == second.keys()
         assert all(torch.equal(first[k], second[k]) for k in first)
-    codes = MusicCodec(music_dir).encode(seeded_signal(32_000, 1.0, seed=1))
+    codes = MusicCodec(music_tokenizer_path=music_dir).encode(seeded_signal(32_000, 1.0, seed=1))
     assert codes.shape == (4, 50)
     assert len(set(codes[0].tolist())) > 20
-    audio_codes = AudioCodec(values["audio_tokenizer_path"]).encode(seeded_signal(24_000, 1.0))
+    audio_codes = AudioCodec(audio_tokenizer_path=values["audio_tokenizer_path"]).encode(
+        seeded_signal(24_000, 1.0)
+    )
     assert audio_codes.shape == (4, 75)
 
 

@@ -8,26 +8,25 @@ decoder turns all 8 layers into 16 kHz audio. Weights load on first use, torch o
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from anygpt_core.audio import load_audio, to_mono_tensor, write_wav
+from anygpt_core.checkpoints import check_state_dict, read_state_dict, resolve_checkpoint
+from anygpt_core.codec import CodecOptions, LazyCodec
 from anygpt_core.config import format_validation_error
 from anygpt_core.errors import ConfigError, InputError
+from anygpt_core.protocol import check_codes
 from anygpt_speech.checkpoints import (
+    HUB_REPO,
     SOUNDSTORM_FILE,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     load_json,
-    load_state_dict,
-    load_strict,
-    resolve_file,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
     from anygpt_speech.soundstorm import SoundStorm, SoundStormConfig
     from anygpt_speech.tokenizer import SpeechTokenizerConfig
 
-__all__ = ["SpeechCodec"]
+__all__ = ["DEFAULT_VC_STEPS", "SpeechCodec", "SpeechOptions"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,53 +46,77 @@ logger = logging.getLogger(__name__)
 DEFAULT_VC_STEPS = 3
 
 
-class SpeechCodec:
+class SpeechOptions(CodecOptions):
+    """The speech codec's options (`--speech-*`, `--soundstorm-*`, `--voice-prompt-seconds`)."""
+
+    speech_tokenizer_path: str = Field(
+        HUB_REPO,
+        description="SpeechTokenizer checkpoint: ckpt.dev file, its directory, or a hub id.",
+    )
+    speech_tokenizer_config: Path | None = Field(
+        None, description="SpeechTokenizer config.json (default: beside the checkpoint)."
+    )
+    soundstorm_path: str = Field(
+        HUB_REPO,
+        description="SoundStorm checkpoint (.pt state dict), its directory, or a hub id.",
+    )
+    soundstorm_config: Path | None = Field(
+        None,
+        description="JSON with codebook_size, num_quantizers, dim, depth, heads, dim_head "
+        "(default: the published architecture).",
+    )
+    soundstorm_steps: int | None = Field(
+        None,
+        gt=0,
+        le=10_000,
+        description="Mask-predict steps of SoundStorm's first acoustic layer "
+        f"(default: the speech decoding config's vc_steps, {DEFAULT_VC_STEPS}).",
+    )
+    speech_max_seconds: float = Field(
+        60.0, gt=0, description="Longest speech input accepted, in seconds."
+    )
+    voice_prompt_seconds: float = Field(
+        3.0, gt=0, description="Seconds from the start of a voice prompt used as the voice."
+    )
+    speech_device: str = Field(
+        "auto", description="Device of the speech models: auto, cpu, cuda or cuda:N."
+    )
+
+
+class SpeechCodec(LazyCodec[SpeechOptions]):
     """SpeechTokenizer + SoundStorm behind the `Codec` protocol.
 
-    Args:
-        options: the speech plugin's option values by name (see `anygpt_speech.plugin.SPEECH`). They
-            are read on first use, so building the codec never fails and never touches a file.
+    Built from `SpeechOptions` values by name; they are read on first use, and each model loads
+    once, so building the codec never fails and never touches a file.
     """
 
-    def __init__(self, options: Mapping[str, Any]) -> None:
-        self.options = dict(options)
+    Options = SpeechOptions
 
-    # -- options ---------------------------------------------------------------------------------
-
-    def _number(self, name: str, kind: type[int] | type[float]) -> float:
-        value: Any = self.options.get(name)
-        flag = "--" + name.replace("_", "-")
-        try:
-            number = kind(value)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{flag} {value}: expected a positive number") from err
-        if not math.isfinite(number) or number <= 0:  # nan and inf would switch a limit off
-            raise ConfigError(f"{flag} {value}: expected a positive number")
-        return number
-
-    @cached_property
+    @property
     def device(self) -> torch.device:
         """`--speech-device`: auto (cuda when available), cpu, cuda or cuda:N."""
         from anygpt_core.loading import pick_device
 
-        device: torch.device = pick_device(
-            str(self.options.get("speech_device") or "auto"), flag="--speech-device"
+        return self.lazy(
+            "device", lambda: pick_device(self.options.speech_device, flag="--speech-device")
         )
-        return device
 
     # -- weights ---------------------------------------------------------------------------------
 
-    @cached_property
+    @property
     def _tokenizer_files(self) -> tuple[Path, Path, dict[str, Any], SpeechTokenizerConfig]:
+        return self.lazy("tokenizer files", self._find_tokenizer)
+
+    def _find_tokenizer(self) -> tuple[Path, Path, dict[str, Any], SpeechTokenizerConfig]:
         from anygpt_speech.tokenizer import SpeechTokenizerConfig
 
-        source = str(self.options.get("speech_tokenizer_path"))
+        source = self.options.speech_tokenizer_path
         flag = "--speech-tokenizer-path"
-        ckpt = resolve_file(source, TOKENIZER_FILE, flag=flag)
-        given = self.options.get("speech_tokenizer_config")
+        ckpt = resolve_checkpoint(source, flag=flag, filename=TOKENIZER_FILE)
+        given = self.options.speech_tokenizer_config
         if given:
-            config_path = resolve_file(
-                given, TOKENIZER_CONFIG_FILE, flag="--speech-tokenizer-config"
+            config_path = resolve_checkpoint(
+                given, flag="--speech-tokenizer-config", filename=TOKENIZER_CONFIG_FILE
             )
         elif Path(source).expanduser().exists():
             config_path = ckpt.parent / "config.json"
@@ -102,7 +125,7 @@ class SpeechCodec:
                     f"{flag} {ckpt}: no config.json beside it; pass --speech-tokenizer-config FILE"
                 )
         else:
-            config_path = resolve_file(source, TOKENIZER_CONFIG_FILE, flag=flag)
+            config_path = resolve_checkpoint(source, flag=flag, filename=TOKENIZER_CONFIG_FILE)
         raw = load_json(config_path, flag="--speech-tokenizer-config")
         return ckpt, config_path, raw, SpeechTokenizerConfig.from_json(raw, source=str(config_path))
 
@@ -116,9 +139,12 @@ class SpeechCodec:
         """Audio rate of inputs after resampling and of decoded audio (16 kHz when published)."""
         return self.tokenizer_config.sample_rate
 
-    @cached_property
+    @property
     def tokenizer(self) -> SpeechTokenizer:
         """The SpeechTokenizer model, loaded on first use."""
+        return self.lazy("tokenizer", self._load_tokenizer)
+
+    def _load_tokenizer(self) -> SpeechTokenizer:
         from anygpt_speech.tokenizer import load_speech_tokenizer
 
         ckpt, config_path, raw, _ = self._tokenizer_files
@@ -127,9 +153,12 @@ class SpeechCodec:
         logger.info("SpeechTokenizer %s loaded in %.1f s", ckpt, time.perf_counter() - started)
         return model
 
-    @cached_property
+    @property
     def soundstorm(self) -> SoundStorm:
         """The SoundStorm model, loaded on first use and checked against the tokenizer's layers."""
+        return self.lazy("soundstorm", self._load_soundstorm)
+
+    def _load_soundstorm(self) -> SoundStorm:
         import torch
 
         from anygpt_speech.soundstorm import SoundStorm
@@ -147,16 +176,23 @@ class SpeechCodec:
                 f"SpeechTokenizer has {acoustic_layers} (n_q {self.tokenizer_config.n_q}); "
                 "check --soundstorm-config"
             )
-        path = resolve_file(
-            str(self.options.get("soundstorm_path")), SOUNDSTORM_FILE, flag="--soundstorm-path"
+        path = resolve_checkpoint(
+            self.options.soundstorm_path,
+            flag="--soundstorm-path",
+            filename=SOUNDSTORM_FILE,
         )
         started = time.perf_counter()
-        state = load_state_dict(path)
+        state = read_state_dict(path)
         with torch.device("meta"):
             model = SoundStorm(config)
-        load_strict(
-            model, state, path=path, hint=_soundstorm_hint(state, self.options), assign=True
+        check_state_dict(
+            state,
+            model.state_dict(),
+            source=path,
+            what="the SoundStorm model",
+            hint=_soundstorm_hint(state, self.options.soundstorm_config),
         )
+        model.load_state_dict(state, strict=True, assign=True)
         model = model.to(device=self.device, dtype=torch.float32).eval()
         logger.info("SoundStorm %s loaded in %.1f s", path, time.perf_counter() - started)
         return model
@@ -164,10 +200,10 @@ class SpeechCodec:
     def _soundstorm_config(self) -> SoundStormConfig:
         from anygpt_speech.soundstorm import SoundStormConfig
 
-        given = self.options.get("soundstorm_config")
+        given = self.options.soundstorm_config
         if not given:
             return SoundStormConfig()
-        data = load_json(Path(str(given)).expanduser(), flag="--soundstorm-config")
+        data = load_json(given.expanduser(), flag="--soundstorm-config")
         try:
             return SoundStormConfig.model_validate(data)
         except ValidationError as err:
@@ -193,7 +229,7 @@ class SpeechCodec:
         """
         from anygpt_speech.tokenizer import encode_all_layers
 
-        wav = self._read(source, self._number("speech_max_seconds", float), what="speech input")
+        wav = self._read(source, self.options.speech_max_seconds, what="speech input")
         return encode_all_layers(self.tokenizer, wav)[:1].cpu()
 
     def decode(
@@ -218,7 +254,7 @@ class SpeechCodec:
         """
         from anygpt_speech.tokenizer import decode_codes
 
-        steps = None if config is None else config.vc_steps
+        steps = getattr(config, "vc_steps", None)  # the speech plugin's SpeechDecodingConfig
         layers = self.all_layers(codes, condition=condition, seed=seed, steps=steps)
         return decode_codes(self.tokenizer, layers)
 
@@ -245,12 +281,10 @@ class SpeechCodec:
         from anygpt_speech.tokenizer import encode_all_layers
 
         semantic = _check_codes(codes, self.tokenizer_config.codebook_size)
-        if self.options.get("soundstorm_steps") is not None:  # the flag wins over the config
-            steps = int(self._number("soundstorm_steps", int))
-        steps = steps or DEFAULT_VC_STEPS
+        steps = self.options.soundstorm_steps or steps or DEFAULT_VC_STEPS  # the flag wins
         prompt = None
         if condition is not None:
-            seconds = self._number("voice_prompt_seconds", float)
+            seconds = self.options.voice_prompt_seconds
             voice = self._read(Path(condition), seconds, what="voice prompt", clip=True)
             prompt = encode_all_layers(self.tokenizer, voice).T[None]  # (1, P, n_q)
         soundstorm = self.soundstorm
@@ -314,31 +348,17 @@ class SpeechCodec:
 
 
 def _check_codes(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """Semantic codes int64 [frames] from [1, frames] or [frames], or an `InputError`."""
-    import torch
-
-    codes = torch.as_tensor(codes)
-    if codes.ndim == 2 and codes.shape[0] == 1:
-        codes = codes[0]
-    if codes.ndim != 1 or codes.numel() == 0:
-        raise InputError(f"speech codes: expected shape [1, frames], got {tuple(codes.shape)}")
-    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
-        raise InputError(f"speech codes: expected integers, got {codes.dtype}")
-    low, high = int(codes.min()), int(codes.max())
-    if low < 0 or high >= codebook_size:
-        raise InputError(
-            f"speech codes: values must lie in [0, {codebook_size}), got [{low}, {high}]"
-        )
-    return codes.long().cpu()
+    """Semantic codes int64 [frames] from [1, frames] or [frames] (see `protocol.check_codes`)."""
+    checked = check_codes(codes, name="speech", num_codebooks=1, codebook_size=codebook_size)
+    return checked[0].cpu()
 
 
-def _soundstorm_hint(state: Mapping[str, Any], options: Mapping[str, Any]) -> str:
+def _soundstorm_hint(state: Mapping[str, Any], given: Path | None) -> str:
     if any(".conv.net." in key for key in state):
         return (
             "its conv.net.* keys are upstream soundstorm-pytorch names; AnyGPT's layout "
             "(conv.net1, "
             "conv.ds_conv, conv.net2) is needed"
         )
-    given = options.get("soundstorm_config")
     described = f"--soundstorm-config {given}" if given else "the published architecture (default)"
     return f"does {described} describe this checkpoint?"

@@ -8,23 +8,40 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from anygpt_core import CodecOption, DecodingConfig, ModalitySpec, hookimpl
+from pydantic import Field
+
+from anygpt_core import DecodingConfig, ModalitySpec, hookimpl
 from anygpt_core.audio import AUDIO_SUFFIXES
-from anygpt_speech.checkpoints import HUB_REPO
-from anygpt_speech.codec import SpeechCodec
+from anygpt_speech.codec import SpeechCodec, SpeechOptions
 from anygpt_speech.phrasings import SPEECH_INSTRUCTIONS
+from anygpt_speech.tokenizer import CODEBOOK_SIZE, FRAME_RATE
+
+
+class SpeechDecodingConfig(DecodingConfig):
+    """The core's decoding fields plus SoundStorm's, as the seed's speech config files hold them."""
+
+    vc_steps: int | None = Field(
+        None,
+        gt=0,
+        le=10_000,
+        description="Mask-predict steps of SoundStorm's first acoustic layer.",
+    )
+
+
+#: The reference's `Speech-Instruction` task prompt, wrapped around a chat turn holding speech.
+SPEECH_INSTRUCTION = "{turn} Please recognize the voice command and give reply and voice"
 
 SPEECH = ModalitySpec(
     name="speech",
     prefix="🗣️",  # U+1F5E3 U+FE0F
     start="<sosp>",
     end="<eosp>",
-    codebook_size=1024,
-    num_codebooks=1,
-    frame_rate=50.0,
+    codebook_size=CODEBOOK_SIZE,
+    num_codebooks=1,  # RVQ layer 0 only: SoundStorm predicts the others
+    frame_rate=FRAME_RATE,
     # The reference's effective speech sampling (transformers 4.34 added top_k 50 and dropped
     # min_new_tokens); vc_steps 3 is the value its SoundStorm call actually used.
-    decoding=DecodingConfig(
+    decoding=SpeechDecodingConfig(
         temperature=1.0,
         top_p=1.0,
         top_k=50,
@@ -37,58 +54,13 @@ SPEECH = ModalitySpec(
     input_extensions=AUDIO_SUFFIXES,
     output_extension=".wav",
     instructions=SPEECH_INSTRUCTIONS,
-    options=(
-        CodecOption(
-            name="speech_tokenizer_path",
-            help="SpeechTokenizer checkpoint: ckpt.dev file, its directory, or a hub id.",
-            type="str",
-            default=HUB_REPO,
-        ),
-        CodecOption(
-            name="speech_tokenizer_config",
-            help="SpeechTokenizer config.json (default: beside the checkpoint).",
-            type="path",
-        ),
-        CodecOption(
-            name="soundstorm_path",
-            help="SoundStorm checkpoint (.pt state dict), its directory, or a hub id.",
-            type="str",
-            default=HUB_REPO,
-        ),
-        CodecOption(
-            name="soundstorm_config",
-            help="JSON with codebook_size, num_quantizers, dim, depth, heads, dim_head "
-            "(default: the published architecture).",
-            type="path",
-        ),
-        CodecOption(
-            name="soundstorm_steps",
-            help="Mask-predict steps of SoundStorm's first acoustic layer "
-            "(default: the speech decoding config's vc_steps, 3).",
-            type="int",
-            default=None,
-        ),
-        CodecOption(
-            name="speech_max_seconds",
-            help="Longest speech input accepted, in seconds.",
-            type="float",
-            default=60.0,
-        ),
-        CodecOption(
-            name="voice_prompt_seconds",
-            help="Seconds from the start of a voice prompt used as the voice.",
-            type="float",
-            default=3.0,
-        ),
-        CodecOption(
-            name="speech_device",
-            help="Device of the speech models: auto, cpu, cuda or cuda:N.",
-            type="str",
-            default="auto",
-        ),
-    ),
+    options=SpeechOptions.cli_options(),
     codec_factory=SpeechCodec,
     description="SpeechTokenizer (RVQ layer 0, 50 Hz) + SoundStorm, 16 kHz, voice prompts",
+    rank=1,
+    turn_rank=90,  # the reference's interleaved turn: speech last, just before the text
+    turn_template=SPEECH_INSTRUCTION,
+    condition="voice",
 )
 
 

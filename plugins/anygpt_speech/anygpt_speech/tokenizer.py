@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from anygpt_core.checkpoints import check_state_dict, read_state_dict
 from anygpt_core.config import format_validation_error
 from anygpt_core.errors import ConfigError
-from anygpt_speech.checkpoints import load_state_dict, load_strict
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CODEBOOK_SIZE",
+    "FRAME_RATE",
     "SpeechTokenizerConfig",
     "build_speech_tokenizer",
     "calibrate_codebooks",
@@ -35,6 +36,8 @@ __all__ = [
 
 #: Codes per RVQ layer; the speech modality has exactly this many tokens.
 CODEBOOK_SIZE = 1024
+#: Code frames per second of the published model (16 kHz, hop 320).
+FRAME_RATE = 50.0
 
 
 class SpeechTokenizerConfig(BaseModel):
@@ -144,14 +147,16 @@ def load_speech_tokenizer(ckpt: Path, config_path: Path, config: dict[str, Any])
         CheckpointError: the checkpoint cannot be read or does not match the config.
     """
     parsed = SpeechTokenizerConfig.from_json(config, source=str(config_path))
-    state = load_state_dict(ckpt)
+    state = read_state_dict(ckpt)
     model = build_speech_tokenizer(parsed)
-    load_strict(
-        model,
+    check_state_dict(
         state,
-        path=ckpt,
+        model.state_dict(),
+        source=ckpt,
+        what="the SpeechTokenizer model",
         hint=f"is {config_path} (activation {parsed.activation!r}) the config of this checkpoint?",
     )
+    model.load_state_dict(state, strict=True)
     return model
 
 

@@ -12,7 +12,7 @@ import torch
 from anygpt_speech.codec import SpeechCodec
 from anygpt_speech.plugin import SPEECH
 
-from anygpt_core.errors import CheckpointError, ConfigError, InputError
+from anygpt_core.errors import CheckpointError, ConfigError, GenerationError, InputError
 from anygpt_core.testing import check_codec_contract
 
 
@@ -44,7 +44,9 @@ def test_codec_factory_is_lazy(tmp_path):
         o.name: str(tmp_path / "missing") if o.name in paths else o.default for o in SPEECH.options
     }
     codec = SPEECH.codec_factory(values)
-    with pytest.raises(CheckpointError, match=r"--speech-tokenizer-path .*missing: no such file"):
+    with pytest.raises(
+        CheckpointError, match=r"--speech-tokenizer-path .*missing: no such file or folder"
+    ):
         codec.encode(np.zeros(16000, np.float32))
 
 
@@ -100,7 +102,7 @@ def test_codec_voice_prompt_uses_its_first_seconds(codec, codes, audio_dir, tmp_
     whole = codec.all_layers(codes, condition=audio_dir / "voice22k.wav", seed=2)
     first = codec.all_layers(codes, condition=tmp_path / "first3s.wav", seed=2)
     assert torch.equal(whole, first)
-    shorter = SpeechCodec({**codec.options, "voice_prompt_seconds": 1.0})
+    shorter = SpeechCodec(codec.options, voice_prompt_seconds=1.0)
     assert not torch.equal(
         shorter.all_layers(codes, condition=audio_dir / "voice22k.wav", seed=2), whole
     )
@@ -159,24 +161,30 @@ def test_codec_bad_arrays_are_one_line(codec, array, expected):
 @pytest.mark.parametrize(
     ("bad", "expected"),
     [
-        (torch.tensor([[3, 1024]]), "values must lie in [0, 1024), got [3, 1024]"),
-        (torch.tensor([[-1, 2]]), "values must lie in [0, 1024), got [-1, 2]"),
-        (torch.zeros(2, 5, dtype=torch.long), "expected shape [1, frames], got (2, 5)"),
-        (torch.zeros(1, 0, dtype=torch.long), "expected shape [1, frames], got (0,)"),
-        (torch.zeros(1, 4), "expected integers, got torch.float32"),
+        (torch.tensor([[3, 1024]]), "code 1024 out of range: each codebook holds 0..1023"),
+        (torch.tensor([[-1, 2]]), "code -1 out of range: each codebook holds 0..1023"),
+        (torch.zeros(2, 5, dtype=torch.long), "codes must have shape [1, T], got [2, 5]"),
+        (torch.zeros(1, 0, dtype=torch.long), "no codes to decode"),
+        (torch.zeros(1, 4), "codes must be integers, got torch.float32"),
     ],
 )
 def test_codec_bad_codes_are_one_line(codec, bad, expected):
-    with pytest.raises(InputError) as err:
+    """The core's check (`protocol.check_codes`): the same error and exit code as a bad span."""
+    with pytest.raises(GenerationError) as err:
         codec.decode(bad, seed=0)
-    assert str(err.value) == f"speech codes: {expected}"
+    assert str(err.value) == f"speech: {expected}"
 
 
 @pytest.mark.parametrize(
     ("option", "value", "expected"),
     [
-        ("soundstorm_steps", 0, "--soundstorm-steps 0: expected a positive number"),
-        ("voice_prompt_seconds", "x", "--voice-prompt-seconds x: expected a positive number"),
+        ("soundstorm_steps", 0, "--soundstorm-steps 0: Input should be greater than 0"),
+        (
+            "voice_prompt_seconds",
+            "x",
+            "--voice-prompt-seconds x: Input should be a valid number, unable to parse string as a "
+            "number",
+        ),
         ("speech_device", "tpu:9", "--speech-device tpu:9: expected auto, cpu, cuda or cuda:N"),
     ],
 )
@@ -202,7 +210,7 @@ def test_codec_hub_id_not_cached_offline(tiny_options):
     assert str(err.value) == (
         "--speech-tokenizer-path nobody/no-such-speech-modules: speechtokenizer/ckpt.dev is not in "
         "the local Hugging Face cache (offline); run `hf download "
-        "nobody/no-such-speech-modules` or pass the file's path"
+        "nobody/no-such-speech-modules` where there is network, or pass a local path"
     )
 
 
@@ -222,7 +230,9 @@ def test_codec_directory_in_published_layout(tiny_options, tiny_dir, audio_dir):
 
 def test_codec_missing_soundstorm_file(tiny_options, codes, tmp_path):
     codec = SpeechCodec({**tiny_options, "soundstorm_path": str(Path(tmp_path) / "nope.pt")})
-    with pytest.raises(CheckpointError, match=r"--soundstorm-path .*nope\.pt: no such file"):
+    with pytest.raises(
+        CheckpointError, match=r"--soundstorm-path .*nope\.pt: no such file or folder"
+    ):
         codec.decode(codes, seed=0)
 
 
@@ -248,7 +258,8 @@ def test_speech_max_seconds_must_be_finite_and_positive(tiny_options, audio_dir,
     codec = SpeechCodec({**tiny_options, "speech_max_seconds": value})
     with pytest.raises(ConfigError) as err:  # nan and inf would switch the limit off
         codec.encode(audio_dir / "long.wav")
-    assert str(err.value) == f"--speech-max-seconds {value}: expected a positive number"
+    problem = "Input should be greater than 0" if value < 0 else "Input should be a finite number"
+    assert str(err.value) == f"--speech-max-seconds {value}: {problem}"
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])

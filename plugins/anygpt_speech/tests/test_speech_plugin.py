@@ -176,3 +176,16 @@ def test_cli_bad_voice_prompt_is_one_line(anygpt_home, audio_dir, tmp_path, caps
     lines = [line for line in err.splitlines() if "notes.txt" in line]
     assert len(lines) == 1
     assert "not a readable audio file" in lines[0]
+
+
+def test_vc_steps_is_a_field_the_speech_plugin_declares(tmp_path):
+    """The core's DecodingConfig names no speech field; a config file holding it serves speech."""
+    from anygpt_core.config import DecodingConfig, load_decoding_config
+
+    assert "vc_steps" not in DecodingConfig.model_fields
+    assert isinstance(SPEECH.decoding, plugin.SpeechDecodingConfig)
+    assert SPEECH.decoding.vc_steps == 3
+    path = tmp_path / "speech.json"
+    path.write_text('{"vc_steps": 5, "top_k": 10}')
+    loaded = load_decoding_config(path, base=SPEECH.decoding)
+    assert (loaded.vc_steps, loaded.top_k, loaded.repetition_penalty) == (5, 10, 1.05)

@@ -119,7 +119,7 @@ def test_soundstorm_upstream_checkpoint_is_refused_in_one_line(tiny_options, tmp
     message = str(err.value)
     assert "\n" not in message
     assert re.search(
-        r"upstream\.pt: does not match the model: 18 missing keys "
+        r"upstream\.pt: does not match the SoundStorm model: 18 missing keys "
         r"\(net\.conformer\.layers\.0\.conv\.net1\.0\.weight, .*18 unexpected keys "
         r"\(net\.conformer\.layers\.0\.conv\.net\.0\.weight",
         message,

@@ -106,7 +106,7 @@ def test_tokenizer_config_activation_mismatch_is_one_line(tiny_options, tiny_dir
     message = str(err.value)
     assert "\n" not in message
     assert (
-        "ckpt.dev: does not match the model: 26 unexpected keys (encoder.model.1.block.0.alpha"
+        "ckpt.dev: does not match the SpeechTokenizer model: 26 unexpected keys (encoder.model.1.block.0.alpha"
         in message
     )
     assert "activation 'ELU'" in message
@@ -147,8 +147,8 @@ class Payload:
     ("content", "expected"),
     [
         (b"", "empty checkpoint file"),
-        (b"garbage bytes, not a checkpoint", "not a loadable weights-only checkpoint"),
-        ("pickle", "not a loadable weights-only checkpoint"),
+        (b"garbage bytes, not a checkpoint", "not a readable checkpoint"),
+        ("pickle", "not a readable checkpoint"),
         ("list", "expected a flat state dict of named tensors"),
     ],
 )
