@@ -109,10 +109,21 @@ def _setup_logging(verbose: int) -> None:
     quiet = logging.NOTSET if verbose else logging.ERROR
     for name in ("py.warnings", *_LIBRARIES):
         logging.getLogger(name).setLevel(quiet)
+    if not verbose:
+        # a library imported later sets its own level from its variable (a user's value stands)
+        for variable in _LIBRARIES.values():
+            if variable:
+                os.environ.setdefault(variable, "error")
 
 
-#: Libraries whose loggers warn about their own deprecations and defaults.
-_LIBRARIES = ("transformers", "diffusers", "accelerate", "huggingface_hub")
+#: Libraries whose loggers warn about their own deprecations, defaults and retries, and the
+#: variable each reads its level from when it is first imported.
+_LIBRARIES = {
+    "transformers": "TRANSFORMERS_VERBOSITY",
+    "diffusers": "DIFFUSERS_VERBOSITY",
+    "huggingface_hub": "HF_HUB_VERBOSITY",
+    "accelerate": "",
+}
 
 
 def report(err: AnyGPTError) -> int:

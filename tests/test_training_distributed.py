@@ -245,6 +245,29 @@ def test_fsdp_on_the_cpu_is_refused_not_ignored(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("ci", ["", "1"])
+def test_fsdp_refusal_is_one_line_from_the_console_script(extended, pretrain_data, tmp_path, ci):
+    """The real command imports transformers after it set up logging: its deprecation warning
+    (own handler, or ours with CI=1) must still stay out of stderr."""
+    fields = config_fields(extended, pretrain_data, tmp_path / "run")
+    fields["trainer"] = {**fields["trainer"], "fsdp": "full_shard"}
+    config = write_config(tmp_path / "fsdp.yaml", fields)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY") and k != "CI"}
+    result = subprocess.run(
+        [str(BIN / "anygpt"), "train", "pretrain", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "CI": ci},
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (
+        6,
+        f"Error: {config}: trainer.fsdp: FSDP needs GPUs (accelerate runs it only on "
+        "accelerators); remove fsdp to train on the CPU\n",
+    )
+
+
 @pytest.mark.parametrize("name", ["pretrain-7b.yaml", "sft-7b.yaml"])
 def test_the_7b_configs_are_accepted_by_transformers(name):
     """The README's 7B configs: every field valid; on the CPU, only FSDP itself is refused."""
