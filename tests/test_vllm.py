@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -154,32 +156,40 @@ def test_vllm_greedy_ids_equal_the_local_engine(gateway, local):
         assert [s.codes.tolist() for s in a.spans] == [s.codes.tolist() for s in b.spans], task
 
 
-def _peak(spans):
-    """The most intervals `(start, end)` open at one time."""
-    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
-    peak = running = 0
-    for _, step in edges:
-        running += step
-        peak = max(peak, running)
-    return peak
+def _running(server) -> int:
+    """Requests vLLM is running now, from its Prometheus metrics."""
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = re.findall(r"^vllm:num_requests_running\{[^}]*\} ([0-9.eE+]+)$", text, re.M)
+    assert found, "vLLM's /metrics has no vllm:num_requests_running"
+    return int(sum(float(v) for v in found))
 
 
-def test_vllm_sixteen_concurrent_requests(gateway, local):
+def test_vllm_sixteen_concurrent_requests(gateway, local, server):
     tasks = [f"{TASKS[i % len(TASKS)]} number {i}" for i in range(16)]
     prepared = [gateway.prepare(t, seed=i, max_new_tokens=64) for i, t in enumerate(tasks)]
-    first: dict[int, float] = {}
     done = [None] * 16
-    spans = []
-    for index, event in gateway.engine.submit([_greedy(gateway, p) for p in prepared]):
-        now = time.perf_counter()
-        if isinstance(event, TokenEvent):
-            first.setdefault(index, now)
-        if isinstance(event, Done):
-            done[index] = event
-            spans.append((first[index], now))
+    seen: list[int] = []
+    finished = threading.Event()
+
+    def watch() -> None:  # what the server runs, sampled while the answers stream
+        while not finished.is_set():
+            seen.append(_running(server))
+            finished.wait(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for index, event in gateway.engine.submit([_greedy(gateway, p) for p in prepared]):
+            if isinstance(event, Done):
+                done[index] = event
+    finally:
+        finished.set()
+        watcher.join(timeout=30)
     assert all(d is not None for d in done)
-    # vLLM had them in one running batch: from first token to last, most overlapped
-    assert _peak(spans) >= 8, spans
+    # vLLM had them in one running batch (measured at the server: when the gateway reads its
+    # streams does not matter, and a busy machine may let them pile up)
+    assert max(seen) >= 8, seen
     here = _done(
         local,
         [local.prepare(t, seed=i, max_new_tokens=64) for i, t in enumerate(tasks)],
