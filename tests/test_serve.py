@@ -46,6 +46,15 @@ class Server:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def logged(self, pattern: str, timeout: float = 15) -> bool:
+        """Whether the log shows `pattern` within `timeout` s (a request's line follows its answer)."""
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.text()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
 
 def start_server(log: Path, *args: str) -> Server:
     env = {**os.environ, "ANYGPT_API_KEY": KEY}
@@ -148,7 +157,7 @@ def test_health_models_and_start_line(server):
     assert [m.id for m in models.data] == [MODEL]
     assert "Serving anygpt-demo (plugins: " in server.text()
     assert "with an API key" in server.text()
-    assert re.search(r"GET /v1/models 200 \d+\.\d+s", server.text())  # one line per request
+    assert server.logged(r"GET /v1/models 200 \d+\.\d+s"), server.text()  # a line per request
 
 
 def test_chat_text_is_seeded_and_matches_the_python_api(server):
