@@ -18,12 +18,13 @@ import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from anygpt_core import generation
 from anygpt_core.errors import DeadlineError
 from anygpt_core.generation import Done, Event, Request
 
-__all__ = ["Engine", "Stop"]
+__all__ = ["CANCELLED", "Caller", "Engine", "Stop"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,22 +71,49 @@ class Stop:
         return True
 
 
-@dataclass(eq=False)
-class _Job:
-    """One caller's requests, their event queue, and whether the caller gave up."""
+#: What `Caller.next_item` returns once the caller's `Stop` flag is set.
+CANCELLED = object()
 
-    requests: Sequence[Request]
-    events: queue.SimpleQueue[tuple[int, Event] | BaseException | None] = field(
-        default_factory=queue.SimpleQueue
-    )
-    open_rows: int = 0
-    cancelled: bool = False
+
+@dataclass(eq=False, kw_only=True)
+class Caller:
+    """One caller's event queue, and whether it gave up: stopped iterating, or its `Stop`.
+
+    Shared by the engines: the producer skips a caller that is `gone`, the caller's iterator
+    takes its items with `next_item`.
+    """
+
+    events: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False  # the caller stopped iterating
     stop: Stop = field(default_factory=Stop)
 
     @property
     def gone(self) -> bool:
         """The caller stopped iterating, cancelled, or ran out of time."""
         return self.cancelled or self.stop.cancelled or self.stop.expired
+
+    def next_item(self) -> Any:  # noqa: ANN401 - what the producer queued
+        """The next queued item, or `CANCELLED` once the `Stop` flag is set.
+
+        What was queued is delivered first; then, once the deadline has passed, `DeadlineError`.
+        Without a `Stop` it simply waits.
+        """
+        if self.stop.cancel is None and self.stop.deadline is None:
+            return self.events.get()
+        while True:
+            try:
+                return self.events.get(timeout=_POLL)
+            except queue.Empty:
+                if not self.stop.check():
+                    return CANCELLED
+
+
+@dataclass(eq=False, kw_only=True)
+class _Job(Caller):
+    """One caller's requests, and how many of them are still running."""
+
+    requests: Sequence[Request]
+    open_rows: int = 0
 
 
 class _Cancelled:
@@ -135,7 +163,7 @@ class Engine:
         """
         for request in requests:
             self.generator.check(request)
-        job = _Job(requests, open_rows=len(requests), stop=stop or Stop())
+        job = _Job(requests=requests, open_rows=len(requests), stop=stop or Stop())
         if not requests:
             job.events.put(None)
             return self._events(job)
@@ -150,16 +178,10 @@ class Engine:
         return self._events(job)
 
     def _events(self, job: _Job) -> Generator[tuple[int, Event], None, None]:
-        watched = job.stop.cancel is not None or job.stop.deadline is not None
         try:
             while True:
-                try:  # what was generated is delivered first, then the stop is looked at
-                    item = job.events.get(timeout=_POLL) if watched else job.events.get()
-                except queue.Empty:
-                    if not job.stop.check():
-                        return
-                    continue
-                if item is None:
+                item = job.next_item()
+                if item is None or item is CANCELLED:
                     return
                 if isinstance(item, BaseException):
                     raise item

@@ -22,19 +22,19 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from anygpt_core.constraint import SpanConstraint
-from anygpt_core.engine import Stop
+from anygpt_core.engine import CANCELLED, Caller, Stop
 from anygpt_core.errors import (
     CheckpointError,
     ConfigError,
     EngineUnavailableError,
     GenerationError,
 )
-from anygpt_core.generation import Event, Request
+from anygpt_core.generation import Done, Event, Request
 from anygpt_core.layout import encode_payload, space_layout
 from anygpt_core.replay import Replay
 from anygpt_core.tokens import ROLE_TOKENS, TokenSpace
@@ -42,9 +42,6 @@ from anygpt_core.tokens import ROLE_TOKENS, TokenSpace
 __all__ = ["ServerInfo", "VLLMEngine"]
 
 logger = logging.getLogger(__name__)
-
-#: Seconds the caller waits for an event before it looks at its `Stop`.
-_POLL = 0.05
 
 #: The `vllm_xargs` key the `anygpt-vllm` processor reads.
 PAYLOAD_KEY = "anygpt"
@@ -56,20 +53,6 @@ class ServerInfo:
 
     model: str
     max_model_len: int | None
-
-
-@dataclass(eq=False)
-class _Job:
-    events: queue.SimpleQueue[tuple[int, Event] | BaseException | None] = field(
-        default_factory=queue.SimpleQueue
-    )
-    cancelled: bool = False
-    stop: Stop = field(default_factory=Stop)
-
-    @property
-    def gone(self) -> bool:
-        """The caller stopped iterating, cancelled, or ran out of time."""
-        return self.cancelled or self.stop.cancelled or self.stop.expired
 
 
 class VLLMEngine:
@@ -235,10 +218,10 @@ class VLLMEngine:
         """
         for request in requests:
             self.check(request)
-        job = _Job(stop=stop or Stop())
+        job = Caller(stop=stop or Stop())
         if not requests:
             job.events.put(None)
-            return self._events(job, 0)
+            return self._events(job, 0, 0)
         model = self.info().model
         pending: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(len(requests)):
@@ -251,24 +234,26 @@ class VLLMEngine:
                 name="anygpt-vllm",
                 daemon=True,
             ).start()
-        return self._events(job, workers)
+        return self._events(job, workers, len(requests))
 
-    def _events(self, job: _Job, workers: int) -> Generator[tuple[int, Event], None, None]:
-        finished = 0
+    def _events(
+        self, job: Caller, workers: int, requests: int
+    ) -> Generator[tuple[int, Event], None, None]:
+        finished = answered = 0
         try:
             while finished < max(workers, 1):
-                try:  # what arrived is delivered first, then the stop is looked at
-                    item = job.events.get(timeout=_POLL)
-                except queue.Empty:
-                    if not job.stop.check():
-                        return
-                    continue
+                item = job.next_item()
+                if item is CANCELLED:
+                    return
                 if item is None:
                     finished += 1
                     continue
                 if isinstance(item, BaseException):
                     raise item
+                answered += isinstance(item[1], Done)
                 yield item
+            if answered < requests:  # the workers left early: the caller's stop was reached
+                job.stop.check()
         finally:
             job.cancelled = True
 
@@ -277,7 +262,7 @@ class VLLMEngine:
         requests: Sequence[Request],
         model: str,
         pending: queue.SimpleQueue[int],
-        job: _Job,
+        job: Caller,
     ) -> None:
         try:
             while not job.gone:
@@ -294,7 +279,7 @@ class VLLMEngine:
         finally:
             job.events.put(None)
 
-    def _stream(self, request: Request, model: str, job: _Job) -> Iterator[Event]:
+    def _stream(self, request: Request, model: str, job: Caller) -> Iterator[Event]:
         """One request's events, from its streamed token ids."""
         replay = Replay(self.constraint, self.space, request.row)
         yield from replay.opening()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -195,6 +196,23 @@ def test_vllm_sixteen_concurrent_requests(gateway, local, monkeypatch):
         greedy=True,
     )
     assert [d.token_ids for d in done] == [d.token_ids for d in here]
+
+
+def test_vllm_request_past_its_deadline_raises_and_a_cancelled_one_ends(gateway):
+    from anygpt_core.engine import Stop
+    from anygpt_core.errors import DeadlineError
+
+    long = gateway.prepare(
+        "text|text|tell me a long story", seed=0, do_sample=False, max_new_tokens=1500
+    )
+    with pytest.raises(DeadlineError, match=r"limit of 0\.3 s"):
+        list(gateway.stream_many([long], stop=Stop.after(0.3)))
+    cancel = threading.Event()
+    events = gateway.stream_many([long], stop=Stop(cancel=cancel))
+    next(events)
+    cancel.set()
+    assert not any(isinstance(e, Done) for _, e in events)  # ends without an answer
+    assert _done(gateway, [gateway.prepare("text|text|hi", seed=0)])[0].token_ids
 
 
 def test_vllm_seeded_sampling_repeats(gateway):

@@ -263,7 +263,8 @@ def _run_trainer(
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(output_dir))  # written by the main process alone
         trainer.save_state()  # trainer_state.json beside the model: the loss curve of the whole run
-        _wait_for_everyone()  # no process leaves (and tears its group down) while one still saves
+        # no process leaves (and tears its group down) while one still saves
+        trainer.accelerator.wait_for_everyone()
     except Exception as err:
         failure = _write_failure(err, output_dir / f"checkpoint-{trainer.state.global_step}")
         if failure is None:
@@ -277,14 +278,6 @@ def _run_trainer(
         losses,
         main_process=args.process_index == 0,
     )
-
-
-def _wait_for_everyone() -> None:
-    """A barrier over the processes of a multi-process run; nothing in a one-process run."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def end_process_group() -> None:

@@ -361,9 +361,7 @@ class Service:
         events = None
         try:
             events = self.gpt.engine.submit([plan.requests[choice]], stop=stop)
-            for _, event in events:
-                if not stop.check():
-                    return
+            for _, event in events:  # ends once `cancel` is set; DeadlineError after the limit
                 piece = stream.feed(event)
                 if piece:
                     emit(("text", choice, piece))
@@ -421,9 +419,7 @@ class Service:
         stream = None
         try:
             stream = self.gpt.stream_many(list(prepared), stop=stop)
-            for index, event in stream:
-                if not stop.check():
-                    break
+            for index, event in stream:  # ends once `cancel` is set; DeadlineError after the limit
                 events[index].append(event)
             if stop.cancelled:
                 raise APIError(499, "client closed the request")
