@@ -33,9 +33,9 @@ class DecodingConfig(BaseModel):
 
     Field names are the seed's, so its JSON files load unchanged. A modality whose decoder reads more
     fields declares a subclass as its spec's `decoding` (the speech plugin's `vc_steps`). Unlike the
-    reference (which ran
-    transformers 4.34 with an implicit `top_k=50` and a silently dropped `min_new_tokens`), every field
-    here is applied as written; the shipped defaults spell out the values the reference effectively used.
+    reference (which ran transformers 4.34 with an implicit `top_k=50` and a silently dropped
+    `min_new_tokens`), every field here is applied as written; the shipped defaults spell out the
+    values the reference effectively used.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -151,7 +151,7 @@ def _entry_point_info(ep: EntryPoint) -> PluginInfo:
     return PluginInfo(
         name=ep.name,
         module=ep.value,
-        distribution=dist.metadata["Name"] if dist is not None else None,
+        distribution=_distribution(ep),
         version=dist.version if dist is not None else None,
     )
 

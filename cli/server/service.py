@@ -29,6 +29,7 @@ from anygpt_cli.server.media import (
     suffix_for,
 )
 from anygpt_cli.server.schemas import SEED_MAX, ChatRequest, Message
+from anygpt_core.chat import VOICE
 from anygpt_core.config import draw_seed
 from anygpt_core.engine import Stop
 from anygpt_core.errors import AnyGPTError, DeadlineError
@@ -390,7 +391,7 @@ class Service:
         value = codecs.decode(
             span.modality,
             span.codes,
-            condition=plan.voice if span.modality == SPEECH else None,
+            condition=plan.voice if codecs.spec(span.modality).condition == VOICE else None,
             seed=plan.seed,
             config=plan.target if span.modality == plan.to else None,
         )
