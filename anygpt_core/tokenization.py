@@ -78,6 +78,14 @@ class ReferencePromptEncoder:
         self.pattern = re.compile("|".join(parts))
         self.bos_id = self.sp.bos_id()
         self.unk_length = len(self.sp.encode("<unk>", out_type=str))
+        # SentencePiece ids whose piece is also an added token of another id: the piece's string
+        # is looked up in `added` first (as 4.34 did), so such an id becomes the added token's
+        self.renamed: dict[int, int] = {}
+        for tok, i in self.added.items():
+            piece_id = self.sp.piece_to_id(tok)
+            known = piece_id != self.sp.unk_id() and self.sp.id_to_piece(piece_id) == tok
+            if known and piece_id != i:
+                self.renamed[piece_id] = i
 
     @classmethod
     def from_directory(cls, directory: Path, tokenizer: Any) -> ReferencePromptEncoder | None:  # noqa: ANN401
@@ -118,15 +126,23 @@ class ReferencePromptEncoder:
                 texts[i - 1] = texts[i - 1].rstrip()
         return [(c, o) for c, o in zip(texts, starts, strict=True) if c]
 
+    def _prefix(self, chunk: str) -> str:
+        """What 4.34.1 `_tokenize` put before a chunk (and then dropped the pieces of)."""
+        return "<unk>" if not self.legacy and chunk.startswith((_UNDERLINE, " ")) else ""
+
+    def _prepared(self, text: str) -> tuple[str, int]:
+        """The text 4.34 split outside legacy mode (`▁` first), and the characters it added."""
+        if not self.legacy and text:
+            return _UNDERLINE + text.replace(_UNDERLINE, " "), 1
+        return text, 0
+
     def _pieces(self, chunk: str) -> list[tuple[str, int, int]]:
         """4.34.1 `_tokenize`: pieces of a text chunk with their character spans in the chunk."""
-        prefix = ""
-        if not self.legacy and chunk.startswith((_UNDERLINE, " ")):
-            prefix = "<unk>"
+        prefix = self._prefix(chunk)
         encoded = self.sp.encode(prefix + chunk, return_type="proto")
-        data = (prefix + chunk).encode("utf-8")
-        to_char = [len(data[:i].decode("utf-8", errors="ignore")) for i in range(len(data) + 1)]
-        pieces = [(p.piece, to_char[p.begin], to_char[p.end]) for p in encoded.pieces]
+        bounds = [b for p in encoded.pieces for b in (p.begin, p.end)]  # UTF-8 byte offsets
+        chars = _byte_to_char(prefix + chunk, bounds)
+        pieces = [(p.piece, chars[2 * i], chars[2 * i + 1]) for i, p in enumerate(encoded.pieces)]
         if prefix:
             if len(pieces) >= self.unk_length:
                 pieces = pieces[self.unk_length :]
@@ -137,10 +153,7 @@ class ReferencePromptEncoder:
 
     def tokens_with_offsets(self, text: str) -> list[tuple[str, int, int]]:
         """Token strings of `text` (without BOS) with their character spans in `text`."""
-        shift = 0
-        if not self.legacy and text:
-            text = _UNDERLINE + text.replace(_UNDERLINE, " ")
-            shift = 1
+        text, shift = self._prepared(text)
         out: list[tuple[str, int, int]] = []
         for chunk, offset in self._split(text):
             if chunk in self.added:
@@ -159,17 +172,70 @@ class ReferencePromptEncoder:
     def ids_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids (BOS first when the tokenizer adds it) and each token's character span."""
         triples = self.tokens_with_offsets(text)
-        ids = [self.added[t] if t in self.added else self.sp.piece_to_id(t) for t, _, _ in triples]
+        ids = [self._id(t) for t, _, _ in triples]
         offsets = [(b, e) for _, b, e in triples]
         if self.add_bos:
             ids, offsets = [self.bos_id, *ids], [(0, 0), *offsets]
         return ids, offsets
 
+    def ids(self, text: str) -> list[int]:
+        """The ids of `ids_with_offsets` without the spans, several times faster.
+
+        SentencePiece encodes every text chunk in one call and returns ids, so no piece is
+        handled one by one in Python; a chunk holding an unknown piece (a model without byte
+        fallback) is looked up by its pieces' strings, as 4.34 did.
+        """
+        text, _ = self._prepared(text)
+        chunks = [chunk for chunk, _ in self._split(text)]
+        plain = [chunk for chunk in chunks if chunk not in self.added]
+        encoded = iter(self.sp.encode([self._prefix(chunk) + chunk for chunk in plain]))
+        unk = self.sp.unk_id()
+        out: list[int] = []
+        heads: list[str] = []  # the first two tokens' strings, for the rule below
+        for chunk in chunks:
+            if chunk in self.added:
+                out.append(self.added[chunk])
+                heads.append(chunk)
+                continue
+            ids: list[int] = next(encoded)
+            if self._prefix(chunk) and len(ids) >= self.unk_length:
+                ids = ids[self.unk_length :]
+            if unk in ids:
+                pieces = [piece for piece, _, _ in self._pieces(chunk)]
+                out += [self._id(piece) for piece in pieces]
+                heads += pieces[:2]
+                continue
+            heads += [self.sp.id_to_piece(i) for i in ids[: max(0, 2 - len(heads))]]
+            out += [self.renamed.get(i, i) for i in ids] if self.renamed else ids
+        if not self.legacy and len(out) > 1 and heads[0] == _UNDERLINE and heads[1] in self.special:
+            out = out[1:]
+        return [self.bos_id, *out] if self.add_bos else out
+
+    def _id(self, token: str) -> int:
+        return self.added[token] if token in self.added else int(self.sp.piece_to_id(token))
+
     def encode(self, text: str) -> torch.Tensor:
         """Token ids int64 [1, T] of a prompt, BOS first as the model was trained."""
         import torch
 
-        return torch.tensor([self.ids_with_offsets(text)[0]], dtype=torch.long)
+        return torch.tensor([self.ids(text)], dtype=torch.long)
+
+
+def _byte_to_char(text: str, positions: list[int]) -> list[int]:
+    """Characters of `text` whose UTF-8 bytes end at or before each byte position.
+
+    What `len(text.encode()[:position].decode(errors="ignore"))` gives (a position inside a
+    character counts the characters before it), for all positions in one linear pass.
+    """
+    import numpy as np
+
+    if text.isascii():
+        return positions
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    widths = 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
+    ends = np.cumsum(widths)  # byte offset where each character ends
+    found = np.searchsorted(ends, np.asarray(positions, dtype=np.int64), side="right")
+    return [int(n) for n in found]
 
 
 class ReferenceTokenizer:
@@ -201,12 +267,11 @@ class ReferenceTokenizer:
         return_offsets_mapping: bool = False,
     ) -> SimpleNamespace:
         """`input_ids` (and `offset_mapping`, character spans) of one text."""
+        cut = max_length if truncation else None
+        if not return_offsets_mapping:
+            return SimpleNamespace(input_ids=self.encoder.ids(text)[:cut])
         ids, offsets = self.encoder.ids_with_offsets(text)
-        if truncation and max_length is not None:
-            ids, offsets = ids[:max_length], offsets[:max_length]
-        if return_offsets_mapping:
-            return SimpleNamespace(input_ids=ids, offset_mapping=offsets)
-        return SimpleNamespace(input_ids=ids)
+        return SimpleNamespace(input_ids=ids[:cut], offset_mapping=offsets[:cut])
 
     @classmethod
     def wrap(cls, directory: Path, tokenizer: Any) -> Any:  # noqa: ANN401

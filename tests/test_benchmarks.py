@@ -44,3 +44,9 @@ def test_serve_benchmark_runs_and_checks_identical_answers():
     assert "answers identical one by one and together" in out
     assert "throughput ratio:" in out and "p95" in out
     assert re.search(r"one request: HTTP .* answers identical", out)
+
+
+def test_tokenize_benchmark_checks_identical_ids():
+    out = run("bench_tokenize.py", "--sizes", "3000,9000", "--reps", "1")
+    assert "reference ids identical" in out
+    assert re.search(r"9,000 .* \d+\.\d+x$", out, re.M)

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from anygpt_core.tokenization import ReferencePromptEncoder
 
@@ -102,3 +104,146 @@ def test_offsets_point_at_the_text_of_each_token(demo_dir, tmp_path, legacy):
         elif token.startswith("▁") and len(token) > 1 and end > start:
             assert text[start:end].strip() == token[1:]
     assert tokenizer(text, truncation=True, max_length=5).input_ids == encoded.input_ids[:5]
+
+
+class QuadraticEncoder(ReferencePromptEncoder):
+    """The encoder as it was before it became linear: every prefix of a chunk decoded."""
+
+    def _pieces(self, chunk):
+        prefix = ""
+        if not self.legacy and chunk.startswith(("\u2581", " ")):
+            prefix = "<unk>"
+        encoded = self.sp.encode(prefix + chunk, return_type="proto")
+        data = (prefix + chunk).encode("utf-8")
+        to_char = [len(data[:i].decode("utf-8", errors="ignore")) for i in range(len(data) + 1)]
+        pieces = [(p.piece, to_char[p.begin], to_char[p.end]) for p in encoded.pieces]
+        if prefix:
+            if len(pieces) >= self.unk_length:
+                pieces = pieces[self.unk_length :]
+            pieces = [
+                (piece, max(0, b - len(prefix)), max(0, e - len(prefix))) for piece, b, e in pieces
+            ]
+        return pieces
+
+
+@pytest.fixture(scope="module")
+def both_encoders(tmp_path_factory):
+    """(legacy, linear encoder, quadratic encoder) for legacy true and false."""
+    from transformers import AutoTokenizer
+
+    from anygpt_core.demo import ensure_demo
+    from anygpt_core.plugins import discover
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANYGPT_LOAD_PLUGINS", "__none__")
+        demo = ensure_demo(discover()).model_dir
+    out = []
+    for legacy in (True, False):
+        directory = with_legacy(demo, tmp_path_factory.mktemp("tok"), legacy)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = (directory / "tokenizer.model").read_bytes()
+        out.append(
+            (
+                ReferencePromptEncoder(model, tokenizer, legacy=legacy),
+                QuadraticEncoder(model, tokenizer, legacy=legacy),
+            )
+        )
+    return out
+
+
+# Text mixing every kind of character the encoder meets: ASCII, accents, CJK, emoji (4 UTF-8
+# bytes, ZWJ sequences, the variation selector of 🗣️), SentencePiece's ▁, whitespace runs,
+# byte-fallback characters and the added tokens themselves (strip flags apply around them).
+_PIECES = st.sampled_from(
+    [
+        "[Human]",
+        "[MMGPT]",
+        "<eoh>",
+        "<eos>",
+        "<s>",
+        "</s>",
+        "<unk>",
+        "▁",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "é",
+        "日本語",
+        "🗣️",
+        "👩‍👩‍👧",
+        "<👀12>",
+        "<soim>",
+        "\u00a0",
+        "\ufeff",
+    ]
+)
+_TEXT = st.lists(st.one_of(st.text(max_size=12), _PIECES), max_size=24).map("".join)
+
+
+@given(text=_TEXT)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_linear_encoder_equals_the_quadratic_one_on_any_text(both_encoders, text):
+    for linear, quadratic in both_encoders:
+        expected = quadratic.ids_with_offsets(text)
+        assert linear.ids_with_offsets(text) == expected
+        assert linear.ids(text) == expected[0]
+
+
+class VocabOnly:
+    """What the encoder reads of a transformers tokenizer, for a SentencePiece model of our own."""
+
+    def __init__(self, sp, added):
+        self.vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())} | added
+        self.all_special_tokens = ["<s>", "</s>", "<unk>"]
+        self.added_tokens_decoder = {}
+
+    def get_vocab(self):
+        return dict(self.vocab)
+
+    def convert_tokens_to_ids(self, token):
+        return self.vocab[token]
+
+
+@pytest.fixture(scope="module")
+def no_byte_fallback():
+    """Encoders of a model without byte fallback (unknown pieces), one added token (`ab`) that is
+    also a SentencePiece piece of another id, and `<eoh>`."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    corpus = ["ab abc abcd bcd cd da", "a b c d ab bc cd"] * 20
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=model,
+        vocab_size=20,
+        model_type="bpe",
+        byte_fallback=False,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    assert sp.piece_to_id("▁ab") != sp.unk_id()
+    size = sp.get_piece_size()
+    tokenizer = VocabOnly(sp, {"<eoh>": size, "▁ab": size + 1})
+    return [
+        (
+            ReferencePromptEncoder(model.getvalue(), tokenizer, legacy=legacy),
+            QuadraticEncoder(model.getvalue(), tokenizer, legacy=legacy),
+        )
+        for legacy in (True, False)
+    ]
+
+
+@given(
+    text=st.lists(st.sampled_from(["a", "b", "cd", " ", "▁ab", "é", "日", "<eoh>", "x"])).map(
+        "".join
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_unknown_and_renamed_pieces_equal_the_quadratic_encoder(no_byte_fallback, text):
+    for linear, quadratic in no_byte_fallback:
+        expected = quadratic.ids_with_offsets(text)
+        assert linear.ids_with_offsets(text) == expected
+        assert linear.ids(text) == expected[0]
