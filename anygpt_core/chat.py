@@ -36,6 +36,7 @@ from anygpt_core.generation import (
 )
 from anygpt_core.prompts import ANYGPT_CHAT, MMGPT_CHAT, ChatTemplate
 from anygpt_core.protocol import codes_to_string
+from anygpt_core.tokenization import longest_token
 
 if TYPE_CHECKING:
     from anygpt_core.api import AnyGPT
@@ -453,7 +454,7 @@ class Conversation:
                 f"max_new_tokens {budget} leaves no room in the model's context of "
                 f"{self.context_length} positions"
             )
-        dropped = 0
+        dropped = self._first_that_may_fit(message, suffix)
         while True:
             prompt = self.render(self.history[dropped:], message) + suffix
             input_ids = self.gpt.encode_prompt(prompt)
@@ -465,6 +466,44 @@ class Conversation:
                     f"holds {limit} besides max_new_tokens {budget}"
                 )
             dropped += 1
+
+    @property
+    def max_chars(self) -> int | None:
+        """Characters past which a prompt cannot fit the context, None if the context is unknown."""
+        if self.context_length is None:
+            return None
+        return self.context_length * longest_token(self.gpt.tokenizer)
+
+    def _first_that_may_fit(self, message: str, suffix: str) -> int:
+        """How many of the oldest turns a prompt too long to fit in characters alone must lose.
+
+        Such a prompt would be tokenized only to be cut (and a huge message takes long to
+        tokenize), so it is measured in characters first; `fit` then cuts by tokens as before.
+
+        Raises:
+            InputError: even without history, the prompt has more characters than the context
+                could hold as tokens.
+        """
+        limit = self.max_chars
+        if limit is None:
+            return 0
+
+        def chars(dropped: int) -> int:
+            return len(self.render(self.history[dropped:], message) + suffix)
+
+        low, high = 0, len(self.history)  # prompts shrink as turns are dropped: bisect
+        while low < high:
+            middle = (low + high) // 2
+            if chars(middle) > limit:
+                low = middle + 1
+            else:
+                high = middle
+        if chars(low) > limit:
+            raise InputError(
+                f"message too long: {len(message):,} characters, more than the model's context "
+                f"of {self.context_length} positions can hold (at most {limit:,}); shorten it"
+            )
+        return low
 
     def request(
         self,

@@ -17,6 +17,7 @@ the model's `tokenizer.model`; without one, prompts go through the tokenizer as 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ReferencePromptEncoder", "ReferenceTokenizer"]
+__all__ = ["ReferencePromptEncoder", "ReferenceTokenizer", "longest_token"]
 
 _UNDERLINE = "\u2581"
 _SHAPED = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")
@@ -219,6 +220,17 @@ class ReferencePromptEncoder:
         import torch
 
         return torch.tensor([self.ids(text)], dtype=torch.long)
+
+
+@functools.lru_cache(maxsize=4)
+def longest_token(tokenizer: Any) -> int:  # noqa: ANN401 - a transformers tokenizer
+    """Characters of the tokenizer's longest token string: the most text one token can cover.
+
+    A SentencePiece piece stands for its own characters (`▁` for a space; a byte piece such as
+    `<0x0A>` for less than one), an added token for itself; so a text of more than
+    `n * longest_token(tokenizer)` characters takes more than `n` tokens.
+    """
+    return max((len(token) for token in tokenizer.get_vocab()), default=1)
 
 
 def _byte_to_char(text: str, positions: list[int]) -> list[int]:
