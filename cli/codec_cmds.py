@@ -113,6 +113,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     ) -> None:
         """Decode a span into a media file."""
         from anygpt_core.config import check_seed
+        from anygpt_core.files import write_bytes
         from anygpt_core.protocol import string_to_codes
         from anygpt_core.tasks import atomic_write
 
@@ -125,7 +126,11 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             raise InputError(f"{output}: already exists; use --force to overwrite")
         if voice_prompt is not None:
             check_input_file(voice_prompt, what="voice prompt")
-        codec = codecs.codec(modality)
-        media = codec.decode(codes, condition=voice_prompt, seed=seed, config=spec.decoding)
-        written = atomic_write(output, lambda tmp: codec.save(media, tmp), overwrite=force)
+        media = codecs.codec(modality).decode(
+            codes, condition=voice_prompt, seed=seed, config=spec.decoding
+        )
+        # encoded in memory, then written and synced in one go (as `run` saves): a full disk is
+        # one OutputError naming OUTPUT, whatever library encodes the format
+        data = codecs.to_bytes(modality, media, suffix=output.suffix or None)
+        written = atomic_write(output, lambda tmp: write_bytes(tmp, data), overwrite=force)
         typer.echo(str(written))

@@ -246,6 +246,18 @@ def test_a_full_disk_while_writing_fails_each_task_alone(toy_gpt, tmp_path, monk
     assert [n for n in left if n.startswith(".tmp-")] == []  # no temporary file left behind
 
 
+def test_decode_onto_a_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ANYGPT_LOAD_PLUGINS", "speech")  # soundfile writes the wav
+    span = "<sosp>" + "".join(f"<🗣️{i}>" for i in range(25)) + "<eosp>"
+    with full_disk(tmp_path / "full", monkeypatch) as directory:
+        out = directory / "x.wav"
+        code, _, err = run_cli(["decode", "speech", span, "--demo", "-o", str(out)], capsys)
+        left = sorted(p.name for p in directory.iterdir() if p.name.startswith(".tmp-"))
+    assert code == 3
+    assert _one_error(err) == f"Error: {out}: cannot write (no space left on the device)"
+    assert left == []
+
+
 # 7. a voice prompt that does not exist
 
 
