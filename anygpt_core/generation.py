@@ -236,18 +236,23 @@ class Generator:
         """Generate for many prompts at once, yielding `(request index, event)` pairs.
 
         Each request's events come in the same order as alone; the last of each is its `Done`.
-        Requests with beams run through `model.generate` one at a time, the others in one batch.
-        A request for which `cancelled(index)` turns True leaves the batch without a `Done`.
+        Requests with beams run through `model.generate`: beam searches with the same number of
+        beams together in one call (they are deterministic), beam sampling one at a time (its
+        seed seeds the whole call); the others in one batch of the loop. A request for which
+        `cancelled(index)` turns True leaves the batch without a `Done`.
         """
         for request in requests:
             self.check(request)
         looped = [i for i, r in enumerate(requests) if r.num_beams == 1]
-        beamed = [i for i, r in enumerate(requests) if r.num_beams > 1]
-        for index in beamed:
-            if cancelled is not None and cancelled(index):
-                continue
-            for event in self._beams(requests[index]):
-                yield index, event
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(requests):
+            if r.num_beams > 1:
+                sampled = r.row.config(r.row.open_span).do_sample
+                groups.setdefault((r.num_beams, i if sampled else -1), []).append(i)
+        for group in groups.values():
+            live = [i for i in group if cancelled is None or not cancelled(i)]
+            if live:
+                yield from self._beams([requests[i] for i in live], live)
         if looped:
             stop = None if cancelled is None else (lambda row: cancelled(looped[row]))
             for row, event in self._loop([requests[i] for i in looped], stop):
@@ -465,13 +470,15 @@ class Generator:
             device=logits.device,
         )
 
-    def _beams(self, request: Request) -> Iterator[Event]:
-        """One answer by beam search (or beam sampling) through transformers' `generate`.
+    def _beams(
+        self, requests: Sequence[Request], indices: Sequence[int]
+    ) -> Iterator[tuple[int, Event]]:
+        """Answers by beam search (or beam sampling) through transformers' `generate`, together.
 
         The span rules run as a logits processor, so beams obey them inside spans as in text;
         a text answer's beams may not open spans (beams are compared by summed log
         probabilities, which spans of constrained codes would distort). The tokens come out
-        together once the best beam is known.
+        together once the best beams are known; each answer's events are yielded with its index.
         """
         from dataclasses import replace
 
@@ -480,14 +487,17 @@ class Generator:
         model = getattr(self.backend, "model", None)
         if model is None or not hasattr(model, "generate"):
             raise ConfigError(
-                f"num_beams {request.num_beams}: beam search needs a transformers model backend"
+                f"num_beams {requests[0].num_beams}: beam search needs a transformers model backend"
             )
-        row = request.row
-        if row.open_span is None:
-            row = replace(row, allow_spans=False)
-        request = replace(request, row=row)
-        (ids,) = generate_ids(model, self.constraint, [request])
-        yield from self.replay(request, ids)
+        requests = [
+            r if r.row.open_span is not None else replace(r, row=replace(r.row, allow_spans=False))
+            for r in requests
+        ]
+        for index, request, ids in zip(
+            indices, requests, generate_ids(model, self.constraint, requests), strict=True
+        ):
+            for event in self.replay(request, ids):
+                yield index, event
 
     def replay(self, request: Request, token_ids: Sequence[int]) -> Iterator[Event]:
         """The events of tokens another driver generated for `request`, up to its end."""

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from anygpt_core.spec import ModalitySpec
 
+if TYPE_CHECKING:
+    from anygpt_core.evaluation.task import EvalTask
+
 PROJECT = "anygpt"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-__all__ = ["PROJECT", "anygpt_demo_assets", "anygpt_modalities", "hookimpl", "hookspec"]
+__all__ = [
+    "PROJECT",
+    "anygpt_demo_assets",
+    "anygpt_eval_tasks",
+    "anygpt_modalities",
+    "hookimpl",
+    "hookspec",
+]
 
 
 @hookspec
@@ -43,4 +53,15 @@ def anygpt_demo_assets(directory: Path) -> Mapping[str, Any]:
     Returns:
         Option values for this plugin's codec options (`CodecOption.name` -> value, e.g.
         `{"music_tokenizer_path": str(directory / "encodec")}`) that the demo uses as defaults.
+    """
+
+
+@hookspec
+def anygpt_eval_tasks() -> Sequence[EvalTask]:
+    """Return the evaluation tasks this plugin adds (`anygpt eval NAME`).
+
+    Called when `anygpt eval` lists or runs tasks; must not load data, weights or scorers, nor
+    touch the network: an `EvalTask` names the functions that do, called when the task runs. A
+    task's name must be unique among the installed plugins (a clash is reported and the later
+    plugin's task skipped).
     """

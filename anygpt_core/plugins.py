@@ -9,14 +9,17 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pluggy
 from pydantic import ValidationError
 
 from anygpt_core import hookspecs
-from anygpt_core.errors import PluginError
+from anygpt_core.errors import PluginError, first_line
 from anygpt_core.spec import CodecOption, ModalitySpec
+
+if TYPE_CHECKING:
+    from anygpt_core.evaluation.task import EvalTask
 
 __all__ = [
     "PluginInfo",
@@ -126,6 +129,49 @@ class PluginSet:
                 names = ",".join(m.name for m in info.modalities)
                 parts.append(f"{info.name}={info.version or '0'}[{names}]")
         return ";".join(sorted(parts))
+
+    def eval_tasks(self) -> dict[str, EvalTask]:
+        """The evaluation tasks of the loaded plugins (`anygpt_eval_tasks`), by name.
+
+        A plugin whose hook fails or returns something else than `EvalTask`s, or a task whose name
+        an earlier plugin took, is logged and left out: the other tasks stay available.
+        """
+        from anygpt_core.evaluation.task import EvalTask
+
+        tasks: dict[str, EvalTask] = {}
+        for impl in self.manager.hook.anygpt_eval_tasks.get_hookimpls():
+            name = self.manager.get_name(impl.plugin) or "plugin"
+            try:
+                returned: list[object] = list(cast("Iterable[object]", impl.function()))
+            except Exception as err:  # noqa: BLE001 - one plugin's tasks must not hide the others'
+                logger.warning("plugin %s: anygpt_eval_tasks failed: %s", name, first_line(err))
+                continue
+            for task in returned:
+                if not isinstance(task, EvalTask):
+                    logger.warning("plugin %s: anygpt_eval_tasks returned %r", name, task)
+                elif task.name in tasks:
+                    logger.warning("plugin %s: eval task %r already registered", name, task.name)
+                else:
+                    tasks[task.name] = task
+        return tasks
+
+    def eval_task(self, name: str, known: Mapping[str, str] | None = None) -> EvalTask:
+        """One evaluation task by name.
+
+        Args:
+            name: the task, e.g. `librispeech-asr`.
+            known: task -> the distribution that provides it, named when it is not installed.
+
+        Raises:
+            PluginError: no loaded plugin provides it (exit 5), naming what to install.
+        """
+        tasks = self.eval_tasks()
+        if name in tasks:
+            return tasks[name]
+        if known and name in known:
+            raise PluginError(f"eval task {name!r} needs a plugin: pip install {known[name]}")
+        listed = ", ".join(sorted(tasks)) or "none"
+        raise PluginError(f"unknown eval task {name!r}; installed: {listed}")
 
     def demo_assets(self, directory: Path) -> dict[str, Any]:
         """Call each loaded plugin's `anygpt_demo_assets` hook with its own subdirectory."""

@@ -45,6 +45,7 @@ def build_app(plugins: PluginSet) -> typer.Typer:
         chat,
         codec_cmds,
         data_cmd,
+        eval_cmd,
         model_cmd,
         plugins_cmd,
         run,
@@ -90,6 +91,7 @@ def build_app(plugins: PluginSet) -> typer.Typer:
     model_cmd.register(app, plugins)
     data_cmd.register(app, plugins)
     train_cmd.register(app, plugins)
+    eval_cmd.register(app, plugins)
     web.register(app, plugins)
     return app
 

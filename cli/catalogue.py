@@ -6,7 +6,7 @@ are not, so `anygpt run "text|speech|hi"` says what to install instead of "unkno
 
 from __future__ import annotations
 
-__all__ = ["KNOWN_PLUGINS", "package_for_flag"]
+__all__ = ["KNOWN_EVAL_TASKS", "KNOWN_PLUGINS", "package_for_flag"]
 
 #: Modality -> the distribution that provides it.
 KNOWN_PLUGINS = {
@@ -14,6 +14,16 @@ KNOWN_PLUGINS = {
     "speech": "anygpt-speech",
     "music": "anygpt-music",
     "audio": "anygpt-music",
+}
+
+#: The paper's evaluation tasks -> the distribution that provides each.
+KNOWN_EVAL_TASKS = {
+    "coco-caption": "anygpt-image",
+    "coco-t2i": "anygpt-image",
+    "librispeech-asr": "anygpt-speech",
+    "vctk-tts": "anygpt-speech",
+    "musiccaps-t2m": "anygpt-music",
+    "musiccaps-caption": "anygpt-music",
 }
 
 _FLAG_PREFIXES = {

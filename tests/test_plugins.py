@@ -90,6 +90,30 @@ def test_hook_anygpt_demo_assets(toy_env, tmp_path):
     assert (tmp_path / "toy" / "toy_codec.json").is_file()
 
 
+def test_hook_anygpt_eval_tasks(toy_env, monkeypatch):
+    """Each of our plugins adds the paper's tasks of its modality; a third party's are found too."""
+    from anygpt_core.evaluation import EvalTask
+
+    monkeypatch.setenv("ANYGPT_LOAD_PLUGINS", "toy,image,speech,music,sequence")
+    tasks = discover().eval_tasks()
+    assert {
+        "coco-caption",
+        "coco-t2i",
+        "librispeech-asr",
+        "vctk-tts",
+        "musiccaps-t2m",
+        "musiccaps-caption",
+    } <= set(tasks)
+    assert all(isinstance(t, EvalTask) for t in tasks.values())
+    assert tasks["librispeech-asr"].headline.paper == 8.5
+    assert tasks["vctk-tts"].scorers == ("whisper", "wavlm-sv")
+    monkeypatch.setenv("ANYGPT_LOAD_PLUGINS", "toy")
+    with pytest.raises(PluginError, match="needs a plugin: pip install anygpt-speech"):
+        discover().eval_task("vctk-tts", {"vctk-tts": "anygpt-speech"})
+    with pytest.raises(PluginError, match="unknown eval task 'nope'"):
+        discover().eval_task("nope")
+
+
 def test_every_hook_is_documented_and_tested():
     import inspect
     from pathlib import Path

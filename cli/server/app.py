@@ -30,6 +30,7 @@ from anygpt_cli.server.errors import APIError, payload
 from anygpt_cli.server.media import AUDIO_FORMATS, Limits
 from anygpt_cli.server.schemas import ChatRequest, ImageRequest, MusicRequest, SpeechRequest
 from anygpt_cli.server.service import IMAGE, MUSIC, SPEECH, ChatPlan, Item, Service
+from anygpt_cli.server.tasks import add_task_route
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -329,6 +330,7 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
             return PlainTextResponse(text)
         return JSONResponse({"text": text})
 
+    add_task_route(app, service)
     return app
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anygpt_core import DecodingConfig, Instructions, ModalitySpec, hookimpl
 from anygpt_core.spec import Codec
@@ -15,7 +15,10 @@ from anygpt_image.config import NUM_QUERY_TOKENS, SeedConfig
 from anygpt_image.options import ImageOptions
 from anygpt_image.phrasings import FROM_TEXT, TO_TEXT
 
-__all__ = ["IMAGE", "anygpt_demo_assets", "anygpt_modalities"]
+if TYPE_CHECKING:
+    from anygpt_core.evaluation import EvalTask
+
+__all__ = ["IMAGE", "anygpt_demo_assets", "anygpt_eval_tasks", "anygpt_modalities"]
 
 
 def _codec(options: Mapping[str, Any]) -> Codec:
@@ -60,3 +63,11 @@ def anygpt_demo_assets(directory: Path) -> dict[str, Any]:
     from anygpt_image.demo import write_demo_assets
 
     return write_demo_assets(directory)
+
+
+@hookimpl
+def anygpt_eval_tasks() -> list[EvalTask]:
+    """The paper's image evaluations on MS-COCO: captioning and text to image."""
+    from anygpt_image.evaluation import COCO_CAPTION, COCO_T2I
+
+    return [COCO_CAPTION, COCO_T2I]

@@ -7,7 +7,7 @@ Sizes and options are the codecs' own (`MusicCodec.codebook_size`, `MusicOptions
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anygpt_core import DecodingConfig, ModalitySpec, hookimpl
 from anygpt_core.audio import AUDIO_SUFFIXES
@@ -15,7 +15,10 @@ from anygpt_music.audio import AudioCodec, AudioOptions
 from anygpt_music.instructions import AUDIO_INSTRUCTIONS, MUSIC_INSTRUCTIONS
 from anygpt_music.music import MusicCodec, MusicOptions
 
-__all__ = ["AUDIO", "MUSIC", "anygpt_demo_assets", "anygpt_modalities"]
+if TYPE_CHECKING:
+    from anygpt_core.evaluation import EvalTask
+
+__all__ = ["AUDIO", "MUSIC", "anygpt_demo_assets", "anygpt_eval_tasks", "anygpt_modalities"]
 
 #: The reference's effective music decoding (config/music_generate_config.json; its
 #: min_new_tokens 10 never took effect, so 0). The reference has no audio config; audio shares
@@ -81,3 +84,11 @@ def anygpt_demo_assets(directory: Path) -> dict[str, Any]:
     from anygpt_music.tiny import write_demo_assets
 
     return dict(write_demo_assets(directory))
+
+
+@hookimpl
+def anygpt_eval_tasks() -> list[EvalTask]:
+    """The paper's music evaluations on MusicCaps: text to music and captioning."""
+    from anygpt_music.evaluation import MUSICCAPS_CAPTION, MUSICCAPS_T2M
+
+    return [MUSICCAPS_CAPTION, MUSICCAPS_T2M]

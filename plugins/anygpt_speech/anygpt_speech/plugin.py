@@ -6,7 +6,7 @@ Cheap to import: the codec class is named here but imports torch only when it fi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -15,6 +15,9 @@ from anygpt_core.audio import AUDIO_SUFFIXES
 from anygpt_speech.codec import SpeechCodec, SpeechOptions
 from anygpt_speech.phrasings import SPEECH_INSTRUCTIONS
 from anygpt_speech.tokenizer import CODEBOOK_SIZE, FRAME_RATE
+
+if TYPE_CHECKING:
+    from anygpt_core.evaluation import EvalTask
 
 
 class SpeechDecodingConfig(DecodingConfig):
@@ -68,6 +71,14 @@ SPEECH = ModalitySpec(
 def anygpt_modalities() -> list[ModalitySpec]:
     """The speech modality."""
     return [SPEECH]
+
+
+@hookimpl
+def anygpt_eval_tasks() -> list[EvalTask]:
+    """The paper's speech evaluations: LibriSpeech ASR and VCTK zero-shot TTS."""
+    from anygpt_speech.evaluation import LIBRISPEECH_ASR, VCTK_TTS
+
+    return [LIBRISPEECH_ASR, VCTK_TTS]
 
 
 @hookimpl

@@ -1,0 +1,343 @@
+"""`anygpt eval`: the paper's evaluation tasks (from the plugins), on any engine, with a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from anygpt_cli.catalogue import KNOWN_EVAL_TASKS
+from anygpt_cli.common import (
+    ConfigFile,
+    Device,
+    Dtype,
+    EngineName,
+    InstructionsFile,
+    MaxNewTokens,
+    ModelPath,
+    NumBeams,
+    Temperature,
+    TopK,
+    TopP,
+    VLLMUrl,
+    check_decoding,
+    check_engine,
+    load_model,
+)
+from anygpt_cli.options import with_codec_options
+from anygpt_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from anygpt_core.evaluation import Backend, EvalTask, Sample, TaskReport
+    from anygpt_core.plugins import PluginSet
+
+__all__ = ["register"]
+
+HELP = """Evaluate a model on the AnyGPT paper's tasks, with its decoding and the standard scorers.
+
+Tasks come from the installed plugins (`anygpt eval --list`): coco-caption, coco-t2i (image),
+librispeech-asr, vctk-tts (speech), musiccaps-t2m, musiccaps-caption (music). Each reads its data
+set's published layout from --data TASK=PATH. Answers are cached in --out per sample: a killed run
+resumes where it stopped, and --rescore scores again without generating. Writes report.json,
+report.md, report.png and TASK/samples.jsonl in --out.
+"""
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    """`NAME=VALUE` options as a dict; a malformed one is a usage error."""
+    found: dict[str, str] = {}
+    for value in values or []:
+        name, sep, rest = value.partition("=")
+        if not sep or not name.strip() or not rest.strip():
+            raise typer.BadParameter(f"{value!r}: expected NAME=VALUE", param_hint=flag)
+        found[name.strip()] = rest.strip()
+    return found
+
+
+def register(app: typer.Typer, plugins: PluginSet) -> None:
+    """Add the `eval` command with the installed plugins' codec options."""
+
+    @app.command("eval", help=HELP)
+    @with_codec_options(plugins.options(), plugins.option_panels())
+    def eval_command(
+        tasks: Annotated[
+            list[str] | None,
+            typer.Argument(help="Tasks to evaluate, e.g. librispeech-asr.", show_default=False),
+        ] = None,
+        *,
+        data: Annotated[
+            list[str] | None,
+            typer.Option("--data", help="TASK=PATH: where a task's data set lies (repeatable)."),
+        ] = None,
+        scorer: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--scorer",
+                help="KIND=PATH_OR_HUB_ID: a scorer model (whisper, wavlm-sv, clip, clap) other "
+                "than the default (repeatable).",
+            ),
+        ] = None,
+        limit: Annotated[
+            int | None,
+            typer.Option("--limit", min=1, help="Evaluate a seeded subset of N samples per task."),
+        ] = None,
+        seed: Annotated[
+            int, typer.Option("--seed", help="Seeds the data's choices, --limit and answers.")
+        ] = 0,
+        decode: Annotated[
+            str,
+            typer.Option(
+                "--decode",
+                help="paper: the paper's decoding (5 beams for text; top-p 0.7 for image and "
+                "speech; repetition penalty 1.15 for music); model: the plugins' configs and "
+                "the decoding flags.",
+            ),
+        ] = "paper",
+        out: Annotated[
+            Path, typer.Option("--out", help="Output directory (cache, samples, report).")
+        ] = Path("anygpt_eval"),
+        rescore: Annotated[
+            bool,
+            typer.Option("--rescore", help="Score the cached answers again; generate nothing."),
+        ] = False,
+        list_tasks: Annotated[
+            bool, typer.Option("--list", help="List the installed tasks and stop.")
+        ] = False,
+        model_name_or_path: ModelPath = None,
+        device: Device = "auto",
+        dtype: Dtype = "auto",
+        engine: EngineName = "local",
+        vllm_url: VLLMUrl = None,
+        server: Annotated[
+            str | None,
+            typer.Option("--server", help="Base URL of an `anygpt serve` to answer instead."),
+        ] = None,
+        api_key: Annotated[
+            str | None,
+            typer.Option("--api-key", envvar="ANYGPT_API_KEY", help="Key for --server."),
+        ] = None,
+        batch_size: Annotated[
+            int,
+            typer.Option(
+                "--batch-size", min=1, max=256, help="Samples generated together (or in flight)."
+            ),
+        ] = 8,
+        scorer_device: Annotated[
+            str, typer.Option("--scorer-device", help="Device of the scorer models: cpu, cuda.")
+        ] = "cpu",
+        config: ConfigFile = None,
+        max_new_tokens: MaxNewTokens = None,
+        temperature: Temperature = None,
+        top_p: TopP = None,
+        top_k: TopK = None,
+        num_beams: NumBeams = None,
+        instructions: InstructionsFile = None,
+        codec_options: dict[str, Any],
+    ) -> None:
+        from anygpt_core.evaluation.scorers import Scorers
+
+        if list_tasks:
+            _list(plugins)
+            return
+        if not tasks:
+            raise typer.BadParameter(
+                "name at least one task (anygpt eval --list)", param_hint="TASK"
+            )
+        chosen = [plugins.eval_task(name, KNOWN_EVAL_TASKS) for name in dict.fromkeys(tasks)]
+        paths = _pairs(data, "--data")
+        unknown = sorted(set(paths) - {t.name for t in chosen})
+        if unknown:
+            raise typer.BadParameter(
+                f"{unknown[0]}: not among the tasks asked for", param_hint="--data"
+            )
+        for task in chosen:
+            if task.name not in paths:
+                raise typer.BadParameter(
+                    f"{task.name}: no data; pass --data {task.name}=PATH ({task.data})",
+                    param_hint="--data",
+                )
+        if decode not in {"paper", "model"}:
+            raise ConfigError(f"--decode {decode}: use paper or model")
+        flags: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "num_beams": num_beams,
+        }
+        if decode == "paper" and (config is not None or any(v is not None for v in flags.values())):
+            raise ConfigError("decoding flags and --config apply with --decode model")
+        check_decoding(config, plugins=plugins, **flags)
+        url = check_engine(engine, vllm_url)
+        if server is not None and url is not None:
+            raise ConfigError("--server and --engine vllm are two engines; give one")
+        if url is not None and decode == "paper" and any(t.target == "text" for t in chosen):
+            raise ConfigError(
+                "--decode paper: text answers use beam search, which the vLLM engine does not "
+                "run; use the local engine or --server, or --decode model"
+            )
+        scorers = Scorers(_pairs(scorer, "--scorer"), device=scorer_device)
+        scorers.check(dict.fromkeys(kind for task in chosen for kind in task.scorers))
+        evaluation = _Run(out=out, scorers=scorers, seed=seed, limit=limit, decode=decode)
+        samples = {t.name: evaluation.samples(t, Path(paths[t.name]).expanduser()) for t in chosen}
+        backend = None
+        if not rescore:
+            backend = _backend(
+                plugins,
+                server=server,
+                api_key=api_key,
+                model=model_name_or_path,
+                device=device,
+                dtype=dtype,
+                url=url,
+                batch_size=batch_size,
+                codec_options=codec_options,
+                instructions=instructions,
+                config=config,
+            )
+        settings = {
+            "model": model_name_or_path or "demo",
+            "engine": "server" if server else engine,
+            "instructions": str(instructions) if instructions else None,
+            "config": str(config) if config else None,
+            "codec_options": codec_options,
+        }
+        with evaluation.progress:
+            reports = evaluation.run(
+                chosen, samples, backend=backend, overrides=flags, settings=settings
+            )
+        _finish(out, reports, backend=backend, settings=settings, scorers=scorers)
+
+
+def _backend(
+    plugins: PluginSet,
+    *,
+    server: str | None,
+    api_key: str | None,
+    model: str | None,
+    device: str,
+    dtype: str,
+    url: str | None,
+    batch_size: int,
+    codec_options: dict[str, Any],
+    instructions: Path | None,
+    config: Path | None,
+) -> Backend:
+    from anygpt_core.evaluation import LocalBackend, ServerBackend
+
+    if server is not None:
+        backend = ServerBackend(server, api_key=api_key, concurrency=batch_size)
+        backend.model()  # a server that is down fails now, before any task
+        return backend
+    gpt = load_model(
+        plugins,
+        model,
+        device=device,
+        dtype=dtype,
+        codec_options=codec_options,
+        output_dir=Path("."),  # nothing is saved by the model: the runner writes the files
+        instructions=instructions,
+        vllm_url=url,
+    )
+    gpt.engine.max_batch = batch_size
+    return LocalBackend(gpt, model=model or "demo", config=config)
+
+
+class _Run:
+    """The evaluation with a rich progress bar per task (ETA included) on stderr."""
+
+    def __init__(self, **options: Any) -> None:  # noqa: ANN401 - Evaluation's arguments
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        from anygpt_cli.console import stderr
+
+        self.options = options
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=stderr,
+            disable=not stderr.is_terminal,
+        )
+        self.bars: dict[str, Any] = {}
+
+    def update(self, name: str, done: int, total: int, what: str) -> None:
+        """Show a task's progress (its bar is made on its first update)."""
+        if name not in self.bars:
+            self.bars[name] = self.progress.add_task(name, total=None)
+        self.progress.update(
+            self.bars[name], description=f"{name}: {what}", completed=done, total=total or None
+        )
+
+    def samples(self, task: EvalTask, data: Path) -> list[Sample]:
+        """The task's samples (data read before any model loads)."""
+        from anygpt_core.evaluation import Evaluation
+
+        return Evaluation(backend=None, on_progress=self.update, **self.options).samples(task, data)
+
+    def run(
+        self,
+        tasks: list[EvalTask],
+        samples: dict[str, list[Sample]],
+        **options: Any,  # noqa: ANN401 - Evaluation's arguments
+    ) -> list[TaskReport]:
+        """Answer and score each task in turn."""
+        from anygpt_core.evaluation import Evaluation
+
+        evaluation = Evaluation(on_progress=self.update, **self.options, **options)
+        return [evaluation.run(task, samples[task.name]) for task in tasks]
+
+
+def _finish(
+    out: Path,
+    reports: list[TaskReport],
+    *,
+    backend: Backend | None,
+    settings: dict[str, Any],
+    scorers: Any,  # noqa: ANN401 - Scorers
+) -> None:
+    from anygpt_cli.console import stderr, stdout
+    from anygpt_core.evaluation.report import library_versions, write_report
+
+    model = backend.describe() if backend is not None else {"model": settings["model"]}
+    versions = library_versions() | {f"scorer {k}": v for k, v in scorers.versions().items()}
+    write_report(out, reports, model=model, versions=versions)
+    for report in reports:
+        for error in report.errors[:5]:
+            stderr.print(f"[yellow]skipped {report.task.name} {error}[/yellow]", markup=True)
+        if len(report.errors) > 5:
+            stderr.print(f"[yellow]… and {len(report.errors) - 5} more[/yellow]", markup=True)
+        entry = report.to_json()
+        for name, info in entry["metrics"].items():
+            ours, paper = info["value"], info.get("paper")
+            shown = "–" if ours is None else f"{ours:.4g}"
+            beside = "" if paper is None else f" (paper {paper:g})"
+            stdout.print(
+                f"{report.task.name} {name}: {shown}{beside} · n={report.n}, "
+                f"skipped={report.skipped}",
+                markup=False,
+            )
+    stdout.print(f"wrote {out / 'report.json'}, report.md, report.png", markup=False)
+
+
+def _list(plugins: PluginSet) -> None:
+    from anygpt_cli.console import stdout
+
+    tasks = plugins.eval_tasks()
+    for name, task in sorted(tasks.items()):
+        paper = ", ".join(f"{m.name} {m.paper:g}" for m in task.metrics if m.paper is not None)
+        stdout.print(f"{name}  {task.description} (paper: {paper or '–'})", markup=False)
+    missing = sorted(set(KNOWN_EVAL_TASKS) - set(tasks))
+    for name in missing:
+        stdout.print(f"{name}  needs: pip install {KNOWN_EVAL_TASKS[name]}", markup=False)

@@ -1,0 +1,196 @@
+"""The paper's speech evaluations: ASR on LibriSpeech test-clean, zero-shot TTS on VCTK.
+
+- `librispeech-asr`: every utterance of `test-clean/SPEAKER/CHAPTER/*.flac` with its line of the
+  chapter's `*.trans.txt`; WER (%) after Whisper's English normaliser. Paper: 8.5.
+- `vctk-tts`: per speaker, a random 3 s clip of one utterance is the voice prompt, and
+  `UTTERANCES_PER_SPEAKER` other utterances' texts are read in that voice. WER (%) of Whisper
+  medium's transcript of the speech against the text, and SIM, the cosine of WavLM x-vectors
+  (`microsoft/wavlm-base-plus-sv`) of the speech and the prompt. Paper: 8.5 and 0.77. The paper
+  does not say how many utterances per speaker it read.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anygpt_core.errors import InputError
+from anygpt_core.evaluation.data import cut_clip, find_folder, read_waves, require_dir
+from anygpt_core.evaluation.metrics import wer
+from anygpt_core.evaluation.task import EvalTask, LoadContext, Metric, Record, Sample, Scored
+from anygpt_core.tasks import Task
+
+if TYPE_CHECKING:
+    from anygpt_core.evaluation.scorers import Scorers
+
+__all__ = ["LIBRISPEECH_ASR", "UTTERANCES_PER_SPEAKER", "VCTK_TTS"]
+
+#: VCTK utterances read per speaker (the paper leaves it unstated): 108 speakers x 5 = 540.
+UTTERANCES_PER_SPEAKER = 5
+#: The voice prompt's length (the paper: 3 s) and the rate clips are written at.
+PROMPT_SECONDS = 3.0
+#: The shortest answer a speaker embedding is computed for (WavLM's x-vector needs about 0.3 s).
+MIN_SIM = 0.5
+_RATE = 16_000
+
+_LIBRISPEECH = "LibriSpeech's test-clean/SPEAKER/CHAPTER/*.flac + *.trans.txt tree"
+_VCTK = "VCTK's wav48_silence_trimmed (or wav48) and txt trees"
+
+
+def load_librispeech(path: Path, context: LoadContext) -> list[Sample]:
+    """Every test-clean utterance with its transcript, in path order.
+
+    Raises:
+        InputError: no test-clean folder, or no `*.trans.txt` under it.
+    """
+    del context  # nothing is derived from LibriSpeech's files
+    root = require_dir(path, _LIBRISPEECH)
+    split = find_folder(root, ["test-clean"]) or find_folder(root / "LibriSpeech", ["test-clean"])
+    if split is None:
+        raise InputError(f"{root}: no test-clean folder; expected {_LIBRISPEECH}")
+    listings = sorted(split.rglob("*.trans.txt"))
+    if not listings:
+        raise InputError(f"{root}: no *.trans.txt under test-clean")
+    samples = []
+    for listing in listings:
+        try:
+            lines = listing.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"{listing}: unreadable transcript list ({err})") from err
+        for line in lines:
+            utterance, _, text = line.strip().partition(" ")
+            if not utterance or not text:
+                continue
+            audio = listing.parent / f"{utterance}.flac"
+            samples.append(Sample(utterance, Task("speech", "text", str(audio)), text.strip()))
+    return samples
+
+
+def score_asr(records: Sequence[Record], scorers: Scorers) -> Scored:
+    """Corpus WER (%) of the answers against the transcripts, after Whisper's normaliser."""
+    del scorers  # the model's own text is scored
+    corpus, each = wer([r.sample.reference for r in records], [r.text for r in records])
+    return Scored({"WER": corpus}, [{"WER": w} for w in each])
+
+
+def load_vctk(path: Path, context: LoadContext) -> list[Sample]:
+    """Per speaker: a prompt clip of one utterance, and other utterances' texts to read in it.
+
+    The choices are seeded by `context.seed` and the speaker, so they do not depend on which
+    speakers the folder holds; clips are written once under `context.workdir`.
+
+    Raises:
+        InputError: no audio tree, no `txt` tree, or no speaker with two usable utterances.
+    """
+    root = require_dir(path, _VCTK)
+    audio_root = find_folder(root, ["wav48_silence_trimmed", "wav48"])
+    if audio_root is None:
+        raise InputError(f"{root}: no wav48_silence_trimmed or wav48 folder; expected {_VCTK}")
+    text_root = find_folder(root, ["txt"])
+    if text_root is None:
+        raise InputError(f"{root}: no txt folder; expected {_VCTK}")
+    samples = []
+    for speaker_dir in sorted(p for p in text_root.iterdir() if p.is_dir()):
+        speaker = speaker_dir.name
+        utterances = _vctk_utterances(speaker_dir, audio_root / speaker)
+        if len(utterances) < 2:
+            continue
+        rng = random.Random(f"{context.seed}:{speaker}")
+        names = sorted(utterances)
+        prompt_name = rng.choice(names)
+        prompt_audio, _ = utterances[prompt_name]
+        clip = cut_clip(
+            prompt_audio,
+            context.workdir / "prompts" / f"{prompt_name}.wav",
+            seconds=PROMPT_SECONDS,
+            sample_rate=_RATE,
+            rng=rng,
+        )
+        others = [n for n in names if n != prompt_name]
+        for name in sorted(rng.sample(others, min(UTTERANCES_PER_SPEAKER, len(others)))):
+            _, text = utterances[name]
+            samples.append(
+                Sample(
+                    name,
+                    Task("text", "speech", text, str(clip)),
+                    text,
+                    {"speaker": speaker, "prompt": str(clip)},
+                )
+            )
+    if not samples:
+        raise InputError(f"{root}: no speaker with two utterances that have audio and text")
+    return samples
+
+
+def _vctk_utterances(text_dir: Path, audio_dir: Path) -> dict[str, tuple[Path, str]]:
+    """Utterance -> (audio file, text) of one speaker: mic1 flac, else mic2, else the old wav."""
+    found = {}
+    for listing in sorted(text_dir.glob("*.txt")):
+        name = listing.stem
+        for candidate in (f"{name}_mic1.flac", f"{name}_mic2.flac", f"{name}.wav", f"{name}.flac"):
+            audio = audio_dir / candidate
+            if audio.is_file():
+                break
+        else:
+            continue
+        try:
+            text = listing.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text:
+            found[name] = (audio, text)
+    return found
+
+
+def score_tts(records: Sequence[Record], scorers: Scorers) -> Scored:
+    """WER (%) of Whisper's transcripts of the speech, and SIM of the speech to its voice prompt.
+
+    An answer without speech (its span never closed) transcribes as nothing: all its words count
+    as deleted, and it has no SIM; nor has an answer shorter than `MIN_SIM` seconds.
+    """
+    spoken = [r for r in records if r.files]
+    speech = read_waves([r.files[0] for r in spoken], _RATE)
+    heard = dict(zip((id(r) for r in spoken), scorers.transcribe(speech, _RATE), strict=True))
+    # a speaker embedding needs some speech: an answer shorter than MIN_SIM s has no SIM
+    voiced = [(r, w) for r, w in zip(spoken, speech, strict=True) if len(w) >= MIN_SIM * _RATE]
+    prompts = read_waves([Path(r.sample.extra["prompt"]) for r, _ in voiced], _RATE)
+    similarity = scorers.speaker_similarity([w for _, w in voiced], prompts, _RATE)
+    similar = dict(zip((id(r) for r, _ in voiced), similarity, strict=True))
+    transcripts = [heard.get(id(r), "") for r in records]
+    corpus, each = wer([r.sample.reference for r in records], transcripts)
+    sims = [similar.get(id(r), math.nan) for r in records]
+    found = [s for s in sims if not math.isnan(s)]
+    values = {"WER": corpus, "SIM": sum(found) / len(found) if found else math.nan}
+    return Scored(values, [{"WER": w, "SIM": s} for w, s in zip(each, sims, strict=True)])
+
+
+LIBRISPEECH_ASR = EvalTask(
+    name="librispeech-asr",
+    modality="speech",
+    source="speech",
+    target="text",
+    metrics=(Metric("WER", paper=8.5, lower_is_better=True, unit="%"),),
+    description="ASR on LibriSpeech test-clean: WER after Whisper's English normaliser",
+    data=_LIBRISPEECH,
+    load=load_librispeech,
+    score=score_asr,
+)
+
+VCTK_TTS = EvalTask(
+    name="vctk-tts",
+    modality="speech",
+    source="text",
+    target="speech",
+    metrics=(
+        Metric("WER", paper=8.5, lower_is_better=True, unit="%"),
+        Metric("SIM", paper=0.77),
+    ),
+    description="zero-shot TTS on VCTK with 3 s voice prompts: Whisper-medium WER, WavLM SIM",
+    data=_VCTK,
+    load=load_vctk,
+    score=score_tts,
+    scorers=("whisper", "wavlm-sv"),
+)

@@ -1,0 +1,370 @@
+"""`anygpt eval`: the six paper tasks on the demo model, tiny data sets in their published layouts,
+tiny scorer models; metrics against the libraries; cache, resume, rescore; bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_runner import run_cli
+from eval_data import LIBRI_TEXTS, write_coco, write_librispeech, write_musiccaps, write_vctk
+
+pytest.importorskip("jiwer")
+pytest.importorskip("pycocoevalcap")
+
+ANYGPT = Path(sys.executable).with_name("anygpt")
+
+
+@pytest.fixture(scope="module")
+def scorers(tmp_path_factory) -> dict[str, str]:
+    from anygpt_core.evaluation.testing import write_tiny_scorers
+
+    return write_tiny_scorers(tmp_path_factory.mktemp("scorers"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    coco = write_coco(root / "coco")
+    musiccaps = write_musiccaps(root / "musiccaps")
+    return {
+        "librispeech-asr": write_librispeech(root / "libri"),
+        "vctk-tts": write_vctk(root / "vctk"),
+        "coco-caption": coco,
+        "coco-t2i": coco,
+        "musiccaps-t2m": musiccaps,
+        "musiccaps-caption": musiccaps,
+    }
+
+
+def scorer_args(scorers: dict[str, str]) -> list[str]:
+    return [arg for kind, path in scorers.items() for arg in ("--scorer", f"{kind}={path}")]
+
+
+def data_args(data: dict[str, Path], *tasks: str) -> list[str]:
+    return [arg for task in tasks for arg in ("--data", f"{task}={data[task]}")]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---- the metrics are the libraries' --------------------------------------------------------
+
+
+def test_wer_is_jiwer_after_whispers_normaliser():
+    import jiwer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    from anygpt_core.evaluation.metrics import wer
+
+    refs = ["Mr. Smith bought 25 colours.", "HELLO THERE"]
+    hyps = ["mister smith bought twenty five colors", "hello"]
+    corpus, each = wer(refs, hyps)
+    norm = EnglishTextNormalizer()
+    expected = jiwer.wer([norm(r) for r in refs], [norm(h) for h in hyps])
+    assert corpus == pytest.approx(100 * expected)
+    assert each[1] == pytest.approx(50.0)
+    assert wer(refs, refs)[0] == 0.0  # the oracle
+
+
+def test_cider_is_pycocoevalcaps():
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from anygpt_core.evaluation.metrics import cider
+
+    refs = [
+        ["a dog runs on the grass.", "A brown dog running."],
+        ["Two cats sleep.", "cats asleep"],
+    ]
+    oracle = [r[0] for r in refs]
+    value, each = cider(refs, oracle)
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": c} for c in r] for i, r in enumerate(refs)})
+    res = tok.tokenize({i: [{"caption": c}] for i, c in enumerate(oracle)})
+    expected, per = Cider().compute_score(gts, res)
+    assert value == pytest.approx(100 * expected)
+    assert each == pytest.approx([100 * p for p in per])
+
+
+def test_limit_is_seeded_and_nested():
+    from anygpt_core.evaluation import Sample, select
+    from anygpt_core.tasks import Task
+
+    samples = [Sample(str(i), Task("text", "text", str(i)), "") for i in range(50)]
+    ten = select(samples, 10, seed=3)
+    assert ten == select(samples, 10, seed=3)
+    assert ten != select(samples, 10, seed=4)
+    assert {s.id for s in ten} <= {s.id for s in select(samples, 20, seed=3)}
+    assert [int(s.id) for s in ten] == sorted(int(s.id) for s in ten)  # data order kept
+
+
+# ---- the six tasks end to end --------------------------------------------------------------
+
+
+def test_all_six_tasks_on_the_demo(tmp_path, data, scorers, capsys):
+    tasks = list(data)
+    code, out, err = run_cli(
+        [
+            "eval",
+            *tasks,
+            *data_args(data, *tasks),
+            *scorer_args(scorers),
+            "--limit",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["tasks"]) == set(tasks)
+    for task in tasks:
+        entry = report["tasks"][task]
+        assert entry["n"] == 2 and entry["skipped"] == 0, (task, entry)
+        assert entry["value"] is not None, task
+        assert f"{task} {entry['metric']}:" in out
+        samples = lines(tmp_path / task / "samples.jsonl")
+        assert len(samples) == 2 and all(s["score"] for s in samples)
+    assert report["tasks"]["librispeech-asr"]["paper"] == 8.5
+    assert report["tasks"]["librispeech-asr"]["decode"]["num_beams"] == 5
+    assert report["tasks"]["vctk-tts"]["metrics"]["SIM"]["paper"] == 0.77
+    assert report["tasks"]["musiccaps-t2m"]["decode"]["repetition_penalty"] == 1.15
+    assert -1 <= report["tasks"]["coco-t2i"]["value"] <= 1
+    for sample in lines(tmp_path / "vctk-tts" / "samples.jsonl"):
+        (wav,) = sample["files"]
+        assert (tmp_path / "vctk-tts" / wav).is_file()
+    assert (tmp_path / "report.md").read_text().count("| ") > 6
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["versions"]["jiwer"]
+    # --rescore scores the cache again, generates nothing, same numbers
+    before = {t: (tmp_path / t / "generations.jsonl").read_bytes() for t in tasks}
+    code, out, err = run_cli(
+        [
+            "eval",
+            *tasks,
+            *data_args(data, *tasks),
+            *scorer_args(scorers),
+            "--limit",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--rescore",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    again = json.loads((tmp_path / "report.json").read_text())
+    for task in tasks:
+        assert (tmp_path / task / "generations.jsonl").read_bytes() == before[task]
+        assert again["tasks"][task]["value"] == report["tasks"][task]["value"]
+
+
+def test_asr_harness_equals_jiwer_on_its_own_answers(tmp_path, data, capsys):
+    import jiwer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    code, _, err = run_cli(
+        [
+            "eval",
+            "librispeech-asr",
+            *data_args(data, "librispeech-asr"),
+            "--limit",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--seed",
+            "5",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    samples = lines(tmp_path / "librispeech-asr" / "samples.jsonl")
+    norm = EnglishTextNormalizer()
+    refs = [norm(s["reference"]) for s in samples]
+    hyps = [norm(s["output"]) for s in samples]
+    value = json.loads((tmp_path / "report.json").read_text())["tasks"]["librispeech-asr"]["value"]
+    assert value == pytest.approx(100 * jiwer.wer(refs, hyps), abs=1e-4)
+    assert all(s["prompt"].endswith("<eoh> [MMGPT]:") for s in samples)
+    assert {s["id"] for s in samples} <= set(LIBRI_TEXTS)
+
+
+def test_a_killed_run_resumes_without_generating_twice(tmp_path, data):
+    out = tmp_path / "out"
+    args = [
+        str(ANYGPT),
+        "eval",
+        "librispeech-asr",
+        *data_args(data, "librispeech-asr"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "1",
+        "--decode",
+        "model",
+    ]
+    cache = out / "librispeech-asr" / "generations.jsonl"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (cache.is_file() and cache.read_text().count("\n") >= 2):
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = lines(cache)
+    assert 2 <= len(first) < len(LIBRI_TEXTS)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    after = lines(cache)
+    ids = [e["id"] for e in after]
+    assert sorted(ids) == sorted(LIBRI_TEXTS)  # every sample exactly once
+    assert after[: len(first)] == first  # the answers made before the kill were kept
+    # another decoding into the same folder is refused rather than mixed in
+    mixed = subprocess.run(
+        [*args[:-2], "--decode", "paper"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert mixed.returncode == 6
+    assert "cached answers were made with other settings (decode, decoding)" in mixed.stderr
+
+
+def test_unreadable_sample_is_skipped_and_reported(tmp_path, capsys):
+    root = write_librispeech(tmp_path / "libri", count=3)
+    broken = next(root.rglob("1089-134686-0001.flac"))
+    broken.write_bytes(b"not audio at all")
+    code, out, err = run_cli(
+        [
+            "eval",
+            "librispeech-asr",
+            "--data",
+            f"librispeech-asr={root}",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--decode",
+            "model",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    entry = json.loads((tmp_path / "out" / "report.json").read_text())["tasks"]["librispeech-asr"]
+    assert (entry["n"], entry["skipped"]) == (2, 1)
+    assert "skipped librispeech-asr 1089-134686-0001:" in err and "not a readable audio" in err
+    row = [
+        s
+        for s in lines(tmp_path / "out" / "librispeech-asr" / "samples.jsonl")
+        if s["id"] == "1089-134686-0001"
+    ]
+    assert "not a readable audio file" in row[0]["error"]
+
+
+# ---- bad input: one line, the family's exit code -------------------------------------------
+
+
+def test_data_in_the_wrong_layout_exits_3(tmp_path, capsys):
+    (tmp_path / "test-clean").mkdir()
+    code, _, err = run_cli(
+        [
+            "eval",
+            "librispeech-asr",
+            "--data",
+            f"librispeech-asr={tmp_path}",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 3
+    assert err.strip() == f"Error: {tmp_path}: no *.trans.txt under test-clean"
+
+
+@pytest.mark.parametrize(
+    ("task", "make", "says"),
+    [
+        ("vctk-tts", lambda p: (p / "txt").mkdir(), "no wav48_silence_trimmed or wav48 folder"),
+        ("musiccaps-t2m", lambda p: None, "no musiccaps-public.csv"),
+        ("coco-caption", lambda p: None, "no dataset_coco.json"),
+    ],
+)
+def test_other_layouts_name_what_is_missing(tmp_path, capsys, task, make, says, scorers):
+    make(tmp_path)
+    code, _, err = run_cli(
+        [
+            "eval",
+            task,
+            "--data",
+            f"{task}={tmp_path}",
+            *scorer_args(scorers),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 3, err
+    assert says in err and len(err.strip().splitlines()) == 1
+
+
+def test_scorer_missing_offline_exits_4_naming_the_hub_id(tmp_path, data, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code, _, err = run_cli(
+        ["eval", "vctk-tts", *data_args(data, "vctk-tts"), "--out", str(tmp_path / "o")],
+        capsys,
+    )
+    assert code == 4
+    assert "openai/whisper-medium" in err and len(err.strip().splitlines()) == 1
+
+
+def test_task_of_a_missing_plugin_exits_5(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ANYGPT_BLOCK_PLUGINS", "music")
+    code, _, err = run_cli(["eval", "musiccaps-t2m", "--data", f"musiccaps-t2m={tmp_path}"], capsys)
+    assert code == 5
+    assert (
+        err.strip() == "Error: eval task 'musiccaps-t2m' needs a plugin: pip install anygpt-music"
+    )
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    code, _, err = run_cli(["eval", "librispeech-asr"], capsys)
+    assert code == 2 and "pass --data librispeech-asr=PATH" in err
+    code, _, err = run_cli(["eval", "librispeech-asr", "--data", "nonsense"], capsys)
+    assert code == 2 and "expected NAME=VALUE" in err
+    code, _, err = run_cli(
+        ["eval", "librispeech-asr", "--data", f"librispeech-asr={tmp_path}", "--top-p", "0.5"],
+        capsys,
+    )
+    assert code == 6 and "apply with --decode model" in err
+
+
+def test_list_names_every_paper_task(capsys):
+    code, out, _ = run_cli(["eval", "--list"], capsys)
+    assert code == 0
+    for task in (
+        "coco-caption",
+        "coco-t2i",
+        "librispeech-asr",
+        "vctk-tts",
+        "musiccaps-t2m",
+        "musiccaps-caption",
+    ):
+        assert task in out
