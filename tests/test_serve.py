@@ -620,6 +620,81 @@ def test_auth_body_size_and_upload_errors(server):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 
+def media_message(**input_media):
+    return {
+        "model": MODEL,
+        "messages": [
+            {"role": "user", "content": [{"type": "input_media", "input_media": input_media}]}
+        ],
+    }
+
+
+def test_hostile_input_is_a_4xx_never_a_500(server):
+    request = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    for token in (b"Bearer \xff\xfe\xc3", b"Bearer sk-t\xc3\xa9st", b"\xe2\x82\xac sk"):
+        response = httpx.post(
+            server.url + "/v1/chat/completions",
+            headers={"Authorization": token},
+            json=request,
+            timeout=60,
+        )
+        assert "API key" in error_of(response, 401)
+    lone = b'"a\\ud800b"'  # JSON's escape of half a UTF-16 pair, unpaired
+    for content in (lone, b'[{"type": "text", "text": ' + lone + b"}]"):
+        for role in (b"user", b"system"):
+            body = (
+                b'{"model": "%s", "messages": [{"role": "%s", "content": %s}, '
+                % (
+                    MODEL.encode(),
+                    role,
+                    content,
+                )
+                + b'{"role": "user", "content": "x"}]}'
+            )
+            response = server.post(
+                "/v1/chat/completions",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            assert "U+D800 at character 2 is not UTF-8" in error_of(response, 400)
+    wav = b64(wav_bytes())
+    for bad in ("../../../etc/x", "w/av", "wa\\v", "wav\x00", "txt", ""):
+        response = server.post(
+            "/v1/chat/completions", json=media_message(modality="music", data=wav, format=bad)
+        )
+        message = error_of(response, 400)
+        assert "is not a format music reads (wav, flac" in message, message
+    assert not re.search(r"serve-\d+-|/tmp|\.cache", server.text())  # no server path logged
+    # no format: the codec refuses the file; the message names the request's part, not the file
+    garbage = b64(b"not music at all" * 64)
+    unnamed = server.post(
+        "/v1/chat/completions", json=media_message(modality="music", data=garbage)
+    )
+    assert unnamed.status_code == 400, unnamed.status_code
+    message = error_of(unnamed, 400)
+    assert message.startswith("messages[0].content[0].input_media: "), message
+    assert "serve-" not in message and "/" not in message.split(":", 1)[0]
+
+
+def test_a_message_longer_than_the_context_is_a_400_before_tokenizing(server):
+    long_text = "x" * 200_000  # more than the 4,096 tokens of the demo model can hold
+    response = server.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": long_text}]},
+    )
+    message = error_of(response, 400)
+    assert "message too long: 200,000 characters" in message
+    assert "context of 4096 positions" in message
+    # as an old turn, the same text is dropped from the prompt like any turn that cannot fit
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": long_text},
+        {"role": "user", "content": "and now?"},
+    ]
+    reply = server.client().chat.completions.create(model=MODEL, messages=history, max_tokens=4)
+    assert reply.usage.prompt_tokens < 100
+
+
 def test_32_concurrent_clients_two_requests_each(server):
     client = server.client(timeout=300)
     prompts = [f"Question number {i}" for i in range(32)]
@@ -788,3 +863,27 @@ def test_a_taken_port_is_one_line(server):
     )
     assert proc.returncode == 3 and f"cannot listen on 127.0.0.1:{port}" in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_blocking_request_work_is_cut_at_the_time_limit_and_never_holds_up_exit():
+    import asyncio
+    from types import SimpleNamespace
+
+    from anygpt_cli.server.app import _in_thread
+    from anygpt_cli.server.errors import APIError
+
+    release = threading.Event()
+    seen = {}
+
+    def work():
+        seen["daemon"] = threading.current_thread().daemon
+        release.wait(60)
+
+    service = SimpleNamespace(settings=SimpleNamespace(request_timeout=0.2))
+    try:
+        with pytest.raises(APIError) as err:
+            asyncio.run(_in_thread(service, work))  # returns though `work` still runs
+    finally:
+        release.set()
+    assert err.value.status == 504 and "limit of 0.2 s" in err.value.message
+    assert seen["daemon"]  # a server told to stop exits without waiting for it

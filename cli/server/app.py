@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import hmac
 import json
 import logging
@@ -29,7 +30,15 @@ from starlette.exceptions import HTTPException
 from anygpt_cli.server.errors import APIError, payload
 from anygpt_cli.server.media import AUDIO_FORMATS, Limits
 from anygpt_cli.server.schemas import ChatRequest, ImageRequest, MusicRequest, SpeechRequest
-from anygpt_cli.server.service import IMAGE, MUSIC, SPEECH, ChatPlan, Item, Service
+from anygpt_cli.server.service import (
+    IMAGE,
+    MUSIC,
+    SPEECH,
+    ChatPlan,
+    Item,
+    Service,
+    timeout_error,
+)
 from anygpt_cli.server.tasks import add_task_route
 
 if TYPE_CHECKING:
@@ -104,9 +113,11 @@ class _Gate:
         if not key:
             return
         headers = dict(scope["headers"])
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), key):
+        given = headers.get(b"authorization", b"")  # raw bytes: any byte may arrive
+        scheme, _, token = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(
+            token.strip(), key.encode("utf-8")
+        ):
             raise APIError(
                 401,
                 "a valid API key is required: send Authorization: Bearer <key>",
@@ -227,7 +238,7 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request) -> Response:
         service.check_model(body.model)
-        plan = await _in_thread(service.plan_chat, body)
+        plan = await _in_thread(service, service.plan_chat, body)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -253,7 +264,11 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
         voice = service.voice(body.voice, "voice")
         task = Task("text", SPEECH, body.input, str(voice) if voice else None)
         results = await _run(service, request, [task], body.seed)
-        data = await _in_thread(results[0].media[0].data, "." + fmt) if results[0].media else b""
+        data = (
+            await _in_thread(service, results[0].media[0].data, "." + fmt)
+            if results[0].media
+            else b""
+        )
         return Response(data, media_type=_MEDIA_TYPES[fmt])
 
     @app.post("/v1/audio/generations", response_model=None)
@@ -264,7 +279,11 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
         service.require(MUSIC, "model")
         fmt = service.audio_format(body.response_format, "response_format")
         results = await _run(service, request, [Task("text", MUSIC, body.prompt)], body.seed)
-        data = await _in_thread(results[0].media[0].data, "." + fmt) if results[0].media else b""
+        data = (
+            await _in_thread(service, results[0].media[0].data, "." + fmt)
+            if results[0].media
+            else b""
+        )
         return Response(data, media_type=_MEDIA_TYPES[fmt])
 
     @app.post("/v1/images/generations", response_model=None)
@@ -288,7 +307,7 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
         results = await _run(service, request, tasks, body.seed)
         data = []
         for result in results:
-            png = await _in_thread(result.media[0].data, ".png") if result.media else b""
+            png = await _in_thread(service, result.media[0].data, ".png") if result.media else b""
             data.append({"b64_json": base64.b64encode(png).decode("ascii")})
         return JSONResponse({"created": int(time.time()), "data": data})
 
@@ -322,10 +341,11 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
 
         def transcribe() -> str:
             with service.upload(data, suffix, "file") as path:
-                prepared = service.prepare(Task(SPEECH, "text", str(path)), seed=0)
+                task = Task(SPEECH, "text", str(path))
+                prepared = service.prepare(task, seed=0, names={path: "file"})
             return service.run_tasks([prepared], threading.Event())[0].text
 
-        text = await _in_thread(transcribe)
+        text = await _in_thread(service, transcribe)
         if response_format == "text":
             return PlainTextResponse(text)
         return JSONResponse({"text": text})
@@ -339,9 +359,29 @@ def wrap(app: FastAPI, service: Service, limits: Limits) -> ASGIApp:
     return _Gate(app, service, limits)
 
 
-async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:  # noqa: ANN401
-    """Run blocking work (codecs, tokenizing) off the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+async def _in_thread(service: Service, func: Callable[..., Any], *args: Any) -> Any:  # noqa: ANN401
+    """Run blocking work (codecs, tokenizing) off the event loop, within the request's time limit.
+
+    The work runs on a daemon thread of its own, not the loop's default executor: a request that
+    overstays is answered 504 at the limit, and a server told to stop exits without waiting for
+    it (`asyncio.run` waits for the default executor's threads, however long their work).
+    """
+    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def work() -> None:
+        if not done.set_running_or_notify_cancel():
+            return
+        try:
+            done.set_result(func(*args))
+        except BaseException as err:  # noqa: BLE001 - raised again in the awaiting handler
+            done.set_exception(err)
+
+    threading.Thread(target=work, name="anygpt-request", daemon=True).start()
+    limit = service.settings.request_timeout
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(done), limit)
+    except asyncio.TimeoutError:
+        raise timeout_error(limit) from None
 
 
 async def _run(service: Service, request: Request, tasks: list[Any], seed: int | None) -> list[Any]:
@@ -349,9 +389,11 @@ async def _run(service: Service, request: Request, tasks: list[Any], seed: int |
     from anygpt_cli.server.service import _seed
 
     first = _seed(seed, len(tasks))
-    prepared = [await _in_thread(service.prepare, t, first + i) for i, t in enumerate(tasks)]
+    prepared = [
+        await _in_thread(service, service.prepare, t, first + i) for i, t in enumerate(tasks)
+    ]
     cancel = threading.Event()
-    job = asyncio.ensure_future(_in_thread(service.run_tasks, prepared, cancel))
+    job = asyncio.ensure_future(_in_thread(service, service.run_tasks, prepared, cancel))
     try:
         while True:
             done, _ = await asyncio.wait({job}, timeout=0.25)

@@ -59,7 +59,8 @@ class APIError(Exception):
 def payload(
     message: str, type_: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
-    """An error body in OpenAI's shape."""
+    """An error body in OpenAI's shape; a lone surrogate a client sent is shown escaped."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import dataclasses
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,15 +33,16 @@ from anygpt_cli.server.schemas import SEED_MAX, ChatRequest, Message
 from anygpt_core.chat import VOICE
 from anygpt_core.config import draw_seed
 from anygpt_core.engine import Stop
-from anygpt_core.errors import AnyGPTError, DeadlineError
+from anygpt_core.errors import AnyGPTError, DeadlineError, InputError, first_line
 from anygpt_core.generation import Done, Event, Request, SpanClosed
+from anygpt_core.tasks import require_utf8
 
 if TYPE_CHECKING:
     from anygpt_core.api import AnyGPT, Prepared, Result
     from anygpt_core.chat import Conversation
     from anygpt_core.config import DecodingConfig
 
-__all__ = ["OPENAI_VOICES", "ChatPlan", "Item", "Service", "Settings"]
+__all__ = ["OPENAI_VOICES", "ChatPlan", "Item", "Service", "Settings", "timeout_error"]
 
 logger = logging.getLogger("anygpt.serve")
 
@@ -289,23 +291,23 @@ class Service:
         if message.content is None:
             return ""
         if isinstance(message.content, str):
-            return message.content
+            return _utf8(message.content, f"{what}.content")
         texts = []
-        for part in message.content:
+        for k, part in enumerate(message.content):
             if part.type != "text":
                 raise APIError(
                     400,
                     f"{what}: only text content is read in {message.role} messages",
                     param=what,
                 )
-            texts.append(part.text)
+            texts.append(_utf8(part.text, f"{what}.content[{k}].text"))
         return " ".join(texts)
 
     def _user_message(self, conversation: Conversation, message: Message, what: str) -> str:
         """The user turn's protocol string: its media encoded (from the cache), then its text."""
         if message.content is None or isinstance(message.content, str):
             try:
-                return conversation.message(message.content or "")
+                return conversation.message(_utf8(message.content or "", f"{what}.content"))
             except AnyGPTError as err:
                 raise from_anygpt(err) from err
         texts: list[str] = []
@@ -313,7 +315,7 @@ class Service:
         for k, part in enumerate(message.content):
             where = f"{what}.content[{k}]"
             if part.type == "text":
-                texts.append(part.text)
+                texts.append(_utf8(part.text, f"{where}.text"))
             elif part.type == "image_url":
                 self.require(IMAGE, where)
                 data, mime = parse_data_url(part.image_url.url, f"{where}.image_url")
@@ -332,20 +334,36 @@ class Service:
             else:
                 name = part.input_media.modality
                 self.require(name, f"{where}.input_media.modality")
-                given = part.input_media.format
-                suffix = "." + given.lower().lstrip(".") if given else ""
+                suffix = self._input_suffix(
+                    name, part.input_media.format, f"{where}.input_media.format"
+                )
                 data = decode_base64(part.input_media.data, f"{where}.input_media.data")
                 media.append((name, data, suffix, f"{where}.input_media"))
         with contextlib.ExitStack() as files:
             inputs: dict[str, list[Path]] = {}
+            names: dict[Path, str] = {}
             for name, data, suffix, where in media:
                 kind = "image" if name == IMAGE else "audio" if suffix in _AUDIO_SUFFIXES else ""
                 path = files.enter_context(self.store.file(data, suffix, kind=kind, what=where))
                 inputs.setdefault(name, []).append(path)
+                names[path] = where
             try:
                 return conversation.message(" ".join(texts), inputs=inputs)
             except AnyGPTError as err:
-                raise from_anygpt(err) from err
+                raise _named(err, names) from err
+
+    def _input_suffix(self, modality: str, given: str | None, what: str) -> str:
+        """The cache file's suffix of an `input_media` part: a format the modality reads."""
+        if given is None:
+            return ""
+        suffix = "." + given.lower().removeprefix(".")
+        reads = self.gpt.codecs.spec(modality).input_extensions
+        if suffix in reads or (not reads and _FORMAT.fullmatch(suffix)):
+            return suffix
+        choices = ", ".join(ext.lstrip(".") for ext in reads) or "letters and digits"
+        raise APIError(
+            400, f"{what}: {given!r} is not a format {modality} reads ({choices})", param=what
+        )
 
     def pump_chat(
         self,
@@ -376,7 +394,7 @@ class Service:
                     emit(("done", choice, ("stop", stream.tokens, stream.text)))
                     return
         except DeadlineError:
-            emit(("error", choice, _timeout(self.settings.request_timeout)))
+            emit(("error", choice, timeout_error(self.settings.request_timeout)))
         except AnyGPTError as err:
             emit(("error", choice, from_anygpt(err)))
         except Exception as err:
@@ -405,12 +423,18 @@ class Service:
 
     # ---- one-shot tasks (speech, images, music, transcription) -------------------------------
 
-    def prepare(self, task: Any, seed: int, **overrides: Any) -> Prepared:  # noqa: ANN401
-        """`AnyGPT.prepare` with the core's errors as HTTP errors."""
+    def prepare(
+        self,
+        task: Any,  # noqa: ANN401 - a core Task
+        seed: int,
+        *,
+        names: dict[Path, str] | None = None,
+    ) -> Prepared:
+        """`AnyGPT.prepare` with the core's errors as HTTP errors (cache files called `names`)."""
         try:
-            return self.gpt.prepare(task, seed=seed, config=self.settings.config, **overrides)
+            return self.gpt.prepare(task, seed=seed, config=self.settings.config)
         except AnyGPTError as err:
-            raise from_anygpt(err) from err
+            raise _named(err, names or {}) from err
 
     def run_tasks(self, prepared: Sequence[Prepared], cancel: threading.Event) -> list[Result]:
         """Generate prepared tasks together (one engine call) and decode them, in memory."""
@@ -429,7 +453,7 @@ class Service:
                 for p, e in zip(prepared, events, strict=True)
             ]
         except DeadlineError as err:
-            raise _timeout(self.settings.request_timeout) from err
+            raise timeout_error(self.settings.request_timeout) from err
         except AnyGPTError as err:
             raise from_anygpt(err) from err
         finally:
@@ -444,6 +468,24 @@ class Service:
 
 
 _AUDIO_SUFFIXES = {"." + f for f in AUDIO_FORMATS}
+#: The format of a modality that reads any file: a plain suffix, so it cannot name a folder.
+_FORMAT = re.compile(r"\.[a-z0-9]{1,16}")
+
+
+def _utf8(text: str, what: str) -> str:
+    """`text`, or a 400 where JSON gave it a lone surrogate (half of a UTF-16 pair, unpaired)."""
+    try:
+        return require_utf8(text, what=what)
+    except InputError as err:
+        raise APIError(400, first_line(err), param=what) from None
+
+
+def _named(err: AnyGPTError, names: dict[Path, str]) -> APIError:
+    """The HTTP error of `err` with each cache file called what the request called it."""
+    api = from_anygpt(err)
+    for path, what in names.items():
+        api.message = api.message.replace(str(path), what)
+    return api
 
 
 def _finish(reason: str) -> str:
@@ -451,7 +493,8 @@ def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _timeout(seconds: float) -> APIError:
+def timeout_error(seconds: float) -> APIError:
+    """The 504 of a request that overstayed the server's limit."""
     return APIError(
         504, f"the request took longer than this server's limit of {seconds:g} s", code="timeout"
     )
