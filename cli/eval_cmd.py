@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -42,6 +43,10 @@ set's published layout from --data TASK=PATH. Answers are cached in --out per sa
 resumes where it stopped, and --rescore scores again without generating. Writes report.json,
 report.md, report.png and TASK/samples.jsonl in --out.
 """
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -169,6 +174,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         if decode == "paper" and (config is not None or any(v is not None for v in flags.values())):
             raise ConfigError("decoding flags and --config apply with --decode model")
         check_decoding(config, plugins=plugins, **flags)
+        if config is not None:  # its fields travel with each job, to a server too
+            flags = {**json.loads(config.read_text(encoding="utf-8")), **_given(flags)}
         url = check_engine(engine, vllm_url)
         if server is not None and url is not None:
             raise ConfigError("--server and --engine vllm are two engines; give one")
@@ -194,7 +201,6 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 batch_size=batch_size,
                 codec_options=codec_options,
                 instructions=instructions,
-                config=config,
             )
         settings = {
             "model": model_name_or_path or "demo",
@@ -222,7 +228,6 @@ def _backend(
     batch_size: int,
     codec_options: dict[str, Any],
     instructions: Path | None,
-    config: Path | None,
 ) -> Backend:
     from anygpt_core.evaluation import LocalBackend, ServerBackend
 
@@ -241,7 +246,7 @@ def _backend(
         vllm_url=url,
     )
     gpt.engine.max_batch = batch_size
-    return LocalBackend(gpt, model=model or "demo", config=config)
+    return LocalBackend(gpt, model=model or "demo")
 
 
 class _Run:

@@ -887,3 +887,61 @@ def test_blocking_request_work_is_cut_at_the_time_limit_and_never_holds_up_exit(
         release.set()
     assert err.value.status == 504 and "limit of 0.2 s" in err.value.message
     assert seen["daemon"]  # a server told to stop exits without waiting for it
+
+
+def test_eval_through_serve_answers_as_in_process(server, tmp_path, capsys):
+    """`anygpt eval --server` sends each task to POST /v1/anygpt/tasks: greedy answers are equal."""
+    from cli_runner import run_cli
+    from eval_data import write_librispeech
+
+    root = write_librispeech(tmp_path / "libri", count=3)
+    greedy = tmp_path / "greedy.json"
+    greedy.write_text('{"do_sample": false, "max_new_tokens": 24}')
+    common = [
+        "eval",
+        "librispeech-asr",
+        "--data",
+        f"librispeech-asr={root}",
+        "--decode",
+        "model",
+        "--config",
+        str(greedy),
+        "--batch-size",
+        "1",
+    ]
+    code, _, err = run_cli(
+        [*common, "--server", server.url, "--api-key", KEY, "--out", str(tmp_path / "served")],
+        capsys,
+    )
+    assert code == 0, err
+    code, _, err = run_cli([*common, "--device", "cpu", "--out", str(tmp_path / "local")], capsys)
+    assert code == 0, err
+
+    def answers(folder):
+        rows = (tmp_path / folder / "librispeech-asr" / "samples.jsonl").read_text().splitlines()
+        return [(r["id"], r["prompt"], r["output"]) for r in map(json.loads, rows)]
+
+    served, local = answers("served"), answers("local")
+    assert len(served) == 3 and served == local
+    report = json.loads((tmp_path / "served" / "report.json").read_text())
+    assert report["model"] == {"model": MODEL, "engine": "server", "server": server.url}
+
+
+def test_anygpt_tasks_endpoint_refuses_bad_requests(server):
+    body = {"model": MODEL, "source": "speech", "target": "text", "seed": 1}
+    r = server.post("/v1/anygpt/tasks", json={**body, "input": "hi"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    media = {"data": b64(wav_bytes(0.5)), "format": "../x"}
+    r = server.post("/v1/anygpt/tasks", json={**body, "input_media": media})
+    assert r.status_code == 400 and "input_media.format" in r.json()["error"]["message"]
+    media["format"] = "wav"
+    r = server.post("/v1/anygpt/tasks", json={**body, "input_media": media, "decoding": {"x": 1}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "decoding.x"
+    r = server.post(
+        "/v1/anygpt/tasks", json={**body, "input_media": media, "decoding": {"top_p": 7}}
+    )
+    assert r.status_code == 400
+    r = server.post("/v1/anygpt/tasks", json={**body, "input_media": media}, key=None)
+    assert r.status_code == 401
+    r = server.post("/v1/anygpt/tasks", json={**body, "input_media": media})
+    assert r.status_code == 200 and isinstance(r.json()["text"], str)

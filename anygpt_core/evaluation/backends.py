@@ -75,13 +75,11 @@ class LocalBackend:
     Args:
         gpt: the loaded model.
         model: the name the report gives it (a path or hub id; `demo` for the embedded demo).
-        config: a decoding config file applied to each answer's modality before `Job.decoding`.
     """
 
-    def __init__(self, gpt: AnyGPT, *, model: str, config: Path | None = None) -> None:
+    def __init__(self, gpt: AnyGPT, *, model: str) -> None:
         self.gpt = gpt
         self.model = model
-        self.config = config
 
     @property
     def batch(self) -> int:
@@ -101,9 +99,7 @@ class LocalBackend:
         where: list[int] = []
         for index, job in enumerate(jobs):
             try:
-                prepared.append(
-                    self.gpt.prepare(job.task, seed=job.seed, config=self.config, **job.decoding)
-                )
+                prepared.append(self.gpt.prepare(job.task, seed=job.seed, **job.decoding))
                 where.append(index)
             except AnyGPTError as err:
                 yield index, Answer(error=first_line(err))

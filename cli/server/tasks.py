@@ -25,9 +25,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from anygpt_cli.server.errors import APIError
+from anygpt_cli.server.errors import APIError, from_anygpt
 from anygpt_cli.server.media import decode_base64
 from anygpt_cli.server.schemas import SEED_MAX
+from anygpt_core.errors import AnyGPTError
 
 if TYPE_CHECKING:
     from anygpt_cli.server.service import Service
@@ -123,6 +124,15 @@ def _upload(
         yield path
 
 
+def _named(err: AnyGPTError, names: dict[Path | None, str]) -> APIError:
+    """The HTTP error of `err`, each upload called what the request called it (no server path)."""
+    api = from_anygpt(err)
+    for path, what in names.items():
+        if path is not None:
+            api.message = api.message.replace(str(path), what)
+    return api
+
+
 def _answer(
     service: Service, body: TaskRequest, seed: int, cancel: threading.Event
 ) -> dict[str, Any]:
@@ -134,7 +144,13 @@ def _answer(
     ):
         payload = body.input if source is None else str(source)
         task = Task(body.source, body.target, payload or "", str(condition) if condition else None)
-        prepared = service.prepare(task, seed, **body.decoding)
+        names = {p: what for p, what in ((source, "input_media"), (condition, "condition_media"))}
+        try:
+            prepared = service.gpt.prepare(
+                task, seed=seed, config=service.settings.config, **body.decoding
+            )
+        except AnyGPTError as err:
+            raise _named(err, names) from err
         result = service.run_tasks([prepared], cancel)[0]
         media = [
             {
