@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,11 +140,21 @@ class CodecSet:
     Args:
         plugins: the discovered plugins.
         options: codec option values by name; absent ones take the option's default.
+        offload: codecs hold no device memory between their encodes and decodes: on a GPU their
+            models wait on the CPU and move to the GPU for each call; on the CPU they are
+            released after each call and load again on the next (`--offload codecs`).
     """
 
-    def __init__(self, plugins: PluginSet, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        plugins: PluginSet,
+        options: Mapping[str, Any] | None = None,
+        *,
+        offload: bool = False,
+    ) -> None:
         self.plugins = plugins
         self.options = dict(options or {})
+        self.offload = offload
         self._codecs: dict[str, Codec] = {}
         self._lock = threading.RLock()
 
@@ -159,6 +170,33 @@ class CodecSet:
                 values = {o.name: self.options.get(o.name, o.default) for o in spec.options}
                 self._codecs[modality] = spec.codec_factory(values)
             return self._codecs[modality]
+
+    @contextmanager
+    def _using(self, modality: str) -> Iterator[Codec]:
+        """The modality's codec for one call (under the lock); with `offload`, parked after it."""
+        with self._lock:
+            codec = self.codec(modality)
+            if self.offload:
+                _move_models(codec, to_device=True)
+            try:
+                yield codec
+            finally:
+                if self.offload:
+                    self._park(modality, codec)
+
+    def _park(self, modality: str, codec: Codec) -> None:
+        """Free the device memory a codec's models hold: to the CPU from a GPU, else released."""
+        import gc
+
+        device = getattr(codec, "device", None)
+        if getattr(device, "type", "cpu") == "cuda":
+            _move_models(codec, to_device=False)
+            import torch
+
+            torch.cuda.empty_cache()
+        else:
+            self._codecs.pop(modality, None)  # its weights load again on the next call
+        gc.collect()
 
     def extension(self, modality: str) -> str:
         """The suffix of files written for `modality`: the codec's choice, else the spec's."""
@@ -181,8 +219,8 @@ class CodecSet:
                     f"{source}: unsupported format; {modality} reads "
                     f"{', '.join(spec.input_extensions)}"
                 )
-        with self._lock:
-            codes = self.codec(modality).encode(source)
+        with self._using(modality) as codec:
+            codes = codec.encode(source)
         _check_codes(spec, codes)
         return codes
 
@@ -210,8 +248,7 @@ class CodecSet:
         spec = self.spec(modality)
         _check_codes(spec, codes)
         _check_condition(spec, condition)
-        codec = self.codec(modality)
-        with self._lock:
+        with self._using(modality) as codec:
             return codec.decode(
                 codes, condition=condition, seed=seed, config=config or spec.decoding
             )
@@ -257,6 +294,25 @@ def text_answers_only(config: DecodingConfig, target: str) -> DecodingConfig:
         "num_beams %d applies to text answers; %s decodes one beam", config.num_beams, target
     )
     return config.merged(num_beams=1)
+
+
+def _move_models(codec: Codec, *, to_device: bool) -> None:
+    """Move the torch modules a codec has loaded to its `device`, or to the CPU.
+
+    Modules that accelerate already offloads (`--image-low-memory` on a GPU) are left to it.
+    """
+    import torch
+
+    loaded = getattr(codec, "loaded", None)
+    device = getattr(codec, "device", None)
+    if loaded is None or device is None:
+        return
+    target = device if to_device else torch.device("cpu")
+    for value in loaded().values():
+        parts = getattr(value, "components", {"": value}).values()  # a diffusers pipeline
+        for module in parts:
+            if isinstance(module, torch.nn.Module) and not hasattr(module, "_hf_hook"):
+                module.to(target)
 
 
 def _check_condition(spec: ModalitySpec, condition: Path | str | None) -> None:
@@ -326,6 +382,8 @@ class AnyGPT:
         instructions: Path | None = None,
         output_dir: Path | str = "anygpt_output",
         vllm_url: str | None = None,
+        quantize: str | None = None,
+        offload_codecs: bool = False,
     ) -> AnyGPT:
         """Load a model by directory or hub id; with `model=None`, the embedded demo.
 
@@ -333,6 +391,8 @@ class AnyGPT:
         options left out point at the demo's tiny codec checkpoints. With `vllm_url` only the
         tokenizer loads (no weights): generation goes to the vLLM server there, which must serve
         the same model with the `anygpt-vllm` processor installed; it is asked for its model now.
+        `quantize` (int8, int4) quantises the LLM's layers as they load; `offload_codecs` keeps
+        the codecs off the device between their calls (see `CodecSet`).
         """
         from anygpt_core.demo import ensure_demo
         from anygpt_core.loading import load_language_model, load_tokenizer, resolve_model_dir
@@ -351,7 +411,9 @@ class AnyGPT:
         directory = resolve_model_dir(location)  # once: a hub id is looked up in the cache here
         lm: Any = None
         if vllm_url is None:
-            lm, tokenizer = load_language_model(directory, device=device, dtype=dtype)
+            lm, tokenizer = load_language_model(
+                directory, device=device, dtype=dtype, quantize=quantize
+            )
         else:
             tokenizer = load_tokenizer(directory)
         encoder = ReferencePromptEncoder.from_directory(directory, tokenizer)
@@ -359,7 +421,7 @@ class AnyGPT:
             lm,
             tokenizer,
             plugins,
-            CodecSet(plugins, options),
+            CodecSet(plugins, options, offload=offload_codecs),
             instructions=instructions,
             output_dir=Path(output_dir),
             is_demo=is_demo,

@@ -204,6 +204,8 @@ class LlamaBackend(TransformersBackend):
     @staticmethod
     def supports(model: Any) -> bool:  # noqa: ANN401
         """Whether the lean path reproduces `model` exactly."""
+        import torch
+
         config = getattr(model, "config", None)
         if config is None or getattr(config, "model_type", None) != "llama":
             return False
@@ -216,6 +218,10 @@ class LlamaBackend(TransformersBackend):
             and not config.mlp_bias
             and getattr(config, "_attn_implementation", "sdpa") == "sdpa"
             and not model.training
+            # it stacks plain weight matrices; quantised layers (anygpt_core.quantize) hold none
+            and isinstance(
+                getattr(model.get_decoder().layers[0].mlp.down_proj, "weight", None), torch.Tensor
+            )
         )
 
     def __init__(self, model: Any) -> None:  # noqa: ANN401

@@ -149,6 +149,11 @@ class LazyCodec(Generic[OptionsT]):
         """Whether `lazy(name, ...)` has loaded its value."""
         return name in self._loaded
 
+    def loaded(self) -> dict[str, Any]:
+        """The values loaded so far by name (a copy), e.g. to move their modules between devices."""
+        with self._lock:
+            return dict(self._loaded)
+
     def forget(self, name: str) -> None:
         """Drop a loaded value (e.g. a part that a larger load now serves)."""
         with self._lock:

@@ -98,17 +98,22 @@ def available_memory() -> int | None:
     return None
 
 
-def cpu_dtype(directory: Path, available: int | None = None) -> str:
+def cpu_dtype(directory: Path, available: int | None = None, *, quantize: str | None = None) -> str:
     """`auto` on the CPU: float32 when it fits in memory, else bfloat16 (with a warning).
 
     A 7B model is 28 GB in float32, more than many machines hold; the kernel would kill the
-    process without a word. When even bfloat16 does not fit, say so instead.
+    process without a word. When even bfloat16 does not fit, say so instead. With `quantize`
+    (int8, int4) the layers' weights count at their quantised size and the rest in bfloat16,
+    the dtype quantised models compute in.
 
     Raises:
-        CheckpointError: the model does not fit in memory in bfloat16 either.
+        CheckpointError: the model does not fit in memory in bfloat16 (or quantised) either.
     """
     size, itemsize = checkpoint_bytes(directory)
     available = available_memory() if available is None else available
+    if quantize is not None:
+        _check_quantized_fits(directory, quantize, size, itemsize, available)
+        return "bfloat16"
     if available is None or size == 0:
         return "float32"
     elements = size / itemsize
@@ -130,16 +135,62 @@ def cpu_dtype(directory: Path, available: int | None = None) -> str:
     )
 
 
+def _check_quantized_fits(
+    directory: Path, quantize: str, size: int, itemsize: int, available: int | None
+) -> None:
+    """Refuse a quantised load that does not fit in `available` bytes (unknown: allowed)."""
+    from anygpt_core.quantize import quantized_bytes
+
+    if available is None or size == 0:
+        return
+    needed = quantized_bytes(directory, quantize, stored_bytes=size, itemsize=itemsize)
+    if needed > 0.85 * available:
+        gib = 1024**3
+        raise CheckpointError(
+            f"{directory}: the model needs {needed / gib:.1f} GiB even in {quantize} and "
+            f"{available / gib:.1f} GiB of memory is available; use a GPU (--device cuda)"
+            + (", --quantize int4" if quantize != "int4" else "")
+            + " or a machine with more memory"
+        )
+
+
 def load_language_model(
-    name_or_path: str | Path, *, device: str = "auto", dtype: str = "auto"
+    name_or_path: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantize: str | None = None,
 ) -> tuple[Any, Any]:
     """Load a LLaMA-family causal LM and its tokenizer; weights without pickled code.
 
+    Args:
+        name_or_path: a model directory or hub id.
+        device: auto, cpu, cuda or cuda:N.
+        dtype: auto (see `pick_dtype`; bfloat16 with `quantize`), float32, float16, bfloat16.
+        quantize: int8 or int4: the layers' weights quantised as they load
+            (`anygpt_core.quantize`); None keeps them as stored.
+
     Returns:
         `(model, tokenizer)`, the model in eval mode on the chosen device.
+
+    Raises:
+        ConfigError: a quantisation mode this device cannot run (exit code 6).
+        CheckpointError: missing or mismatched weights, or a model that does not fit in memory.
     """
     directory = resolve_model_dir(name_or_path)
     torch_device = pick_device(device)
+    if quantize is not None:
+        from anygpt_core.quantize import check_quantize, load_quantized
+
+        # bfloat16: what the int4 kernels take, and the range float16 scales may lack
+        torch_dtype = pick_dtype("bfloat16" if dtype == "auto" else dtype, torch_device)
+        check_quantize(quantize, torch_device, torch_dtype)
+        if torch_device.type == "cpu":
+            cpu_dtype(directory, quantize=quantize)
+        tokenizer = load_tokenizer(directory)
+        model = load_quantized(directory, quantize, device=torch_device, dtype=torch_dtype)
+        _check_finite(directory, model)
+        return model, tokenizer
     if dtype == "auto" and torch_device.type == "cpu":
         dtype = cpu_dtype(directory)
     torch_dtype = pick_dtype(dtype, torch_device)

@@ -19,12 +19,15 @@ from anygpt_cli.common import (
     MaxNewTokens,
     ModelPath,
     NumBeams,
+    Offload,
     OutputDir,
+    Quantize,
     Seed,
     Temperature,
     TopK,
     TopP,
     check_decoding,
+    check_low_memory,
     load_model,
     stdin_lines,
 )
@@ -79,6 +82,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         model_name_or_path: ModelPath = None,
         device: Device = "auto",
         dtype: Dtype = "auto",
+        quantize: Quantize = None,
+        offload: Offload = None,
         output_dir: OutputDir = Path("anygpt_output"),
         chat_template: Annotated[
             str,
@@ -109,6 +114,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         to = to.strip().lower()
         if to != "text":
             plugins.modality(to)
+        check_low_memory(quantize, offload)  # an unknown mode fails before loading
         check_decoding(  # a bad file or flag value fails before the model loads
             config,
             plugins=plugins,
@@ -125,6 +131,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             model_name_or_path,
             device=device,
             dtype=dtype,
+            quantize=quantize,
+            offload=offload,
             codec_options=codec_options,
             output_dir=output_dir,
         )

@@ -22,7 +22,9 @@ __all__ = [
     "MaxNewTokens",
     "ModelPath",
     "NumBeams",
+    "Offload",
     "OutputDir",
+    "Quantize",
     "Seed",
     "Temperature",
     "TopK",
@@ -30,6 +32,7 @@ __all__ = [
     "VLLMUrl",
     "check_decoding",
     "check_engine",
+    "check_low_memory",
     "load_model",
     "stdin_lines",
 ]
@@ -48,6 +51,25 @@ Dtype = Annotated[
         "--dtype",
         help="auto (float16 on a GPU; on the CPU float32, or bfloat16 if that does not fit in "
         "memory), float32, float16 or bfloat16.",
+    ),
+]
+Quantize = Annotated[
+    str | None,
+    typer.Option(
+        "--quantize",
+        help="int8 or int4: quantise the language model's layers as they load (weight-only; "
+        "about 7 or 4 GB for a 7B model); computes in bfloat16 unless --dtype says otherwise.",
+        show_default=False,
+    ),
+]
+Offload = Annotated[
+    str | None,
+    typer.Option(
+        "--offload",
+        help="codecs: codec models leave the device between their encodes and decodes (to the "
+        "CPU from a GPU; released on the CPU); the language model stays. Composes with "
+        "--image-low-memory.",
+        show_default=False,
     ),
 ]
 OutputDir = Annotated[Path, typer.Option("--output-dir", help="Where output files are written.")]
@@ -108,6 +130,25 @@ def check_engine(engine: str, vllm_url: str | None) -> str | None:
     return vllm_url if engine == "vllm" else None
 
 
+def check_low_memory(quantize: str | None, offload: str | None) -> bool:
+    """Validate `--quantize` and `--offload` before anything loads; True to offload codecs.
+
+    Whether this device has the quantisation kernel is checked when the model loads, before
+    its weights do.
+
+    Raises:
+        ConfigError: an unknown mode, naming the known ones (exit code 6).
+    """
+    from anygpt_core.errors import ConfigError
+    from anygpt_core.quantize import QUANTIZE_MODES
+
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"--quantize {quantize}: expected one of {', '.join(QUANTIZE_MODES)}")
+    if offload not in (None, "codecs"):
+        raise ConfigError(f"--offload {offload}: expected codecs")
+    return offload == "codecs"
+
+
 def check_decoding(
     config: Path | None,
     *,
@@ -154,15 +195,23 @@ def load_model(
     output_dir: Path,
     instructions: Path | None = None,
     vllm_url: str | None = None,
+    quantize: str | None = None,
+    offload: str | None = None,
 ) -> AnyGPT:
     """Load the model (or the demo, with its one-line notice on stderr) with a spinner.
 
-    With `vllm_url`, only its tokenizer loads; generation goes to that vLLM server.
+    With `vllm_url`, only its tokenizer loads; generation goes to that vLLM server. `quantize`
+    and `offload` are the low-memory modes (`--quantize`, `--offload`).
     """
     from anygpt_cli.console import stderr
     from anygpt_core.api import AnyGPT
     from anygpt_core.demo import DEMO_NOTICE
 
+    offload_codecs = check_low_memory(quantize, offload)
+    if quantize is not None and vllm_url is not None:
+        from anygpt_core.errors import ConfigError
+
+        raise ConfigError("--quantize is for --engine local; a vLLM server loads its own model")
     if model is None:
         stderr.print(f"[yellow]{DEMO_NOTICE}[/yellow]")
     with stderr.status("Loading model…"):
@@ -175,4 +224,6 @@ def load_model(
             instructions=instructions,
             output_dir=output_dir,
             vllm_url=vllm_url,
+            quantize=quantize,
+            offload_codecs=offload_codecs,
         )

@@ -19,7 +19,9 @@ from anygpt_cli.common import (
     MaxNewTokens,
     ModelPath,
     NumBeams,
+    Offload,
     OutputDir,
+    Quantize,
     Seed,
     Temperature,
     TopK,
@@ -27,6 +29,7 @@ from anygpt_cli.common import (
     VLLMUrl,
     check_decoding,
     check_engine,
+    check_low_memory,
     load_model,
     stdin_lines,
 )
@@ -90,6 +93,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         model_name_or_path: ModelPath = None,
         device: Device = "auto",
         dtype: Dtype = "auto",
+        quantize: Quantize = None,
+        offload: Offload = None,
         output_dir: OutputDir = Path("anygpt_output"),
         config: ConfigFile = None,
         seed: Seed = None,
@@ -130,6 +135,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             task = parse_instruction(line)
             for name in {task.source, task.target} - {"text"}:
                 plugins.modality(name)
+        check_low_memory(quantize, offload)  # an unknown mode fails before loading
         check_decoding(  # a bad file or flag value fails before the model loads
             config,
             plugins=plugins,
@@ -150,6 +156,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             model_name_or_path,
             device=device,
             dtype=dtype,
+            quantize=quantize,
+            offload=offload,
             codec_options=codec_options,
             output_dir=output_dir,
             instructions=instructions,

@@ -1,4 +1,4 @@
-"""`anygpt serve`: the model behind an OpenAI-compatible HTTP API (extra `anygpt[serve]`)."""
+"""`anygpt serve`: the model behind an OpenAI-compatible HTTP API (the `serve` extra)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ from anygpt_cli.common import (
     EngineName,
     InstructionsFile,
     ModelPath,
+    Offload,
+    Quantize,
     VLLMUrl,
     check_decoding,
     check_engine,
+    check_low_memory,
     load_model,
 )
 from anygpt_cli.options import with_codec_options
@@ -74,6 +77,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         model_name_or_path: ModelPath = None,
         device: Device = "auto",
         dtype: Dtype = "auto",
+        quantize: Quantize = None,
+        offload: Offload = None,
         config: ConfigFile = None,
         engine: EngineName = "local",
         vllm_url: VLLMUrl = None,
@@ -148,7 +153,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             import uvicorn
         except ImportError as err:
             raise PluginError(
-                f"anygpt serve needs {err.name}: pip install 'anygpt[serve]'"
+                f"anygpt serve needs {err.name}: pip install fastapi uvicorn python-multipart"
             ) from None
         from anygpt_cli.server.app import create_app, wrap
         from anygpt_cli.server.media import Limits, MediaStore
@@ -164,6 +169,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             if value != value or value in (float("inf"), float("-inf")):
                 raise ConfigError(f"--{name}: must be a finite number")
         voices = _voices(voice)
+        check_low_memory(quantize, offload)  # an unknown mode fails before loading
         check_decoding(config, plugins=plugins)
         url = check_engine(engine, vllm_url)
         sock = _bind(host, port)  # a taken port fails before the model loads
@@ -179,6 +185,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 model_name_or_path,
                 device=device,
                 dtype=dtype,
+                quantize=quantize,
+                offload=offload,
                 codec_options=codec_options,
                 output_dir=store.dir,  # nothing is saved: media go back in the responses
                 instructions=instructions,

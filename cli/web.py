@@ -16,12 +16,15 @@ from anygpt_cli.common import (
     MaxNewTokens,
     ModelPath,
     NumBeams,
+    Offload,
     OutputDir,
+    Quantize,
     Seed,
     Temperature,
     TopK,
     TopP,
     check_decoding,
+    check_low_memory,
     load_model,
 )
 from anygpt_cli.options import with_codec_options
@@ -40,7 +43,8 @@ image or music, shown and played in the page. The tasks tab runs the base model'
 (text to image, captioning, text to speech with an optional voice prompt, speech recognition, text
 to music, music captioning) with their decoding settings and a seed. Every browser tab keeps its
 own conversation; all of them share the loaded model, whose engine batches their generations.
-Nothing is fetched from outside the machine. Needs the `web` extra: pip install 'anygpt[web]'.
+Nothing is fetched from outside the machine. Needs Gradio 6 (the `web` extra):
+pip install 'gradio>=6,<7'.
 """
 
 
@@ -54,6 +58,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         model_name_or_path: ModelPath = None,
         device: Device = "auto",
         dtype: Dtype = "auto",
+        quantize: Quantize = None,
+        offload: Offload = None,
         output_dir: OutputDir = Path("anygpt_output"),
         host: Annotated[
             str, typer.Option("--host", help="Address to serve on (0.0.0.0: every interface).")
@@ -93,6 +99,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             "num_beams": num_beams,
         }
         # a bad file, seed or flag value fails before loading
+        check_low_memory(quantize, offload)  # an unknown mode fails before loading
         check_decoding(config, plugins=plugins, seed=seed, **overrides)
         # uploads and the copies Gradio serves stay in the output directory, like the answers
         os.environ.setdefault("GRADIO_TEMP_DIR", str((output_dir / ".gradio").resolve()))
@@ -102,6 +109,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             model_name_or_path,
             device=device,
             dtype=dtype,
+            quantize=quantize,
+            offload=offload,
             codec_options=codec_options,
             output_dir=output_dir,
         )
