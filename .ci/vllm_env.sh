@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The second environment the tests need: vLLM's CPU build with anygpt + anygpt-vllm (the span rules
-# as a vLLM logits processor), no plugin and so no codec dependency. tests/test_vllm.py starts
+# The second environment the tests need: vLLM's CPU build with anygpt-core + anygpt-vllm (the span
+# rules as a vLLM logits processor), no plugin and so no codec dependency. tests/test_vllm.py starts
 # `vllm serve` from it. Usage: .ci/vllm_env.sh [VENV] (default .venv-vllm); about 3.5 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from anygpt_cli.catalogue import KNOWN_PLUGINS, package_for_flag
+from anygpt_cli.catalogue import KNOWN_PLUGINS, install_target, package_for_flag
 from anygpt_core import __version__
 from anygpt_core.errors import AnyGPTError, PluginError, first_line
 from anygpt_core.plugins import PluginSet, discover
@@ -36,7 +36,9 @@ def _check_plugin_flags(argv: list[str], plugins: PluginSet) -> None:
         flag = arg.split("=", 1)[0]
         package = package_for_flag(flag)
         if package and flag not in installed and not flag.startswith("--no-"):
-            raise PluginError(f"{flag} belongs to the plugin {package}: pip install {package}")
+            raise PluginError(
+                f"{flag} belongs to the plugin {package}: pip install {install_target(package)}"
+            )
 
 
 def build_app(plugins: PluginSet) -> typer.Typer:

@@ -6,14 +6,30 @@ are not, so `anygpt run "text|speech|hi"` says what to install instead of "unkno
 
 from __future__ import annotations
 
-__all__ = ["KNOWN_EVAL_TASKS", "KNOWN_PLUGINS", "package_for_flag"]
+from pathlib import Path
 
-#: Modality -> the distribution that provides it.
+__all__ = ["KNOWN_EVAL_TASKS", "KNOWN_PLUGINS", "install_target", "package_for_flag"]
+
+#: The checkout this CLI runs from when it is installed from one (`pip install -e .`).
+_CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def install_target(distribution: str) -> str:
+    """What `pip install` takes for one of our plugins: its folder here, else its name.
+
+    "Here" is the checkout the CLI runs from (an editable install); our plugins are not on the
+    package index, so their folder is what a user can install.
+    """
+    folder = _CHECKOUT / "plugins" / distribution.replace("-", "_")
+    return str(folder) if (folder / "pyproject.toml").is_file() else distribution
+
+
+#: Modality -> what to `pip install` for it.
 KNOWN_PLUGINS = {
-    "image": "anygpt-image",
-    "speech": "anygpt-speech",
-    "music": "anygpt-music",
-    "audio": "anygpt-music",
+    "image": install_target("anygpt-image"),
+    "speech": install_target("anygpt-speech"),
+    "music": install_target("anygpt-music"),
+    "audio": install_target("anygpt-music"),
 }
 
 #: The paper's evaluation tasks -> the distribution that provides each.

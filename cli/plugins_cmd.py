@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from anygpt_cli.catalogue import install_target
 from anygpt_core.plugins import PluginSet
 
 __all__ = ["register"]
@@ -70,7 +71,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         from anygpt_cli.console import stdout
 
         if not rows:
-            stdout.print("No plugins installed: only text. Try `pip install anygpt-music`.")
+            music = install_target("anygpt-music")
+            stdout.print(f"No plugins installed: only text. Try `pip install {music}`.")
             return
         table = Table(
             "plugin", "version", "state", "modality", "tokens", "start/end", "K × size", "frames"

@@ -59,7 +59,7 @@ def import_gradio() -> ModuleType:
         import gradio
     except ImportError as err:
         raise PluginError(
-            "anygpt web needs Gradio: pip install 'anygpt[web]'"
+            "anygpt web needs Gradio: pip install 'gradio>=6,<7'"
             + (f" ({err})" if "gradio" not in str(err) else "")
         ) from None
     return gradio

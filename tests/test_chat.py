@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 from cli_runner import TOY_DIR, run_cli
 
+from anygpt_cli.catalogue import install_target
 from anygpt_cli.chat_lines import ChatLine, parse_line
 from anygpt_core.chat import (
     Conversation,
@@ -24,6 +25,8 @@ from anygpt_core.errors import InputError, PluginError
 from anygpt_core.generation import SpanClosed, SpanOpened, TokenEvent
 from anygpt_core.prompts import ANYGPT_CHAT, MMGPT_CHAT
 from anygpt_core.protocol import codes_to_string
+
+SPEECH_PLUGIN = install_target("anygpt-speech")
 
 
 @pytest.fixture(scope="module")
@@ -420,7 +423,7 @@ def test_scripted_chat_with_json(toy_env, capsys, monkeypatch, tmp_path, series)
     assert errors == [
         "Error: cannot parse 'text|text|a bad line': task 'text' is not a chat task; chat lines are "
         "plain text or interleaved|TEXT|MODALITY|IMAGE|VOICE_PROMPT|SPEECH|MUSIC",
-        "Error: modality 'speech' needs a plugin: pip install anygpt-speech",
+        f"Error: modality 'speech' needs a plugin: pip install {SPEECH_PLUGIN}",
         "Error: /no/such.png: no such file",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "series.txt"]

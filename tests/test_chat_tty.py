@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from anygpt_cli.catalogue import install_target
+
 pexpect = pytest.importorskip("pexpect")
 
 ANYGPT = str(Path(sys.executable).parent / "anygpt")
+
+SPEECH_PLUGIN = install_target("anygpt-speech")
 
 
 def spawn(args, env, cwd):
@@ -50,7 +54,7 @@ def test_interactive_session(toy_env, tmp_path):
         child.expect_exact("(to toy) > ")
         assert written.parent == out_dir and written.is_file()
         child.sendline("/speech nothing.wav")
-        child.expect(r"Error: modality 'speech' needs a plugin: pip install anygpt-speech")
+        child.expect_exact(f"Error: modality 'speech' needs a plugin: pip install {SPEECH_PLUGIN}")
         child.expect_exact("(to toy) > ")
         child.sendline("/history")
         child.expect_exact("[Human]: hello<eoh>")

@@ -131,7 +131,7 @@ def pretrain_config(model: Path, data: Path, out: Path, **overrides):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, extended, pretrain_data, plugins):
-    pytest.importorskip("accelerate")  # the Trainer needs it: pip install 'anygpt[train]'
+    pytest.importorskip("accelerate")  # the Trainer needs it: pip install accelerate
     from anygpt_core.training import train
 
     out = tmp_path_factory.mktemp("runs") / "pretrain"

@@ -374,11 +374,11 @@ def test_web_help_lists_host_port_and_plugin_options(capsys):
     assert "--music-tokenizer-path" in out  # the installed plugins' codec options
 
 
-def test_web_without_gradio_names_the_extra(capsys, monkeypatch):
+def test_web_without_gradio_says_how_to_install_it(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed: import fails
     code, _, err = run_cli(["web"], capsys)
     assert code == 5
-    assert "pip install 'anygpt[web]'" in err
+    assert "pip install 'gradio>=6,<7'" in err
     assert "Traceback" not in err
 
 

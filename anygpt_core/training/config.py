@@ -159,7 +159,7 @@ def training_arguments(config: TrainConfig, *, source: Path | None = None) -> An
     from transformers import TrainingArguments
 
     if importlib.util.find_spec("accelerate") is None:
-        raise AnyGPTError("training needs accelerate: pip install 'anygpt[train]'")
+        raise AnyGPTError("training needs accelerate: pip install accelerate")
     mapped = {
         name: getattr(config, name)
         for name in (

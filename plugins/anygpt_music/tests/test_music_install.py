@@ -44,7 +44,7 @@ def test_music_entry_point_is_discovered_after_pip_install(tmp_path):
         check=True,
     ).stdout.strip()
     # Dependencies (torch, pydantic, ...) come from this interpreter's site-packages, after the
-    # new environment's own, so the freshly installed copies of anygpt and anygpt-music win.
+    # new environment's own, so the freshly installed copies of anygpt-core and anygpt-music win.
     (Path(target_site) / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
         [
