@@ -50,3 +50,9 @@ def test_tokenize_benchmark_checks_identical_ids():
     out = run("bench_tokenize.py", "--sizes", "3000,9000", "--reps", "1")
     assert "reference ids identical" in out
     assert re.search(r"9,000 .* \d+\.\d+x$", out, re.M)
+
+
+def test_eval_benchmark_compares_batched_and_one_by_one_answers():
+    out = run("bench_eval.py", "--quick")
+    assert re.search(r"answers identical one by one and batched: \d+/4", out)
+    assert re.search(r"speed-up at batch 8: \d+\.\d+x", out)

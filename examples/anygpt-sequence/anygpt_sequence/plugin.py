@@ -6,13 +6,16 @@ Registered by the entry point `[project.entry-points.anygpt] sequence = "anygpt_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anygpt_core import DecodingConfig, Instructions, ModalitySpec, hookimpl
 from anygpt_sequence.codec import CODEBOOK_SIZE, NUM_CODEBOOKS, SequenceCodec, SequenceOptions
 from anygpt_sequence.phrasings import FROM_TEXT, TO_TEXT
 
-__all__ = ["SEQUENCE", "anygpt_demo_assets", "anygpt_modalities"]
+if TYPE_CHECKING:
+    from anygpt_core.evaluation import EvalTask
+
+__all__ = ["SEQUENCE", "anygpt_demo_assets", "anygpt_eval_tasks", "anygpt_modalities"]
 
 
 SEQUENCE = ModalitySpec(
@@ -45,3 +48,11 @@ def anygpt_demo_assets(directory: Path) -> dict[str, Any]:
     from anygpt_sequence.demo import write_demo_codec
 
     return {"sequence_codec_path": str(write_demo_codec(Path(directory)))}
+
+
+@hookimpl
+def anygpt_eval_tasks() -> list[EvalTask]:
+    """`sequence-trend`: name a series' trend (an example of a third party's eval task)."""
+    from anygpt_sequence.evaluation import SEQUENCE_TREND
+
+    return [SEQUENCE_TREND]

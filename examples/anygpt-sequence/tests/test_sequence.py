@@ -105,3 +105,55 @@ def test_bad_codes_fail_as_the_core_fails_them(codec_path):
 
     with pytest.raises(GenerationError, match="sequence: code 64 out of range"):
         SequenceCodec(sequence_codec_path=codec_path).decode(torch.full((2, 3), 64))
+
+
+def test_sequence_trend_eval_task_through_anygpt_eval(tmp_path, capsys):
+    """The plugin's own eval task runs through the core's `anygpt eval` on the demo model."""
+    import json
+
+    from anygpt_core.evaluation.metrics import require
+    from anygpt_core.testing import run_cli
+
+    require("jiwer")  # the eval extra is installed with the tests
+    data = tmp_path / "trends"
+    data.mkdir()
+    rows = ["file,label"]
+    for i, (label, slope) in enumerate([("rising", 1.0), ("falling", -1.0), ("flat", 0.0)]):
+        np.savetxt(data / f"s{i}.csv", slope * np.linspace(0, 4, 32), header="value", comments="")
+        rows.append(f"s{i}.csv,{label}")
+    (data / "trends.csv").write_text("\n".join(rows) + "\n")
+    code, out, err = run_cli(
+        [
+            "eval",
+            "sequence-trend",
+            "--data",
+            f"sequence-trend={data}",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--decode",
+            "model",
+            "--max-new-tokens",
+            "8",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    entry = json.loads((tmp_path / "out" / "report.json").read_text())["tasks"]["sequence-trend"]
+    assert (entry["metric"], entry["n"], entry["skipped"]) == ("accuracy", 3, 0)
+    assert 0 <= entry["value"] <= 100
+    assert "sequence-trend accuracy:" in out
+    (data / "trends.csv").write_text("file,label\ns0.csv,sideways\n")
+    code, _, err = run_cli(
+        [
+            "eval",
+            "sequence-trend",
+            "--data",
+            f"sequence-trend={data}",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == 3 and "trends.csv:2: expected a file and a label" in err
