@@ -128,6 +128,15 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 "--request-timeout", min=1, max=86400, help="Seconds a request may take (504)."
             ),
         ] = 300.0,
+        read_timeout: Annotated[
+            float,
+            typer.Option(
+                "--read-timeout",
+                min=0.1,
+                max=3600,
+                help="Seconds a client has to send a request's head, and then its body (408).",
+            ),
+        ] = 30.0,
         max_body_mb: Annotated[
             float, typer.Option("--max-body-mb", min=0.001, max=4096, help="Request body limit.")
         ] = 25.0,
@@ -157,6 +166,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             ) from None
         from anygpt_cli.server.app import create_app, wrap
         from anygpt_cli.server.media import Limits, MediaStore
+        from anygpt_cli.server.protocol import with_head_deadline
         from anygpt_cli.server.service import Service, Settings
         from anygpt_core.chat import TEMPLATES
         from anygpt_core.demo import anygpt_home
@@ -165,7 +175,12 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             raise ConfigError(
                 f"--chat-template {chat_template!r}: choose one of {', '.join(TEMPLATES)}"
             )
-        for name, value in {"max-body-mb": max_body_mb, "request-timeout": request_timeout}.items():
+        finite = {
+            "max-body-mb": max_body_mb,
+            "request-timeout": request_timeout,
+            "read-timeout": read_timeout,
+        }
+        for name, value in finite.items():
             if value != value or value in (float("inf"), float("-inf")):
                 raise ConfigError(f"--{name}: must be a finite number")
         voices = _voices(voice)
@@ -177,6 +192,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             max_body_bytes=int(max_body_mb * 1024 * 1024),
             max_audio_seconds=max_audio_seconds,
             max_image_pixels=max_image_pixels,
+            read_timeout=read_timeout,
         )
         store = MediaStore(cache_dir or anygpt_home() / "serve", limits)
         try:
@@ -219,6 +235,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 access_log=False,
                 lifespan="off",
                 timeout_graceful_shutdown=int(request_timeout) + 5,
+                http=with_head_deadline(read_timeout),
                 log_level="warning",
             )
         )

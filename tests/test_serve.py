@@ -406,6 +406,18 @@ def error_of(response: httpx.Response, status: int) -> str:
             400,
             "temperature",
         ),
+        (
+            b'{"model": "anygpt-demo", "messages": [{"role": "user", "content": "x"}], '
+            b'"top_p": NaN}',
+            400,
+            "top_p: Input should be a finite number",
+        ),
+        (
+            b'{"model": "anygpt-demo", "messages": [{"role": "user", "content": "x"}], '
+            b'"temperature": Infinity}',
+            400,
+            "temperature: Input should be a finite number",
+        ),
         ({"model": MODEL, "messages": "hello"}, 400, "messages"),
         (
             {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
@@ -606,6 +618,9 @@ def test_auth_body_size_and_upload_errors(server):
     with pytest.raises(openai.AuthenticationError):
         chat(server.client(key="nope"), "x")
     assert httpx.get(server.url + "/health").status_code == 200  # health needs no key
+    assert "API key" in error_of(httpx.get(server.url + "/openapi.json"), 401)
+    schema = httpx.get(server.url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"})
+    assert schema.status_code == 200 and "/v1/chat/completions" in schema.json()["paths"]
     huge = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (3 * 1024 * 1024)}]}
     assert "limit of" in error_of(server.post("/v1/chat/completions", json=huge), 413)
     text_file = server.post(
@@ -770,9 +785,40 @@ def test_full_queue_429_and_a_client_that_leaves_frees_its_place(small_server):
     assert time.monotonic() < deadline
 
 
-def test_request_timeout_is_a_504(tmp_path):
-    srv = start_server(tmp_path / "slow.log", "--request-timeout", "1")
+def trickled(server: Server, start: bytes) -> bytes:
+    """What a client that sends `start`, then one byte a second, reads before the server closes."""
+    import socket
+
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(start)
+        conn.settimeout(0.9)
+        received = b""
+        for _ in range(20):
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                conn.sendall(b" ")  # still sending: the head or body is never complete
+                continue
+            except ConnectionResetError:
+                return received
+            if not chunk:
+                return received
+            received += chunk
+        raise AssertionError(f"still open after 20 s; read {received!r}")
+
+
+def test_request_timeout_is_a_504_and_a_trickling_client_is_cut_off(tmp_path):
+    srv = start_server(tmp_path / "slow.log", "--request-timeout", "1", "--read-timeout", "1")
     try:
+        assert trickled(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n") == b""
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Length: 100\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n{"
+        )
+        late = trickled(srv, head)
+        assert late.startswith(b"HTTP/1.1 408 ")
+        assert b"did not arrive within 1 s" in late
         response = srv.post(
             "/v1/chat/completions",
             json={

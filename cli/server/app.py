@@ -76,8 +76,7 @@ class _Gate:
 
         admitted = False
         try:
-            path = scope["path"]
-            if path.startswith("/v1/"):
+            if scope["path"] != "/health":  # the API and its schema (/openapi.json) need the key
                 self._authorize(scope)
             if scope["method"] == "POST":
                 receive = await self._buffered(scope, receive)
@@ -134,8 +133,15 @@ class _Gate:
             raise _too_large(limit)
         chunks: list[bytes] = []
         size = 0
+        seconds = self.limits.read_timeout
+        deadline = time.monotonic() + seconds
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise APIError(
+                    408, f"the request body did not arrive within {seconds:g} s", code="timeout"
+                ) from None
             if message["type"] == "http.disconnect":
                 break
             body = message.get("body", b"")

@@ -54,11 +54,14 @@ class Limits:
         max_body_bytes: the request body (413 beyond).
         max_audio_seconds: each audio input (400 beyond).
         max_image_pixels: each image input, width × height (400 beyond).
+        read_timeout: seconds to send a request's head (the connection is closed beyond), and
+            then its body (408 beyond).
     """
 
     max_body_bytes: int = 25 * 1024 * 1024
     max_audio_seconds: float = 60.0
     max_image_pixels: int = 16_777_216
+    read_timeout: float = 30.0
 
 
 def decode_base64(data: str, what: str) -> bytes:
