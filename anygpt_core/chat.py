@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from anygpt_core.config import DecodingConfig, draw_seed, load_decoding_config
 from anygpt_core.errors import InputError
+from anygpt_core.files import check_input_file
 from anygpt_core.generation import (
     Event,
     Request,
@@ -403,9 +404,9 @@ class Conversation:
         if to != "text":
             self.gpt.codecs.spec(to)
             self.gpt.space.require(to)
-        voice = Path(voice_prompt).expanduser() if voice_prompt is not None else None
-        if voice is not None and not voice.is_file():
-            raise InputError(f"{voice}: no such file")
+        voice = None
+        if voice_prompt is not None:  # a missing, directory or unreadable one says which
+            voice = check_input_file(voice_prompt, what="voice prompt")
         given: dict[str, Sources] = dict(attachments)
         for name, sources in (inputs or {}).items():
             given[name] = _as_list(given.get(name)) + _as_list(sources)

@@ -117,6 +117,8 @@ def load_decoding_config(
         raise ConfigError(f"{path}: no such config file") from err
     except IsADirectoryError as err:
         raise ConfigError(f"{path}: is a directory, not a config file") from err
+    except PermissionError as err:
+        raise ConfigError(f"{path}: permission denied") from err
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: not a readable JSON file ({err})") from err
     except RecursionError as err:

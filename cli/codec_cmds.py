@@ -62,7 +62,9 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     @with_codec_options(plugins.options(), plugins.option_panels())
     def encode_command(
         modality: Annotated[str, typer.Argument(help="Modality name, e.g. music.")],
-        file: Annotated[Path, typer.Argument(help="Media file to encode.")],
+        file: Annotated[
+            Path, typer.Argument(help="Media file to encode.", readable=False)  # ours: exit 3
+        ],
         *,
         as_json: Annotated[
             bool, typer.Option("--json", help="Print the codes [K, T] as JSON instead.")
@@ -98,7 +100,10 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         voice_prompt: Annotated[
             Path | None,
             typer.Option(
-                "--voice-prompt", "--condition", help="Voice prompt (speech) or condition file."
+                "--voice-prompt",
+                "--condition",
+                help="Voice prompt (speech) or condition file.",
+                readable=False,  # check_input_file says what is wrong, exit 3
             ),
         ] = None,
         seed: Annotated[

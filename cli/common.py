@@ -75,11 +75,19 @@ Offload = Annotated[
 OutputDir = Annotated[Path, typer.Option("--output-dir", help="Where output files are written.")]
 InstructionsFile = Annotated[
     Path | None,
-    typer.Option("--instructions", help="Phrasings JSON (other2text/text2other layout)."),
+    typer.Option(
+        "--instructions",
+        help="Phrasings JSON (other2text/text2other layout).",
+        readable=False,  # our check says what is wrong, exit 3 (click's would exit 2)
+    ),
 ]
 ConfigFile = Annotated[
     Path | None,
-    typer.Option("--config", help="Decoding config JSON for the answer's modality."),
+    typer.Option(
+        "--config",
+        help="Decoding config JSON for the answer's modality.",
+        readable=False,  # the loader says what is wrong (click's check would exit 2)
+    ),
 ]
 Seed = Annotated[int | None, typer.Option("--seed", help="Seed for reproducible output.")]
 MaxNewTokens = Annotated[int | None, typer.Option("--max-new-tokens", help="Token budget.")]

@@ -31,7 +31,11 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     @with_codec_options(plugins.options(), plugins.option_panels())
     def prepare_command(
         manifest: Annotated[
-            Path, typer.Argument(help="JSONL manifest: text + media paths, or chats.")
+            Path,
+            typer.Argument(
+                help="JSONL manifest: text + media paths, or chats.",
+                readable=False,  # ours says what is wrong, exit 3 (click's would exit 2)
+            ),
         ],
         out: Annotated[
             Path, typer.Argument(help="Training JSONL to write (resumed if interrupted).")

@@ -33,7 +33,10 @@ def _parameter(option: CodecOption, panel: str) -> inspect.Parameter:
             default=False,
             annotation=Annotated[bool, info],
         )
-    info = typer.Option(option.flag, help=escape(option.help), rich_help_panel=panel)
+    # a path is checked where it is read, in its family's words (click's check would exit 2)
+    info = typer.Option(
+        option.flag, help=escape(option.help), rich_help_panel=panel, readable=False
+    )
     return inspect.Parameter(
         option.name,
         inspect.Parameter.KEYWORD_ONLY,

@@ -88,7 +88,11 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         *,
         input_file: Annotated[
             Path | None,
-            typer.Option("--input-file", help="Read instructions from a file, one per line."),
+            typer.Option(
+                "--input-file",
+                help="Read instructions from a file, one per line.",
+                readable=False,  # ours says what is wrong, exit 3 (click's would exit 2)
+            ),
         ] = None,
         model_name_or_path: ModelPath = None,
         device: Device = "auto",

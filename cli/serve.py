@@ -28,6 +28,7 @@ from anygpt_cli.common import (
 )
 from anygpt_cli.options import with_codec_options
 from anygpt_core.errors import ConfigError, InputError, PluginError
+from anygpt_core.files import file_problem
 
 if TYPE_CHECKING:
     from anygpt_core.plugins import PluginSet
@@ -47,8 +48,9 @@ def _voices(values: list[str] | None) -> dict[str, Path]:
         if not sep or not name.strip() or not file.strip():
             raise InputError(f"--voice {value!r}: expected NAME=FILE, e.g. --voice anna=anna.wav")
         path = Path(file.strip()).expanduser()
-        if not path.is_file():
-            raise InputError(f"--voice {name.strip()}: {path}: no such file")
+        problem = file_problem(path)  # missing, a directory, unreadable, ...
+        if problem is not None:
+            raise InputError(f"--voice {name.strip()}: {path}: {problem}")
         voices[name.strip()] = path.resolve()
     return voices
 

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-Config = Annotated[Path, typer.Argument(help="Training config, YAML or JSON.")]
+Config = Annotated[
+    Path,
+    typer.Argument(help="Training config, YAML or JSON.", readable=False),  # ours: one line
+]
 
 
 def register(app: typer.Typer, plugins: PluginSet) -> None:

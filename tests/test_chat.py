@@ -289,6 +289,7 @@ def test_history_is_cut_from_the_oldest_turn(chat_gpt):
             InputError,
             "/no/voice.wav: no such file",
         ),
+        ({"text": "hi", "voice_prompt": "/"}, InputError, "/: is a directory, not a file"),
     ],
 )
 def test_bad_turns_leave_the_history_intact(chat_gpt, kwargs, error, message):

@@ -483,3 +483,45 @@ def test_an_unknown_modality_among_several_tasks_fails_alone(toy_env, capsys, tm
     lines = err.strip().splitlines()
     assert any("smell" in line for line in lines) and any("'huh'" in line for line in lines)
     assert [json.loads(line)["instruction"] for line in out.splitlines()] == ["text|text|hi"]
+
+
+def _unprivileged() -> list[str] | None:
+    """A command prefix under which file modes apply (root reads any file): None if none is."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        return None
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["run", "text|text|hi", "--dry-run", "--config", "{file}"], 6),
+        (["run", "--input-file", "{file}", "--dry-run"], 3),
+        (["encode", "toy", "{file}", "--demo"], 3),
+        (["data", "prepare", "{file}", "{dir}/out.jsonl"], 3),
+        (["train", "sft", "{file}"], 6),
+    ],
+    ids=["config", "input-file", "encode", "prepare", "train"],
+)
+def test_an_unreadable_file_is_one_line_in_its_family(toy_env, tmp_path, args, code):
+    prefix = _unprivileged()
+    if prefix is None:
+        pytest.skip("root, and no setpriv to drop its right to read any file")
+    unreadable = tmp_path / "secret.txt"
+    unreadable.write_text("text|text|hi\n")
+    unreadable.chmod(0)
+    tmp_path.chmod(0o777)  # the out file of prepare can be written without privileges
+    argv = [a.format(file=unreadable, dir=tmp_path) for a in args]
+    proc = subprocess.run(
+        [*prefix, str(Path(sys.executable).parent / "anygpt"), *argv],
+        env=toy_env,
+        capture_output=True,
+        text=True,
+    )
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("Using the")]
+    assert (proc.returncode, errors) == (code, [f"Error: {unreadable}: permission denied"])

@@ -888,6 +888,7 @@ def test_media_store_removes_only_dead_servers_folders(tmp_path):
     [
         (["--voice", "anna"], 3, "expected NAME=FILE"),
         (["--voice", "anna=/no/such.wav"], 3, "no such file"),
+        (["--voice", "anna=/"], 3, "--voice anna: /: is a directory, not a file"),
         (["--chat-template", "llama"], 6, "choose one of"),
         (["--port", "70000"], 2, ""),
     ],

@@ -126,6 +126,8 @@ def load_train_config(path: Path) -> TrainConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise ConfigError(f"{path}: no such config file") from err
+    except PermissionError as err:
+        raise ConfigError(f"{path}: permission denied") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not a readable text file ({err})") from err
     try:

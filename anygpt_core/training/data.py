@@ -343,8 +343,11 @@ def prepare_dataset(
             file from another manifest or other settings.
     """
     manifest, out = Path(manifest), Path(out)
-    if not manifest.is_file():
-        raise InputError(f"{manifest}: no such manifest")
+    problem = file_problem(manifest)  # a directory or an unreadable file says so
+    if problem is not None:
+        raise InputError(
+            f"{manifest}: {'no such manifest' if problem == 'no such file' else problem}"
+        )
     refuse_overwriting_input([manifest], out)  # before --overwrite deletes anything
     refuse_overwriting_input([manifest], state_path(out))
     if workers < 1 or max_tokens < 3:
