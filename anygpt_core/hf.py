@@ -116,6 +116,37 @@ class SpanLogitsProcessor:
         return out
 
 
+def _shared_prefill(
+    model: Any,  # noqa: ANN401 - a transformers causal LM
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    beams: int,
+) -> dict[str, Any]:
+    """The prompts' KV cache computed once per prompt and repeated for its beams.
+
+    `generate` expands the prompts to `beams` copies before its first forward pass, so each
+    prompt's prefill is computed `beams` times over; a long prompt (a speech span to transcribe)
+    then dominates the cost. Here the prompt but its last token runs once per request, and the
+    cache is repeated per beam: `generate` then feeds only the last token, as it would continue.
+    """
+    import torch
+
+    if beams == 1 or ids.shape[1] < 2:
+        return {}
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        out = model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1].long(),
+            position_ids=positions[:, :-1],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    cache = out.cache
+    cache.batch_repeat_interleave(beams)
+    return {"cache": cache}
+
+
 def generate_ids(
     model: Any,  # noqa: ANN401 - a transformers causal LM
     constraint: SpanConstraint,
@@ -171,6 +202,7 @@ def generate_ids(
             attention_mask=mask.long(),
             generation_config=generation,
             logits_processor=LogitsProcessorList([processor]),
+            **_shared_prefill(model, ids, mask, beams),
         )
     generated = out[:, ids.shape[1] :]
     state = constraint.start([r.row for r in requests])
