@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_runner import run_cli
 from eval_data import LIBRI_TEXTS, write_coco, write_librispeech, write_musiccaps, write_vctk
 
@@ -247,7 +246,7 @@ def test_unreadable_sample_is_skipped_and_reported(tmp_path, capsys):
     root = write_librispeech(tmp_path / "libri", count=3)
     broken = next(root.rglob("1089-134686-0001.flac"))
     broken.write_bytes(b"not audio at all")
-    code, out, err = run_cli(
+    code, _, err = run_cli(
         [
             "eval",
             "librispeech-asr",
