@@ -108,3 +108,39 @@ def test_a_full_disk_while_saving_is_one_line(
     assert (
         str(caught.value) == f"{out / 'checkpoint-2'}: cannot write (no space left on the device)"
     )
+
+
+def test_a_read_only_output_directory_is_one_line_before_loading(
+    extended, pretrain_data, plugins, tmp_path
+):
+    pytest.importorskip("accelerate")
+    from faults import read_only_dir
+
+    from anygpt_core.errors import OutputError
+    from anygpt_core.training import train
+
+    with read_only_dir(tmp_path / "ro") as directory:
+        config = pipeline.pretrain_config(extended, pretrain_data, directory / "run", max_steps=2)
+        with pytest.raises(OutputError) as caught:
+            train("pretrain", config, plugins)
+    assert str(caught.value).startswith(f"{directory / 'run'}: cannot be created")
+
+
+def test_a_pickle_in_a_checkpoint_to_resume_is_refused_in_one_line(
+    trained, pretrain_data, tmp_path, capsys
+):
+    import torch
+
+    run = shutil.copytree(trained, tmp_path / "run")
+    for name in ("rng_state.pth", "optimizer.pt", "scheduler.pt"):
+        torch.save({"state": Path("anything")}, run / "checkpoint-8" / name)  # a PosixPath
+    config = _config_file(run, pretrain_data, tmp_path, max_steps=10)
+    code, _, err = run_cli(["train", "pretrain", str(config)], capsys)
+    lines = [line for line in err.splitlines() if line.startswith(("Error", "internal"))]
+    assert code == 4, err
+    assert lines == [
+        f"Error: {run / 'checkpoint-8'}: not a checkpoint to resume from (it holds pickled "
+        "objects that a weights-only load refuses: Unsupported global: GLOBAL "
+        "pathlib.PosixPath was not an allowed global by default)"
+    ], err
+    assert "weights_only=False" not in err

@@ -9,6 +9,7 @@ model is saved beside it, so `anygpt run --model-name-or-path OUTPUT_DIR` loads 
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from anygpt_core.errors import CheckpointError, ConfigError, OutputError
+from anygpt_core.errors import CheckpointError, ConfigError, OutputError, first_line
+from anygpt_core.files import check_output_dir
 from anygpt_core.plugins import PluginSet
 from anygpt_core.tokenization import ReferenceTokenizer
 from anygpt_core.training.config import TrainConfig, training_arguments
@@ -162,6 +164,7 @@ def train(
     from anygpt_core.training.extend import check_base
 
     args = training_arguments(config, source=source)
+    check_output_dir(config.output_dir)  # read-only, not a directory, full: one line, no weights
     base = check_base(config.model)
     lines, used = read_examples(config.data, kind, plugins.modalities)
     bank = InstructionBank.from_specs(plugins.modalities, path=config.instructions)
@@ -266,6 +269,12 @@ def _run_trainer(
         # no process leaves (and tears its group down) while one still saves
         trainer.accelerator.wait_for_everyone()
     except Exception as err:
+        if resume is not None and isinstance(err, pickle.UnpicklingError):
+            # torch's refusal of a pickle in the checkpoint (its optimizer or RNG state), without
+            # its advice to load it anyway: that would run whatever code the pickle names
+            raise CheckpointError(
+                f"{resume}: not a checkpoint to resume from ({first_line(err)})"
+            ) from err
         failure = _write_failure(err, output_dir / f"checkpoint-{trainer.state.global_step}")
         if failure is None:
             raise
