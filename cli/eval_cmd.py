@@ -18,12 +18,15 @@ from anygpt_cli.common import (
     MaxNewTokens,
     ModelPath,
     NumBeams,
+    Offload,
+    Quantize,
     Temperature,
     TopK,
     TopP,
     VLLMUrl,
     check_decoding,
     check_engine,
+    check_low_memory,
     load_model,
 )
 from anygpt_cli.options import with_codec_options
@@ -112,6 +115,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         model_name_or_path: ModelPath = None,
         device: Device = "auto",
         dtype: Dtype = "auto",
+        quantize: Quantize = None,
+        offload: Offload = None,
         engine: EngineName = "local",
         vllm_url: VLLMUrl = None,
         server: Annotated[
@@ -177,6 +182,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         if config is not None:  # its fields travel with each job, to a server too
             flags = {**json.loads(config.read_text(encoding="utf-8")), **_given(flags)}
         url = check_engine(engine, vllm_url)
+        check_low_memory(quantize, offload)  # an unknown mode fails before loading
         if server is not None and url is not None:
             raise ConfigError("--server and --engine vllm are two engines; give one")
         if url is not None and decode == "paper" and any(t.target == "text" for t in chosen):
@@ -197,6 +203,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 model=model_name_or_path,
                 device=device,
                 dtype=dtype,
+                quantize=quantize,
+                offload=offload,
                 url=url,
                 batch_size=batch_size,
                 codec_options=codec_options,
@@ -205,6 +213,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         settings = {
             "model": model_name_or_path or "demo",
             "engine": "server" if server else engine,
+            "quantize": quantize,
             "instructions": str(instructions) if instructions else None,
             "config": str(config) if config else None,
             "codec_options": codec_options,
@@ -224,6 +233,8 @@ def _backend(
     model: str | None,
     device: str,
     dtype: str,
+    quantize: str | None,
+    offload: str | None,
     url: str | None,
     batch_size: int,
     codec_options: dict[str, Any],
@@ -244,6 +255,8 @@ def _backend(
         output_dir=Path("."),  # nothing is saved by the model: the runner writes the files
         instructions=instructions,
         vllm_url=url,
+        quantize=quantize,
+        offload=offload,
     )
     gpt.engine.max_batch = batch_size
     return LocalBackend(gpt, model=model or "demo")

@@ -367,3 +367,30 @@ def test_list_names_every_paper_task(capsys):
         "musiccaps-caption",
     ):
         assert task in out
+
+
+def test_eval_with_the_low_memory_modes(tmp_path, data, capsys):
+    """`--quantize int8 --offload codecs` evaluate too; the cache records the mode."""
+    args = [
+        "eval",
+        "librispeech-asr",
+        *data_args(data, "librispeech-asr"),
+        "--limit",
+        "2",
+        "--device",
+        "cpu",
+        "--decode",
+        "model",
+        "--max-new-tokens",
+        "8",
+    ]
+    code, _, err = run_cli(
+        [*args, "--quantize", "int8", "--offload", "codecs", "--out", str(tmp_path)], capsys
+    )
+    assert code == 0, err
+    entry = json.loads((tmp_path / "report.json").read_text())["tasks"]["librispeech-asr"]
+    assert (entry["n"], entry["skipped"]) == (2, 0)
+    settings = json.loads((tmp_path / "librispeech-asr" / "run.json").read_text())
+    assert settings["quantize"] == "int8"
+    code, _, err = run_cli([*args, "--out", str(tmp_path)], capsys)  # another mode, same cache
+    assert code == 6 and "(quantize)" in err
