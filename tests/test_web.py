@@ -213,6 +213,25 @@ def test_a_drawn_answer_is_shown(page):
     assert width > 0
 
 
+def test_the_page_makes_no_folders_in_the_system_temp(page, tmp_path):
+    """Empty 40-hex-digit folders seen in the system temp while the page was used come from
+    gradio_client (its downloads make `gettempdir()/<token_hex(20)>`), not from the page: here
+    the page alone, through a browser, takes an upload and draws an answer, and none appears."""
+
+    def hex_folders() -> set[str]:
+        found = Path(tempfile.gettempdir()).iterdir()
+        return {p.name for p in found if re.fullmatch(r"[0-9a-f]{40}", p.name)}
+
+    before = hex_folders()
+    send(page, "Draw me a boat", to="image")
+    page.locator("#chat [data-testid='bot'] img").first.wait_for()
+    page.set_input_files("#input-image input[type=file]", str(write_png(tmp_path / "in.png")))
+    page.wait_for_selector("#input-image :text('in.png')")
+    send(page, "What is in this picture?", to="text")
+    assert "Answered (message 2)" in page.inner_text("#status")
+    assert hex_folders() - before == set()
+
+
 def test_a_wrong_file_shows_an_error_and_the_chat_goes_on(page, tmp_path):
     notes = tmp_path / "notes.png"
     notes.write_text("these are my notes, not a picture\n")
