@@ -25,8 +25,16 @@ logger = logging.getLogger(__name__)
 
 #: Suffixes libsndfile reads (mp3 since libsndfile 1.1).
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
-#: Suffixes `write_wav` writes -> libsndfile container (both 16-bit PCM, lossless).
-WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
+#: Suffixes `write_wav` writes -> libsndfile (container, subtype): 16-bit PCM, lossless, or MP3
+#: and Ogg Opus (libsndfile 1.1+, as the soundfile wheels bundle it: LAME and libopus).
+WRITE_FORMATS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+    ".opus": ("OGG", "OPUS"),
+}
+#: The rates Opus encodes; audio at another rate is resampled to 48 kHz for it.
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
 def to_mono_tensor(
@@ -107,13 +115,14 @@ def write_wav(
     *,
     suffix: str | None = None,
 ) -> None:
-    """Write mono or [C, T] float audio as 16-bit PCM, wav or flac by suffix (`WRITE_FORMATS`).
+    """Write mono or [C, T] float audio, wav, flac, mp3 or opus by suffix (`WRITE_FORMATS`).
 
     Args:
         wav: float [T], [1, T] or [C, T] in [-1, 1]; values outside are clipped.
         target: a path, or a writable binary file object (left open).
         sample_rate: rate of `wav`.
-        suffix: picks the format (".wav", ".flac"); required with a file object, else the path's.
+        suffix: picks the format (".wav", ".flac", ".mp3", ".opus"); required with a file object,
+            else the path's.
 
     Raises:
         InputError: an unsupported suffix, or a file object without `suffix`.
@@ -121,12 +130,16 @@ def write_wav(
     import numpy as np
     import soundfile as sf
 
-    container = save_format(target, suffix, WRITE_FORMATS, "audio")
+    container, subtype = save_format(target, suffix, WRITE_FORMATS, "audio")
     array = np.asarray(wav.detach().cpu() if hasattr(wav, "detach") else wav, dtype=np.float32)
     array = np.squeeze(array)
+    if subtype == "OPUS" and sample_rate not in OPUS_RATES:
+        import torch
+        import torchaudio.functional as AF
+
+        array = AF.resample(torch.from_numpy(array), sample_rate, 48000).numpy()
+        sample_rate = 48000
     if array.ndim == 2:
         array = array.T  # soundfile wants [T, C]
     destination = str(target) if isinstance(target, (str, Path)) else target
-    sf.write(
-        destination, np.clip(array, -1.0, 1.0), sample_rate, subtype="PCM_16", format=container
-    )
+    sf.write(destination, np.clip(array, -1.0, 1.0), sample_rate, subtype=subtype, format=container)

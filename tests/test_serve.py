@@ -199,7 +199,7 @@ def test_chat_speech_answer_is_a_wav_in_message_audio(server):
     import soundfile
 
     client = server.client()
-    for voice, fmt in [("alloy", "wav"), ("anna", "flac")]:
+    for voice, fmt in [("alloy", "wav"), ("anna", "flac"), ("alloy", "mp3")]:
         reply = chat(
             client,
             "Say hello",
@@ -341,10 +341,19 @@ def test_audio_speech_wav_flac_and_voices(server):
     assert seeded[0].headers["content-type"] == "audio/flac"
     assert soundfile.info(io.BytesIO(seeded[0].content)).format == "FLAC"
     assert seeded[0].content == seeded[1].content  # seeded: the same voice, the same bytes
-    mp3 = server.post(
-        "/v1/audio/speech", json={"model": MODEL, "input": "Hi", "response_format": "mp3"}
+    default = server.post("/v1/audio/speech", json={"model": MODEL, "input": "Hi", "seed": 1})
+    assert default.headers["content-type"] == "audio/mpeg"  # OpenAI's default: mp3
+    assert soundfile.info(io.BytesIO(default.content)).format == "MP3"
+    opus = server.post(
+        "/v1/audio/speech", json={"model": MODEL, "input": "Hi", "response_format": "opus"}
     )
-    assert mp3.status_code == 400 and "wav or flac" in mp3.json()["error"]["message"]
+    assert opus.headers["content-type"] == "audio/ogg; codecs=opus"
+    info = soundfile.info(io.BytesIO(opus.content))
+    assert (info.format, info.subtype, info.samplerate) == ("OGG", "OPUS", 16000)
+    aac = server.post(
+        "/v1/audio/speech", json={"model": MODEL, "input": "Hi", "response_format": "aac"}
+    )
+    assert "use mp3, opus, wav, flac" in error_of(aac, 400)
 
 
 def test_audio_transcriptions_json_and_text(server):
@@ -378,6 +387,13 @@ def test_audio_generations_music(server):
     assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
     wave, rate = soundfile.read(io.BytesIO(response.content))
     assert rate > 0 and len(wave) > 0
+    opus = server.post(
+        "/v1/audio/generations",
+        json={"model": MODEL, "prompt": "calm piano", "seed": 3, "response_format": "opus"},
+    )
+    info = soundfile.info(io.BytesIO(opus.content))  # 32 kHz music, resampled for Opus
+    assert (info.subtype, info.samplerate) == ("OPUS", 48000)
+    assert abs(info.duration - len(wave) / rate) < 0.1
 
 
 # ---- bad requests ---------------------------------------------------------------------------

@@ -48,7 +48,12 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger("anygpt.serve")
 
-_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+_MEDIA_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg; codecs=opus",
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+}
 
 
 class _Gate:

@@ -108,7 +108,7 @@ class AudioOutput(BaseModel):
     """`audio` of a chat request: the voice and the file format of a spoken answer."""
 
     voice: str = "alloy"
-    format: str = "wav"
+    format: str = "mp3"
 
 
 class StreamOptions(BaseModel):
@@ -149,7 +149,7 @@ class SpeechRequest(_Body):
     model: str
     input: str = Field(min_length=1, max_length=4096)
     voice: str = "alloy"
-    response_format: str = "wav"
+    response_format: str = "mp3"  # OpenAI's default
     speed: float = Field(1.0, ge=0.25, le=4.0, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
 

@@ -67,8 +67,8 @@ OPENAI_VOICES = frozenset(
 #: The modality of OpenAI's audio (`input_audio`, `modalities: ["audio"]`, /v1/audio/*), and of
 #: `image_url` and /v1/images; the server maps OpenAI's API onto these installed modalities.
 SPEECH, IMAGE, MUSIC = "speech", "image", "music"
-#: Formats a spoken or musical answer can be returned in.
-AUDIO_OUT = ("wav", "flac")
+#: Formats a spoken or musical answer can be returned in (OpenAI's, but for aac and pcm).
+AUDIO_OUT = ("mp3", "opus", "wav", "flac")
 
 #: What a pump hands the event loop: (kind, choice, payload); kinds `text`, `media`, `done`, `error`.
 Item = tuple[str, int, Any]
@@ -186,7 +186,7 @@ class Service:
         if value not in AUDIO_OUT:
             raise APIError(
                 400,
-                f"{what}: {value!r} is not supported; use {' or '.join(AUDIO_OUT)}",
+                f"{what}: {value!r} is not supported; use {', '.join(AUDIO_OUT)}",
                 param=what,
             )
         return value
@@ -223,7 +223,7 @@ class Service:
         to = self.chat_target(request)
         audio = request.audio
         voice = self.voice(audio.voice if audio else None, "audio.voice")
-        fmt = self.audio_format(audio.format if audio else "wav", "audio.format")
+        fmt = self.audio_format(audio.format if audio else "mp3", "audio.format")
         seed = _seed(request.seed, request.n)
         budget = request.max_completion_tokens or request.max_tokens
         overrides = _overrides(request.temperature, request.top_p, request.top_k)
