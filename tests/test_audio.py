@@ -41,12 +41,27 @@ def test_write_wav_stereo_flac_keeps_channels(tmp_path):
 
 def test_write_wav_rejects_other_suffixes(tmp_path):
     with pytest.raises(
-        InputError, match=r"^\S*out\.mp3: cannot write audio as '\.mp3'; use \.wav, \.flac$"
+        InputError,
+        match=r"^\S*out\.aac: cannot write audio as '\.aac'; use \.wav, \.flac, \.mp3, \.opus$",
     ):
-        write_wav(_tone(), tmp_path / "out.mp3", 16_000)
-    assert not (tmp_path / "out.mp3").exists()
-    with pytest.raises(InputError, match=r"^cannot write audio as '\.ogg'; use \.wav, \.flac$"):
+        write_wav(_tone(), tmp_path / "out.aac", 16_000)
+    assert not (tmp_path / "out.aac").exists()
+    with pytest.raises(InputError, match=r"^cannot write audio as '\.ogg'; use \.wav, .*\.opus$"):
         write_wav(_tone(), io.BytesIO(), 16_000, suffix=".ogg")
+
+
+@pytest.mark.parametrize(("rate", "written"), [(16_000, 16_000), (32_000, 48_000)])
+def test_write_wav_mp3_and_opus(tmp_path, rate, written):
+    import torch
+
+    tone = torch.sin(torch.arange(rate) / rate * 2 * torch.pi * 440) * 0.3  # 1 s at `rate`
+    write_wav(tone, tmp_path / "a.mp3", rate)
+    write_wav(tone, tmp_path / "a.opus", rate)
+    mp3, opus = sf.info(str(tmp_path / "a.mp3")), sf.info(str(tmp_path / "a.opus"))
+    assert (mp3.format, mp3.samplerate) == ("MP3", rate)
+    assert (opus.format, opus.subtype, opus.samplerate) == ("OGG", "OPUS", written)
+    for info in (mp3, opus):  # encoders pad a little
+        assert 0.95 < info.duration < 1.15
 
 
 def test_write_wav_to_a_file_object_needs_a_suffix():

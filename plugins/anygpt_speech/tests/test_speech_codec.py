@@ -75,8 +75,8 @@ def test_codec_saves_in_memory_as_on_disk(codec, codes, tmp_path, suffix):
 
 
 def test_codec_save_rejects_other_audio_suffixes(codec):
-    with pytest.raises(InputError, match=r"'\.mp3'; use \.wav, \.flac"):
-        codec.save(torch.zeros(320), io.BytesIO(), suffix=".mp3")
+    with pytest.raises(InputError, match=r"'\.aac'; use \.wav, \.flac, \.mp3, \.opus"):
+        codec.save(torch.zeros(320), io.BytesIO(), suffix=".aac")
 
 
 def test_codec_seeded_decoding_repeats_exactly(codec, codes, audio_dir):
