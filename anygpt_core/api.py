@@ -174,25 +174,28 @@ class CodecSet:
     @contextmanager
     def _using(self, modality: str) -> Iterator[Codec]:
         """The modality's codec for one call (under the lock); with `offload`, parked after it."""
+        import torch
+
         with self._lock:
             codec = self.codec(modality)
-            if self.offload:
-                _move_models(codec, to_device=True)
+            device = getattr(codec, "device", None)
+            on_gpu = self.offload and isinstance(device, torch.device) and device.type == "cuda"
+            if on_gpu and isinstance(device, torch.device):
+                _move_models(codec, device)
             try:
                 yield codec
             finally:
                 if self.offload:
-                    self._park(modality, codec)
+                    self._park(modality, codec, on_gpu=on_gpu)
 
-    def _park(self, modality: str, codec: Codec) -> None:
+    def _park(self, modality: str, codec: Codec, *, on_gpu: bool) -> None:
         """Free the device memory a codec's models hold: to the CPU from a GPU, else released."""
         import gc
 
-        device = getattr(codec, "device", None)
-        if getattr(device, "type", "cpu") == "cuda":
-            _move_models(codec, to_device=False)
-            import torch
+        import torch
 
+        if on_gpu:
+            _move_models(codec, torch.device("cpu"))
             torch.cuda.empty_cache()
         else:
             self._codecs.pop(modality, None)  # its weights load again on the next call
@@ -296,23 +299,29 @@ def text_answers_only(config: DecodingConfig, target: str) -> DecodingConfig:
     return config.merged(num_beams=1)
 
 
-def _move_models(codec: Codec, *, to_device: bool) -> None:
-    """Move the torch modules a codec has loaded to its `device`, or to the CPU.
+def _move_models(codec: Codec, target: torch.device) -> None:
+    """Move the torch modules a codec has loaded to `target`, tensor by tensor.
 
-    Modules that accelerate already offloads (`--image-low-memory` on a GPU) are left to it.
+    Tensors on the meta device (parts a codec never loads, e.g. SEED-2's encoder when it only
+    decodes) stay there; modules that accelerate already offloads (`--image-low-memory` on a GPU)
+    are left to it.
     """
     import torch
 
     loaded = getattr(codec, "loaded", None)
-    device = getattr(codec, "device", None)
-    if loaded is None or device is None:
+    if loaded is None:
         return
-    target = device if to_device else torch.device("cpu")
     for value in loaded().values():
         parts = getattr(value, "components", {"": value}).values()  # a diffusers pipeline
         for module in parts:
             if isinstance(module, torch.nn.Module) and not hasattr(module, "_hf_hook"):
-                module.to(target)
+                for sub in module.modules():
+                    for param in sub.parameters(recurse=False):
+                        if not param.is_meta:
+                            param.data = param.data.to(target)
+                    for key, buffer in list(sub.named_buffers(recurse=False)):
+                        if not buffer.is_meta:
+                            setattr(sub, key, buffer.to(target))
 
 
 def _check_condition(spec: ModalitySpec, condition: Path | str | None) -> None:

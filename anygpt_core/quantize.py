@@ -29,9 +29,11 @@ __all__ = [
     "QUANTIZE_MODES",
     "QuantizedLinear",
     "check_quantize",
+    "dequantized",
     "load_quantized",
     "quantize_model",
     "quantized_bytes",
+    "rebuild_meta_buffers",
     "working_modes",
 ]
 
@@ -148,18 +150,20 @@ class QuantizedLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.mode}"
 
 
-def _reference(layer: QuantizedLinear, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """What the quantised layer should give: x against its weights quantised and dequantised."""
+def dequantized(weight: torch.Tensor, mode: str, *, group: int = 128) -> torch.Tensor:
+    """float32 [N, K]: `weight` quantised as `QuantizedLinear` quantises it, and dequantised.
+
+    What the layer's kernel multiplies by, up to the order of its sums; `group` is int4's group
+    size (`QuantizedLinear.group`).
+    """
     w = weight.float()
-    if layer.mode == "int8":
+    if mode == "int8":
         scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
-        deq = torch.round(w / scales[:, None]).clamp(-128, 127) * scales[:, None]
-    else:
-        grouped = w.reshape(w.shape[0], -1, layer.group)
-        low = grouped.amin(dim=-1, keepdim=True)
-        scale = ((grouped.amax(dim=-1, keepdim=True) - low) / 15).clamp(min=1e-6)
-        deq = (torch.round((grouped - low) / scale).clamp(0, 15) * scale + low).reshape(w.shape)
-    return x.float() @ deq.T
+        return torch.round(w / scales[:, None]).clamp(-128, 127) * scales[:, None]
+    grouped = w.reshape(w.shape[0], -1, group)
+    low = grouped.amin(dim=-1, keepdim=True)
+    scale = ((grouped.amax(dim=-1, keepdim=True) - low) / 15).clamp(min=1e-6)
+    return (torch.round((grouped - low) / scale).clamp(0, 15) * scale + low).reshape(w.shape)
 
 
 @cache
@@ -183,7 +187,8 @@ def working_modes(device: str, dtype: str) -> tuple[str, ...]:
             good = True
             for rows in (1, 2 * _KERNEL_ROWS):
                 x = torch.randn((rows, 256), generator=generator).to(torch_device, torch_dtype)
-                got, want = layer(x).float(), _reference(layer, x, weight)
+                want = x.float() @ dequantized(weight, mode, group=layer.group).T
+                got = layer(x).float()
                 good &= bool(((got - want).abs().max() <= 0.02 * want.abs().max() + 0.05).item())
         except (RuntimeError, NotImplementedError, ValueError) as err:
             logger.info("--quantize %s does not run on %s %s: %s", mode, device, dtype, err)
@@ -318,7 +323,7 @@ def load_quantized(
             unexpected=sorted(unexpected),
             shapes=shapes,
         )
-    _rebuild_meta_buffers(model, device)
+    rebuild_meta_buffers(model, device)
     return model.eval()
 
 
@@ -337,7 +342,7 @@ def _place(model: torch.nn.Module, key: str, tensor: torch.Tensor, mode: str) ->
         owner._buffers[attr] = tensor
 
 
-def _rebuild_meta_buffers(model: torch.nn.Module, device: torch.device) -> None:
+def rebuild_meta_buffers(model: torch.nn.Module, device: torch.device) -> None:
     """Recompute buffers no checkpoint holds (rotary frequencies), built on the meta device."""
     for name, module in list(model.named_modules()):
         if not any(b.is_meta for b in module.buffers(recurse=False)):

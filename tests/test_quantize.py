@@ -29,7 +29,8 @@ def test_quantized_linear_matches_its_dequantized_weights(mode, rows):
     x = torch.randn((2, rows, 256), generator=generator)
     got = layer(x)
     assert got.shape == (2, rows, 96) and got.dtype == torch.float32
-    want = quantize._reference(layer, x.to(torch.bfloat16), weight)
+    deq = quantize.dequantized(weight, mode, group=layer.group)
+    want = x.to(torch.bfloat16).float() @ deq.T
     assert (got.reshape(-1, 96) - want.reshape(-1, 96)).abs().max() < 0.02 * want.abs().max()
     dense = x @ weight.T
     assert (got - dense).abs().max() < (0.05 if mode == "int8" else 0.3) * dense.abs().max()
@@ -95,42 +96,44 @@ def test_offloaded_codecs_are_released_after_each_call_and_give_the_same_media(i
     assert torch.equal(again, plain.encode("speech", wave.numpy()))
 
 
-class _Recorder(torch.nn.Module):
-    def __init__(self, moves: list[str], name: str) -> None:
-        super().__init__()
-        self.moves, self.name = moves, name
-
-    def to(self, target):  # what `_move_models` asks of each module
-        self.moves.append(f"{self.name}->{target}")
-        return self
-
-
 def test_offload_on_a_gpu_moves_models_in_for_a_call_and_out_after(monkeypatch):
     moves: list[str] = []
-    hooked = _Recorder(moves, "hooked")
-    hooked._hf_hook = object()  # accelerate offloads it already (--image-low-memory)
-    pipeline = SimpleNamespace(components={"unet": _Recorder(moves, "unet"), "vae": hooked})
 
     class Codec:
-        device = SimpleNamespace(type="cuda")
-
-        def loaded(self):
-            return {"model": _model, "pipeline": pipeline, "device": self.device}
+        device = torch.device("cuda")
 
         def decode(self, codes, **kwargs):
             moves.append("decode")
             return codes
 
-    _model = _Recorder(moves, "model")
     spec = SimpleNamespace(condition=None, decoding=None)
-    plugins = SimpleNamespace(modality=lambda name: spec)
-    codecs = CodecSet(plugins, offload=True)
+    codecs = CodecSet(SimpleNamespace(modality=lambda name: spec), offload=True)
     codecs._codecs["toy"] = Codec()
     monkeypatch.setattr("anygpt_core.api._check_codes", lambda spec, codes: None)
+    monkeypatch.setattr(
+        "anygpt_core.api._move_models", lambda codec, target: moves.append(str(target))
+    )
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: moves.append("empty_cache"))
     codecs.decode("toy", torch.zeros(1, 1))
-    device = Codec.device
-    assert moves == [f"model->{device}", f"unet->{device}", "decode", "model->cpu", "unet->cpu"]
+    assert moves == ["cuda", "decode", "cpu", "empty_cache"]
     assert "toy" in codecs._codecs  # kept: its models wait on the CPU
+
+
+def test_moving_a_codecs_models_keeps_meta_parts_and_accelerate_hooks():
+    from anygpt_core.api import _move_models
+
+    class Hooked(torch.nn.Linear):
+        _hf_hook = object()  # accelerate offloads it already (--image-low-memory)
+
+        def modules(self):
+            raise AssertionError("moved a module accelerate offloads")
+
+    partial = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    partial[1].to("meta")  # a part the codec never loads (SEED-2's encoder when decoding)
+    pipeline = SimpleNamespace(components={"unet": partial, "vae": Hooked(2, 2), "name": "x"})
+    codec = SimpleNamespace(loaded=lambda: {"model": partial, "pipeline": pipeline, "n": 3})
+    _move_models(codec, CPU)  # `Module.to` raised on the meta part
+    assert partial[1].weight.is_meta and not partial[0].weight.is_meta
 
 
 def test_quantized_size_is_what_the_memory_check_counts(tmp_path):
