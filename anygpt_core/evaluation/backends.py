@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from anygpt_core.engine import Stop
 from anygpt_core.errors import AnyGPTError, EngineUnavailableError, InputError, first_line
 from anygpt_core.tasks import Task
 
@@ -94,26 +96,37 @@ class LocalBackend:
         return {"model": self.model, "engine": engine, "max_batch": self.gpt.engine.max_batch}
 
     def answers(self, jobs: Sequence[Job]) -> Iterator[tuple[int, Answer]]:
-        """Prepare each job (a bad input fails alone), generate them together, decode as each ends."""
-        prepared: list[Prepared] = []
-        where: list[int] = []
-        for index, job in enumerate(jobs):
+        """Answer each job on a thread of its own, `2 x batch` at once; yield each as it ends.
+
+        The engine batches the threads' requests (as it batches a server's clients), while the
+        other threads encode inputs and decode media: that work overlaps generation instead of
+        preceding and following it. A job that fails (a bad input, a span that cannot be
+        decoded) gets its error alone. Leaving early stops the jobs in flight.
+        """
+        cancel = threading.Event()
+        stop = Stop(cancel=cancel)
+        with ThreadPoolExecutor(max_workers=2 * self.batch) as pool:
+            futures = {pool.submit(self._answer, job, stop): i for i, job in enumerate(jobs)}
             try:
-                prepared.append(self.gpt.prepare(job.task, seed=job.seed, **job.decoding))
-                where.append(index)
-            except AnyGPTError as err:
-                yield index, Answer(error=first_line(err))
-        if not prepared:
-            return
-        started = time.perf_counter()
-        events: list[list[Event]] = [[] for _ in prepared]
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+            finally:
+                cancel.set()
+                for future in futures:
+                    future.cancel()
+
+    def _answer(self, job: Job, stop: Stop) -> Answer:
         from anygpt_core.generation import Done
 
-        for row, event in self.gpt.stream_many(prepared):
-            events[row].append(event)
-            if isinstance(event, Done):
-                yield where[row], self._finish(prepared[row], events[row], started)
-                events[row] = []
+        started = time.perf_counter()
+        try:
+            prepared = self.gpt.prepare(job.task, seed=job.seed, **job.decoding)
+            events: list[Event] = [e for _, e in self.gpt.stream_many([prepared], stop=stop)]
+        except AnyGPTError as err:
+            return Answer(error=first_line(err))
+        if not events or not isinstance(events[-1], Done):
+            return Answer(prompt=prepared.prompt, error="stopped before its answer ended")
+        return self._finish(prepared, events, started)
 
     def _finish(self, prepared: Prepared, events: list[Event], started: float) -> Answer:
         try:
