@@ -364,6 +364,13 @@ def test_audio_transcriptions_json_and_text(server):
         model=MODEL, file=("q.wav", wav_bytes()), response_format="text"
     )
     assert text.strip() == result.text.strip()
+    verbose = client.audio.transcriptions.create(
+        model=MODEL, file=("q.wav", wav_bytes(2.0)), response_format="verbose_json"
+    )
+    assert verbose.duration == 2.0  # 100 speech tokens at 50 a second
+    assert verbose.language == "english" and isinstance(verbose.text, str)
+    (segment,) = verbose.segments
+    assert (segment.start, segment.end, segment.text) == (0.0, 2.0, verbose.text)
 
 
 def test_images_generations_b64_n(server):
@@ -376,6 +383,15 @@ def test_images_generations_b64_n(server):
     assert len(images) == 2 and images[0].size == images[1].size
     url = server.post("/v1/images/generations", json={"prompt": "x", "response_format": "url"})
     assert url.status_code == 400 and "b64_json" in url.json()["error"]["message"]
+    drawn = f"{images[0].width}x{images[0].height}"
+    for size in ("1024x1024", "1792x1024"):  # clients send a size by default
+        sized = server.post("/v1/images/generations", json={"prompt": "x", "size": size})
+        (item,) = sized.json()["data"]
+        image = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
+        assert f"{image.width}x{image.height}" == size == sized.json()["size"]
+        assert sized.json()["drawn_size"] == drawn  # what the decoder drew, scaled
+    odd = server.post("/v1/images/generations", json={"prompt": "x", "size": "100x100"})
+    assert "use auto or one of 256x256" in error_of(odd, 400)
 
 
 def test_audio_generations_music(server):

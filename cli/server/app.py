@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from anygpt_cli.server.errors import APIError, payload
-from anygpt_cli.server.media import AUDIO_FORMATS, Limits
+from anygpt_cli.server.media import AUDIO_FORMATS, IMAGE_SIZES, Limits, png_at
 from anygpt_cli.server.schemas import ChatRequest, ImageRequest, MusicRequest, SpeechRequest
 from anygpt_cli.server.service import (
     IMAGE,
@@ -310,17 +310,26 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
                 "inline as b64_json",
                 param="response_format",
             )
-        if body.size not in (None, "auto"):
+        if body.size not in (None, "auto", *IMAGE_SIZES):
             raise APIError(
-                400, "size: the image decoder draws at its own size; leave size out", param="size"
+                400,
+                f"size: {body.size!r}; use auto or one of {', '.join(IMAGE_SIZES)}",
+                param="size",
             )
         tasks = [Task("text", IMAGE, body.prompt)] * body.n
         results = await _run(service, request, tasks, body.seed)
         data = []
+        drawn = None
         for result in results:
             png = await _in_thread(service, result.media[0].data, ".png") if result.media else b""
+            if png:  # scaled to the size asked for; `drawn_size` says what the decoder drew
+                png, drawn = await _in_thread(service, png_at, png, body.size)
             data.append({"b64_json": base64.b64encode(png).decode("ascii")})
-        return JSONResponse({"created": int(time.time()), "data": data})
+        answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+        if drawn is not None:
+            answer |= {"size": body.size if body.size not in (None, "auto") else drawn}
+            answer |= {"drawn_size": drawn}
+        return JSONResponse(answer)
 
     @app.post("/v1/audio/transcriptions", response_model=None)
     async def transcriptions(
@@ -337,10 +346,10 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
         del language, prompt, temperature  # accepted as OpenAI's clients send them; not used
         service.check_model(model)
         service.require(SPEECH, "model")
-        if response_format not in {"json", "text"}:
+        if response_format not in {"json", "text", "verbose_json"}:
             raise APIError(
                 400,
-                f"response_format: {response_format!r}; use json or text",
+                f"response_format: {response_format!r}; use json, text or verbose_json",
                 param="response_format",
             )
         data = await file.read()
@@ -350,19 +359,41 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
         if suffix[1:] not in AUDIO_FORMATS:
             suffix = ".wav"
 
-        def transcribe() -> str:
+        def transcribe() -> Any:  # noqa: ANN401 - the core's Result
             with service.upload(data, suffix, "file") as path:
                 task = Task(SPEECH, "text", str(path))
                 prepared = service.prepare(task, seed=0, names={path: "file"})
-            return service.run_tasks([prepared], threading.Event())[0].text
+            return service.run_tasks([prepared], threading.Event())[0]
 
-        text = await _in_thread(service, transcribe)
+        result = await _in_thread(service, transcribe)
         if response_format == "text":
-            return PlainTextResponse(text)
-        return JSONResponse({"text": text})
+            return PlainTextResponse(result.text)
+        if response_format == "verbose_json":
+            return JSONResponse(_verbose_transcription(service, result.prompt, result.text))
+        return JSONResponse({"text": result.text})
 
     add_task_route(app, service)
     return app
+
+
+def _verbose_transcription(service: Service, prompt: str, text: str) -> dict[str, Any]:
+    """OpenAI's `verbose_json` of a transcription: its duration, one segment spanning it.
+
+    The time comes from the speech tokens the input was encoded into (the speech modality's
+    frame rate, 50 a second); the model writes text with no times, so the whole text is one
+    segment from 0 to the end of the input.
+    """
+    spec = service.gpt.codecs.spec(SPEECH)
+    frames = prompt.count(f"<{spec.prefix}") // spec.num_codebooks
+    duration = round(frames / spec.frame_rate, 3) if spec.frame_rate else 0.0
+    segment = {"id": 0, "seek": 0, "start": 0.0, "end": duration, "text": text}
+    return {
+        "task": "transcribe",
+        "language": "english",
+        "duration": duration,
+        "text": text,
+        "segments": [segment] if text else [],
+    }
 
 
 def wrap(app: FastAPI, service: Service, limits: Limits) -> ASGIApp:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from anygpt_cli.server.errors import APIError
 
-__all__ = ["Limits", "MediaStore", "decode_base64", "parse_data_url"]
+__all__ = ["IMAGE_SIZES", "Limits", "MediaStore", "decode_base64", "parse_data_url", "png_at"]
 
 _DATA_URL = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I
@@ -44,6 +44,16 @@ SUFFIXES = {
 }
 #: Audio formats the server reads (`input_audio.format`, upload suffixes).
 AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg")
+#: The sizes OpenAI's image endpoint takes (`size`; "auto" too); clients send one by default.
+IMAGE_SIZES = (
+    "256x256",
+    "512x512",
+    "1024x1024",
+    "1536x1024",
+    "1024x1536",
+    "1792x1024",
+    "1024x1792",
+)
 
 
 @dataclass(frozen=True)
@@ -190,3 +200,24 @@ def _remove_stale(root: Path) -> None:
 def suffix_for(mime: str | None, default: str) -> str:
     """A file suffix for a media type (the modality's default when unknown)."""
     return SUFFIXES.get(mime or "", default)
+
+
+def png_at(png: bytes, size: str | None) -> tuple[bytes, str]:
+    """`png` at `size` ("WxH"), and the size the decoder drew it at ("WxH").
+
+    The drawing is scaled to cover `size` and centre-cropped to it (no distortion); None or
+    "auto" leaves it as drawn.
+    """
+    import io
+
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(png)) as image:
+        drawn = f"{image.width}x{image.height}"
+        if size in (None, "auto", drawn):
+            return png, drawn
+        width, height = (int(n) for n in size.split("x"))
+        scaled = ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    scaled.save(out, format="PNG")
+    return out.getvalue(), drawn
