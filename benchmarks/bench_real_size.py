@@ -310,64 +310,48 @@ def write_small_codecs(directory: Path, *, quick: bool) -> dict[str, str]:
     }
 
 
-def random_codecs(
-    plugins: PluginSet, options: dict[str, Any], tokenizer_dir: Path, *, quick: bool, offload: bool
-) -> CodecSet:
-    """A `CodecSet` whose SEED-2, unCLIP and SoundStorm weights are random, built when first used.
+def use_random_codecs(plugins: PluginSet, tokenizer_dir: Path, *, quick: bool) -> None:
+    """Point the image and speech modalities at codecs whose big models are random.
 
-    Each codec's `lazy` slots are filled with builders instead of file loaders; with `offload`,
-    a codec released after its call is built again on its next one (as it would load again).
+    Their loaders (SEED-2, unCLIP, SoundStorm) build seeded random models at `quick` or published
+    sizes instead of reading files, at the same moment (first use) and on the same device and
+    dtype; everything else is the plugins' own code. With `--offload` a released codec builds
+    its models again on its next call, as it would load them again.
     """
+    from anygpt_image.codec import ImageCodec
     from anygpt_image.config import SeedConfig
     from anygpt_image.seed import DECODE_PREFIXES, SeedTokenizer
+    from anygpt_speech.codec import SpeechCodec
     from anygpt_speech.soundstorm import SoundStorm, SoundStormConfig
-
-    from anygpt_core.api import CodecSet
 
     seed_config = SeedConfig.tiny() if quick else SeedConfig.published()
     storm_config = SoundStormConfig.tiny() if quick else SoundStormConfig()
 
-    def prime(modality: str, codec: Any) -> None:  # noqa: ANN401 - the plugin's codec
-        if modality == "image":
-            device, dtype = codec.device, codec.dtype
-            codec.lazy("seed sizes", lambda: seed_config)
-            if not codec.is_loaded("seed"):
-                codec.lazy(
-                    "seed decoder",
-                    lambda: random_module(
-                        lambda: SeedTokenizer(seed_config), device, dtype, only=DECODE_PREFIXES
-                    ),
-                )
-            codec.lazy(
-                "pipeline",
-                lambda: build_unclip(tokenizer_dir, quick=quick, device=device, dtype=dtype),
-            )
-        elif modality == "speech":
-            device = codec.device
-            codec.lazy(
-                "soundstorm",
-                lambda: random_module(lambda: SoundStorm(storm_config), device, torch.float32),
+    class RandomImageCodec(ImageCodec):
+        @property
+        def seed_sizes(self) -> SeedConfig:
+            return seed_config
+
+        def _load_seed_decoder(self) -> SeedTokenizer:
+            return random_module(
+                lambda: SeedTokenizer(seed_config), self.device, self.dtype, only=DECODE_PREFIXES
             )
 
-    class RandomCodecs(CodecSet):
-        def codec(self, modality: str) -> Any:  # noqa: ANN401 - a codec
-            codec = super().codec(modality)
-            prime(modality, codec)
-            return codec
+        def _load_seed(self) -> SeedTokenizer:
+            model = random_module(lambda: SeedTokenizer(seed_config), self.device, self.dtype)
+            self.forget("seed decoder")  # the whole model serves decoding now
+            return model
 
-        def encode(self, modality: str, source: Any) -> torch.Tensor:  # noqa: ANN401
-            if modality == "image":  # the whole tokenizer (its ViT too) for an image input
-                codec = self.codec(modality)
-                codec.lazy(
-                    "seed",
-                    lambda: random_module(
-                        lambda: SeedTokenizer(seed_config), codec.device, codec.dtype
-                    ),
-                )
-                codec.forget("seed decoder")  # the whole model serves decoding now
-            return super().encode(modality, source)
+        def _load_pipeline(self) -> Any:  # noqa: ANN401 - a diffusers pipeline
+            return build_unclip(tokenizer_dir, quick=quick, device=self.device, dtype=self.dtype)
 
-    return RandomCodecs(plugins, options, offload=offload)
+    class RandomSpeechCodec(SpeechCodec):
+        def _load_soundstorm(self) -> SoundStorm:
+            return random_module(lambda: SoundStorm(storm_config), self.device, torch.float32)
+
+    for name, factory in (("image", RandomImageCodec), ("speech", RandomSpeechCodec)):
+        spec = plugins.modalities[name]
+        plugins.modalities[name] = spec.model_copy(update={"codec_factory": factory})
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -534,9 +518,8 @@ def main() -> None:
             f"LLM built ({args.quantize}): {load.seconds:.1f} s, peak {load.peak_gib:.2f} GiB"
         )
         unclip_tokenizer = Path(demo.options["image_decoder_path"]) / "tokenizer"
-        codecs = random_codecs(
-            plugins, options, unclip_tokenizer, quick=args.quick, offload=args.offload
-        )
+        use_random_codecs(plugins, unclip_tokenizer, quick=args.quick)
+        codecs = CodecSet(plugins, options, offload=args.offload)
         gpt = AnyGPT(model, tokenizer, plugins, codecs, output_dir=folder, is_demo=True)
         speech_codes, music_frames = round(50 * speech_seconds), round(50 * music_seconds)
         lines = {
