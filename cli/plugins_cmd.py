@@ -50,7 +50,7 @@ def describe(plugins: PluginSet) -> list[dict[str, Any]]:
 def _frames(modality: dict[str, Any]) -> str:
     """`32 per item`, `50/s` or nothing: how a modality's spans are sized."""
     if modality["fixed_frames"]:
-        return f"{modality['fixed_frames']} per item"
+        return f"{modality['fixed_frames']}/item"
     return f"{modality['frame_rate']:g}/s" if modality["frame_rate"] else ""
 
 
@@ -66,6 +66,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         if as_json:
             typer.echo(json.dumps(rows, ensure_ascii=False, indent=1))
             return
+        from rich.console import Console
         from rich.table import Table
 
         from anygpt_cli.console import stdout
@@ -74,9 +75,12 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             music = install_target("anygpt-music")
             stdout.print(f"No plugins installed: only text. Try `pip install {music}`.")
             return
-        table = Table(
-            "plugin", "version", "state", "modality", "tokens", "start/end", "K × size", "frames"
-        )
+        table = Table()
+        for header in ("plugin", "version", "state", "modality"):
+            table.add_column(header, overflow="fold")  # wrapped, never cut to "…"
+        table.add_column("tokens", overflow="fold")  # and the start and end tokens below
+        table.add_column("K × size", overflow="fold")
+        table.add_column("frames", overflow="fold")
         for row in rows:
             mods = row["modalities"] or [None]
             for i, m in enumerate(mods):
@@ -87,9 +91,30 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                     (row["version"] or "") if first else "",
                     state if first else "",
                     m["name"] if m else "",
-                    m["tokens"] if m else "",
-                    f"{m['start']} {m['end']}" if m else "",
+                    f"{m['tokens']}\n{m['start']} {m['end']}" if m else "",
                     f"{m['codebooks']} × {m['codebook_size']}" if m else "",
                     _frames(m) if m else "",
                 )
-        stdout.print(table)
+        width = stdout.measure(table, options=stdout.options.update_width(1000)).maximum
+        if not stdout.is_terminal:  # piped: as wide as the table needs (rich would cut at 80)
+            Console(width=max(width, stdout.width), highlight=False).print(table)
+        elif width <= stdout.width:
+            stdout.print(table, soft_wrap=False)  # soft wrap lets a table overflow the terminal
+        else:  # a narrower terminal: the same, a line per plugin and modality
+            _print_narrow(rows)
+
+
+def _print_narrow(rows: list[dict[str, Any]]) -> None:
+    """The table's content for a terminal too narrow for it: a line per plugin and modality."""
+    from anygpt_cli.console import stdout
+
+    for row in rows:
+        state = row["state"] + (f": {row['error']}" if row["error"] else "")
+        stdout.print(" ".join(filter(None, (row["name"], row["version"], state))), markup=False)
+        for m in row["modalities"]:
+            frames = f", {_frames(m)}" if _frames(m) else ""
+            stdout.print(
+                f"  {m['name']}: {m['tokens']} {m['start']} {m['end']}, "
+                f"{m['codebooks']} × {m['codebook_size']}{frames}",
+                markup=False,
+            )

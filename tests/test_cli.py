@@ -525,3 +525,33 @@ def test_an_unreadable_file_is_one_line_in_its_family(toy_env, tmp_path, args, c
     )
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("Using the")]
     assert (proc.returncode, errors) == (code, [f"Error: {unreadable}: permission denied"])
+
+
+@pytest.mark.parametrize(("where", "columns"), [("pipe", 80), ("terminal", 80), ("terminal", 50)])
+def test_plugins_table_piped_or_narrow_keeps_every_token_range(toy_env, where, columns):
+    import re
+
+    pexpect = pytest.importorskip("pexpect")
+    anygpt = str(Path(sys.executable).parent / "anygpt")
+    env = {k: v for k, v in toy_env.items() if k not in {"COLUMNS", "LINES"}}
+    env["ANYGPT_LOAD_PLUGINS"] = "toy,broken"  # a long error in the state column too
+    listed = json.loads(
+        subprocess.run(
+            [anygpt, "plugins", "--json"], env=env, capture_output=True, text=True
+        ).stdout
+    )
+    if where == "pipe":
+        env["COLUMNS"] = str(columns)
+        shown = subprocess.run([anygpt, "plugins"], env=env, capture_output=True, text=True).stdout
+    else:  # a real terminal of that width
+        child = pexpect.spawn(
+            anygpt, ["plugins"], env=env, dimensions=(50, columns), encoding="utf-8"
+        )
+        shown = re.sub(r"\x1b\[[0-9;]*m", "", child.read())
+        rows = [line.rstrip("\r") for line in shown.splitlines() if line[:1] in "┏┃┡│└"]
+        assert all(len(row) <= columns for row in rows)  # a table fits (else: a line each)
+    ranges = [m for row in listed for m in row["modalities"]]
+    assert ranges
+    for modality in ranges:  # each in full, on one line: nothing cut to "…"
+        assert modality["tokens"] in shown
+        assert f"{modality['start']} {modality['end']}" in shown
