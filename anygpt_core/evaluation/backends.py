@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from anygpt_core.generation import Event
 
 __all__ = ["Answer", "Backend", "Job", "LocalBackend", "ServerBackend"]
+
+#: Groups of a local backend in flight at once: one generating, the next encoded and queued,
+#: the one before decoding its media.
+_PIPELINE = 3
 
 
 @dataclass(frozen=True)
@@ -96,37 +101,66 @@ class LocalBackend:
         return {"model": self.model, "engine": engine, "max_batch": self.gpt.engine.max_batch}
 
     def answers(self, jobs: Sequence[Job]) -> Iterator[tuple[int, Answer]]:
-        """Answer each job on a thread of its own, `2 x batch` at once; yield each as it ends.
+        """Answer the jobs in groups of `batch`, a pipeline of a few groups; yield each as it ends.
 
-        The engine batches the threads' requests (as it batches a server's clients), while the
-        other threads encode inputs and decode media: that work overlaps generation instead of
-        preceding and following it. A job that fails (a bad input, a span that cannot be
-        decoded) gets its error alone. Leaving early stops the jobs in flight.
+        A group's inputs are encoded, then it is generated as one full batch of the engine, then
+        its media are decoded; meanwhile the next group is encoded and queued, so that work
+        overlaps generation instead of preceding and following it. A job that fails (a bad
+        input, a span that cannot be decoded) gets its error alone. Leaving early stops the
+        jobs in flight.
         """
         cancel = threading.Event()
         stop = Stop(cancel=cancel)
-        with ThreadPoolExecutor(max_workers=2 * self.batch) as pool:
-            futures = {pool.submit(self._answer, job, stop): i for i, job in enumerate(jobs)}
+        results: queue.SimpleQueue[tuple[int, Answer] | BaseException] = queue.SimpleQueue()
+        size = self.batch
+        with ThreadPoolExecutor(max_workers=_PIPELINE) as pool:
+            for first in range(0, len(jobs), size):
+                where = list(range(first, min(first + size, len(jobs))))
+                pool.submit(self._group, [jobs[i] for i in where], where, stop, results.put)
             try:
-                for future in as_completed(futures):
-                    yield futures[future], future.result()
+                for _ in jobs:
+                    item = results.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
             finally:
                 cancel.set()
-                for future in futures:
-                    future.cancel()
 
-    def _answer(self, job: Job, stop: Stop) -> Answer:
+    def _group(
+        self,
+        jobs: Sequence[Job],
+        where: Sequence[int],
+        stop: Stop,
+        put: Callable[[tuple[int, Answer] | BaseException], None],
+    ) -> None:
         from anygpt_core.generation import Done
 
-        started = time.perf_counter()
         try:
-            prepared = self.gpt.prepare(job.task, seed=job.seed, **job.decoding)
-            events: list[Event] = [e for _, e in self.gpt.stream_many([prepared], stop=stop)]
-        except AnyGPTError as err:
-            return Answer(error=first_line(err))
-        if not events or not isinstance(events[-1], Done):
-            return Answer(prompt=prepared.prompt, error="stopped before its answer ended")
-        return self._finish(prepared, events, started)
+            prepared: list[Prepared] = []
+            rows: list[int] = []
+            for job, index in zip(jobs, where, strict=True):
+                if stop.cancelled:
+                    return
+                try:
+                    prepared.append(self.gpt.prepare(job.task, seed=job.seed, **job.decoding))
+                    rows.append(index)
+                except AnyGPTError as err:
+                    put((index, Answer(error=first_line(err))))
+            started = time.perf_counter()
+            events: list[list[Event]] = [[] for _ in prepared]
+            ended = [False] * len(prepared)
+            try:
+                for row, event in self.gpt.stream_many(prepared, stop=stop) if prepared else ():
+                    events[row].append(event)
+                    if isinstance(event, Done):
+                        ended[row] = True
+                        put((rows[row], self._finish(prepared[row], events[row], started)))
+            except AnyGPTError as err:
+                for row, done in enumerate(ended):
+                    if not done:
+                        put((rows[row], Answer(prompt=prepared[row].prompt, error=first_line(err))))
+        except BaseException as err:  # noqa: BLE001 - handed to the caller, raised there
+            put(err)
 
     def _finish(self, prepared: Prepared, events: list[Event], started: float) -> Answer:
         try:

@@ -51,8 +51,8 @@ Decode = Literal["paper", "model"]
 Progress = Callable[[str, int, int, str], None]
 
 #: How many samples are handed to the backend at once, per row of its batch: enough to keep its
-#: batch full while finished answers are written, few enough that a killed run loses little.
-_CHUNK_PER_ROW = 4
+#: pipeline of groups full (each answer is cached as it ends, whatever the chunk).
+_CHUNK_PER_ROW = 16
 
 
 def select(samples: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
