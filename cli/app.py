@@ -62,6 +62,7 @@ def build_app(plugins: PluginSet) -> typer.Typer:
         pretty_exceptions_enable=False,
         no_args_is_help=True,
         add_completion=False,
+        rich_markup_mode="markdown",  # docstrings' paragraphs reflow to the terminal's width
     )
 
     @app.callback(invoke_without_command=True)
@@ -72,7 +73,9 @@ def build_app(plugins: PluginSet) -> typer.Typer:
         ] = False,
         block_plugin: Annotated[
             list[str] | None,
-            typer.Option("--block-plugin", help="Do not load this plugin (repeatable)."),
+            typer.Option(
+                "--block-plugin", metavar="NAME", help="Do not load this plugin (repeatable)."
+            ),
         ] = None,
         verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
     ) -> None:
@@ -155,8 +158,10 @@ def _invoke(app: typer.Typer, args: list[str]) -> int:
     """Run the app; a usage error is one line on stderr (not a panel) and exit code 2."""
     errors = _click_exceptions()
     aborts = (typer.Abort, getattr(errors, "Abort", typer.Abort))  # click's own before 0.2x
+    command = typer.main.get_command(app)
+    _no_flag_metavars(command)
     try:
-        result = app(args=args, prog_name="anygpt", standalone_mode=False)
+        result = command.main(args=args, prog_name="anygpt", standalone_mode=False)
     except errors.NoArgsIsHelpError as err:  # a group without a command: its help
         sys.stderr.write(err.format_message().rstrip() + "\n")
         return 2
@@ -170,6 +175,16 @@ def _invoke(app: typer.Typer, args: list[str]) -> int:
         sys.stderr.write(f"Error: {_one_line(err.format_message())}\n")
         return int(err.exit_code)
     return result if isinstance(result, int) else 0
+
+
+def _no_flag_metavars(command: Any) -> None:  # noqa: ANN401 - a click command or group
+    """Flags take no value: `--help` shows none for them (Typer would show `<bool>`)."""
+    help_option = command.get_help_option(command.context_class(command))  # made once, cached
+    for param in [*command.params, help_option]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _no_flag_metavars(sub)
 
 
 def _one_line(message: str) -> str:

@@ -25,7 +25,12 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         *,
         modality: Annotated[
             list[str] | None,
-            typer.Option("--modality", "-m", help="Modality whose tokens to add (repeatable)."),
+            typer.Option(
+                "--modality",
+                "-m",
+                metavar="NAME",
+                help="Modality whose tokens to add (repeatable).",
+            ),
         ] = None,
         chat_tokens: Annotated[
             bool,

@@ -109,7 +109,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             list[str] | None,
             typer.Option(
                 "--voice",
-                help="A named voice prompt, NAME=FILE (repeatable); clients pick it by name.",
+                metavar="NAME=FILE",
+                help="A named voice prompt (repeatable); clients pick it by name.",
             ),
         ] = None,
         chat_template: Annotated[

@@ -100,6 +100,17 @@ def test_help_shows_whole_flag_names_at_80_columns(toy_env, capsys, monkeypatch,
     assert "anygpt-toy options" in out  # each plugin's options under its distribution's name
 
 
+@pytest.mark.parametrize("command", [[], ["run"], ["chat"], ["serve"], ["data", "prepare"]])
+def test_help_shows_no_metavar_for_flags_and_reflows_paragraphs(toy_env, command):
+    anygpt = str(Path(sys.executable).parent / "anygpt")
+    env = {**toy_env, "COLUMNS": "200"}
+    page = subprocess.run([anygpt, *command, "--help"], env=env, capture_output=True, text=True)
+    assert page.returncode == 0
+    assert "<bool>" not in page.stdout
+    if command == ["run"]:  # the docstring's hard-wrapped lines make one paragraph
+        assert "'speech|text|question.wav', 'text|speech|Hello there|voice.wav'" in page.stdout
+
+
 def test_no_force_span_leaves_the_span_to_the_model(toy_env, capsys):
     forced = run_cli(["run", "text|toy|a wave", "--dry-run", "--seed", "1"], capsys)[1]
     free = run_cli(
