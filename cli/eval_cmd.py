@@ -293,9 +293,12 @@ class _Run:
     def update(self, name: str, done: int, total: int, what: str) -> None:
         """Show a task's progress (its bar is made on its first update)."""
         if name not in self.bars:
-            self.bars[name] = self.progress.add_task(name, total=None)
+            self.bars[name] = self.progress.add_task(name, total=None, what=what)
+        bar = self.bars[name]
+        if self.progress.tasks[bar].fields.get("what") != what:  # a new stage: its own clock
+            self.progress.reset(bar, what=what)
         self.progress.update(
-            self.bars[name], description=f"{name}: {what}", completed=done, total=total or None
+            bar, description=f"{name}: {what}", completed=done, total=total or None
         )
 
     def samples(self, task: EvalTask, data: Path) -> list[Sample]:
