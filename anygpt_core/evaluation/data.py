@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ from anygpt_core.tasks import atomic_write
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["cut_clip", "find_folder", "read_waves", "require_dir"]
+__all__ = ["cut_clip", "find_folder", "mean_of", "read_waves", "require_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +85,9 @@ def read_waves(paths: Sequence[Path], sample_rate: int) -> list[np.ndarray]:
     from anygpt_core.audio import load_audio
 
     return [load_audio(p, sample_rate).numpy() for p in paths]
+
+
+def mean_of(values: Iterable[float]) -> float:
+    """The mean of the defined values (NaN marks a sample without a score); NaN if there is none."""
+    found = [v for v in values if not math.isnan(v)]
+    return sum(found) / len(found) if found else math.nan

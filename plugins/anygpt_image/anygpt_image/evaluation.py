@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anygpt_core.errors import InputError
-from anygpt_core.evaluation.data import require_dir
+from anygpt_core.evaluation.data import mean_of, require_dir
 from anygpt_core.evaluation.metrics import cider
 from anygpt_core.evaluation.task import EvalTask, LoadContext, Metric, Record, Sample, Scored
 from anygpt_core.tasks import Task
@@ -169,12 +169,9 @@ def score_t2i(records: Sequence[Record], scorers: Scorers) -> Scored:
         {"CLIP score": by_text.get(id(r), math.nan), "CLIP-I": by_image.get(id(r), math.nan)}
         for r in records
     ]
-    return Scored({"CLIP score": _mean(by_text.values()), "CLIP-I": _mean(by_image.values())}, each)
-
-
-def _mean(values: Any) -> float:  # noqa: ANN401 - an iterable of floats
-    found = list(values)
-    return sum(found) / len(found) if found else math.nan
+    return Scored(
+        {"CLIP score": mean_of(by_text.values()), "CLIP-I": mean_of(by_image.values())}, each
+    )
 
 
 COCO_CAPTION = EvalTask(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anygpt_core.errors import InputError
-from anygpt_core.evaluation.data import cut_clip, read_waves, require_dir
+from anygpt_core.evaluation.data import cut_clip, mean_of, read_waves, require_dir
 from anygpt_core.evaluation.task import EvalTask, LoadContext, Metric, Record, Sample, Scored
 from anygpt_core.tasks import Task
 
@@ -97,19 +97,14 @@ def score_t2m(records: Sequence[Record], scorers: Scorers) -> Scored:
     )
     by_record = dict(zip((id(r) for r in made), scores, strict=True))
     each = [by_record.get(id(r), math.nan) for r in records]
-    return Scored({"CLAP": _mean(each)}, [{"CLAP": s} for s in each])
+    return Scored({"CLAP": mean_of(each)}, [{"CLAP": s} for s in each])
 
 
 def score_caption(records: Sequence[Record], scorers: Scorers) -> Scored:
     """CLAP score of each clip against the caption the model wrote for it."""
     waves = read_waves([Path(r.sample.task.payload) for r in records], _RATE)
     each = scorers.clap_audio_text(waves, _RATE, [r.text for r in records])
-    return Scored({"CLAP": _mean(each)}, [{"CLAP": s} for s in each])
-
-
-def _mean(values: Sequence[float]) -> float:
-    found = [v for v in values if not math.isnan(v)]
-    return sum(found) / len(found) if found else math.nan
+    return Scored({"CLAP": mean_of(each)}, [{"CLAP": s} for s in each])
 
 
 MUSICCAPS_T2M = EvalTask(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anygpt_core.errors import InputError
-from anygpt_core.evaluation.data import cut_clip, find_folder, read_waves, require_dir
+from anygpt_core.evaluation.data import cut_clip, find_folder, mean_of, read_waves, require_dir
 from anygpt_core.evaluation.metrics import wer
 from anygpt_core.evaluation.task import EvalTask, LoadContext, Metric, Record, Sample, Scored
 from anygpt_core.tasks import Task
@@ -162,8 +162,7 @@ def score_tts(records: Sequence[Record], scorers: Scorers) -> Scored:
     transcripts = [heard.get(id(r), "") for r in records]
     corpus, each = wer([r.sample.reference for r in records], transcripts)
     sims = [similar.get(id(r), math.nan) for r in records]
-    found = [s for s in sims if not math.isnan(s)]
-    values = {"WER": corpus, "SIM": sum(found) / len(found) if found else math.nan}
+    values = {"WER": corpus, "SIM": mean_of(sims)}
     return Scored(values, [{"WER": w, "SIM": s} for w, s in zip(each, sims, strict=True)])
 
 
