@@ -71,24 +71,36 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     def eval_command(
         tasks: Annotated[
             list[str] | None,
-            typer.Argument(help="Tasks to evaluate, e.g. librispeech-asr.", show_default=False),
+            typer.Argument(
+                metavar="TASK",
+                help="Tasks to evaluate, e.g. librispeech-asr.",
+                show_default=False,
+            ),
         ] = None,
         *,
         data: Annotated[
             list[str] | None,
-            typer.Option("--data", help="TASK=PATH: where a task's data set lies (repeatable)."),
+            typer.Option(
+                "--data", metavar="TASK=PATH", help="Where a task's data set lies (repeatable)."
+            ),
         ] = None,
         scorer: Annotated[
             list[str] | None,
             typer.Option(
                 "--scorer",
-                help="KIND=PATH_OR_HUB_ID: a scorer model (whisper, wavlm-sv, clip, clap) other "
+                metavar="KIND=PATH_OR_HUB_ID",
+                help="A scorer model (whisper, wavlm-sv, clip, clap) other "
                 "than the default (repeatable).",
             ),
         ] = None,
         limit: Annotated[
             int | None,
-            typer.Option("--limit", min=1, help="Evaluate a seeded subset of N samples per task."),
+            typer.Option(
+                "--limit",
+                min=1,
+                metavar="N",
+                help="Evaluate a seeded subset of N samples per task.",
+            ),
         ] = None,
         seed: Annotated[
             int, typer.Option("--seed", help="Seeds the data's choices, --limit and answers.")
@@ -97,6 +109,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             str,
             typer.Option(
                 "--decode",
+                metavar="paper|model",
                 help="paper: the paper's decoding (5 beams for text; top-p 0.7 for image and "
                 "speech; repetition penalty 1.15 for music); model: the plugins' configs and "
                 "the decoding flags.",
