@@ -394,3 +394,31 @@ def test_eval_with_the_low_memory_modes(tmp_path, data, capsys):
     assert settings["quantize"] == "int8"
     code, _, err = run_cli([*args, "--out", str(tmp_path)], capsys)  # another mode, same cache
     assert code == 6 and "(quantize)" in err
+
+
+def test_instructions_file_sets_the_prompts(tmp_path, data, capsys):
+    phrasings = tmp_path / "phrasings.json"
+    phrasings.write_text(json.dumps({"other2text": {"speech": ["Write down what is said."]}}))
+    code, _, err = run_cli(
+        [
+            "eval",
+            "librispeech-asr",
+            *data_args(data, "librispeech-asr"),
+            "--limit",
+            "2",
+            "--device",
+            "cpu",
+            "--decode",
+            "model",
+            "--max-new-tokens",
+            "4",
+            "--instructions",
+            str(phrasings),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    samples = lines(tmp_path / "out" / "librispeech-asr" / "samples.jsonl")
+    assert all(s["prompt"].startswith("[Human]: Write down what is said. <sosp>") for s in samples)
