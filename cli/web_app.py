@@ -45,6 +45,8 @@ SPEECH = "speech"
 _IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 #: How often streamed text and span progress refresh the page, at most.
 _REFRESH_SECONDS = 0.1
+#: The demo draws 32x32 images: answers' images are shown at least 192 px wide, pixels kept sharp.
+_CSS = "#chat img { min-width: 192px; image-rendering: pixelated; }"
 
 
 def import_gradio() -> ModuleType:
@@ -294,7 +296,7 @@ class WebApp:
 
     def _chat_tab(self) -> None:
         gr = self.gr
-        chatbot = gr.Chatbot(label="Conversation", elem_id="chat", height=420)
+        chatbot = gr.Chatbot(label="Conversation", elem_id="chat", height=360)
         status = gr.Markdown("", elem_id="status")
         with gr.Row():
             text = gr.Textbox(
@@ -306,7 +308,13 @@ class WebApp:
             )
             with gr.Column(scale=1, min_width=140):
                 send = gr.Button("Send", variant="primary", elem_id="send")
-                clear = gr.Button("Clear", elem_id="clear")
+                with gr.Row():
+                    stop = gr.Button("Stop", elem_id="stop", min_width=60)
+                    clear = gr.Button("Clear", elem_id="clear", min_width=60)
+        # above the attachments, so it shows without scrolling at 1280x900
+        to = gr.Radio(
+            ["text", *self.modalities], value="text", label="Answer as", elem_id="answer-modality"
+        )
         inputs: dict[str, Any] = {}
         with gr.Row():
             for name in self.modalities:
@@ -326,12 +334,6 @@ class WebApp:
                         height=140,
                     )
         with gr.Row():
-            to = gr.Radio(
-                ["text", *self.modalities],
-                value="text",
-                label="Answer as",
-                elem_id="answer-modality",
-            )
             voice = (
                 gr.Audio(
                     sources=["upload"],
@@ -366,17 +368,29 @@ class WebApp:
         def unload(request: Any) -> None:  # noqa: ANN401 - gr.Request
             self.sessions.drop(_session(request))
 
+        def stopped() -> str:
+            return "Stopped: the answer was not kept; send again to retry"
+
         for handler in (turn, clear_chat, unload):
             _wants_request(handler, gr.Request)
-        for trigger in (send.click, text.submit):
+        turns = [
             trigger(
                 turn,
                 inputs=set(fields.values()),
                 outputs=outputs,
                 concurrency_limit=None,  # tabs generate together: the engine batches them
                 show_progress="minimal",
+                api_name=name,
+                trigger_mode="multiple",  # a send while answering is told so, not dropped
             )
-        clear.click(clear_chat, outputs=[chatbot, status, downloads, text, *inputs.values()])
+            for trigger, name in ((send.click, "chat"), (text.submit, False))
+        ]
+        stop.click(stopped, outputs=[status], cancels=turns, api_name="stop")
+        clear.click(
+            clear_chat,
+            outputs=[chatbot, status, downloads, text, *inputs.values()],
+            api_name="clear",
+        )
         self._unload_handler = unload
 
     def _tasks_tab(self) -> None:
@@ -448,14 +462,35 @@ class WebApp:
         files = gr.File(label="Files", file_count="multiple", interactive=False)
         fields = [source, voice, temperature, top_p, top_k, max_new, sample, seed]
 
-        def run(*values: Any) -> list[Any]:  # noqa: ANN401 - the fields' values
-            return self._one_shot(task, *values, with_media=media is not None)
+        def run(  # the parameters' names are the page's API (gradio_client, /gradio_api/info)
+            source: Any,  # noqa: ANN401 - text or an uploaded file's path
+            voice_prompt: str | None,
+            temperature: float | None,
+            top_p: float | None,
+            top_k: float | None,
+            max_new_tokens: float | None,
+            do_sample: bool,
+            seed: float | None,
+        ) -> list[Any]:
+            return self._one_shot(
+                task,
+                source,
+                voice_prompt,
+                temperature,
+                top_p,
+                top_k,
+                max_new_tokens,
+                do_sample,
+                seed,
+                with_media=media is not None,
+            )
 
         go.click(
             run,
             inputs=[f if f is not None else gr.State(None) for f in fields],
             outputs=[status, text, *([media] if media is not None else []), files],
             concurrency_limit=None,
+            api_name=key.replace("-", "_"),  # /text_image, /speech_text, ... (not /run_3)
         )
 
     # --- handlers ----------------------------------------------------------------------------
@@ -484,13 +519,16 @@ class WebApp:
         uploads = [p for paths in attached.values() for p in paths] + ([voice] if voice else [])
         keep_inputs = [gr.update() for _ in self._input_order]
         tab = self.sessions.tab(key)
-        if not tab.lock.acquire(blocking=False):
-            raise gr.Error("this tab is still answering: wait for the answer, then send again")
+        if not tab.lock.acquire(blocking=False):  # the message stays in the box, not lost
+            busy = f"Still answering message {tab.sent}: this one waits in the box (or Stop)"
+            yield [gr.update(), busy, gr.update(), gr.update(), *keep_inputs]
+            return
         try:
             tab.sent += 1
             number = f"(message {tab.sent})"
             shown = history + self._user_messages(text, attached)
-            yield [shown, f"*Encoding the message… {number}*", None, gr.update(), *keep_inputs]
+            # the message leaves the box now: what is typed while it is answered stays there
+            yield [shown, f"*Encoding the message… {number}*", None, "", *keep_inputs]
             streamed, span, count, total, last = "", "", 0, 0, 0.0
             events = _turn_events(
                 tab.conversation.send,
@@ -503,16 +541,10 @@ class WebApp:
             from anygpt_core.generation import Done, SpanClosed, SpanOpened, TokenEvent
 
             for kind, value in events:
-                if kind == "error":
+                if kind == "error":  # one line; the conversation and the inputs stay
                     message = self._message(value, uploads)
-                    yield [
-                        history,
-                        f"**Error** {number}: {message}",
-                        None,
-                        gr.update(),
-                        *keep_inputs,
-                    ]
-                    raise gr.Error(message)
+                    yield [history, f"**Error** {number}: {message}", None, text, *keep_inputs]
+                    return
                 if kind == "reply":
                     reply: Reply = value
                     final = history + self._user_messages(text, attached)
@@ -524,7 +556,7 @@ class WebApp:
                     if reply.dropped:
                         note += f" · dropped the {reply.dropped} oldest turn(s) to fit the context"
                     files = [str(f) for f in reply.files] or None
-                    yield [final, note, files, "", *[None] * len(self._input_order)]
+                    yield [final, note, files, gr.update(), *[None] * len(self._input_order)]
                     return
                 status = None
                 if kind == "text":
@@ -592,7 +624,6 @@ class WebApp:
         """Run one task through the engine; the status line, text, media and files."""
         from anygpt_core.tasks import Task
 
-        gr = self.gr
         uploads = [p for p in (source if task.source != "text" else None, voice) if p]
         try:
             payload = str(source or "").strip()
@@ -609,7 +640,8 @@ class WebApp:
                 do_sample=do_sample,
             )
         except Exception as err:  # noqa: BLE001 - every failure is one line in the page
-            raise gr.Error(self._message(err, [str(u) for u in uploads])) from None
+            message = self._message(err, [str(u) for u in uploads])
+            return [f"**Error**: {message}", "", *([None] if with_media else []), None]
         note = (
             f"Done in {result.seconds:.1f} s · {result.new_tokens} tokens · "
             f"{result.finish_reason} · seed {result.seed}"
@@ -638,6 +670,7 @@ class WebApp:
                 show_error=False,
                 allowed_paths=[str(self.output_dir.resolve())],
                 footer_links=[],
+                css=_CSS,
                 ssr_mode=False,
                 pwa=False,
                 mcp_server=False,

@@ -242,12 +242,47 @@ def test_a_wrong_file_shows_an_error_and_the_chat_goes_on(page, tmp_path):
     assert "Error" in status
     assert "notes.png" in status
     assert "/tmp" not in status  # the upload's temporary folder is not shown
-    page.wait_for_selector(".toast-body:has-text('notes.png')")  # and a notice pops up
+    assert status.count("Error") == 1  # one line: no red pill on every output, no toast
+    assert page.locator(".toast-body").count() == 0
     assert page.locator("#chat [data-testid='user']").count() == 0  # the turn was not kept
     page.locator("#input-image button[aria-label='Clear']").last.click()  # take the file away
     send(page, "Then just say hello")
     assert "Answered" in page.inner_text("#status")
     assert page.locator("#chat [data-testid='user']", has_text="Then just say hello").count() == 1
+
+
+def test_a_message_sent_while_answering_is_kept_and_said(served):
+    app, _ = served
+    tab = app.sessions.tab("busy-tab")
+    with tab.lock:  # a turn of this tab is being answered
+        (shown,) = list(app._turn({"text": "and another one", "history": []}, "busy-tab"))
+    _, status, _, text, *_ = shown
+    assert status.startswith("Still answering")
+    assert text == app.gr.update()  # the box keeps what was typed: nothing is lost
+    assert tab.conversation.history == []
+
+
+def test_stop_sets_the_status_and_the_chat_goes_on(page):
+    page.fill("#message textarea", "Tell me a long story")
+    page.click("#send")
+    page.locator("#chat [data-testid='user']", has_text="long story").wait_for()  # it started
+    page.click("#stop")
+    page.locator("#status").get_by_text("Stopped: the answer was not kept").wait_for()
+    page.sent = 1
+    send(page, "Then just say hello")
+    assert "Answered (message 2)" in page.inner_text("#status")
+
+
+def test_page_api_endpoints_are_named(served):
+    import httpx
+
+    _, url = served
+    info = httpx.get(url.rstrip("/") + "/gradio_api/info", timeout=30).json()
+    named = info["named_endpoints"]
+    assert {"/chat", "/stop", "/clear", "/text_speech", "/speech_text"} <= set(named)
+    assert not info.get("unnamed_endpoints")
+    speech = [p["parameter_name"] for p in named["/text_speech"]["parameters"]]
+    assert speech[:2] == ["source", "voice_prompt"] and "seed" in speech
 
 
 def test_clear_empties_the_history(page, served):
