@@ -311,6 +311,34 @@ def test_cli_run_on_vllm(server, capsys, tmp_path):
     assert results[0]["spans"][0]["shape"] == [1, 32]
 
 
+def test_cli_eval_on_vllm(server, capsys, tmp_path):
+    """`anygpt eval --engine vllm`: answers come from the vLLM server; beams are refused up front."""
+    from eval_data import write_librispeech
+
+    root = write_librispeech(tmp_path / "libri", count=3)
+    common = [
+        "eval",
+        "librispeech-asr",
+        "--data",
+        f"librispeech-asr={root}",
+        "--engine",
+        "vllm",
+        "--vllm-url",
+        server.url,
+    ]
+    code, _, err = run_cli(
+        [*common, "--decode", "model", "--max-new-tokens", "12", "--out", str(tmp_path / "out")],
+        capsys,
+    )
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"]["engine"] == "vllm"
+    entry = report["tasks"]["librispeech-asr"]
+    assert (entry["n"], entry["skipped"]) == (3, 0) and entry["value"] is not None
+    code, _, err = run_cli([*common, "--out", str(tmp_path / "paper")], capsys)
+    assert code == 6 and "text answers use beam search" in err
+
+
 def test_cli_run_on_vllm_that_is_down(capsys, tmp_path):
     url = f"http://127.0.0.1:{free_port()}"
     code, _, err = run_cli(
@@ -505,31 +533,3 @@ def test_vllm_server_dying_mid_request_is_engine_unavailable(server, gateway, mo
     assert "\n" not in str(caught.value)
     with pytest.raises(EngineUnavailableError, match="connection refused"):
         list(gateway.stream(gateway.prepare("text|text|hi", seed=0)))
-
-
-def test_cli_eval_on_vllm(server, capsys, tmp_path):
-    """`anygpt eval --engine vllm`: answers come from the vLLM server; beams are refused up front."""
-    from eval_data import write_librispeech
-
-    root = write_librispeech(tmp_path / "libri", count=3)
-    common = [
-        "eval",
-        "librispeech-asr",
-        "--data",
-        f"librispeech-asr={root}",
-        "--engine",
-        "vllm",
-        "--vllm-url",
-        server.url,
-    ]
-    code, _, err = run_cli(
-        [*common, "--decode", "model", "--max-new-tokens", "12", "--out", str(tmp_path / "out")],
-        capsys,
-    )
-    assert code == 0, err
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["model"]["engine"] == "vllm"
-    entry = report["tasks"]["librispeech-asr"]
-    assert (entry["n"], entry["skipped"]) == (3, 0) and entry["value"] is not None
-    code, _, err = run_cli([*common, "--out", str(tmp_path / "paper")], capsys)
-    assert code == 6 and "text answers use beam search" in err

@@ -23,7 +23,7 @@ def test_music_entry_point_is_discovered():
     assert info.state == "loaded", info.error
     assert info.distribution == "anygpt-music"
     assert [m.name for m in info.modalities] == ["music", "audio"]
-    assert set(info.hooks) == {"anygpt_modalities", "anygpt_demo_assets"}
+    assert set(info.hooks) == {"anygpt_modalities", "anygpt_demo_assets", "anygpt_eval_tasks"}
 
 
 def test_music_plugin_import_is_cheap():

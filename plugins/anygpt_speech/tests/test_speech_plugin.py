@@ -21,7 +21,7 @@ def test_plugin_entry_point_is_discovered():
     info = next(i for i in plugins.infos if i.name == "speech")
     assert info.state == "loaded", info.error
     assert info.distribution == "anygpt-speech"
-    assert set(info.hooks) == {"anygpt_modalities", "anygpt_demo_assets"}
+    assert set(info.hooks) == {"anygpt_modalities", "anygpt_demo_assets", "anygpt_eval_tasks"}
     assert plugins.modality("speech") is SPEECH
 
 
