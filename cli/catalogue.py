@@ -32,14 +32,14 @@ KNOWN_PLUGINS = {
     "audio": install_target("anygpt-music"),
 }
 
-#: The paper's evaluation tasks -> the distribution that provides each.
+#: The paper's evaluation tasks -> what to `pip install` for each.
 KNOWN_EVAL_TASKS = {
-    "coco-caption": "anygpt-image",
-    "coco-t2i": "anygpt-image",
-    "librispeech-asr": "anygpt-speech",
-    "vctk-tts": "anygpt-speech",
-    "musiccaps-t2m": "anygpt-music",
-    "musiccaps-caption": "anygpt-music",
+    "coco-caption": install_target("anygpt-image"),
+    "coco-t2i": install_target("anygpt-image"),
+    "librispeech-asr": install_target("anygpt-speech"),
+    "vctk-tts": install_target("anygpt-speech"),
+    "musiccaps-t2m": install_target("anygpt-music"),
+    "musiccaps-caption": install_target("anygpt-music"),
 }
 
 _FLAG_PREFIXES = {

@@ -337,10 +337,11 @@ def test_scorer_missing_offline_exits_4_naming_the_hub_id(tmp_path, data, capsys
 def test_task_of_a_missing_plugin_exits_5(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ANYGPT_BLOCK_PLUGINS", "music")
     code, _, err = run_cli(["eval", "musiccaps-t2m", "--data", f"musiccaps-t2m={tmp_path}"], capsys)
+    from anygpt_cli.catalogue import install_target
+
     assert code == 5
-    assert (
-        err.strip() == "Error: eval task 'musiccaps-t2m' needs a plugin: pip install anygpt-music"
-    )
+    target = install_target("anygpt-music")
+    assert err.strip() == f"Error: eval task 'musiccaps-t2m' needs a plugin: pip install {target}"
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
