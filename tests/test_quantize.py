@@ -191,7 +191,9 @@ def test_serve_with_int8_and_offloaded_codecs(tmp_path):
     server = start_server(tmp_path / "server.log", "--quantize", "int8", "--offload", "codecs")
     try:
         client = server.client()
-        speech = client.audio.speech.create(model=MODEL, voice="alloy", input="hello")
+        speech = client.audio.speech.create(
+            model=MODEL, voice="alloy", input="hello", response_format="wav"
+        )
         assert speech.read()[:4] == b"RIFF"
         picture = client.images.generate(model=MODEL, prompt="a red bus", n=1)
         assert picture.data[0].b64_json
