@@ -308,7 +308,7 @@ def _move_models(codec: Codec, target: torch.device) -> None:
     """
     import torch
 
-    loaded = getattr(codec, "loaded", None)
+    loaded = getattr(codec, "loaded_values", None)
     if loaded is None:
         return
     for value in loaded().values():

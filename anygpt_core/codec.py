@@ -149,7 +149,7 @@ class LazyCodec(Generic[OptionsT]):
         """Whether `lazy(name, ...)` has loaded its value."""
         return name in self._loaded
 
-    def loaded(self) -> dict[str, Any]:
+    def loaded_values(self) -> dict[str, Any]:
         """The values loaded so far by name (a copy), e.g. to move their modules between devices."""
         with self._lock:
             return dict(self._loaded)

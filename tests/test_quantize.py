@@ -131,7 +131,7 @@ def test_moving_a_codecs_models_keeps_meta_parts_and_accelerate_hooks():
     partial = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     partial[1].to("meta")  # a part the codec never loads (SEED-2's encoder when decoding)
     pipeline = SimpleNamespace(components={"unet": partial, "vae": Hooked(2, 2), "name": "x"})
-    codec = SimpleNamespace(loaded=lambda: {"model": partial, "pipeline": pipeline, "n": 3})
+    codec = SimpleNamespace(loaded_values=lambda: {"model": partial, "pipeline": pipeline, "n": 3})
     _move_models(codec, CPU)  # `Module.to` raised on the meta part
     assert partial[1].weight.is_meta and not partial[0].weight.is_meta
 
