@@ -31,6 +31,7 @@ from anygpt_cli.common import (
 )
 from anygpt_cli.options import with_codec_options
 from anygpt_core.errors import ConfigError
+from anygpt_core.evaluation.metrics import require
 
 if TYPE_CHECKING:
     from anygpt_core.evaluation import Backend, EvalTask, Sample, TaskReport
@@ -205,6 +206,8 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             )
         scorers = Scorers(_pairs(scorer, "--scorer"), device=scorer_device)
         scorers.check(dict.fromkeys(kind for task in chosen for kind in task.scorers))
+        for module in dict.fromkeys(m for task in chosen for m in (*task.libraries, "matplotlib")):
+            require(module)  # a metric library missing fails now, not after generating
         evaluation = _Run(out=out, scorers=scorers, seed=seed, limit=limit, decode=decode)
         samples = {t.name: evaluation.samples(t, Path(paths[t.name]).expanduser()) for t in chosen}
         backend = None

@@ -423,3 +423,17 @@ def test_instructions_file_sets_the_prompts(tmp_path, data, capsys):
     assert code == 0, err
     samples = lines(tmp_path / "out" / "librispeech-asr" / "samples.jsonl")
     assert all(s["prompt"].startswith("[Human]: Write down what is said. <sosp>") for s in samples)
+
+
+def test_a_missing_metric_library_fails_before_the_model_loads(tmp_path, data, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "jiwer", None)  # import jiwer raises ImportError
+    monkeypatch.setattr("anygpt_cli.eval_cmd.load_model", lambda *a, **k: pytest.fail("loaded"))
+    code, _, err = run_cli(
+        ["eval", "librispeech-asr", *data_args(data, "librispeech-asr"), "--out", str(tmp_path)],
+        capsys,
+    )
+    assert code == 5
+    assert err.strip().endswith(
+        "jiwer is not installed: pip install jiwer, or the core's eval extra "
+        "(pip install '.[eval]' in the checkout)"
+    )

@@ -17,7 +17,11 @@ from typing import Any
 
 from anygpt_core.errors import PluginError
 
-__all__ = ["cider", "normalize_english", "require", "wer"]
+__all__ = ["CIDER", "WER", "cider", "normalize_english", "require", "require_java", "wer"]
+
+#: The modules `wer` and `cider` import (an `EvalTask`'s `libraries`); `java` is the PTB tokeniser's.
+WER = ("jiwer", "whisper_normalizer.english")
+CIDER = ("pycocoevalcap.cider.cider", "pycocoevalcap.tokenizer.ptbtokenizer", "java")
 
 #: What each metric library is installed as.
 _PACKAGES = {
@@ -28,19 +32,35 @@ _PACKAGES = {
 
 
 def require(module: str) -> Any:  # noqa: ANN401 - a module
-    """Import a metric library, or fail in one line naming what to install (exit 5)."""
+    """Import a metric library, or fail in one line naming what to install (exit 5).
+
+    `java` stands for the Java runtime pycocoevalcap runs: found on PATH, not imported.
+    """
+    if module == "java":
+        require_java()
+        return None
     try:
         return importlib.import_module(module)
     except ImportError as err:
         package = _PACKAGES.get(module.split(".")[0], module)
         raise PluginError(
-            f"{module} is not installed: pip install {package} (or the anygpt-core[eval] extra)"
+            f"{module} is not installed: pip install {package}, or the core's eval extra "
+            "(pip install '.[eval]' in the checkout)"
         ) from err
 
 
 @cache
 def _normalizer() -> Any:  # noqa: ANN401 - whisper_normalizer's EnglishTextNormalizer
     return require("whisper_normalizer.english").EnglishTextNormalizer()
+
+
+def require_java() -> None:
+    """Fail in one line when no `java` runs pycocoevalcap's PTB tokeniser (exit 5)."""
+    if shutil.which("java") is None:
+        raise PluginError(
+            "CIDEr needs a Java runtime for pycocoevalcap's PTB tokeniser: install one "
+            "(Debian: apt-get install default-jre-headless)"
+        )
 
 
 def normalize_english(text: str) -> str:
@@ -83,11 +103,7 @@ def cider(
     """
     tokenizer_module = require("pycocoevalcap.tokenizer.ptbtokenizer")
     cider_module = require("pycocoevalcap.cider.cider")
-    if shutil.which("java") is None:
-        raise PluginError(
-            "CIDEr needs a Java runtime for pycocoevalcap's PTB tokeniser: install one "
-            "(Debian: apt-get install default-jre-headless)"
-        )
+    require_java()
     tokenizer = tokenizer_module.PTBTokenizer()
     gts = tokenizer.tokenize(
         {i: [{"caption": c} for c in refs] for i, refs in enumerate(references)}

@@ -141,6 +141,8 @@ class EvalTask:
         score: scores records (every sample that has an answer) with the scorer models.
         scorers: the scorer kinds `score` uses (`whisper`, `wavlm-sv`, `clip`, `clap`), checked
             before anything is generated.
+        libraries: the modules `score` imports (`jiwer`, `pycocoevalcap`, ...), checked before
+            anything is generated.
     """
 
     name: str
@@ -153,6 +155,7 @@ class EvalTask:
     load: Callable[[Path, LoadContext], list[Sample]]
     score: Callable[[Sequence[Record], Scorers], Scored]
     scorers: tuple[str, ...] = ()
+    libraries: tuple[str, ...] = ()
 
     @property
     def headline(self) -> Metric:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from anygpt_core.errors import InputError
 from anygpt_core.evaluation.data import mean_of, require_dir
-from anygpt_core.evaluation.metrics import cider
+from anygpt_core.evaluation.metrics import CIDER, cider
 from anygpt_core.evaluation.task import EvalTask, LoadContext, Metric, Record, Sample, Scored
 from anygpt_core.tasks import Task
 
@@ -184,6 +184,7 @@ COCO_CAPTION = EvalTask(
     data=_KARPATHY,
     load=load_caption,
     score=score_caption,
+    libraries=CIDER,
 )
 
 COCO_T2I = EvalTask(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from anygpt_core.errors import InputError
 from anygpt_core.evaluation.data import cut_clip, find_folder, mean_of, read_waves, require_dir
-from anygpt_core.evaluation.metrics import wer
+from anygpt_core.evaluation.metrics import WER, wer
 from anygpt_core.evaluation.task import EvalTask, LoadContext, Metric, Record, Sample, Scored
 from anygpt_core.tasks import Task
 
@@ -176,6 +176,7 @@ LIBRISPEECH_ASR = EvalTask(
     data=_LIBRISPEECH,
     load=load_librispeech,
     score=score_asr,
+    libraries=WER,
 )
 
 VCTK_TTS = EvalTask(
@@ -192,4 +193,5 @@ VCTK_TTS = EvalTask(
     load=load_vctk,
     score=score_tts,
     scorers=("whisper", "wavlm-sv"),
+    libraries=WER,
 )
