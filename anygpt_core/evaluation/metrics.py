@@ -1,4 +1,4 @@
-"""The paper's metrics, computed by the libraries that define them (`pip install "anygpt-core[eval]"`).
+"""The paper's metrics, computed by the libraries that define them (the core's `eval` extra).
 
 - WER: jiwer, after Whisper's English text normaliser (the `whisper-normalizer` package carries
   OpenAI's normaliser and its spelling table), as the AnyGPT authors advised (their issue #40).
