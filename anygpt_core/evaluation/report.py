@@ -21,7 +21,6 @@ __all__ = ["library_versions", "write_report"]
 #: Distributions whose versions make a number reproducible.
 _LIBRARIES = (
     "anygpt-core",
-    "anygpt",
     "anygpt-image",
     "anygpt-speech",
     "anygpt-music",
