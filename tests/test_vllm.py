@@ -381,12 +381,15 @@ def test_cli_engine_flags_are_checked(capsys, args, message):
 class _Proxy:
     """A TCP forwarder to the vLLM server that the test can cut (a server gone after start)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, hold_after: int | None = None) -> None:
+        """`hold_after`: forward only that many server-sent events of the answer, then hold."""
         import socket
         import threading
 
         host, port = target.removeprefix("http://").rsplit(":", 1)
         self.target = (host, int(port))
+        self.hold_after = hold_after
+        self.held = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.open = True
@@ -404,13 +407,23 @@ class _Proxy:
                 return
             upstream = socket.create_connection(self.target)
             self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, hold in ((client, upstream, None), (upstream, client, self.hold_after)):
+                threading.Thread(target=self._pipe, args=(a, b, hold), daemon=True).start()
 
-    @staticmethod
-    def _pipe(a, b) -> None:
+    def _pipe(self, a, b, hold: int | None) -> None:
+        events = 0
         try:
             while data := a.recv(65536):
+                if hold is not None and events + data.count(b"\n\n") >= hold:
+                    end = -1
+                    for _ in range(hold - events):
+                        end = data.index(b"\n\n", end + 1)
+                    self.held.set()  # before the last event goes: its reader may act on it
+                    b.sendall(data[: end + 2])
+                    while self.open:  # nothing more until cut
+                        time.sleep(0.05)
+                    return
+                events += data.count(b"\n\n")
                 b.sendall(data)
         except OSError:
             pass
@@ -503,33 +516,38 @@ def test_serve_on_vllm_answers_as_the_local_engine_and_503_when_vllm_goes(server
         proc.wait(timeout=60)
 
 
-def test_vllm_server_dying_mid_request_is_engine_unavailable(server, gateway, monkeypatch):
-    # the last test of the module: it kills the module's server
-    prepared = gateway.prepare(
+def test_vllm_server_dying_mid_request_is_engine_unavailable(server, gateway):
+    # the last test of the module: it kills the module's server. A proxy passes the answer's
+    # first 5 events and holds the rest, so the server cannot have sent the whole answer before
+    # it dies however late the gateway reads.
+    from anygpt_core.api import AnyGPT
+
+    proxy = _Proxy(server.url, hold_after=5)
+    through = AnyGPT.load(vllm_url=proxy.url)
+    prepared = through.prepare(
         "text|text|tell me a long story", seed=0, do_sample=False, max_new_tokens=1500
     )
+
+    def crash() -> None:
+        if proxy.held.wait(timeout=300):
+            time.sleep(0.3)  # the gateway reads what it was sent
+        server.kill()
+        proxy.cut()
+
+    killer = threading.Thread(target=crash, daemon=True)
+    killer.start()
     seen = 0
-    stream = gateway.engine._stream
 
-    def killing(request, model, job):
-        """The server dies as the gateway's thread reads the 5th token (its caller may lag)."""
+    def read() -> None:
         nonlocal seen
-        for event in stream(request, model, job):
-            if isinstance(event, TokenEvent):
-                seen += 1
-                if seen == 5:
-                    server.kill()
-            yield event
+        for event in through.stream(prepared):
+            seen += isinstance(event, TokenEvent)
 
-    monkeypatch.setattr(gateway.engine, "_stream", killing)
-
-    def read():
-        for _ in gateway.stream(prepared):
-            pass
-
-    with pytest.raises(EngineUnavailableError, match=f"vLLM server at {server.url}: ") as caught:
+    with pytest.raises(EngineUnavailableError, match=f"vLLM server at {proxy.url}: ") as caught:
         read()
-    assert seen >= 5
+    killer.join(timeout=60)
+    assert proxy.held.is_set()
+    assert seen >= 1
     assert "\n" not in str(caught.value)
     with pytest.raises(EngineUnavailableError, match="connection refused"):
         list(gateway.stream(gateway.prepare("text|text|hi", seed=0)))
