@@ -20,12 +20,16 @@ from __future__ import annotations
 import functools
 import json
 import re
+from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+    from numpy.typing import NDArray
 
 __all__ = ["ReferencePromptEncoder", "ReferenceTokenizer", "longest_token"]
 
@@ -87,6 +91,7 @@ class ReferencePromptEncoder:
             known = piece_id != self.sp.unk_id() and self.sp.id_to_piece(piece_id) == tok
             if known and piece_id != i:
                 self.renamed[piece_id] = i
+        self._tables = _PieceTables.of(sentencepiece_model, self.renamed)
 
     @classmethod
     def from_directory(cls, directory: Path, tokenizer: Any) -> ReferencePromptEncoder | None:  # noqa: ANN401
@@ -152,53 +157,130 @@ class ReferencePromptEncoder:
             ]
         return pieces
 
-    def tokens_with_offsets(self, text: str) -> list[tuple[str, int, int]]:
-        """Token strings of `text` (without BOS) with their character spans in `text`."""
-        text, shift = self._prepared(text)
-        out: list[tuple[str, int, int]] = []
-        for chunk, offset in self._split(text):
-            if chunk in self.added:
-                out.append((chunk, offset, offset + len(chunk)))
-            else:
-                out += [(p, offset + b, offset + e) for p, b, e in self._pieces(chunk)]
-        if (
-            not self.legacy
-            and len(out) > 1
-            and out[0][0] == _UNDERLINE
-            and out[1][0] in self.special
-        ):
-            out = out[1:]
-        return [(t, max(0, b - shift), max(0, e - shift)) for t, b, e in out]
+    def _encoded(self, text: str) -> tuple[list[tuple[str, int]], list[list[int] | None]]:
+        """The prepared text's chunks (with offsets) and each plain chunk's SentencePiece ids.
+
+        An added token's entry is None. All plain chunks go to SentencePiece in one call, so no
+        piece is handled one by one in Python.
+        """
+        chunks = self._split(text)
+        plain = [self._prefix(chunk) + chunk for chunk, _ in chunks if chunk not in self.added]
+        encoded = iter(self.sp.encode(plain))
+        return chunks, [None if chunk in self.added else next(encoded) for chunk, _ in chunks]
+
+    def _aligned(
+        self, chunks: list[tuple[str, int]], encoded: list[list[int] | None], shift: int
+    ) -> tuple[NDArray[np.int64], ...]:
+        """Every token's id, span in the text, SentencePiece id and chunk, for all at once.
+
+        Each span is SentencePiece's, worked out from the lengths of the pieces before it (see
+        `_PieceTables`); right where the normalizer keeps characters and no piece is unknown.
+
+        Returns:
+            ids, begins, ends, pieces (the tables' row of each token), chunk_of (the chunk
+            index of each token): int64 [T] each.
+        """
+        import numpy as np
+
+        tables = self._tables
+        marker = (tables.sentinel,)  # an added token's one piece: the tables' last row
+        seqs = [marker if ids is None else ids for ids in encoded]
+        counts = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=int(counts.sum()))
+        # per chunk: where it starts in the text, what SentencePiece saw before it (the dummy
+        # prefix `▁`, `_prefix`), an added token's id and length
+        offset = np.array([o for _, o in chunks], dtype=np.int64)
+        is_plain = np.array([ids is not None for ids in encoded], dtype=bool)
+        dummy = is_plain * int(tables.dummy_prefix)
+        prefix = is_plain * np.array([len(self._prefix(c)) for c, _ in chunks], dtype=np.int64)
+        added_id = np.array([self.added.get(c, 0) for c, _ in chunks], dtype=np.int64)
+        added_len = np.where(is_plain, 0, [len(c) for c, _ in chunks])
+        chunk_of = np.repeat(np.arange(len(seqs)), counts)
+        first = (np.cumsum(counts) - counts)[chunk_of]  # index of the token's chunk's first
+        is_added = flat == tables.sentinel
+        # characters of the normalized text each piece covers; a byte piece covers its whole
+        # character when it is the character's last byte, none before (SentencePiece gives
+        # the first bytes of a character an empty span at its start)
+        lengths = tables.lengths[flat] if tables.lengths is not None else np.zeros_like(flat)
+        continued = np.zeros(len(flat), dtype=bool)
+        continued[:-1] = tables.continuation[flat[1:]]
+        lengths = np.where(tables.byte[flat], ~continued, lengths)
+        lengths = np.where(is_added, added_len[chunk_of], lengths)
+        totals = np.concatenate(([0], np.cumsum(lengths)))
+        ends = totals[1:] - totals[first]  # in the chunk's normalized text
+
+        # a position in a chunk's normalized text as a character of `text`, as 4.34 had it: the
+        # dummy prefix stands at character 0, what `_prefix` put first is dropped
+        def in_text(position: NDArray[np.int64]) -> NDArray[np.int64]:
+            position = np.maximum(position - dummy[chunk_of], 0)
+            position = np.maximum(position - prefix[chunk_of], 0) + offset[chunk_of]
+            return np.maximum(position - shift, 0)
+
+        begins, ends = in_text(ends - lengths), in_text(ends)
+        ids = np.where(is_added, added_id[chunk_of], tables.renamed[flat])
+        dropped = (  # 4.34 dropped the pieces of `_prefix`
+            (prefix[chunk_of] > 0)
+            & (counts[chunk_of] >= self.unk_length)
+            & (np.arange(len(flat)) - first < self.unk_length)
+        )
+        return tuple(a[~dropped] for a in (ids, begins, ends, flat, chunk_of))
 
     def ids_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Token ids (BOS first when the tokenizer adds it) and each token's character span."""
-        triples = self.tokens_with_offsets(text)
-        ids = [self._id(t) for t, _, _ in triples]
-        offsets = [(b, e) for _, b, e in triples]
+        """Token ids (BOS first when the tokenizer adds it) and each token's character span.
+
+        The spans are SentencePiece's own (4.34 took them from its pieces), found for all tokens
+        at once (`_aligned`) where the model's normalizer keeps characters as they are (LLaMA's
+        "identity"). A chunk holding an unknown piece, or every chunk under another normalizer,
+        takes them from SentencePiece piece by piece.
+        """
+        import numpy as np
+
+        prepared, shift = self._prepared(text)
+        chunks, encoded = self._encoded(prepared)
+        unk = self.sp.unk_id()
+        exact = {  # chunk index -> its pieces with SentencePiece's spans
+            j: self._pieces(chunk)
+            for j, ((chunk, _), ids) in enumerate(zip(chunks, encoded, strict=True))
+            if ids is not None and (self._tables.lengths is None or unk in ids)
+        }
+        ids, begins, ends, pieces, chunk_of = self._aligned(chunks, encoded, shift)
+        chunk_first = np.searchsorted(chunk_of, np.arange(len(chunks)))
+        for j, exact_pieces in exact.items():
+            at = slice(int(chunk_first[j]), int(chunk_first[j]) + len(exact_pieces))
+            ids[at] = [self._id(piece) for piece, _, _ in exact_pieces]
+            begins[at] = [max(0, chunks[j][1] + b - shift) for _, b, _ in exact_pieces]
+            ends[at] = [max(0, chunks[j][1] + e - shift) for _, _, e in exact_pieces]
+
+        def token(k: int) -> str:  # the string of the k-th token
+            j = int(chunk_of[k])
+            if j in exact:
+                return exact[j][k - int(chunk_first[j])][0]
+            return chunks[j][0] if encoded[j] is None else str(self.sp.id_to_piece(int(pieces[k])))
+
+        start = 0
+        if not self.legacy and len(ids) > 1 and token(0) == _UNDERLINE and token(1) in self.special:
+            start = 1
+        out: list[int] = ids[start:].tolist()
+        spans = list(zip(begins[start:].tolist(), ends[start:].tolist(), strict=True))
         if self.add_bos:
-            ids, offsets = [self.bos_id, *ids], [(0, 0), *offsets]
-        return ids, offsets
+            return [self.bos_id, *out], [(0, 0), *spans]
+        return out, spans
 
     def ids(self, text: str) -> list[int]:
-        """The ids of `ids_with_offsets` without the spans, several times faster.
+        """The ids of `ids_with_offsets` without the spans, a few times faster.
 
-        SentencePiece encodes every text chunk in one call and returns ids, so no piece is
-        handled one by one in Python; a chunk holding an unknown piece (a model without byte
-        fallback) is looked up by its pieces' strings, as 4.34 did.
+        A chunk holding an unknown piece (a model without byte fallback) is looked up by its
+        pieces' strings, as 4.34 did.
         """
-        text, _ = self._prepared(text)
-        chunks = [chunk for chunk, _ in self._split(text)]
-        plain = [chunk for chunk in chunks if chunk not in self.added]
-        encoded = iter(self.sp.encode([self._prefix(chunk) + chunk for chunk in plain]))
+        chunks, encoded = self._encoded(self._prepared(text)[0])
         unk = self.sp.unk_id()
         out: list[int] = []
         heads: list[str] = []  # the first two tokens' strings, for the rule below
-        for chunk in chunks:
-            if chunk in self.added:
+        for (chunk, _), ids in zip(chunks, encoded, strict=True):
+            if ids is None:
                 out.append(self.added[chunk])
                 heads.append(chunk)
                 continue
-            ids: list[int] = next(encoded)
             if self._prefix(chunk) and len(ids) >= self.unk_length:
                 ids = ids[self.unk_length :]
             if unk in ids:
@@ -248,6 +330,69 @@ def _byte_to_char(text: str, positions: list[int]) -> list[int]:
     ends = np.cumsum(widths)  # byte offset where each character ends
     found = np.searchsorted(ends, np.asarray(positions, dtype=np.int64), side="right")
     return [int(n) for n in found]
+
+
+@dataclass(frozen=True)
+class _PieceTables:
+    """What `ReferencePromptEncoder.ids_with_offsets` looks up per SentencePiece id.
+
+    Each table has a last row, `sentinel`, standing for an added token.
+
+    Attributes:
+        sentinel: the number of SentencePiece ids.
+        renamed: int64 [sentinel + 1], the id 4.34 gave each piece (an added token's id where
+            the piece's string is one).
+        lengths: int64 [sentinel + 1], characters of the normalized text each piece stands for;
+            None when the normalizer may change or drop characters (positions in the
+            normalized text are then no positions in the text).
+        byte: bool [sentinel + 1], a byte-fallback piece `<0xNN>`.
+        continuation: bool [sentinel + 1], a byte piece of a UTF-8 continuation byte.
+        dummy_prefix: SentencePiece puts `▁` before each text it encodes.
+    """
+
+    sentinel: int
+    renamed: NDArray[np.int64]
+    lengths: NDArray[np.int64] | None
+    byte: NDArray[np.bool_]
+    continuation: NDArray[np.bool_]
+    dummy_prefix: bool
+
+    @classmethod
+    def of(cls, model: bytes, renamed: dict[int, int]) -> _PieceTables:
+        """The tables of a SentencePiece model (`tokenizer.model` as the encoder loaded it)."""
+        import numpy as np
+        from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+        proto = model_pb2.ModelProto.FromString(model)  # type: ignore[attr-defined]
+        spec = proto.normalizer_spec
+        # LLaMA's normalizer: each character kept, a space written `▁`, nothing removed, so the
+        # k-th character of the normalized text is the text's k-th (after the dummy prefix)
+        identity = (
+            spec.name == "identity"
+            and not spec.precompiled_charsmap
+            and not spec.normalization_rule_tsv
+            and not spec.remove_extra_whitespaces
+            and spec.escape_whitespaces
+            and not proto.trainer_spec.treat_whitespace_as_suffix
+        )
+        byte_type = model_pb2.ModelProto.SentencePiece.BYTE  # type: ignore[attr-defined]
+        pieces = [(p.piece, p.type == byte_type) for p in proto.pieces]
+        size = len(pieces)
+        ids = np.arange(size + 1, dtype=np.int64)
+        ids[size] = 0
+        for piece_id, added_id in renamed.items():
+            ids[piece_id] = added_id
+        byte = np.array([is_byte for _, is_byte in pieces] + [False], dtype=bool)
+        value = np.array([int(p[3:5], 16) if b else 0 for p, b in pieces] + [0], dtype=np.int64)
+        lengths = np.array([len(p) for p, _ in pieces] + [0], dtype=np.int64)
+        return cls(
+            sentinel=size,
+            renamed=ids,
+            lengths=lengths if identity else None,
+            byte=byte,
+            continuation=byte & (value >= 0x80) & (value < 0xC0),
+            dummy_prefix=bool(spec.add_dummy_prefix),
+        )
 
 
 class ReferenceTokenizer:

@@ -107,7 +107,8 @@ def test_offsets_point_at_the_text_of_each_token(demo_dir, tmp_path, legacy):
 
 
 class QuadraticEncoder(ReferencePromptEncoder):
-    """The encoder as it was before it became linear: every prefix of a chunk decoded."""
+    """The encoder as it was before it became linear: every prefix of a chunk decoded, each
+    piece's span read from SentencePiece's proto, one piece at a time."""
 
     def _pieces(self, chunk):
         prefix = ""
@@ -124,6 +125,22 @@ class QuadraticEncoder(ReferencePromptEncoder):
                 (piece, max(0, b - len(prefix)), max(0, e - len(prefix))) for piece, b, e in pieces
             ]
         return pieces
+
+    def ids_with_offsets(self, text):
+        text, shift = self._prepared(text)
+        out = []
+        for chunk, offset in self._split(text):
+            if chunk in self.added:
+                out.append((chunk, offset, offset + len(chunk)))
+            else:
+                out += [(p, offset + b, offset + e) for p, b, e in self._pieces(chunk)]
+        if not self.legacy and len(out) > 1 and out[0][0] == "\u2581" and out[1][0] in self.special:
+            out = out[1:]
+        ids = [self._id(t) for t, _, _ in out]
+        offsets = [(max(0, b - shift), max(0, e - shift)) for _, b, e in out]
+        if self.add_bos:
+            ids, offsets = [self.bos_id, *ids], [(0, 0), *offsets]
+        return ids, offsets
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +222,14 @@ class VocabOnly:
         return self.vocab[token]
 
 
-@pytest.fixture(scope="module")
-def no_byte_fallback():
+# SentencePiece training options of the models without byte fallback: the default normalizer
+# (NFKC, extra whitespace removed: spans piece by piece) and LLaMA's (characters kept: spans
+# from piece lengths, chunks with unknown pieces piece by piece), with a user-defined symbol
+NORMALIZERS = [{}, {"normalization_rule_name": "identity", "remove_extra_whitespaces": False}]
+
+
+@pytest.fixture(scope="module", params=NORMALIZERS, ids=["nfkc", "identity"])
+def no_byte_fallback(request):
     """Encoders of a model without byte fallback (unknown pieces), one added token (`ab`) that is
     also a SentencePiece piece of another id, and `<eoh>`."""
     import io
@@ -221,7 +244,9 @@ def no_byte_fallback():
         vocab_size=20,
         model_type="bpe",
         byte_fallback=False,
+        user_defined_symbols=["d▁a"],
         minloglevel=2,
+        **request.param,
     )
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     assert sp.piece_to_id("▁ab") != sp.unk_id()
@@ -237,13 +262,26 @@ def no_byte_fallback():
 
 
 @given(
-    text=st.lists(st.sampled_from(["a", "b", "cd", " ", "▁ab", "é", "日", "<eoh>", "x"])).map(
-        "".join
-    )
+    text=st.lists(
+        st.sampled_from(
+            ["a", "b", "cd", "d a", " ", "  ", "▁ab", "é", "日", "🐈", "\t", "<eoh>", "x"]
+        )
+    ).map("".join)
 )
-@settings(max_examples=200, deadline=None)
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_unknown_and_renamed_pieces_equal_the_quadratic_encoder(no_byte_fallback, text):
     for linear, quadratic in no_byte_fallback:
         expected = quadratic.ids_with_offsets(text)
         assert linear.ids_with_offsets(text) == expected
         assert linear.ids(text) == expected[0]
+
+
+def test_spans_come_from_piece_lengths_under_llamas_normalizer_only(
+    both_encoders, no_byte_fallback
+):
+    # the fast path (no piece handled in Python) must be the one the published models take
+    assert all(linear._tables.lengths is not None for linear, _ in both_encoders)
+    identity = no_byte_fallback[0][0].sp.serialized_model_proto().find(b"identity") >= 0
+    assert all((linear._tables.lengths is not None) == identity for linear, _ in no_byte_fallback)
