@@ -43,7 +43,9 @@ HELP = """Evaluate a model on the AnyGPT paper's tasks, with its decoding and th
 
 Tasks come from the installed plugins (`anygpt eval --list`): coco-caption, coco-t2i (image),
 librispeech-asr, vctk-tts (speech), musiccaps-t2m, musiccaps-caption (music). Each reads its data
-set's published layout from --data TASK=PATH. Answers are cached in --out per sample: a killed run
+set's published layout from --data TASK=PATH, or a Hugging Face data set from --data TASK=HUB_ID
+(openslr/librispeech_asr; HUB_ID:FOLDER adds the media a hub set only names, such as COCO images
+or MusicCaps clips). Answers are cached in --out per sample: a killed run
 resumes where it stopped, and --rescore scores again without generating. Writes report.json,
 report.md, report.png and TASK/samples.jsonl in --out.
 """
@@ -82,7 +84,10 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         data: Annotated[
             list[str] | None,
             typer.Option(
-                "--data", metavar="TASK=PATH", help="Where a task's data set lies (repeatable)."
+                "--data",
+                metavar="TASK=PATH_OR_HUB_ID",
+                help="Where a task's data set lies: a folder in its published layout, or a "
+                "Hugging Face data set id[:FOLDER] (repeatable).",
             ),
         ] = None,
         scorer: Annotated[
@@ -177,8 +182,9 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             )
         for task in chosen:
             if task.name not in paths:
+                hub = f" or {task.name}={task.hub_ids[0]}" if task.hub_ids else ""
                 raise typer.BadParameter(
-                    f"{task.name}: no data; pass --data {task.name}=PATH ({task.data})",
+                    f"{task.name}: no data; pass --data {task.name}=PATH ({task.data}){hub}",
                     param_hint="--data",
                 )
         if decode not in {"paper", "model"}:
@@ -209,7 +215,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         for module in dict.fromkeys(m for task in chosen for m in (*task.libraries, "matplotlib")):
             require(module)  # a metric library missing fails now, not after generating
         evaluation = _Run(out=out, scorers=scorers, seed=seed, limit=limit, decode=decode)
-        samples = {t.name: evaluation.samples(t, Path(paths[t.name]).expanduser()) for t in chosen}
+        samples = {t.name: evaluation.samples(t, paths[t.name]) for t in chosen}
         backend = None
         if not rescore:
             backend = _backend(
@@ -317,8 +323,8 @@ class _Run:
             bar, description=f"{name}: {what}", completed=done, total=total or None
         )
 
-    def samples(self, task: EvalTask, data: Path) -> list[Sample]:
-        """The task's samples (data read before any model loads)."""
+    def samples(self, task: EvalTask, data: str) -> list[Sample]:
+        """The task's samples from a path or hub id (data read before any model loads)."""
         from anygpt_core.evaluation import Evaluation
 
         return Evaluation(backend=None, on_progress=self.update, **self.options).samples(task, data)

@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-__all__ = ["LIBRI_TEXTS", "write_coco", "write_librispeech", "write_musiccaps", "write_vctk"]
+__all__ = [
+    "LIBRI_TEXTS",
+    "write_coco",
+    "write_hub_dataset",
+    "write_librispeech",
+    "write_musiccaps",
+    "write_vctk",
+]
 
 LIBRI_TEXTS = {
     "1089-134686-0000": "HE HOPED THERE WOULD BE STEW FOR DINNER TURNIPS AND CARROTS",
@@ -115,3 +122,48 @@ def write_coco(root: Path, test_images: int = 2, val_images: int = 3) -> Path:
         json.dumps({"images": images, "annotations": notes})
     )
     return root
+
+
+def write_hub_dataset(
+    cache: Path,
+    repo_id: str,
+    rows: dict[str, list],
+    *,
+    split: str,
+    config: str | None = None,
+    media: dict[str, str] | None = None,
+) -> None:
+    """Put a tiny data set into the `datasets` cache `cache` as if `repo_id` had been loaded online.
+
+    The rows are written as the repository would hold them (a parquet file per split, the configs
+    in its README), loaded once from that folder by `datasets`, and the prepared cache is moved
+    under the hub id's name (`owner___name`), where an offline `load_dataset(repo_id)` finds it.
+    `media` names the columns holding `{"bytes", "path"}` cells: `audio` or `image`.
+    """
+    import shutil
+    import tempfile
+
+    import datasets
+    from datasets.naming import camelcase_to_snakecase
+
+    datasets.disable_progress_bars()
+    owner, name = repo_id.split("/")
+    table = datasets.Dataset.from_dict(rows)  # a media cell {"bytes", "path"} is a struct here
+    for key, kind in (media or {}).items():  # cast, not encoded: encoding audio needs torchcodec
+        feature = datasets.Audio() if kind == "audio" else datasets.Image()
+        table = table.cast_column(key, feature)
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / name
+        folder = config or "data"
+        (repo / folder).mkdir(parents=True)
+        table.to_parquet(str(repo / folder / f"{split}-00000-of-00001.parquet"))
+        (repo / "README.md").write_text(
+            f"---\nconfigs:\n- config_name: {config or 'default'}\n  data_files:\n"
+            f"  - split: {split}\n    path: {folder}/{split}-*\n---\n"
+        )
+        datasets.load_dataset(str(repo), config, split=split, cache_dir=str(cache))
+    snake = camelcase_to_snakecase(name)
+    target = cache / f"{owner}___{snake}"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.move(str(cache / snake), str(target))

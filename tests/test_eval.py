@@ -437,3 +437,262 @@ def test_a_missing_metric_library_fails_before_the_model_loads(tmp_path, data, c
         "jiwer is not installed: pip install jiwer, or the core's eval extra "
         "(pip install '.[eval]' in the checkout)"
     )
+
+
+# ---- hub data sets (datasets' cache, offline) ------------------------------------------------
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty `datasets` cache for this test; HF_HUB_OFFLINE (conftest) keeps it offline."""
+    datasets = pytest.importorskip("datasets")
+    assert datasets.config.HF_HUB_OFFLINE
+    cache = tmp_path / "datasets-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+def flac_bytes(path: Path) -> dict:
+    return {"bytes": path.read_bytes(), "path": path.name}
+
+
+def test_librispeech_from_the_hub_equals_the_tree(tmp_path, hub_cache, capsys):
+    from eval_data import write_hub_dataset
+
+    from anygpt_core.evaluation import Evaluation
+    from anygpt_core.plugins import discover
+
+    tree = write_librispeech(tmp_path / "libri")
+    flacs = sorted(tree.rglob("*.flac"), reverse=True)  # the hub's order is not the tree's
+    write_hub_dataset(
+        hub_cache,
+        "openslr/librispeech_asr",
+        {
+            "file": [f.name for f in flacs],
+            "audio": [flac_bytes(f) for f in flacs],
+            "text": [LIBRI_TEXTS[f.stem] for f in flacs],
+            "speaker_id": [1089] * len(flacs),
+            "chapter_id": [134686] * len(flacs),
+            "id": [f.stem for f in flacs],
+        },
+        config="clean",
+        split="test",
+        media={"audio": "audio"},
+    )
+    task = discover().eval_task("librispeech-asr")
+    runs = [Evaluation(tmp_path / k, backend=None, scorers=None, limit=4) for k in ("a", "b")]
+    local = runs[0].samples(task, str(tree))
+    hub = runs[1].samples(task, "openslr/librispeech_asr")
+    assert [(s.id, s.reference) for s in hub] == [(s.id, s.reference) for s in local]
+    for sample in hub:  # the audio, written out for the model, is the tree's file
+        assert (
+            Path(sample.task.payload).read_bytes()
+            == next(tree.rglob(f"{sample.id}.flac")).read_bytes()
+        )
+
+    out = tmp_path / "out"
+    capsys.readouterr()
+    code, stdout, err = run_cli(
+        [
+            "eval",
+            "librispeech-asr",
+            "--data",
+            "librispeech-asr=openslr/librispeech_asr",
+            "--limit",
+            "2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    entry = json.loads((out / "report.json").read_text())["tasks"]["librispeech-asr"]
+    assert entry["n"] == 2 and entry["skipped"] == 0 and entry["value"] is not None
+    assert "librispeech-asr WER:" in stdout
+
+
+def test_coco_caption_from_the_hub(tmp_path, hub_cache, capsys):
+    from eval_data import write_hub_dataset
+    from PIL import Image
+
+    from anygpt_core.evaluation import Evaluation
+    from anygpt_core.plugins import discover
+
+    coco = write_coco(tmp_path / "coco", test_images=3, val_images=1)
+    karpathy = json.loads((coco / "dataset_coco.json").read_text())["images"]
+    test = [e for e in karpathy if e["split"] == "test"]
+    # yerevann/coco-karpathy: Karpathy's captions, the images named but not held
+    write_hub_dataset(
+        hub_cache,
+        "yerevann/coco-karpathy",
+        {
+            "filepath": [e["filepath"] for e in test],
+            "filename": [e["filename"] for e in test],
+            "cocoid": [e["cocoid"] for e in test],
+            "sentences": [[s["raw"] for s in e["sentences"]] for e in test],
+            "url": [f"http://images.cocodataset.org/val2014/{e['filename']}" for e in test],
+        },
+        split="test",
+    )
+    # a set that holds the images, its captions in a `caption` list
+    files = [coco / e["filepath"] / e["filename"] for e in test]
+    write_hub_dataset(
+        hub_cache,
+        "someone/coco-5k-test",
+        {
+            "image": [{"bytes": f.read_bytes(), "path": f.name} for f in files],
+            "caption": [[s["raw"] for s in e["sentences"]] for e in test],
+            "cocoid": [e["cocoid"] for e in test],
+        },
+        split="test",
+        media={"image": "image"},
+    )
+    task = discover().eval_task("coco-caption")
+    local = Evaluation(tmp_path / "a", backend=None, scorers=None).samples(task, str(coco))
+    expected = [(s.id, s.reference, Path(s.task.payload)) for s in local]
+    named = Evaluation(tmp_path / "b", backend=None, scorers=None).samples(
+        task, f"yerevann/coco-karpathy:{coco}"
+    )
+    assert [(s.id, s.reference, Path(s.task.payload)) for s in named] == expected
+    held = Evaluation(tmp_path / "c", backend=None, scorers=None).samples(
+        task, "someone/coco-5k-test"
+    )
+    assert [(s.id, s.reference) for s in held] == [(i, r) for i, r, _ in expected]
+    for sample, (_, _, original) in zip(held, expected, strict=True):
+        assert Path(sample.task.payload).read_bytes() == original.read_bytes()
+        with Image.open(sample.task.payload) as image:
+            assert image.size == (64, 48)
+
+    capsys.readouterr()
+    code, _, err = run_cli(  # the images are not in the hub set: one line, exit 3
+        [
+            "eval",
+            "coco-caption",
+            "--data",
+            "coco-caption=yerevann/coco-karpathy",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 3 and len(err.strip().splitlines()) == 1
+    assert "coco-caption=yerevann/coco-karpathy:FOLDER" in err
+
+
+def test_musiccaps_from_the_hub_has_captions_but_no_audio(tmp_path, hub_cache, scorers, capsys):
+    from eval_data import write_hub_dataset
+
+    from anygpt_core.evaluation import Evaluation
+    from anygpt_core.plugins import discover
+
+    folder = write_musiccaps(tmp_path / "mc")
+    import csv
+
+    with (folder / "musiccaps-public.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    write_hub_dataset(
+        hub_cache,
+        "google/MusicCaps",
+        {"ytid": [r["ytid"] for r in rows], "caption": [r["caption"] for r in rows]},
+        split="train",
+    )
+    plugins = discover()
+    t2m = Evaluation(tmp_path / "a", backend=None, scorers=None).samples(
+        plugins.eval_task("musiccaps-t2m"), "google/MusicCaps"
+    )
+    assert [(s.id, s.task.payload) for s in t2m] == [(r["ytid"], r["caption"]) for r in rows]
+    caption = plugins.eval_task("musiccaps-caption")
+    clips = Evaluation(tmp_path / "b", backend=None, scorers=None).samples(
+        caption, f"google/MusicCaps:{folder / 'clips'}"
+    )
+    assert [s.id for s in clips] == [r["ytid"] for r in rows]
+    assert all(Path(s.task.payload).is_file() for s in clips)
+
+    capsys.readouterr()
+    code, _, err = run_cli(
+        [
+            "eval",
+            "musiccaps-caption",
+            "--data",
+            "musiccaps-caption=google/MusicCaps",
+            *scorer_args(scorers),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 3
+    assert err.strip() == (
+        "Error: google/MusicCaps: the hub data set holds MusicCaps' captions, not its audio; "
+        "download the clips as {ytid}.wav and pass --data musiccaps-caption=google/MusicCaps:FOLDER"
+    )
+
+
+def test_hub_data_not_cached_offline_exits_4_naming_the_id(tmp_path, hub_cache, capsys):
+    code, _, err = run_cli(
+        [
+            "eval",
+            "librispeech-asr",
+            "--data",
+            "librispeech-asr=openslr/librispeech_asr",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 4
+    assert err.strip() == (
+        "Error: openslr/librispeech_asr (config clean, split test): not in the local datasets "
+        "cache (offline: HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set); load it once with a "
+        "network, or pass a local path"
+    )
+
+
+def test_vctk_from_the_hub_equals_the_trees(tmp_path, hub_cache):
+    from eval_data import write_hub_dataset
+
+    from anygpt_core.evaluation import Evaluation
+    from anygpt_core.plugins import discover
+
+    root = write_vctk(tmp_path / "vctk", speakers=2, utterances=3)
+    rows: dict[str, list] = {"speaker_id": [], "audio": [], "file": [], "text": [], "text_id": []}
+    for flac in sorted(root.rglob("*_mic1.flac")):
+        speaker, number, _ = flac.stem.split("_")
+        for mic in ("mic2", "mic1"):  # both microphones, as the hub set has them: mic1 is read
+            rows["speaker_id"].append(speaker)
+            rows["audio"].append(flac_bytes(flac) if mic == "mic1" else None)
+            rows["file"].append(flac.name.replace("mic1", mic))
+            rows["text"].append((root / "txt" / speaker / f"{speaker}_{number}.txt").read_text())
+            rows["text_id"].append(number)
+    write_hub_dataset(
+        hub_cache, "CSTR-Edinburgh/vctk", rows, split="train", media={"audio": "audio"}
+    )
+    task = discover().eval_task("vctk-tts")
+    local = Evaluation(tmp_path / "a", backend=None, scorers=None).samples(task, str(root))
+    hub = Evaluation(tmp_path / "b", backend=None, scorers=None).samples(
+        task, "CSTR-Edinburgh/vctk"
+    )
+    assert [(s.id, s.task.payload) for s in hub] == [(s.id, s.task.payload) for s in local]
+    for ours, theirs in zip(hub, local, strict=True):  # the same 3 s of the same utterance
+        assert Path(ours.extra["prompt"]).read_bytes() == Path(theirs.extra["prompt"]).read_bytes()
+
+
+def test_hub_data_is_told_from_a_path(tmp_path):
+    from anygpt_core.evaluation.hub import HubData, hub_data
+
+    assert hub_data("openslr/librispeech_asr") == HubData("openslr/librispeech_asr")
+    assert hub_data(f"google/MusicCaps@v2:{tmp_path}") == HubData(
+        "google/MusicCaps", "v2", tmp_path
+    )
+    (tmp_path / "owner").mkdir()
+    assert hub_data(str(tmp_path)) is None  # an existing path
+    assert hub_data(f"{tmp_path}/owner/name") is None  # a path that does not exist
+    assert hub_data("LibriSpeech") is None and hub_data("a/b/c") is None

@@ -168,17 +168,32 @@ class Evaluation:
         if self.on_progress is not None:
             self.on_progress(task, done, total, what)
 
-    def samples(self, task: EvalTask, data: Path) -> list[Sample]:
+    def samples(self, task: EvalTask, data: str | Path) -> list[Sample]:
         """The samples of `task` this evaluation answers: its data's, the `limit` subset.
 
-        Call it for every task before loading a model: data in the wrong layout fail at once.
+        `data` is a local path in the task's layout, or (a string that is no existing path) a hub
+        data set `OWNER/NAME[@REVISION][:FOLDER]` (`anygpt_core.evaluation.hub`). Call it for
+        every task before loading a model: data in the wrong layout fail at once.
 
         Raises:
-            InputError: data in the wrong layout (from the task), or no sample in them.
+            InputError: data in the wrong layout (from the task), a hub id for a task that reads
+                none, or no sample in them.
+            CheckpointError: a hub data set neither cached nor downloadable (offline: not cached).
         """
+        from anygpt_core.evaluation.hub import hub_data
+
         self._progress(task.name, 0, 0, "loading data")
-        folder = self.out / task.name
-        samples = task.load(Path(data), LoadContext(workdir=folder / "data", seed=self.seed))
+        context = LoadContext(workdir=self.out / task.name / "data", seed=self.seed)
+        hub = hub_data(data) if isinstance(data, str) else None
+        if hub is None:
+            samples = task.load(Path(data).expanduser(), context)
+        elif task.load_hub is None:
+            raise InputError(
+                f"{data}: no such folder, and {task.name} reads no hub data set; "
+                f"expected {task.data}"
+            )
+        else:
+            samples = task.load_hub(hub, context)
         _check_ids(task, samples)
         return select(samples, self.limit, self.seed)
 

@@ -16,6 +16,7 @@ from anygpt_core.config import DecodingConfig
 from anygpt_core.tasks import Task
 
 if TYPE_CHECKING:
+    from anygpt_core.evaluation.hub import HubData
     from anygpt_core.evaluation.scorers import Scorers
 
 __all__ = [
@@ -143,6 +144,11 @@ class EvalTask:
             before anything is generated.
         libraries: the modules `score` imports (`jiwer`, `pycocoevalcap`, ...), checked before
             anything is generated.
+        load_hub: reads a hub data set (`--data TASK=OWNER/NAME`, loaded with
+            `anygpt_core.evaluation.hub.load_split`) into samples, as `load` does a folder; None
+            if the task reads local data only.
+        hub_ids: the hub data sets `load_hub` knows, the usual one first (named in help and
+            errors).
     """
 
     name: str
@@ -156,6 +162,8 @@ class EvalTask:
     score: Callable[[Sequence[Record], Scorers], Scored]
     scorers: tuple[str, ...] = ()
     libraries: tuple[str, ...] = ()
+    load_hub: Callable[[HubData, LoadContext], list[Sample]] | None = None
+    hub_ids: tuple[str, ...] = ()
 
     @property
     def headline(self) -> Metric:

@@ -8,7 +8,10 @@
   original (the comparison SEED-LLaMA's 0.69 beside it in the paper's table is made with).
 
 Data: a folder with Karpathy's `dataset_coco.json` and the image folders it names (`val2014/`);
-for `coco-t2i`, COCO's own `annotations/captions_val2014.json` is read when present.
+for `coco-t2i`, COCO's own `annotations/captions_val2014.json` is read when present. Or a Hugging
+Face data set: `yerevann/coco-karpathy` (Karpathy's captions; the images from a local folder,
+`yerevann/coco-karpathy:FOLDER`) or one that holds the images
+(`nlphuji/mscoco_2014_5k_test_image_text_retrieval`).
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anygpt_core.errors import InputError
 from anygpt_core.evaluation.data import mean_of, require_dir
+from anygpt_core.evaluation.hub import HubData, column, load_split, media_file
 from anygpt_core.evaluation.metrics import CIDER, cider
 from anygpt_core.evaluation.task import EvalTask, LoadContext, Metric, Record, Sample, Scored
 from anygpt_core.tasks import Task
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from PIL import Image
 
     from anygpt_core.evaluation.scorers import Scorers
@@ -37,6 +42,12 @@ __all__ = ["COCO_CAPTION", "COCO_T2I", "T2I_SAMPLES"]
 T2I_SAMPLES = 30_000
 _KARPATHY = "Karpathy's dataset_coco.json and the COCO 2014 image folders it names (val2014/)"
 _VAL_CAPTIONS = Path("annotations") / "captions_val2014.json"
+
+#: Hub data sets of the Karpathy split: the first names its images (a local folder gives them),
+#: the second holds the 5,000 test images. Another id is read from its `test` split.
+_COCO_HUB = ("yerevann/coco-karpathy", "nlphuji/mscoco_2014_5k_test_image_text_retrieval")
+_CAPTIONS = ("sentences", "captions", "caption", "answer")
+_IMAGE_IDS = ("cocoid", "image_id", "imgid", "id", "filename", "file_name")
 
 
 def _read_json(path: Path) -> Any:  # noqa: ANN401 - JSON
@@ -79,6 +90,66 @@ def load_caption(path: Path, context: LoadContext) -> list[Sample]:
     if not samples:
         raise InputError(f"{root / 'dataset_coco.json'}: no image of the test split")
     return samples
+
+
+def load_caption_hub(data: HubData, context: LoadContext) -> list[Sample]:
+    """The test split of a hub COCO caption set: each image with its captions, in the set's order.
+
+    The image is the row's own (written once under `context.workdir/hub/`) or, for a set that
+    only names it (`filepath`, `filename`), the file under the `:FOLDER` given with the id.
+
+    Raises:
+        InputError: no captions column, or rows that only name their images and no folder.
+        CheckpointError: not cached when offline, or not downloadable.
+    """
+    rows = load_split(data, "test")
+    images = _hub_images(rows, data, context, task="coco-caption")
+    captions = column(rows, _CAPTIONS, data=data, what="captions")
+    ident = column(rows, _IMAGE_IDS, data=data, what="image id")
+    samples = []
+    for index, row in enumerate(rows.select_columns([ident, captions]).to_list()):
+        image = images(index)
+        payload = str(image) if image is not None else f"{data} row {index} (no image)"
+        samples.append(
+            Sample(str(row[ident]), Task("image", "text", payload), _hub_captions(row[captions]))
+        )
+    return samples
+
+
+def _hub_images(
+    rows: Dataset, data: HubData, context: LoadContext, *, task: str
+) -> Callable[[int], Path | None]:
+    """Row index -> its image file: the row's image written out, or the file it names."""
+    held = next((c for c in ("image", "jpg", "png") if c in rows.column_names), None)
+    if held is not None:
+        return lambda index: media_file(
+            rows[index][held], context.workdir / "hub", f"row{index}", suffix=".jpg"
+        )
+    named = next((c for c in ("filename", "file_name") if c in rows.column_names), None)
+    if named is None:
+        raise InputError(f"{data}: no image column (image, or filename with a folder)")
+    if data.folder is None:
+        raise InputError(
+            f"{data}: its rows name COCO images but hold none; add the folder with them: "
+            f"--data {task}={data}:FOLDER (FOLDER/val2014/...)"
+        )
+    folder = data.folder
+    table = rows.select_columns([c for c in ("filepath", named) if c in rows.column_names])
+    entries = table.to_list()
+
+    def find(index: int) -> Path:
+        entry = entries[index]
+        inside = folder / str(entry.get("filepath") or "") / str(entry[named])
+        return inside if inside.is_file() else folder / str(entry[named])
+
+    return find
+
+
+def _hub_captions(value: Any) -> list[str]:  # noqa: ANN401 - a hub cell
+    """Captions of a hub cell: a list of strings or of Karpathy's `{"raw": ...}`, or one string."""
+    items = value if isinstance(value, list) else [value]
+    found = [str(i.get("raw", "")) if isinstance(i, dict) else str(i or "") for i in items]
+    return [c.strip() for c in found if c.strip()]
 
 
 def score_caption(records: Sequence[Record], scorers: Scorers) -> Scored:
@@ -185,6 +256,8 @@ COCO_CAPTION = EvalTask(
     load=load_caption,
     score=score_caption,
     libraries=CIDER,
+    load_hub=load_caption_hub,
+    hub_ids=_COCO_HUB,
 )
 
 COCO_T2I = EvalTask(

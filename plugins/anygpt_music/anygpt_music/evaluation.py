@@ -6,19 +6,22 @@
   against the generated caption. Paper: 0.11 (the real captions score 0.16).
 
 Data: `musiccaps-public.csv` (Google's release) and the clips the user downloaded, named
-`{ytid}.wav`, beside it or in a `clips/` folder. The paper does not name its CLAP checkpoint.
+`{ytid}.wav`, beside it or in a `clips/` folder; or the Hugging Face data set `google/MusicCaps`,
+which holds the captions but no audio (`google/MusicCaps:FOLDER` adds the clips). The paper does
+not name its CLAP checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anygpt_core.errors import InputError
 from anygpt_core.evaluation.data import cut_clip, mean_of, read_waves, require_dir
+from anygpt_core.evaluation.hub import HubData, column, load_split, media_file
 from anygpt_core.evaluation.task import EvalTask, LoadContext, Metric, Record, Sample, Scored
 from anygpt_core.tasks import Task
 
@@ -31,6 +34,8 @@ __all__ = ["MUSICCAPS_CAPTION", "MUSICCAPS_T2M"]
 SECONDS = 5.0
 _RATE = 32_000
 _LAYOUT = "musiccaps-public.csv and {ytid}.wav clips beside it or in clips/"
+#: Google's captions on the hub (one `train` split, no audio); another id is read the same way.
+_HUB = ("google/MusicCaps",)
 
 
 def _rows(path: Path) -> tuple[Path, list[dict[str, str]]]:
@@ -57,10 +62,27 @@ def load_t2m(path: Path, context: LoadContext) -> list[Sample]:
     """
     del context
     _, rows = _rows(path)
-    return [
-        Sample(r["ytid"].strip(), Task("text", "music", r["caption"].strip()), r["caption"].strip())
-        for r in rows
-    ]
+    return _t2m_samples((r["ytid"], r["caption"]) for r in rows)
+
+
+def load_t2m_hub(data: HubData, context: LoadContext) -> list[Sample]:
+    """`load_t2m` on the hub's MusicCaps (`google/MusicCaps`): its captions, in its order.
+
+    Raises:
+        InputError: no `ytid` or `caption` column.
+        CheckpointError: not cached when offline, or not downloadable.
+    """
+    del context
+    rows = load_split(data, "train")
+    ytid = column(rows, ["ytid"], data=data, what="ytid")
+    caption = column(rows, ["caption"], data=data, what="caption")
+    table = rows.select_columns([ytid, caption]).to_list()
+    return _t2m_samples((str(r[ytid] or ""), str(r[caption] or "")) for r in table)
+
+
+def _t2m_samples(rows: Iterable[tuple[str, str]]) -> list[Sample]:
+    found = ((y.strip(), c.strip()) for y, c in rows)
+    return [Sample(y, Task("text", "music", c), c) for y, c in found if y and c]
 
 
 def load_caption(path: Path, context: LoadContext) -> list[Sample]:
@@ -73,10 +95,53 @@ def load_caption(path: Path, context: LoadContext) -> list[Sample]:
     """
     root, rows = _rows(path)
     clips = root / "clips" if (root / "clips").is_dir() else root
+    return _caption_samples(
+        (
+            (r["ytid"].strip(), r["caption"].strip(), clips / f"{r['ytid'].strip()}.wav")
+            for r in rows
+        ),
+        context,
+    )
+
+
+def load_caption_hub(data: HubData, context: LoadContext) -> list[Sample]:
+    """`load_caption` on a hub MusicCaps: its captions with the clips of the `:FOLDER` given.
+
+    A hub set that holds the audio (an `audio` column) needs no folder.
+
+    Raises:
+        InputError: the set holds no audio and no folder was given (`google/MusicCaps` holds
+            none), or it lacks the `ytid` or `caption` column.
+        CheckpointError: not cached when offline, or not downloadable.
+    """
+    rows = load_split(data, "train")
+    ytid = column(rows, ["ytid"], data=data, what="ytid")
+    caption = column(rows, ["caption"], data=data, what="caption")
+    held = "audio" in rows.column_names
+    if not held and data.folder is None:
+        raise InputError(
+            f"{data}: the hub data set holds MusicCaps' captions, not its audio; download the "
+            f"clips as {{ytid}}.wav and pass --data musiccaps-caption={data}:FOLDER"
+        )
+    folder = data.folder if data.folder is not None else context.workdir / "hub"
+    table = rows.select_columns([ytid, caption]).to_list()
+    items = []
+    for index, row in enumerate(table):
+        name, text = str(row[ytid] or "").strip(), str(row[caption] or "").strip()
+        if not name or not text:
+            continue
+        source = folder / f"{name}.wav"
+        if held:
+            written = media_file(rows[index]["audio"], folder, name, suffix=".wav")
+            source = written if written is not None else source
+        items.append((name, text, source))
+    return _caption_samples(items, context)
+
+
+def _caption_samples(items: Iterable[tuple[str, str, Path]], context: LoadContext) -> list[Sample]:
+    """(ytid, caption, clip) -> samples of the clips' first 5 s (cut once under the workdir)."""
     samples = []
-    for row in rows:
-        ytid = row["ytid"].strip()
-        source = clips / f"{ytid}.wav"
+    for ytid, caption, source in items:
         clip = source
         if source.is_file():
             clip = cut_clip(
@@ -85,7 +150,7 @@ def load_caption(path: Path, context: LoadContext) -> list[Sample]:
                 seconds=SECONDS,
                 sample_rate=_RATE,
             )
-        samples.append(Sample(ytid, Task("music", "text", str(clip)), row["caption"].strip()))
+        samples.append(Sample(ytid, Task("music", "text", str(clip)), caption))
     return samples
 
 
@@ -118,6 +183,8 @@ MUSICCAPS_T2M = EvalTask(
     load=load_t2m,
     score=score_t2m,
     scorers=("clap",),
+    load_hub=load_t2m_hub,
+    hub_ids=_HUB,
 )
 
 MUSICCAPS_CAPTION = EvalTask(
@@ -131,4 +198,6 @@ MUSICCAPS_CAPTION = EvalTask(
     load=load_caption,
     score=score_caption,
     scorers=("clap",),
+    load_hub=load_caption_hub,
+    hub_ids=_HUB,
 )

@@ -7,23 +7,30 @@
   medium's transcript of the speech against the text, and SIM, the cosine of WavLM x-vectors
   (`microsoft/wavlm-base-plus-sv`) of the speech and the prompt. Paper: 8.5 and 0.77. The paper
   does not say how many utterances per speaker it read.
+
+Both also read the Hugging Face data sets (`openslr/librispeech_asr`, config `clean`, split `test`;
+`CSTR-Edinburgh/vctk`): the same samples, ids and order as from the files.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anygpt_core.errors import InputError
 from anygpt_core.evaluation.data import cut_clip, find_folder, mean_of, read_waves, require_dir
+from anygpt_core.evaluation.hub import HubData, column, load_split, media_file
 from anygpt_core.evaluation.metrics import WER, wer
 from anygpt_core.evaluation.task import EvalTask, LoadContext, Metric, Record, Sample, Scored
 from anygpt_core.tasks import Task
 
 if TYPE_CHECKING:
+    from datasets import Dataset
+
     from anygpt_core.evaluation.scorers import Scorers
 
 __all__ = ["LIBRISPEECH_ASR", "UTTERANCES_PER_SPEAKER", "VCTK_TTS"]
@@ -38,6 +45,14 @@ _RATE = 16_000
 
 _LIBRISPEECH = "LibriSpeech's test-clean/SPEAKER/CHAPTER/*.flac + *.trans.txt tree"
 _VCTK = "VCTK's wav48_silence_trimmed (or wav48) and txt trees"
+
+#: Hub data sets the tasks know, with the config and split that are the paper's set; another id is
+#: read with its default config, split `test` (LibriSpeech) or `train` (VCTK, which has no other).
+_LIBRISPEECH_HUB = {"openslr/librispeech_asr": ("clean", "test")}
+_VCTK_HUB = {"CSTR-Edinburgh/vctk": (None, "train")}
+
+#: An utterance's audio, fetched only when it is used (a hub row's bytes are written out then).
+_Audio = Callable[[], "Path | None"]
 
 
 def load_librispeech(path: Path, context: LoadContext) -> list[Sample]:
@@ -69,6 +84,30 @@ def load_librispeech(path: Path, context: LoadContext) -> list[Sample]:
     return samples
 
 
+def load_librispeech_hub(data: HubData, context: LoadContext) -> list[Sample]:
+    """Every utterance of a hub LibriSpeech split with its transcript, in id order (as the tree's).
+
+    Each row's audio is written once under `context.workdir/hub/` for the model to read.
+
+    Raises:
+        InputError: no audio or transcript column.
+        CheckpointError: not cached when offline, or not downloadable.
+    """
+    config, split = _LIBRISPEECH_HUB.get(data.repo_id, (None, "test"))
+    rows = load_split(data, split, config=config)
+    audio = column(rows, ["audio"], data=data, what="audio")
+    text = column(rows, ["text", "transcript", "sentence"], data=data, what="transcript")
+    ident = next((c for c in ("id", "utterance_id") if c in rows.column_names), None)
+    samples = []
+    for index, row in enumerate(rows):
+        cell = row[audio]
+        name = str(row[ident]) if ident else Path(str((cell or {}).get("path") or index)).stem
+        path = media_file(cell, context.workdir / "hub", name, suffix=".flac")
+        payload = str(path) if path is not None else f"{data} row {index} (no audio)"
+        samples.append(Sample(name, Task("speech", "text", payload), str(row[text]).strip()))
+    return sorted(samples, key=lambda sample: sample.id)
+
+
 def score_asr(records: Sequence[Record], scorers: Scorers) -> Scored:
     """Corpus WER (%) of the answers against the transcripts, after Whisper's normaliser."""
     del scorers  # the model's own text is scored
@@ -92,19 +131,78 @@ def load_vctk(path: Path, context: LoadContext) -> list[Sample]:
     text_root = find_folder(root, ["txt"])
     if text_root is None:
         raise InputError(f"{root}: no txt folder; expected {_VCTK}")
+    speakers = {
+        speaker_dir.name: _vctk_utterances(speaker_dir, audio_root / speaker_dir.name)
+        for speaker_dir in sorted(p for p in text_root.iterdir() if p.is_dir())
+    }
+    samples = _vctk_samples(speakers, context)
+    if not samples:
+        raise InputError(f"{root}: no speaker with two utterances that have audio and text")
+    return samples
+
+
+def load_vctk_hub(data: HubData, context: LoadContext) -> list[Sample]:
+    """`load_vctk` on a hub VCTK: rows of speaker, text and audio (mic1 kept where both mics are).
+
+    Only the prompts' audio is written out (under `context.workdir/hub/`): the other utterances
+    are read as text.
+
+    Raises:
+        InputError: no speaker, text or audio column, or no speaker with two utterances.
+        CheckpointError: not cached when offline, or not downloadable.
+    """
+    config, split = _VCTK_HUB.get(data.repo_id, (None, "train"))
+    rows = load_split(data, split, config=config)
+    audio = column(rows, ["audio"], data=data, what="audio")
+    speaker_column = column(rows, ["speaker_id", "speaker"], data=data, what="speaker")
+    text = column(rows, ["text", "transcript", "sentence"], data=data, what="text")
+    named = [c for c in ("text_id", "file") if c in rows.column_names]
+    table = rows.select_columns([speaker_column, text, *named]).to_list()
+    paths = [(cell or {}).get("path") for cell in rows.select_columns([audio])[audio]]
+    speakers: dict[str, dict[str, tuple[_Audio, str]]] = {}
+    mic1: set[str] = set()
+    for index, row in enumerate(table):
+        speaker, words = str(row[speaker_column]), str(row[text] or "").strip()
+        source = str(row.get("file") or paths[index] or "")
+        stem = re.sub(r"_mic\d$", "", Path(source).stem)
+        name = f"{speaker}_{row['text_id']}" if row.get("text_id") else stem or f"{speaker}_{index}"
+        if not words or (name in mic1):
+            continue
+        if source.endswith("_mic1.flac"):
+            mic1.add(name)
+        speakers.setdefault(speaker, {})[name] = (_row_audio(rows, index, audio, context), words)
+    samples = _vctk_samples(dict(sorted(speakers.items())), context)
+    if not samples:
+        raise InputError(f"{data}: no speaker with two utterances that have text")
+    return samples
+
+
+def _row_audio(rows: Dataset, index: int, audio: str, context: LoadContext) -> _Audio:
+    """The audio of hub row `index`, written under the workdir when first asked for."""
+
+    def fetch() -> Path | None:
+        cell = rows[index][audio]
+        return media_file(cell, context.workdir / "hub", f"row{index}", suffix=".flac")
+
+    return fetch
+
+
+def _vctk_samples(
+    speakers: Mapping[str, Mapping[str, tuple[_Audio, str]]], context: LoadContext
+) -> list[Sample]:
+    """Per speaker (in the given order): a seeded prompt clip and the texts of others to read."""
     samples = []
-    for speaker_dir in sorted(p for p in text_root.iterdir() if p.is_dir()):
-        speaker = speaker_dir.name
-        utterances = _vctk_utterances(speaker_dir, audio_root / speaker)
+    for speaker, utterances in speakers.items():
         if len(utterances) < 2:
             continue
         rng = random.Random(f"{context.seed}:{speaker}")
         names = sorted(utterances)
         prompt_name = rng.choice(names)
-        prompt_audio, _ = utterances[prompt_name]
+        prompt_audio = utterances[prompt_name][0]()
+        target = context.workdir / "prompts" / f"{prompt_name}.wav"
         clip = cut_clip(
-            prompt_audio,
-            context.workdir / "prompts" / f"{prompt_name}.wav",
+            prompt_audio if prompt_audio is not None else target.with_suffix(".missing"),
+            target,
             seconds=PROMPT_SECONDS,
             sample_rate=_RATE,
             rng=rng,
@@ -120,14 +218,12 @@ def load_vctk(path: Path, context: LoadContext) -> list[Sample]:
                     {"speaker": speaker, "prompt": str(clip)},
                 )
             )
-    if not samples:
-        raise InputError(f"{root}: no speaker with two utterances that have audio and text")
     return samples
 
 
-def _vctk_utterances(text_dir: Path, audio_dir: Path) -> dict[str, tuple[Path, str]]:
-    """Utterance -> (audio file, text) of one speaker: mic1 flac, else mic2, else the old wav."""
-    found = {}
+def _vctk_utterances(text_dir: Path, audio_dir: Path) -> dict[str, tuple[_Audio, str]]:
+    """Utterance -> (its audio file, text) of one speaker: mic1 flac, else mic2, else the old wav."""
+    found: dict[str, tuple[_Audio, str]] = {}
     for listing in sorted(text_dir.glob("*.txt")):
         name = listing.stem
         for candidate in (f"{name}_mic1.flac", f"{name}_mic2.flac", f"{name}.wav", f"{name}.flac"):
@@ -141,7 +237,7 @@ def _vctk_utterances(text_dir: Path, audio_dir: Path) -> dict[str, tuple[Path, s
         except (OSError, UnicodeDecodeError):
             continue
         if text:
-            found[name] = (audio, text)
+            found[name] = (lambda audio=audio: audio, text)  # type: ignore[misc]
     return found
 
 
@@ -177,6 +273,8 @@ LIBRISPEECH_ASR = EvalTask(
     load=load_librispeech,
     score=score_asr,
     libraries=WER,
+    load_hub=load_librispeech_hub,
+    hub_ids=tuple(_LIBRISPEECH_HUB),
 )
 
 VCTK_TTS = EvalTask(
@@ -194,4 +292,6 @@ VCTK_TTS = EvalTask(
     score=score_tts,
     scorers=("whisper", "wavlm-sv"),
     libraries=WER,
+    load_hub=load_vctk_hub,
+    hub_ids=tuple(_VCTK_HUB),
 )
