@@ -688,21 +688,29 @@ class AnyGPT:
     ) -> list[Result | AnyGPTError]:
         """Run many tasks, generated together in batches; results in the order of `tasks`.
 
-        A task that fails (a bad instruction, a missing file, a span that cannot be decoded) gets
-        its error in its place; the others run. `seed` (in `options`) seeds every task alike.
+        A task that fails (a bad instruction, a missing file, a budget too small for its span, a
+        span that cannot be decoded) gets its error in its place; the others run, as they would
+        one by one. `seed` (in `options`) seeds every task alike.
         """
         started = time.perf_counter()
         results: list[Result | AnyGPTError | None] = [None] * len(tasks)
         prepared: list[Prepared] = []
+        requests: list[Request] = []
         where: list[int] = []
         for i, task in enumerate(tasks):
             try:
-                prepared.append(self.prepare(task, **options))
-                where.append(i)
+                one = self.prepare(task, **options)
+                request = self.request(one)
+                # checked here, one by one: the engine refuses a whole submission for one bad row
+                self.engine.check(request)
             except AnyGPTError as err:
                 results[i] = err
+                continue
+            prepared.append(one)
+            requests.append(request)
+            where.append(i)
         events: list[list[Event]] = [[] for _ in prepared]
-        for index, event in self.stream_many(prepared):
+        for index, event in self.engine.submit(requests):
             if on_event is not None:
                 on_event(where[index], event)
             events[index].append(event)

@@ -151,6 +151,10 @@ class Engine:
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
 
+    def check(self, request: Request) -> None:
+        """Raise `ConfigError` / `GenerationError` if `request` cannot run (before any work)."""
+        self.generator.check(request)
+
     def submit(
         self, requests: Sequence[Request], *, stop: Stop | None = None
     ) -> Generator[tuple[int, Event], None, None]:
@@ -162,7 +166,7 @@ class Engine:
         it raises `DeadlineError`, and either way the rows leave the batch (or the queue).
         """
         for request in requests:
-            self.generator.check(request)
+            self.check(request)
         job = _Job(requests=requests, open_rows=len(requests), stop=stop or Stop())
         if not requests:
             job.events.put(None)

@@ -477,6 +477,18 @@ def test_a_bad_task_in_a_batch_fails_alone(toy_env, capsys, tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
 
 
+@pytest.mark.parametrize("size", ["1", "2"])
+def test_a_task_whose_budget_cannot_hold_its_span_fails_alone(toy_env, capsys, tmp_path, size):
+    """One max_new_tokens for all: the text task answers in it, the toy span cannot fit."""
+    args = ["run", "text|toy|a wave", "text|text|hi", "--max-new-tokens", "1", "--seed", "0"]
+    args += ["--json", "--batch-size", size, "--output-dir", str(tmp_path)]
+    code, out, err = run_cli(args, capsys)
+    assert code == 1, err  # as any other failing task among several, batched or not
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert errors == ["Error: max_new_tokens leaves no room for a toy span"]
+    assert [json.loads(line)["instruction"] for line in out.splitlines()] == ["text|text|hi"]
+
+
 def test_output_files_follow_the_umask_without_changing_it(tmp_path, monkeypatch):
     from anygpt_core.tasks import atomic_output
 
