@@ -20,7 +20,21 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
-def _codecs(plugins: PluginSet, codec_options: dict[str, Any], use_demo: bool) -> CodecSet:
+#: Said on stderr when the demo's codecs fill in the options not given (the default, as for `run`).
+DEMO_CODECS_NOTICE = (
+    "Using the demo codecs for options not given: their codes and media are meaningless "
+    "(--no-demo: the published checkpoints)."
+)
+
+
+def _codecs(
+    plugins: PluginSet, modality: str, codec_options: dict[str, Any], *, use_demo: bool
+) -> CodecSet:
+    """The codecs: the user's options over the demo's (`run` without a model does the same).
+
+    With `use_demo` false, options not given take the codecs' defaults: the published checkpoints.
+    The notice is said when the demo fills in an option of `modality`.
+    """
     from anygpt_core.api import CodecSet
 
     options = dict(codec_options)
@@ -28,10 +42,11 @@ def _codecs(plugins: PluginSet, codec_options: dict[str, Any], use_demo: bool) -
         from anygpt_cli.console import stderr
         from anygpt_core.demo import ensure_demo
 
-        stderr.print(
-            "[yellow]Using the demo codecs: their codes and media are meaningless.[/yellow]"
-        )
-        options = {**ensure_demo(plugins).options, **options}
+        spec = plugins.modality(modality)  # an unknown modality fails before the demo is built
+        demo = ensure_demo(plugins).options
+        if {o.name for o in spec.options} & demo.keys() - options.keys():
+            stderr.print(f"[yellow]{DEMO_CODECS_NOTICE}[/yellow]", highlight=False)
+        options = {**demo, **options}
     return CodecSet(plugins, options)
 
 
@@ -51,7 +66,13 @@ def _read_span(span: str) -> str:
 
 Demo = Annotated[
     bool,
-    typer.Option("--demo", help="Use the embedded demo's tiny codecs for options not given."),
+    typer.Option(
+        "--demo/--no-demo",
+        help=(
+            "Codec options not given: the embedded demo's tiny codecs (as `run` without a "
+            "model), or the published checkpoints (--no-demo)."
+        ),
+    ),
 ]
 
 
@@ -69,13 +90,18 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         as_json: Annotated[
             bool, typer.Option("--json", help="Print the codes [K, T] as JSON instead.")
         ] = False,
-        demo: Demo = False,
+        demo: Demo = True,
         codec_options: dict[str, Any],
     ) -> None:
-        """Print the protocol string of FILE (`<somu><🎶…>…<eomu>`)."""
+        """Print the protocol string of FILE (`<somu><🎶…>…<eomu>`).
+
+        Like `run` without a model, codec options you leave out are the embedded demo's (its codes
+        are meaningless): name the codec's checkpoints, or --no-demo for the published ones.
+        """
         from anygpt_core.protocol import codes_to_string
 
-        codecs = _codecs(plugins, codec_options, demo)
+        check_input_file(file)  # a missing file fails before the demo is built
+        codecs = _codecs(plugins, modality, codec_options, use_demo=demo)
         spec = codecs.spec(modality)
         codes = codecs.encode(modality, file)
         if as_json:
@@ -113,10 +139,14 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             bool, typer.Option("--lenient", help="Repair a malformed span (with a warning).")
         ] = False,
         force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT.")] = False,
-        demo: Demo = False,
+        demo: Demo = True,
         codec_options: dict[str, Any],
     ) -> None:
-        """Decode a span into a media file."""
+        """Decode a span into a media file.
+
+        Like `run` without a model, codec options you leave out are the embedded demo's (its media
+        are meaningless): name the codec's checkpoints, or --no-demo for the published ones.
+        """
         from anygpt_core.config import check_seed
         from anygpt_core.files import write_bytes
         from anygpt_core.protocol import string_to_codes
@@ -124,13 +154,13 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
 
         if seed is not None:
             check_seed(seed)
-        codecs = _codecs(plugins, codec_options, demo)
-        spec = codecs.spec(modality)
-        codes = string_to_codes(spec, _read_span(span), strict=not lenient)
         if output.exists() and not force:
             raise InputError(f"{output}: already exists; use --force to overwrite")
         if voice_prompt is not None:
             check_input_file(voice_prompt, what="voice prompt")
+        codecs = _codecs(plugins, modality, codec_options, use_demo=demo)
+        spec = codecs.spec(modality)
+        codes = string_to_codes(spec, _read_span(span), strict=not lenient)
         media = codecs.codec(modality).decode(
             codes, condition=voice_prompt, seed=seed, config=spec.decoding
         )

@@ -354,6 +354,31 @@ def test_model_without_modality_tokens(toy_env, capsys, monkeypatch, tmp_path):
     assert "lacks 34 of the 34 toy tokens (e.g. <🧪0>), so it cannot read or write toy" in err
 
 
+def test_encode_and_decode_default_to_the_demo_codecs_as_run_does(toy_env, capsys, tmp_path):
+    """No codec option given: the demo's codecs (as `run` with no model), said on stderr."""
+    series = tmp_path / "s.txt"
+    series.write_text("0.0 0.25 -0.75")
+    code, span, err = run_cli(["encode", "toy", str(series)], capsys)
+    assert code == 0, err
+    assert err.startswith("Using the demo codecs for options not given")
+    assert "--no-demo" in err
+    assert run_cli(["encode", "toy", str(series), "--demo"], capsys)[1] == span
+    code, printed, err = run_cli(
+        ["decode", "toy", span.strip(), "-o", str(tmp_path / "b.txt")], capsys
+    )
+    assert code == 0, err
+    assert printed.strip() == str(tmp_path / "b.txt")
+    from anygpt_core.demo import ensure_demo
+    from anygpt_core.plugins import discover
+
+    given = ensure_demo(discover()).options["toy_codec_path"]
+    code, again, err = run_cli(["encode", "toy", str(series), "--toy-codec-path", given], capsys)
+    assert (code, again, err) == (0, span, "")  # nothing of the demo's was used: no notice
+    # --no-demo: the codec's own defaults (the published checkpoints; the toy has none)
+    code, _, err = run_cli(["encode", "toy", str(series), "--no-demo"], capsys)
+    assert (code, err) == (3, "Error: toy codec: pass --toy-codec-path\n")
+
+
 def test_encode_decode_round_trip(toy_env, capsys, tmp_path):
     series = tmp_path / "s.txt"
     series.write_text("0.0 0.25 -0.75")
