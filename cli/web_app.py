@@ -14,8 +14,10 @@ url = page.launch(host="127.0.0.1", port=7860, block=False)
 
 from __future__ import annotations
 
+import inspect
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -216,6 +218,26 @@ def _wants_request(handler: Callable[..., Any], request_type: type) -> None:
     handler.__annotations__ = {**handler.__annotations__, "request": request_type}
 
 
+def _name_parameters(handler: Callable[..., Any], names: Sequence[str]) -> None:
+    """Give `handler(request, *values)` the parameters `names`, each optional (default None).
+
+    Gradio names an endpoint's parameters after its function's (gradio_client's `view_api()`,
+    `/gradio_api/info`; `param_0`, ... otherwise), and a parameter whose component starts empty
+    may be left out of a call only when its default is None.
+    """
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter("request", kind)]
+    parameters += [inspect.Parameter(name, kind, default=None) for name in names]
+    handler.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+
+
+def _input_parameter(modality: str) -> str:
+    """The chat endpoint's parameter of a modality's attachments: `image_files`, ..."""
+    if modality == SPEECH:
+        return "spoken_instruction"
+    return re.sub(r"\W", "_", modality) + "_files"
+
+
 def _paths(value: Any) -> list[str]:  # noqa: ANN401 - a Gradio file value: None, a path or a list
     if value is None:
         return []
@@ -297,7 +319,7 @@ class WebApp:
     def _chat_tab(self) -> None:
         gr = self.gr
         chatbot = gr.Chatbot(label="Conversation", elem_id="chat", height=360)
-        status = gr.Markdown("", elem_id="status")
+        status = gr.Markdown("", label="Status", elem_id="status")  # the label names the API's
         with gr.Row():
             text = gr.Textbox(
                 label="Message",
@@ -350,17 +372,21 @@ class WebApp:
         downloads = gr.File(
             label="Files of the last answer", file_count="multiple", interactive=False
         )
-        fields: dict[str, Any] = {"text": text, "to": to, "seed": seed, "history": chatbot}
+        #: the attachments' parameters of the chat endpoint, by modality
+        self._inputs = {name: _input_parameter(name) for name in inputs}
+        # the chat endpoint's parameters, by name: /chat(message, answer_as, image_files, ...)
+        fields: dict[str, Any] = {"message": text, "answer_as": to}
+        fields.update({self._inputs[name]: c for name, c in inputs.items()})
         if voice is not None:
-            fields["voice"] = voice
-        fields.update({f"input:{name}": c for name, c in inputs.items()})
-        self._input_order = list(inputs)
+            fields["voice_prompt"] = voice
+        fields.update(seed=seed, history=chatbot)
         # the order of every value a chat handler returns or yields
         outputs = [chatbot, status, downloads, text, *inputs.values()]
 
-        def turn(values: dict[Any, Any], request: Any) -> Iterator[list[Any]]:  # noqa: ANN401
-            named = {key: values[component] for key, component in fields.items()}
-            yield from self._turn(named, _session(request))
+        def turn(request: Any, *values: Any) -> Iterator[list[Any]]:  # noqa: ANN401
+            yield from self._turn(dict(zip(fields, values, strict=True)), _session(request))
+
+        _name_parameters(turn, list(fields))
 
         def clear_chat(request: Any) -> list[Any]:  # noqa: ANN401 - gr.Request
             return self._clear(_session(request))
@@ -376,7 +402,7 @@ class WebApp:
         turns = [
             trigger(
                 turn,
-                inputs=set(fields.values()),
+                inputs=list(fields.values()),
                 outputs=outputs,
                 concurrency_limit=None,  # tabs generate together: the engine batches them
                 show_progress="minimal",
@@ -445,7 +471,7 @@ class WebApp:
                 sample = gr.Checkbox(config.do_sample, label="sample (off: greedy)")
         seed = gr.Number(0, label="Seed", precision=0, elem_id=f"{key}-seed")
         go = gr.Button("Run", variant="primary", elem_id=f"{key}-run")
-        status = gr.Markdown("", elem_id=f"{key}-status")
+        status = gr.Markdown("", label="Status", elem_id=f"{key}-status")
         text = gr.Textbox(label="Text answer", interactive=False, elem_id=f"{key}-text")
         media: Any = None
         if task.target == "image":
@@ -464,13 +490,13 @@ class WebApp:
 
         def run(  # the parameters' names are the page's API (gradio_client, /gradio_api/info)
             source: Any,  # noqa: ANN401 - text or an uploaded file's path
-            voice_prompt: str | None,
-            temperature: float | None,
-            top_p: float | None,
-            top_k: float | None,
-            max_new_tokens: float | None,
-            do_sample: bool,
-            seed: float | None,
+            voice_prompt: str | None = None,  # None: the API may leave it out
+            temperature: float | None = None,  # None: the task's decoding config
+            top_p: float | None = None,
+            top_k: float | None = None,
+            max_new_tokens: float | None = None,
+            do_sample: bool | None = None,
+            seed: float | None = None,
         ) -> list[Any]:
             return self._one_shot(
                 task,
@@ -500,24 +526,24 @@ class WebApp:
         tab = self.sessions.tab(key)
         with tab.lock:
             tab.conversation.clear()
-        return [[], "History cleared.", None, "", *([None] * len(self._input_order))]
+        return [[], "History cleared.", None, "", *([None] * len(self._inputs))]
 
     def _turn(self, values: dict[str, Any], key: str) -> Iterator[list[Any]]:
         """One chat turn, streamed: the page's chat, status line, files and cleared inputs."""
         gr = self.gr
         history = list(values.get("history") or [])
-        text = str(values.get("text") or "")
+        text = str(values.get("message") or "")
         attached = {
-            name: _paths(values.get(f"input:{name}"))
-            for name in self._input_order
-            if _paths(values.get(f"input:{name}"))
+            name: _paths(values.get(key))
+            for name, key in self._inputs.items()
+            if _paths(values.get(key))
         }
-        voice = values.get("voice") or None
-        to = str(values.get("to") or "text")
+        voice = values.get("voice_prompt") or None
+        to = str(values.get("answer_as") or "text")
         seed_value = values.get("seed")
         seed = int(seed_value) if seed_value not in (None, "") else None
         uploads = [p for paths in attached.values() for p in paths] + ([voice] if voice else [])
-        keep_inputs = [gr.update() for _ in self._input_order]
+        keep_inputs = [gr.update() for _ in self._inputs]
         tab = self.sessions.tab(key)
         if not tab.lock.acquire(blocking=False):  # the message stays in the box, not lost
             busy = f"Still answering message {tab.sent}: this one waits in the box (or Stop)"
@@ -556,7 +582,7 @@ class WebApp:
                     if reply.dropped:
                         note += f" · dropped the {reply.dropped} oldest turn(s) to fit the context"
                     files = [str(f) for f in reply.files] or None
-                    yield [final, note, files, gr.update(), *[None] * len(self._input_order)]
+                    yield [final, note, files, gr.update(), *[None] * len(self._inputs)]
                     return
                 status = None
                 if kind == "text":
@@ -616,7 +642,7 @@ class WebApp:
         top_p: float | None,
         top_k: float | None,
         max_new_tokens: float | None,
-        do_sample: bool,
+        do_sample: bool | None,
         seed: float | None,
         *,
         with_media: bool,

@@ -255,7 +255,7 @@ def test_a_message_sent_while_answering_is_kept_and_said(served):
     app, _ = served
     tab = app.sessions.tab("busy-tab")
     with tab.lock:  # a turn of this tab is being answered
-        (shown,) = list(app._turn({"text": "and another one", "history": []}, "busy-tab"))
+        (shown,) = list(app._turn({"message": "and another one", "history": []}, "busy-tab"))
     _, status, _, text, *_ = shown
     assert status.startswith("Still answering")
     assert text == app.gr.update()  # the box keeps what was typed: nothing is lost
@@ -283,6 +283,39 @@ def test_page_api_endpoints_are_named(served):
     assert not info.get("unnamed_endpoints")
     speech = [p["parameter_name"] for p in named["/text_speech"]["parameters"]]
     assert speech[:2] == ["source", "voice_prompt"] and "seed" in speech
+
+
+def test_page_api_names_its_parameters_and_optional_ones_may_be_left_out(served, tmp_path):
+    """Through gradio_client: named arguments, and an optional voice prompt simply not given."""
+    from gradio_client import Client
+
+    _, url = served
+    client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path))
+    named = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for endpoint in named.values():  # no `param_0`, `value_86`: every name says what it is
+        names = [p["parameter_name"] for p in endpoint["parameters"]]
+        names += [r["label"] for r in endpoint["returns"]]
+        assert not [n for n in names if re.fullmatch(r"(param|value)_\d+", n)], names
+
+    def optional(endpoint: str) -> dict[str, bool]:
+        parameters = named[endpoint]["parameters"]
+        return {p["parameter_name"]: p["parameter_has_default"] for p in parameters}
+
+    chat = optional("/chat")
+    assert list(chat)[:2] == ["message", "answer_as"]
+    assert {"image_files", "spoken_instruction", "voice_prompt", "seed", "history"} <= set(chat)
+    assert all(chat.values())  # each may be left out
+    assert optional("/text_speech")["voice_prompt"]
+    assert not optional("/speech_text")["source"]  # a recording to transcribe is not optional
+
+    status, _, audio, _ = client.predict(
+        source="Good morning", max_new_tokens=60, seed=1, api_name="/text_speech"
+    )
+    assert status.startswith("Done"), status
+    assert audio and Path(audio).suffix == ".wav"
+    conversation, status, *_ = client.predict(message="Say hello", api_name="/chat")
+    assert status.startswith("Answered"), status
+    assert conversation[0]["role"] == "user" and "Say hello" in str(conversation[0]["content"])
 
 
 def test_clear_empties_the_history(page, served):
@@ -388,7 +421,9 @@ def test_screenshot_is_not_blank(page, tmp_path):
 
 def test_streamed_text_grows_before_the_answer_is_complete(served):
     app, _ = served
-    updates = list(app._turn({"text": "Tell me a story", "to": "text", "seed": 0}, "stream-test"))
+    updates = list(
+        app._turn({"message": "Tell me a story", "answer_as": "text", "seed": 0}, "stream-test")
+    )
     shown = [u[0][-1]["content"] for u in updates[1:-1] if u[0] and u[0][-1]["role"] == "assistant"]
     assert len(shown) >= 2  # text appears as it is written, in several updates
     assert len(shown[-1]) > len(shown[0])
