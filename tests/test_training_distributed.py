@@ -270,7 +270,7 @@ def test_fsdp_refusal_is_one_line_from_the_console_script(extended, pretrain_dat
 
 @pytest.mark.parametrize("name", ["pretrain-7b.yaml", "sft-7b.yaml"])
 def test_the_7b_configs_are_accepted_by_transformers(name):
-    """The README's 7B configs: every field valid; on the CPU, only FSDP itself is refused."""
+    """The 7B configs of docs/training.md: every field valid; on the CPU, only FSDP itself is refused."""
     from anygpt_core.errors import ConfigError
     from anygpt_core.training.config import load_train_config, training_arguments
 
