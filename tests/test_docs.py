@@ -66,6 +66,8 @@ def test_readme_two_commands_set_up_and_run():
     )
     assert '.venv/bin/anygpt run "text|image|a red bus at dawn"' in first
     assert second == "bash .ci/run"
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "set -euo pipefail" in script and "mkdocs build --strict" in script
     home = fenced((DOCS / "index.md").read_text(encoding="utf-8"), "bash")
     assert home[:2] == [first, second]
 
