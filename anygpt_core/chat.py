@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anygpt_core.config import DecodingConfig, draw_seed, load_decoding_config
-from anygpt_core.errors import InputError
+from anygpt_core.errors import GenerationError, InputError
 from anygpt_core.files import check_input_file
 from anygpt_core.generation import (
+    Done,
     Event,
     Request,
     SpanClosed,
@@ -40,7 +41,8 @@ from anygpt_core.protocol import codes_to_string
 from anygpt_core.tokenization import longest_token
 
 if TYPE_CHECKING:
-    from anygpt_core.api import AnyGPT
+    from anygpt_core.api import AnyGPT, Media
+    from anygpt_core.engine import Stop
     from anygpt_core.spec import ModalitySpec
     from anygpt_core.tokens import TokenSpace
 
@@ -49,9 +51,13 @@ __all__ = [
     "TEMPLATES",
     "VOICE",
     "Conversation",
+    "MediaReady",
+    "PreparedTurn",
     "Reply",
+    "TextPiece",
     "TextStream",
     "Turn",
+    "TurnEvent",
     "user_message",
 ]
 
@@ -136,6 +142,65 @@ class Reply:
             "seconds": round(self.seconds, 3),
             "seed": self.seed,
         }
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    """New text of the answer, as it is generated (spans left out)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class MediaReady:
+    """A span of the answer decoded, as soon as it closed (the model goes on meanwhile).
+
+    Attributes:
+        span: the span the model wrote.
+        media: its decoded media, in memory.
+        file: where it was written (None when the turn is streamed with `save=False`).
+    """
+
+    span: SpanClosed
+    media: Media
+    file: Path | None = None
+
+
+#: What `Conversation.stream` yields: the engine's events, text pieces, decoded spans, and last
+#: the `Reply`.
+TurnEvent = TokenEvent | SpanOpened | SpanClosed | Done | TextPiece | MediaReady | Reply
+
+
+@dataclass(frozen=True)
+class PreparedTurn:
+    """A user turn ready to generate: its attachments encoded, its prompt rendered and fitted.
+
+    Attributes:
+        message: the user turn as the history will hold it.
+        to: the answer modality.
+        target: the answer's decoding config.
+        seed: seeds sampling and the decoders.
+        prompt: the exact prompt the model continues.
+        input_ids: its ids, int64 [1, T].
+        dropped: how many of the oldest turns were cut so the prompt fits the context.
+        voice: the voice prompt of spoken answers, if any.
+        name: the text output file names are made of.
+    """
+
+    message: str
+    to: str
+    target: DecodingConfig
+    seed: int
+    prompt: str
+    input_ids: Any
+    dropped: int
+    voice: Path | None = None
+    name: str = ""
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's length in tokens."""
+        return int(self.input_ids.shape[-1])
 
 
 def user_message(
@@ -370,7 +435,7 @@ class Conversation:
             raise InputError("empty message: type some text or attach a file")
         return message
 
-    def send(
+    def prepare(
         self,
         text: str | None = None,
         *,
@@ -378,28 +443,15 @@ class Conversation:
         inputs: Mapping[str, Sources] | None = None,
         to: str = "text",
         seed: int | None = None,
-        on_event: Callable[[Event], None] | None = None,
-        on_text: Callable[[str], None] | None = None,
         **attachments: Sources,
-    ) -> Reply:
-        """Send one user turn and return the answer; the history gains the turn once its files are written.
+    ) -> PreparedTurn:
+        """Encode a user turn's attachments and fit its prompt, without generating.
 
-        Args:
-            text: the typed instruction.
-            voice_prompt: the voice of spoken answers: the condition of each span whose modality
-                declares `condition="voice"`.
-            inputs: attachments of any installed modality by name (e.g. `{"toy": "series.txt"}`).
-            attachments: the same by keyword, e.g. `image="beach.jpg"`: file(s) or array(s).
-            to: the answer modality; other than text, the answer is started with its start token.
-            seed: seeds sampling and the decoders; None picks one (reported in the reply).
-            on_event: called with each event of the generation loop.
-            on_text: called with each new piece of the answer's text, as it is generated.
+        Arguments as `send`'s. The history is not changed.
 
         Raises:
-            InputError, PluginError, ConfigError, GenerationError: the turn is not added; the
-            history is unchanged. So is it when generation is interrupted (KeyboardInterrupt).
+            InputError, PluginError, ConfigError: the turn cannot be sent.
         """
-        started = time.perf_counter()
         to = to.strip().lower() or "text"
         if to != "text":
             self.gpt.codecs.spec(to)
@@ -414,37 +466,137 @@ class Conversation:
         target = self.target_config(to)
         seed = draw_seed(seed)
         prompt, input_ids, dropped = self.fit(message, to, target.max_new_tokens)
-        stream, spans, reason = self._generate(input_ids, to, target, seed, on_event, on_text)
+        return PreparedTurn(
+            message, to, target, seed, prompt, input_ids, dropped, voice, name=text or ""
+        )
+
+    def stream(
+        self,
+        text: str | PreparedTurn | None = None,
+        *,
+        save: bool = True,
+        stop: Stop | None = None,
+        incremental: bool = True,
+        **kwargs: Any,  # noqa: ANN401 - `prepare`'s arguments
+    ) -> Iterator[TurnEvent]:
+        """Send one user turn, yielding its answer as it is made; the last item is the `Reply`.
+
+        Yields the engine's events (`TokenEvent`, `SpanOpened`, `SpanClosed`, `Done`), a
+        `TextPiece` for each new piece of text, a `MediaReady` for each span once it is decoded
+        (decoding runs here while the engine goes on generating), and last the `Reply`, after
+        which the history holds the turn.
+
+        Args:
+            text: the typed instruction, or a turn from `prepare` (then no other arguments of
+                `prepare`).
+            save: write each span's media to a new file in `output_dir`; without it, they stay
+                in memory (`MediaReady.media`).
+            stop: the engine's stop (a cancel flag, a deadline): once set, the stream ends
+                without a reply and the history is unchanged; past its deadline,
+                `DeadlineError`.
+            incremental: decode text as tokens come (without it, and with no end string to
+                watch for, `TextPiece`s are not yielded: the reply still has the text).
+            kwargs: `prepare`'s arguments (voice_prompt, inputs, to, seed, attachments).
+
+        Raises:
+            InputError, PluginError, ConfigError, GenerationError, DeadlineError: the turn is not
+            added; the history is unchanged. So it is when the iterator is closed before its end
+            (a stop string, Ctrl-C).
+        """
+        started = time.perf_counter()
+        turn = text if isinstance(text, PreparedTurn) else self.prepare(text, **kwargs)
+        stream = self.text_stream(incremental=incremental)
+        spans: list[SpanClosed] = []
+        media: list[MediaReady] = []
+        reason: str | None = None
+        request = self.request(turn.input_ids, turn.to, turn.target, turn.seed)
+        events = self.gpt.engine.submit([request], stop=stop)
+        try:
+            for _, event in events:
+                yield event
+                piece = stream.feed(event)
+                if piece:
+                    yield TextPiece(piece)
+                if isinstance(event, SpanClosed):
+                    spans.append(event)
+                    media.append(self._decode(event, turn, save=save))
+                    yield media[-1]
+                elif isinstance(event, Done):
+                    reason = event.reason
+                if stream.stopped:
+                    reason = "stop"
+                    break
+        finally:
+            events.close()  # an early end (a stop string, Ctrl-C) cancels the rest of the reply
+        if reason is None:  # stopped by `stop`: no answer
+            return
         reply = Reply(
             text=stream.text,
             message=stream.message,
-            prompt=prompt,
-            to=to,
+            prompt=turn.prompt,
+            to=turn.to,
+            files=[m.file for m in media if m.file is not None],
             spans=spans,
             finish_reason=reason,
             new_tokens=stream.tokens,
-            seed=seed,
-            dropped=dropped,
+            seed=turn.seed,
+            dropped=turn.dropped,
         )
-        conditions = {}
-        if voice is not None:
-            conditions = {
-                span.modality: voice
-                for span in reply.spans
-                if self.gpt.codecs.spec(span.modality).condition == VOICE
-            }
-        _, reply.files = self.gpt.decode_spans(
-            reply.spans,
-            target=to,
-            config=target,
-            seed=seed,
-            name=text or "",
-            conditions=conditions,
+        self.history = [*self.history[turn.dropped :], Turn(turn.message, reply.message)]
+        reply.seconds = time.perf_counter() - started
+        yield reply
+
+    def send(
+        self,
+        text: str | PreparedTurn | None = None,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        **kwargs: Any,  # noqa: ANN401 - `prepare`'s arguments
+    ) -> Reply:
+        """Send one user turn and return the answer; the history gains the turn once its files are written.
+
+        `stream` drained: each span's media is written to a new file (`Reply.files`).
+
+        Args:
+            text: the typed instruction, or a turn from `prepare`.
+            on_text: called with each new piece of the answer's text, as it is generated.
+            kwargs: `prepare`'s arguments:
+                voice_prompt: the voice of spoken answers: the condition of each span whose
+                    modality declares `condition="voice"`.
+                inputs: attachments of any installed modality by name (e.g.
+                    `{"toy": "series.txt"}`).
+                to: the answer modality; other than text, the answer is started with its start
+                    token.
+                seed: seeds sampling and the decoders; None picks one (reported in the reply).
+                attachments: the same as `inputs` by keyword, e.g. `image="beach.jpg"`.
+
+        Raises:
+            InputError, PluginError, ConfigError, GenerationError: the turn is not added; the
+            history is unchanged. So is it when generation is interrupted (KeyboardInterrupt).
+        """
+        for item in self.stream(text, **kwargs):
+            if isinstance(item, TextPiece) and on_text is not None:
+                on_text(item.text)
+            elif isinstance(item, Reply):
+                return item
+        raise GenerationError("the turn was stopped before its answer ended")
+
+    def _decode(self, span: SpanClosed, turn: PreparedTurn, *, save: bool) -> MediaReady:
+        """Decode one span of the answer (and write it, with `save`)."""
+        voice = None
+        if turn.voice is not None and self.gpt.codecs.spec(span.modality).condition == VOICE:
+            voice = turn.voice
+        media, files = self.gpt.decode_spans(
+            [span],
+            target=turn.to,
+            config=turn.target,
+            seed=turn.seed,
+            name=turn.name,
+            conditions={span.modality: voice} if voice is not None else None,
+            save=save,
             directory=self.output_dir,
         )
-        self.history = [*self.history[dropped:], Turn(message, reply.message)]
-        reply.seconds = time.perf_counter() - started
-        return reply
+        return MediaReady(span, media[0], files[0] if files else None)
 
     def fit(self, message: str, to: str, budget: int) -> tuple[str, Any, int]:
         """The prompt, its ids and how many of the oldest turns were cut so it fits the context."""
@@ -523,36 +675,3 @@ class Conversation:
         vocab = self.gpt.tokenizer.get_vocab()
         stop = None if end in vocab and vocab[end] in self.gpt.space.stop_ids else end
         return TextStream(self.gpt.tokenizer, self.gpt.space, stop=stop, incremental=incremental)
-
-    def _generate(
-        self,
-        input_ids: Any,  # noqa: ANN401 - int64 [1, T]
-        to: str,
-        target: DecodingConfig,
-        seed: int,
-        on_event: Callable[[Event], None] | None,
-        on_text: Callable[[str], None] | None,
-    ) -> tuple[TextStream, list[SpanClosed], str]:
-        """Run the loop, feeding a `TextStream`; stop early on the template's end string."""
-        from anygpt_core.generation import Done
-
-        stream = self.text_stream()
-        spans: list[SpanClosed] = []
-        reason = "stop"
-        events = self.gpt.engine.submit([self.request(input_ids, to, target, seed)])
-        try:
-            for _, event in events:
-                if on_event is not None:
-                    on_event(event)
-                piece = stream.feed(event)
-                if piece and on_text is not None:
-                    on_text(piece)
-                if isinstance(event, SpanClosed):
-                    spans.append(event)
-                elif isinstance(event, Done):
-                    reason = event.reason
-                if stream.stopped:
-                    break
-        finally:
-            events.close()  # an early end (a stop string, Ctrl-C) cancels the rest of the reply
-        return stream, spans, reason

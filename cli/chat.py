@@ -37,7 +37,7 @@ from anygpt_core.files import check_input_file, check_output_dir
 
 if TYPE_CHECKING:
     from anygpt_cli.chat_lines import ChatLine
-    from anygpt_core.chat import Conversation, Reply
+    from anygpt_core.chat import Conversation, Reply, TurnEvent
     from anygpt_core.generation import Event
     from anygpt_core.plugins import PluginSet
 
@@ -313,15 +313,14 @@ class _Session:
             beams = self.conversation.target_config(to).num_beams if to == "text" else 1
             if beams > 1:
                 output.note(f"searching {beams} beams…")  # the answer comes at once, when found
-            reply = self.conversation.send(
+            turn = self.conversation.stream(
                 parsed.text,
                 inputs=parsed.inputs,
                 voice_prompt=parsed.voice_prompt,
                 to=to,
                 seed=self.seed,
-                on_event=output.event,
-                on_text=output.text,
             )
+            reply = output.show(turn)
         except KeyboardInterrupt:
             output.end()
             stderr.print("[yellow]interrupted: reply discarded, history unchanged[/yellow]")
@@ -411,6 +410,19 @@ class _Output:
     def _marker(self, modality: str) -> None:
         self.text(f"[{modality}] " if self.line_start else f" [{modality}] ")
         self.strip = True
+
+    def show(self, turn: Iterator[TurnEvent]) -> Reply:
+        """Show a turn's stream as it comes; its reply."""
+        from anygpt_core.chat import MediaReady, Reply, TextPiece
+
+        for item in turn:
+            if isinstance(item, TextPiece):
+                self.text(item.text)
+            elif isinstance(item, Reply):
+                return item
+            elif not isinstance(item, MediaReady):
+                self.event(item)
+        raise AssertionError("a turn's stream ends with its reply")  # pragma: no cover
 
     def event(self, event: Event) -> None:
         from anygpt_core.generation import SpanClosed, SpanOpened, TokenEvent

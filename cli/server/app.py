@@ -256,7 +256,7 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
             return _event_stream(_chat_chunks(service, plan, completion_id, include_usage))
         items = _pumps(service, plan)
         try:
-            answers = await _collect(items, len(plan.requests), request)
+            answers = await _collect(items, len(plan.turns), request)
         finally:
             items.cancel.set()
         return JSONResponse(_chat_body(service, plan, completion_id, answers))
@@ -463,7 +463,7 @@ def _pumps(service: Service, plan: ChatPlan) -> _Items:
     def emit(item: Item) -> None:
         loop.call_soon_threadsafe(items.queue.put_nowait, item)
 
-    for choice in range(len(plan.requests)):
+    for choice in range(len(plan.turns)):
         threading.Thread(
             target=service.pump_chat,
             args=(plan, choice, emit, items.cancel),
@@ -585,12 +585,12 @@ async def _chat_chunks(
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     try:
-        for index in range(len(plan.requests)):
+        for index in range(len(plan.turns)):
             first = {"role": "assistant", "content": None if spoken else ""}
             yield chunk([{"index": index, "delta": first, "finish_reason": None}])
-        open_choices = len(plan.requests)
+        open_choices = len(plan.turns)
         completion = 0
-        audio_ids = [f"audio_{uuid.uuid4().hex[:24]}" for _ in plan.requests]
+        audio_ids = [f"audio_{uuid.uuid4().hex[:24]}" for _ in plan.turns]
         delta: dict[str, Any]
         while open_choices:
             kind, index, value = await items.queue.get()
@@ -623,7 +623,7 @@ async def _chat_chunks(
                 continue
             yield chunk([{"index": index, "delta": delta, "finish_reason": None}])
         if include_usage:
-            prompt = plan.prompt_tokens * len(plan.requests)
+            prompt = plan.prompt_tokens * len(plan.turns)
             usage = {
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,

@@ -30,17 +30,16 @@ from anygpt_cli.server.media import (
     suffix_for,
 )
 from anygpt_cli.server.schemas import SEED_MAX, ChatRequest, Message
-from anygpt_core.chat import VOICE
+from anygpt_core.chat import MediaReady, PreparedTurn, Reply, TextPiece
 from anygpt_core.config import draw_seed
 from anygpt_core.engine import Stop
 from anygpt_core.errors import AnyGPTError, DeadlineError, InputError, first_line
-from anygpt_core.generation import Done, Event, Request, SpanClosed
+from anygpt_core.generation import Event
 from anygpt_core.tasks import require_utf8
 
 if TYPE_CHECKING:
     from anygpt_core.api import AnyGPT, Prepared, Result
     from anygpt_core.chat import Conversation
-    from anygpt_core.config import DecodingConfig
 
 __all__ = ["OPENAI_VOICES", "ChatPlan", "Item", "Service", "Settings", "timeout_error"]
 
@@ -89,17 +88,27 @@ class Settings:
 
 @dataclass
 class ChatPlan:
-    """A chat request ready to generate: its requests (one per choice) and how to show answers."""
+    """A chat request ready to generate: its turn (one per choice) and how to show answers."""
 
-    to: str
-    requests: list[Request]
-    conversations: list[Conversation]
-    target: DecodingConfig
-    prompt_tokens: int
-    seed: int
-    voice: Path | None
+    conversation: Conversation
+    turns: list[PreparedTurn]
     audio_format: str
     stream: bool = False
+
+    @property
+    def to(self) -> str:
+        """The answer modality."""
+        return self.turns[0].to
+
+    @property
+    def seed(self) -> int:
+        """The first choice's seed (the others count on from it)."""
+        return self.turns[0].seed
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's length in tokens."""
+        return self.turns[0].prompt_tokens
 
 
 def _seed(seed: int | None, n: int = 1) -> int:
@@ -270,21 +279,12 @@ class Service:
         turn = self._user_message(conversation, last, f"messages[{index}]")
         try:
             target = conversation.target_config(to)
-            _, input_ids, _ = conversation.fit(turn, to, target.max_new_tokens)
+            prompt, input_ids, dropped = conversation.fit(turn, to, target.max_new_tokens)
         except AnyGPTError as err:
             raise from_anygpt(err) from err
-        requests = [conversation.request(input_ids, to, target, seed + k) for k in range(request.n)]
-        return ChatPlan(
-            to=to,
-            requests=requests,
-            conversations=[conversation] * request.n,
-            target=target,
-            prompt_tokens=int(input_ids.shape[-1]),
-            seed=seed,
-            voice=voice,
-            audio_format=fmt,
-            stream=request.stream,
-        )
+        first = PreparedTurn(turn, to, target, seed, prompt, input_ids, dropped, voice)
+        turns = [dataclasses.replace(first, seed=seed + k) for k in range(request.n)]
+        return ChatPlan(conversation, turns, audio_format=fmt, stream=request.stream)
 
     @staticmethod
     def _text_only(message: Message, what: str) -> str:
@@ -373,26 +373,20 @@ class Service:
         cancel: threading.Event,
     ) -> None:
         """Generate one choice: text pieces as they come, each span's media once it closes."""
-        conversation = plan.conversations[choice]
-        stream = conversation.text_stream(incremental=plan.stream)
         # the engine watches both: a row queued behind others leaves on time, not when it starts
         stop = Stop.after(self.settings.request_timeout, cancel)
-        events = None
+        turn = plan.conversation.stream(
+            plan.turns[choice], save=False, stop=stop, incremental=plan.stream
+        )
         try:
-            events = self.gpt.engine.submit([plan.requests[choice]], stop=stop)
-            for _, event in events:  # ends once `cancel` is set; DeadlineError after the limit
-                piece = stream.feed(event)
-                if piece:
-                    emit(("text", choice, piece))
-                if isinstance(event, SpanClosed):
-                    emit(("media", choice, self._media(event, plan)))
-                elif isinstance(event, Done):
-                    tokens = len(event.token_ids)
-                    emit(("done", choice, (_finish(event.reason), tokens, stream.text)))
-                    return
-                if stream.stopped:
-                    emit(("done", choice, ("stop", stream.tokens, stream.text)))
-                    return
+            for item in turn:  # ends once `cancel` is set; DeadlineError after the limit
+                if isinstance(item, TextPiece):
+                    emit(("text", choice, item.text))
+                elif isinstance(item, MediaReady):
+                    emit(("media", choice, self._media(item, plan)))
+                elif isinstance(item, Reply):
+                    done = (_finish(item.finish_reason), item.new_tokens, item.text)
+                    emit(("done", choice, done))
         except DeadlineError:
             emit(("error", choice, timeout_error(self.settings.request_timeout)))
         except AnyGPTError as err:
@@ -401,24 +395,14 @@ class Service:
             logger.exception("generation failed")
             emit(("error", choice, APIError(500, f"internal error: {type(err).__name__}")))
         finally:
-            if events is not None:
-                events.close()
+            turn.close()
 
-    def _media(self, span: SpanClosed, plan: ChatPlan) -> dict[str, Any]:
-        codecs = self.gpt.codecs
-        value = codecs.decode(
-            span.modality,
-            span.codes,
-            condition=plan.voice if codecs.spec(span.modality).condition == VOICE else None,
-            seed=plan.seed,
-            config=plan.target if span.modality == plan.to else None,
-        )
-        suffix = self.media_suffix(span.modality, plan.audio_format)
-        data = codecs.to_bytes(span.modality, value, suffix=suffix)
+    def _media(self, ready: MediaReady, plan: ChatPlan) -> dict[str, Any]:
+        suffix = self.media_suffix(ready.span.modality, plan.audio_format)
         return {
-            "modality": span.modality,
+            "modality": ready.span.modality,
             "format": suffix.lstrip("."),
-            "data": base64.b64encode(data).decode("ascii"),
+            "data": base64.b64encode(ready.media.data(suffix)).decode("ascii"),
         }
 
     # ---- one-shot tasks (speech, images, music, transcription) -------------------------------
