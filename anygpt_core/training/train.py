@@ -3,14 +3,14 @@
 Everything the user can get wrong (config fields, data lines, a model without AnyGPT tokens, a
 modality the model lacks) is checked before the weights load. The output directory holds the
 tokenizer in the published slow layout from the start, each checkpoint gets a copy, and the final
-model is saved beside it, so `anygpt run --model-name-or-path OUTPUT_DIR` loads it as it is.
+model is saved beside it, so `anygpt run --model-name-or-path OUTPUT_DIR` loads it as it is. Saves
+are written aside and moved into place (saving.py): a kill while saving leaves the last ones whole.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,20 +30,13 @@ from anygpt_core.training.datasets import (
     read_examples,
 )
 from anygpt_core.training.extend import CHAT_TOKENS, resize_embeddings, write_tokenizer
+from anygpt_core.training.saving import COMPLETE_MARKER, save_final_model, trainer_class
 
 __all__ = ["COMPLETE_MARKER", "TrainResult", "last_complete_checkpoint", "train"]
 
 logger = logging.getLogger(__name__)
 
 Kind = Literal["pretrain", "sft"]
-
-_TOKENIZER_FILES = (
-    "tokenizer.model",
-    "added_tokens.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.json",
-)
 
 
 @dataclass
@@ -59,44 +52,6 @@ class TrainResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     added_tokens: list[str] = field(default_factory=list)
     main_process: bool = True
-
-
-def _copy_tokenizer(source: Path, target: Path) -> None:
-    for name in _TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, target / name)
-
-
-def _callback(output_dir: Path) -> Any:  # noqa: ANN401 - a TrainerCallback
-    from transformers import TrainerCallback
-
-    class TokenizerFiles(TrainerCallback):
-        """Copy the slow-layout tokenizer into each checkpoint, so each one loads as a model."""
-
-        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: ANN401
-            del kwargs, control
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if state.is_world_process_zero and checkpoint.is_dir():
-                _copy_tokenizer(output_dir, checkpoint)
-                _mark_complete(checkpoint, state.global_step)
-
-    return TokenizerFiles()
-
-
-#: Written last into each checkpoint (after the Trainer's files and the tokenizer copy), so a
-#: checkpoint cut short by a kill or a full disk is recognised: it has no marker.
-COMPLETE_MARKER = "anygpt-complete.json"
-
-
-def _mark_complete(checkpoint: Path, step: int) -> None:
-    import json
-    import os
-
-    from anygpt_core.files import write_bytes
-
-    tmp = checkpoint / f"{COMPLETE_MARKER}.tmp"
-    write_bytes(tmp, json.dumps({"step": step}).encode())
-    os.replace(tmp, checkpoint / COMPLETE_MARKER)
 
 
 def _is_complete(checkpoint: Path, *, marked: bool) -> bool:
@@ -253,18 +208,18 @@ def _run_trainer(
     resume: str | None,
     callbacks: list[Any],
 ) -> TrainResult:
-    from transformers import Trainer
-
-    trainer = Trainer(
+    # each checkpoint, with a copy of the tokenizer, appears whole or not at all (saving.py)
+    trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[_callback(output_dir), *callbacks],
+        callbacks=callbacks,
+        tokenizer_dir=output_dir,
     )
     try:
         trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model(str(output_dir))  # written by the main process alone
+        save_final_model(trainer, output_dir)  # beside the tokenizer, replacing an earlier one
         trainer.save_state()  # trainer_state.json beside the model: the loss curve of the whole run
         # no process leaves (and tears its group down) while one still saves
         trainer.accelerator.wait_for_everyone()
