@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import queue
 import re
 import threading
 import time
@@ -31,7 +30,6 @@ from anygpt_core.errors import AnyGPTError, InputError, PluginError, first_line
 if TYPE_CHECKING:
     from anygpt_core.api import AnyGPT
     from anygpt_core.chat import Conversation, Reply
-    from anygpt_core.generation import Event
 
 __all__ = ["ONE_SHOT_TASKS", "OneShot", "Sessions", "WebApp", "import_gradio"]
 
@@ -152,42 +150,6 @@ class Sessions:
     def __len__(self) -> int:
         with self._lock:
             return len(self._tabs)
-
-
-class _Stop(Exception):
-    """Raised inside a turn whose page went away, so the engine drops its rows."""
-
-
-def _turn_events(send: Callable[..., Reply], **kwargs: Any) -> Iterator[tuple[str, Any]]:  # noqa: ANN401
-    """Run `send` on a thread; yield ("text", piece), ("event", event), then ("reply" | "error", x).
-
-    Closing the iterator early stops the turn (its rows leave the engine's batch).
-    """
-    items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-    stop = threading.Event()
-
-    def on_event(event: Event) -> None:
-        if stop.is_set():
-            raise _Stop
-        items.put(("event", event))
-
-    def work() -> None:
-        try:
-            reply = send(**kwargs, on_event=on_event, on_text=lambda p: items.put(("text", p)))
-        except BaseException as err:  # noqa: BLE001 - handed to the page
-            items.put(("error", err))
-        else:
-            items.put(("reply", reply))
-
-    threading.Thread(target=work, name="anygpt-web-turn", daemon=True).start()
-    try:
-        while True:
-            kind, value = items.get()
-            yield kind, value
-            if kind in {"reply", "error"}:
-                return
-    finally:
-        stop.set()
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -556,56 +518,65 @@ class WebApp:
             # the message leaves the box now: what is typed while it is answered stays there
             yield [shown, f"*Encoding the message… {number}*", None, "", *keep_inputs]
             streamed, span, count, total, last = "", "", 0, 0, 0.0
-            events = _turn_events(
-                tab.conversation.send,
-                text=text,
-                inputs=attached,
-                voice_prompt=voice,
-                to=to,
-                seed=seed,
-            )
+            from anygpt_core.chat import MediaReady, Reply, TextPiece
             from anygpt_core.generation import Done, SpanClosed, SpanOpened, TokenEvent
 
-            for kind, value in events:
-                if kind == "error":  # one line; the conversation and the inputs stay
-                    message = self._message(value, uploads)
-                    yield [history, f"**Error** {number}: {message}", None, text, *keep_inputs]
-                    return
-                if kind == "reply":
-                    reply: Reply = value
-                    final = history + self._user_messages(text, attached)
-                    final += self._answer_messages(reply)
-                    note = (
-                        f"Answered {number} in {reply.seconds:.1f} s · {reply.new_tokens} tokens · "
-                        f"{reply.finish_reason} · seed {reply.seed}"
-                    )
-                    if reply.dropped:
-                        note += f" · dropped the {reply.dropped} oldest turn(s) to fit the context"
-                    files = [str(f) for f in reply.files] or None
-                    yield [final, note, files, gr.update(), *[None] * len(self._inputs)]
-                    return
-                status = None
-                if kind == "text":
-                    streamed += value
-                elif isinstance(value, SpanOpened):
-                    span, count, total = value.modality, 0, value.max_tokens
-                    status = f"Writing {span}…"
-                elif isinstance(value, TokenEvent) and value.modality is not None:
-                    count += 1
-                    status = f"Writing {span}: {_bar(count, total)} {count}/{total} tokens"
-                elif isinstance(value, SpanClosed):
-                    streamed += f" [{value.modality}] "
-                    status = f"Wrote a {value.modality} span"
-                elif isinstance(value, Done):
-                    status = "Decoding the answer's media…" if value.spans else "Finishing…"
-                now = time.monotonic()
-                if now - last < _REFRESH_SECONDS and not isinstance(value, (SpanClosed, Done)):
-                    continue
-                last = now
-                answer = {"role": "assistant", "content": streamed.strip() or "…"}
-                yield [[*shown, answer], status or gr.update(), None, gr.update(), *keep_inputs]
+            turn = tab.conversation.stream(
+                text, inputs=attached, voice_prompt=voice, to=to, seed=seed
+            )
+            try:
+                for item in turn:
+                    if isinstance(item, Reply):
+                        yield self._answered(item, history, text, attached, number)
+                        return
+                    status = None
+                    if isinstance(item, TextPiece):
+                        streamed += item.text
+                    elif isinstance(item, SpanOpened):
+                        span, count, total = item.modality, 0, item.max_tokens
+                        status = f"Writing {span}…"
+                    elif isinstance(item, TokenEvent) and item.modality is not None:
+                        count += 1
+                        status = f"Writing {span}: {_bar(count, total)} {count}/{total} tokens"
+                    elif isinstance(item, SpanClosed):
+                        streamed += f" [{item.modality}] "
+                        status = f"Decoding the {item.modality} span…"
+                    elif isinstance(item, MediaReady):
+                        status = f"Wrote a {item.span.modality} span"
+                    elif isinstance(item, Done):
+                        status = "Finishing…"
+                    now = time.monotonic()
+                    if now - last < _REFRESH_SECONDS and status is None:
+                        continue
+                    last = now
+                    answer = {"role": "assistant", "content": streamed.strip() or "…"}
+                    yield [[*shown, answer], status or gr.update(), None, gr.update(), *keep_inputs]
+            except Exception as err:  # noqa: BLE001 - one line; the conversation and the inputs stay
+                message = self._message(err, uploads)
+                yield [history, f"**Error** {number}: {message}", None, text, *keep_inputs]
+            finally:
+                turn.close()  # the page went away or Stop: the rows leave the engine's batch
         finally:
             tab.lock.release()
+
+    def _answered(
+        self,
+        reply: Reply,
+        history: list[Any],
+        text: str,
+        attached: Mapping[str, list[str]],
+        number: str,
+    ) -> list[Any]:
+        """The page once a turn is answered: the chat, a status line, the files, inputs cleared."""
+        final = history + self._user_messages(text, attached) + self._answer_messages(reply)
+        note = (
+            f"Answered {number} in {reply.seconds:.1f} s · {reply.new_tokens} tokens · "
+            f"{reply.finish_reason} · seed {reply.seed}"
+        )
+        if reply.dropped:
+            note += f" · dropped the {reply.dropped} oldest turn(s) to fit the context"
+        files = [str(f) for f in reply.files] or None
+        return [final, note, files, self.gr.update(), *[None] * len(self._inputs)]
 
     def _user_messages(self, text: str, attached: Mapping[str, list[str]]) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = [
@@ -629,8 +600,6 @@ class WebApp:
     def _message(self, err: BaseException, uploads: Sequence[str]) -> str:
         if isinstance(err, AnyGPTError):
             return _short(first_line(err), uploads)
-        if isinstance(err, _Stop):
-            return "stopped"
         return f"internal error: {type(err).__name__}: {_short(first_line(err), uploads)}"
 
     def _one_shot(
