@@ -9,6 +9,7 @@ tokens and continues from the parent's state.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,8 @@ class SpanLogitsProcessor:
         from anygpt_core.generation import warp
 
         configs = [self.constraint.config(state, i) for i in range(scores.shape[0])]
+        if all(c.repetition_penalty == 1.0 and not c.do_sample for c in configs):
+            return scores  # greedy and beam search rows: nothing to warp, nothing to copy
         out = scores.clone()
         for i, config in enumerate(configs):
             row = out[i]
@@ -116,11 +119,87 @@ class SpanLogitsProcessor:
         return out
 
 
+@functools.cache
+def _beam_cache() -> type:
+    """A `DynamicCache` (transformers') for beam search over prompts shared by their beams.
+
+    - Reorder: `generate` reorders the whole cache at every step of a beam search, each beam
+      taking its parent's keys and values. The prompt's positions are the same in every beam of
+      a request (`_shared_prefill` repeats them) and a beam's parent is one of its request's
+      beams, so those positions would be copied onto equal ones: only the positions from
+      `shared` on are moved (with `shared` 0, all).
+    - Append: `DynamicCache` concatenates each step's keys and values to a new tensor, copying
+      the whole cache; here they are written into room kept after it (`room` positions, given
+      when the cache is made), and the layer holds a view of the filled part.
+
+    Both copies grow with the rows of a batch and the prompt's length (a transcription's prompt
+    is most of its cache): without them a batch of beams costs less per row. The values the
+    attention sees are the same.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class BeamCache(DynamicCache):
+        shared = 0
+        room = 0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - DynamicCache's
+            super().__init__(*args, **kwargs)
+            #: layer -> the full tensors its keys and values view
+            self.held: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            for layer in self.layers:
+                if type(layer) is not DynamicLayer:  # a sliding window drops the prefix
+                    layer.reorder_cache(beam_idx)
+                    continue
+                keys, values = layer.keys, layer.values
+                if keys is not None and values is not None and keys.shape[-2] > self.shared:
+                    index = beam_idx.to(keys.device)
+                    keys[:, :, self.shared :] = keys[index, :, self.shared :]
+                    values[:, :, self.shared :] = values[index, :, self.shared :]
+
+        def update(
+            self,
+            key_states: torch.Tensor,
+            value_states: torch.Tensor,
+            layer_idx: int,
+            *args: Any,  # noqa: ANN401 - as `Cache.update`
+            **kwargs: Any,  # noqa: ANN401
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
+            if type(layer) is not DynamicLayer or not self.room or layer.get_seq_length() == 0:
+                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+            keys, values = layer.keys, layer.values  # (B, heads, T, head_dim)
+            if keys is None or values is None:
+                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+            length, new = keys.shape[-2], key_states.shape[-2]
+            held = self.held.get(layer_idx)
+            if (
+                held is None
+                or held[0].data_ptr() != keys.data_ptr()
+                or (held[0].shape[-2] < length + new or held[0].shape[0] != keys.shape[0])
+            ):
+                shape = (*keys.shape[:-2], length + max(new, self.room), keys.shape[-1])
+                held = (keys.new_empty(shape), values.new_empty(shape))
+                held[0][:, :, :length] = keys
+                held[1][:, :, :length] = values
+                self.held[layer_idx] = held
+            held[0][:, :, length : length + new] = key_states
+            held[1][:, :, length : length + new] = value_states
+            layer.keys = held[0][:, :, : length + new]
+            layer.values = held[1][:, :, : length + new]
+            return layer.keys, layer.values
+
+    return BeamCache
+
+
 def _shared_prefill(
     model: Any,  # noqa: ANN401 - a transformers causal LM
     ids: torch.Tensor,
     mask: torch.Tensor,
     beams: int,
+    room: int,
 ) -> dict[str, Any]:
     """The prompts' KV cache computed once per prompt and repeated for its beams.
 
@@ -128,22 +207,27 @@ def _shared_prefill(
     prompt's prefill is computed `beams` times over; a long prompt (a speech span to transcribe)
     then dominates the cost. Here the prompt but its last token runs once per request, and the
     cache is repeated per beam: `generate` then feeds only the last token, as it would continue.
+    Those repeated positions stay in place when the beams are reordered, and `room` more
+    positions are kept for the answer's tokens (`_beam_cache`).
     """
     import torch
 
     if beams == 1 or ids.shape[1] < 2:
         return {}
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = _beam_cache()(config=model.config)
     with torch.inference_mode():
-        out = model(
+        model(
             input_ids=ids[:, :-1],
             attention_mask=mask[:, :-1].long(),
             position_ids=positions[:, :-1],
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-    cache = out.cache
     cache.batch_repeat_interleave(beams)
+    cache.shared = ids.shape[1] - 1
+    cache.room = room
     return {"cache": cache}
 
 
@@ -202,7 +286,7 @@ def generate_ids(
             attention_mask=mask.long(),
             generation_config=generation,
             logits_processor=LogitsProcessorList([processor]),
-            **_shared_prefill(model, ids, mask, beams),
+            **_shared_prefill(model, ids, mask, beams, generation.max_new_tokens),
         )
     generated = out[:, ids.shape[1] :]
     state = constraint.start([r.row for r in requests])
