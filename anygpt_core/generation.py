@@ -493,11 +493,64 @@ class Generator:
             r if r.row.open_span is not None else replace(r, row=replace(r.row, allow_spans=False))
             for r in requests
         ]
-        for index, request, ids in zip(
-            indices, requests, generate_ids(model, self.constraint, requests), strict=True
+        for row, event in self._replay_many(
+            requests, generate_ids(model, self.constraint, requests)
         ):
-            for event in self.replay(request, ids):
-                yield index, event
+            yield indices[row], event
+
+    def _replay_many(
+        self, requests: Sequence[Request], token_ids: Sequence[Sequence[int]]
+    ) -> Iterator[tuple[int, Event]]:
+        """`replay` of many requests at once, `(row, event)`: one state, one step per position.
+
+        Each row's events are those `replay` yields for it, in its order; rows interleave.
+        """
+        import torch
+
+        constraint = self.constraint
+        names = constraint.names
+        state = constraint.start([r.row for r in requests])
+        for b, r in enumerate(requests):
+            if r.row.open_span is not None:
+                yield b, self._opened(r.row.open_span, int(state.frames[b]))
+        fed: list[list[int]] = [[] for _ in requests]
+        span_ids: list[list[int]] = [[] for _ in requests]
+        spans: list[list[SpanClosed]] = [[] for _ in requests]
+        rows = list(range(len(requests)))  # original index of each row still fed
+        for t in range(max((len(ids) for ids in token_ids), default=0) + 1):
+            done = state.done.tolist()
+            keep = [i for i, b in enumerate(rows) if not done[i] and t < len(token_ids[b])]
+            kept = set(keep)
+            for i, b in enumerate(rows):
+                if i not in kept:  # ended, or no more tokens: `length` (as `Replay.done`)
+                    reason = REASONS[int(state.reason[i])] or "length"
+                    yield b, Done(fed[b], cast(Literal["stop", "length", "span"], reason), spans[b])
+            if not keep:
+                return
+            if len(keep) < len(rows):
+                state = state.select(torch.tensor(keep, device=state.modality.device))
+                rows = [rows[i] for i in keep]
+            numbers = state.modality.tolist()
+            tokens = [token_ids[b][t] for b in rows]
+            step = constraint.advance(state, torch.tensor(tokens, dtype=torch.long))
+            closed, opened = step.closed.tolist(), step.opened.tolist()
+            for i, b in enumerate(rows):
+                token, number = tokens[i], numbers[i]
+                fed[b].append(token)
+                yield b, TokenEvent(token, None if number == constraint.text else names[number])
+                if closed[i] >= 0:
+                    name = names[closed[i]]
+                    codes = self.space.ids_to_codes(
+                        name, torch.tensor(span_ids[b], dtype=torch.long)
+                    )
+                    event = SpanClosed(name, codes, bool(state.forced_end[i]))
+                    spans[b].append(event)
+                    span_ids[b] = []
+                    yield b, event
+                elif number != constraint.text:
+                    span_ids[b].append(token)
+                if opened[i] >= 0:
+                    yield b, self._opened(names[opened[i]], int(state.frames[i]))
 
     def replay(self, request: Request, token_ids: Sequence[int]) -> Iterator[Event]:
         """The events of tokens another driver generated for `request`, up to its end."""

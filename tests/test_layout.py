@@ -114,3 +114,28 @@ def test_replay_of_the_loops_ids_gives_the_loops_events(toy_gpt):
                 )
             else:
                 assert a == b
+
+
+def test_replay_of_many_rows_at_once_equals_one_by_one(toy_gpt):
+    """`Generator._replay_many` (batched beam answers) gives each row `replay`'s events."""
+    requests = toy_requests(toy_gpt)
+    ids = [[e for _, e in toy_gpt.generator.generate_batch([r])][-1].token_ids for r in requests]
+    ids[0] = ids[0][:3]  # a row cut short: its Done says length
+    together: dict[int, list] = {}
+    for row, event in toy_gpt.generator._replay_many(requests, ids):
+        together.setdefault(row, []).append(event)
+    for row, request in enumerate(requests):
+        alone = list(toy_gpt.generator.replay(request, ids[row]))
+        assert [type(e) for e in together[row]] == [type(e) for e in alone]
+        for a, b in zip(together[row], alone, strict=True):
+            if isinstance(a, SpanClosed):
+                assert a.modality == b.modality and a.forced == b.forced
+                assert torch.equal(a.codes, b.codes)
+            elif isinstance(a, Done):
+                assert (a.token_ids, a.reason, len(a.spans)) == (
+                    b.token_ids,
+                    b.reason,
+                    len(b.spans),
+                )
+            else:
+                assert a == b
