@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Answer", "Backend", "Job", "LocalBackend", "ServerBackend"]
 
-#: Groups of a local backend in flight at once: one generating, the next encoded and queued,
-#: the one before decoding its media.
+#: Groups of a local backend in flight at once: one generating, the next queued, the one before
+#: decoding its media.
 _PIPELINE = 3
+#: Inputs a local backend encodes at once, in the jobs' order.
+_ENCODERS = 2
 
 
 @dataclass(frozen=True)
@@ -103,20 +105,25 @@ class LocalBackend:
     def answers(self, jobs: Sequence[Job]) -> Iterator[tuple[int, Answer]]:
         """Answer the jobs in groups of `batch`, a pipeline of a few groups; yield each as it ends.
 
-        A group's inputs are encoded, then it is generated as one full batch of the engine, then
-        its media are decoded; meanwhile the next group is encoded and queued, so that work
-        overlaps generation instead of preceding and following it. A job that fails (a bad
-        input, a span that cannot be decoded) gets its error alone. Leaving early stops the
-        jobs in flight.
+        The jobs' inputs are encoded in order, a few at once, and each group is generated as one
+        full batch of the engine as soon as its inputs are ready, then its media are decoded; so
+        the first group starts after its own inputs, not a group's worth per thread, and the
+        encoding of later groups overlaps generation instead of preceding and following it. A
+        job that fails (a bad input, a span that cannot be decoded) gets its error alone.
+        Leaving early stops the jobs in flight.
         """
         cancel = threading.Event()
         stop = Stop(cancel=cancel)
         results: queue.SimpleQueue[tuple[int, Answer] | BaseException] = queue.SimpleQueue()
         size = self.batch
-        with ThreadPoolExecutor(max_workers=_PIPELINE) as pool:
+        with (
+            ThreadPoolExecutor(max_workers=_ENCODERS) as encoders,
+            ThreadPoolExecutor(max_workers=_PIPELINE) as groups,
+        ):
+            ready = [encoders.submit(self._prepare, job, stop) for job in jobs]
             for first in range(0, len(jobs), size):
                 where = list(range(first, min(first + size, len(jobs))))
-                pool.submit(self._group, [jobs[i] for i in where], where, stop, results.put)
+                groups.submit(self._group, [ready[i] for i in where], where, stop, results.put)
             try:
                 for _ in jobs:
                     item = results.get()
@@ -126,26 +133,37 @@ class LocalBackend:
             finally:
                 cancel.set()
 
+    def _prepare(self, job: Job, stop: Stop) -> Prepared | Answer | None:
+        """The job's prompt with its inputs encoded; its error as an `Answer`; None if stopped."""
+        if stop.cancelled:
+            return None
+        try:
+            return self.gpt.prepare(job.task, seed=job.seed, **job.decoding)
+        except AnyGPTError as err:
+            return Answer(error=first_line(err))
+
     def _group(
         self,
-        jobs: Sequence[Job],
+        ready: Sequence[Future[Prepared | Answer | None]],
         where: Sequence[int],
         stop: Stop,
         put: Callable[[tuple[int, Answer] | BaseException], None],
     ) -> None:
+        from anygpt_core.api import Prepared
         from anygpt_core.generation import Done
 
         try:
             prepared: list[Prepared] = []
             rows: list[int] = []
-            for job, index in zip(jobs, where, strict=True):
-                if stop.cancelled:
+            for future, index in zip(ready, where, strict=True):
+                item = future.result()
+                if item is None or stop.cancelled:
                     return
-                try:
-                    prepared.append(self.gpt.prepare(job.task, seed=job.seed, **job.decoding))
+                if isinstance(item, Prepared):
+                    prepared.append(item)
                     rows.append(index)
-                except AnyGPTError as err:
-                    put((index, Answer(error=first_line(err))))
+                else:
+                    put((index, item))
             started = time.perf_counter()
             events: list[list[Event]] = [[] for _ in prepared]
             ended = [False] * len(prepared)
