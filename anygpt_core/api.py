@@ -20,31 +20,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anygpt_core.config import DecodingConfig, draw_seed, load_decoding_config
-from anygpt_core.constraint import Row
-from anygpt_core.engine import Engine, Stop
+from anygpt_core.engine.backends import make_backend
+from anygpt_core.engine.base import Engine
+from anygpt_core.engine.batcher import LocalEngine, Stop
+from anygpt_core.engine.constraint import Row
+from anygpt_core.engine.events import Done, Event, Request, SpanClosed, TokenEvent, spans_json
+from anygpt_core.engine.loop import Generator
+from anygpt_core.engine.vllm import VLLMEngine
 from anygpt_core.errors import AnyGPTError, GenerationError, InputError
 from anygpt_core.files import check_input_file, write_bytes
-from anygpt_core.generation import (
-    Done,
-    Event,
-    Generator,
-    Request,
-    SpanClosed,
-    TokenEvent,
-    spans_json,
-)
 from anygpt_core.plugins import PluginSet, discover
 from anygpt_core.prompts import InstructionBank, custom_prompt, from_text_prompt, to_text_prompt
 from anygpt_core.protocol import codes_to_string
-from anygpt_core.remote import VLLMEngine
 from anygpt_core.spec import Codec, ModalitySpec
 from anygpt_core.tasks import Task, atomic_output, output_name, parse_instruction
+from anygpt_core.tokens import TokenSpace
 
 if TYPE_CHECKING:
     import torch
 
     from anygpt_core.tokenization import ReferencePromptEncoder
-    from anygpt_core.tokens import TokenSpace
 
 __all__ = [
     "TEXT_DECODING",
@@ -345,7 +340,7 @@ class AnyGPT:
 
     def __init__(
         self,
-        model: Any,  # noqa: ANN401 - a transformers causal LM, or None with `vllm_url`
+        model: Any,  # noqa: ANN401 - a transformers causal LM, or None with an `engine`
         tokenizer: Any,  # noqa: ANN401 - a transformers tokenizer
         plugins: PluginSet,
         codecs: CodecSet,
@@ -355,11 +350,8 @@ class AnyGPT:
         is_demo: bool = False,
         prompt_encoder: ReferencePromptEncoder | None = None,
         max_batch: int = 8,
-        vllm_url: str | None = None,
+        engine: Engine | None = None,
     ) -> None:
-        from anygpt_core.backend import make_backend
-        from anygpt_core.tokens import TokenSpace
-
         self.model = model
         self.tokenizer = tokenizer
         self.plugins = plugins
@@ -369,15 +361,15 @@ class AnyGPT:
         self.is_demo = is_demo
         self.prompt_encoder = prompt_encoder
         self.space: TokenSpace = TokenSpace(tokenizer, plugins.modalities)
-        #: the generation engine: batches the tasks of every caller (threads) on this model,
-        #: `max_batch` rows at once, or sends them to a vLLM server (`vllm_url`)
-        self.engine: Engine | VLLMEngine
-        if vllm_url is not None:
-            self.engine = VLLMEngine(vllm_url, self.space)
+        #: what runs the requests of every caller (threads): by default a `LocalEngine` on
+        #: `model`, `max_batch` rows at once; or the `engine` given (e.g. a `VLLMEngine`)
+        self.engine: Engine
+        if engine is not None:
+            self.engine = engine
         else:
             self.backend = make_backend(model)
             self.generator = Generator(self.backend, self.space)
-            self.engine = Engine(self.generator, max_batch=max_batch)
+            self.engine = LocalEngine(self.generator, max_batch=max_batch)
 
     @classmethod
     def load(
@@ -426,6 +418,10 @@ class AnyGPT:
         else:
             tokenizer = load_tokenizer(directory)
         encoder = ReferencePromptEncoder.from_directory(directory, tokenizer)
+        engine = None
+        if vllm_url is not None:
+            engine = VLLMEngine(vllm_url, TokenSpace(tokenizer, plugins.modalities))
+            engine.info()  # a server that is down fails here, before any task
         gpt = cls(
             lm,
             tokenizer,
@@ -435,10 +431,8 @@ class AnyGPT:
             output_dir=Path(output_dir),
             is_demo=is_demo,
             prompt_encoder=encoder,
-            vllm_url=vllm_url,
+            engine=engine,
         )
-        if isinstance(gpt.engine, VLLMEngine):
-            gpt.engine.info()  # a server that is down fails here, before any task
         return gpt
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:

@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anygpt_core.config import DecodingConfig, draw_seed, load_decoding_config
-from anygpt_core.errors import GenerationError, InputError
-from anygpt_core.files import check_input_file
-from anygpt_core.generation import (
+from anygpt_core.engine.events import (
     Done,
     Event,
     Request,
@@ -36,13 +34,15 @@ from anygpt_core.generation import (
     TokenEvent,
     spans_json,
 )
+from anygpt_core.errors import GenerationError, InputError
+from anygpt_core.files import check_input_file
 from anygpt_core.prompts import ANYGPT_CHAT, MMGPT_CHAT, ChatTemplate
 from anygpt_core.protocol import codes_to_string
 from anygpt_core.tokenization import longest_token
 
 if TYPE_CHECKING:
     from anygpt_core.api import AnyGPT, Media
-    from anygpt_core.engine import Stop
+    from anygpt_core.engine.batcher import Stop
     from anygpt_core.spec import ModalitySpec
     from anygpt_core.tokens import TokenSpace
 

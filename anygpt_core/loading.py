@@ -139,7 +139,7 @@ def _check_quantized_fits(
     directory: Path, quantize: str, size: int, itemsize: int, available: int | None
 ) -> None:
     """Refuse a quantised load that does not fit in `available` bytes (unknown: allowed)."""
-    from anygpt_core.quantize import quantized_bytes
+    from anygpt_core.engine.quantize import quantized_bytes
 
     if available is None or size == 0:
         return
@@ -168,7 +168,7 @@ def load_language_model(
         device: auto, cpu, cuda or cuda:N.
         dtype: auto (see `pick_dtype`; bfloat16 with `quantize`), float32, float16, bfloat16.
         quantize: int8 or int4: the layers' weights quantised as they load
-            (`anygpt_core.quantize`); None keeps them as stored.
+            (`anygpt_core.engine.quantize`); None keeps them as stored.
 
     Returns:
         `(model, tokenizer)`, the model in eval mode on the chosen device.
@@ -180,7 +180,7 @@ def load_language_model(
     directory = resolve_model_dir(name_or_path)
     torch_device = pick_device(device)
     if quantize is not None:
-        from anygpt_core.quantize import check_quantize, load_quantized
+        from anygpt_core.engine.quantize import check_quantize, load_quantized
 
         # bfloat16: what the int4 kernels take, and the range float16 scales may lack
         torch_dtype = pick_dtype("bfloat16" if dtype == "auto" else dtype, torch_device)

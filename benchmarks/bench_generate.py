@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 
 from anygpt_core import DecodingConfig, Instructions, ModalitySpec
-from anygpt_core.backend import make_backend
-from anygpt_core.constraint import Row
-from anygpt_core.generation import Done, Generator, Request
-from anygpt_core.hf import generate_ids
+from anygpt_core.engine.backends import make_backend
+from anygpt_core.engine.constraint import Row
+from anygpt_core.engine.events import Done, Request
+from anygpt_core.engine.hf import generate_ids
+from anygpt_core.engine.loop import Generator
 from anygpt_core.tokens import ROLE_TOKENS, TokenSpace
 
 #: The report: a script's output, through logging as everywhere in the project.

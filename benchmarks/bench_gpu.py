@@ -27,9 +27,10 @@ from typing import TypeVar
 import torch
 
 from anygpt_core import DecodingConfig
-from anygpt_core.backend import make_backend
-from anygpt_core.constraint import Row
-from anygpt_core.generation import Done, Generator, Request
+from anygpt_core.engine.backends import make_backend
+from anygpt_core.engine.constraint import Row
+from anygpt_core.engine.events import Done, Request
+from anygpt_core.engine.loop import Generator
 from anygpt_core.tokens import ROLE_TOKENS, TokenSpace
 
 logger = logging.getLogger("bench_gpu")

@@ -72,7 +72,7 @@ def demo(positions: int) -> None:
 
 def _weights(weight: torch.Tensor, variant: str) -> torch.Tensor:
     """`weight` as a variant stores it, back in float32."""
-    from anygpt_core.quantize import dequantized
+    from anygpt_core.engine.quantize import dequantized
 
     if variant == "float32":
         return weight

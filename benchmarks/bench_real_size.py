@@ -166,7 +166,7 @@ def build_llm(
     """LLaMA-2-7B (or the demo's size) with the AnyGPT token space, layer by layer quantised."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from anygpt_core.quantize import QuantizedLinear, rebuild_meta_buffers
+    from anygpt_core.engine.quantize import QuantizedLinear, rebuild_meta_buffers
 
     sizes = (
         {
@@ -394,7 +394,7 @@ def run_task(
     report: Report,
 ) -> None:
     """One task through the public API, stage by stage."""
-    from anygpt_core.generation import Done, TokenEvent
+    from anygpt_core.engine.events import Done, TokenEvent
 
     def record(stage: str, seconds: float, tokens: int = 0) -> None:
         rate = tokens / seconds if tokens and seconds > 0 else 0.0

@@ -7,7 +7,7 @@ whose engine is `VLLMEngine`. Both sides get the same 16 tasks (text answers, im
 and sequence spans), greedy, the same budget, all submitted at once; the ids must be identical.
 
 Reported, each the best of `--reps` interleaved repetitions:
-- local: `Engine` with max_batch 16 (one static batch of 16 rows);
+- local: `LocalEngine` with max_batch 16 (one static batch of 16 rows);
 - vLLM: `VLLMEngine`, 16 streams in flight; the ratio local time / vLLM time;
 - vLLM without the rules: the same prompts as ordinary requests of the same lengths (no payload,
   `ignore_eos`), so the difference to the line above is what the span rules cost inside vLLM.
@@ -49,7 +49,7 @@ def tasks() -> list[str]:
 
 def run(gpt: AnyGPT, budget: int) -> tuple[float, list[list[int]]]:
     """Seconds for the 16 tasks submitted together, and each one's ids."""
-    from anygpt_core.generation import Done
+    from anygpt_core.engine.events import Done
 
     requests = []
     for i, t in enumerate(tasks()):

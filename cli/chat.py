@@ -38,7 +38,7 @@ from anygpt_core.files import check_input_file, check_output_dir
 if TYPE_CHECKING:
     from anygpt_cli.chat_lines import ChatLine
     from anygpt_core.chat import Conversation, Reply, TurnEvent
-    from anygpt_core.generation import Event
+    from anygpt_core.engine.events import Event
     from anygpt_core.plugins import PluginSet
 
 __all__ = ["register"]
@@ -425,7 +425,7 @@ class _Output:
         raise AssertionError("a turn's stream ends with its reply")  # pragma: no cover
 
     def event(self, event: Event) -> None:
-        from anygpt_core.generation import SpanClosed, SpanOpened, TokenEvent
+        from anygpt_core.engine.events import SpanClosed, SpanOpened, TokenEvent
 
         if isinstance(event, SpanOpened):
             self.span, self.count = (event.modality, event.max_tokens), 0

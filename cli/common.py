@@ -147,8 +147,8 @@ def check_low_memory(quantize: str | None, offload: str | None) -> bool:
     Raises:
         ConfigError: an unknown mode, naming the known ones (exit code 6).
     """
+    from anygpt_core.engine.quantize import QUANTIZE_MODES
     from anygpt_core.errors import ConfigError
-    from anygpt_core.quantize import QUANTIZE_MODES
 
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ConfigError(f"--quantize {quantize}: expected one of {', '.join(QUANTIZE_MODES)}")

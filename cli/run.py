@@ -304,7 +304,7 @@ class _BatchProgress:
         return self
 
     def update(self, _: int, event: object) -> None:
-        from anygpt_core.generation import Done, TokenEvent
+        from anygpt_core.engine.events import Done, TokenEvent
 
         if self.progress is None:
             return
@@ -338,7 +338,7 @@ class _Progress:
         return self
 
     def update(self, event: object) -> None:
-        from anygpt_core.generation import Done, SpanClosed, SpanOpened, TokenEvent
+        from anygpt_core.engine.events import Done, SpanClosed, SpanOpened, TokenEvent
 
         if self.progress is None:
             return

@@ -519,7 +519,7 @@ class WebApp:
             yield [shown, f"*Encoding the message… {number}*", None, "", *keep_inputs]
             streamed, span, count, total, last = "", "", 0, 0, 0.0
             from anygpt_core.chat import MediaReady, Reply, TextPiece
-            from anygpt_core.generation import Done, SpanClosed, SpanOpened, TokenEvent
+            from anygpt_core.engine.events import Done, SpanClosed, SpanOpened, TokenEvent
 
             turn = tab.conversation.stream(
                 text, inputs=attached, voice_prompt=voice, to=to, seed=seed

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anygpt_core.backend import LlamaBackend, TransformersBackend, make_backend
+from anygpt_core.engine.backends import LlamaBackend, TransformersBackend, make_backend
 
 
 def tiny_llama(**overrides):

@@ -40,7 +40,7 @@ def test_random_quantized_llm_is_built_layer_by_layer():
     model = bench.build_llm(
         300, quick=True, device=torch.device("cpu"), dtype=torch.bfloat16, quantize="int4"
     )
-    from anygpt_core.quantize import QuantizedLinear
+    from anygpt_core.engine.quantize import QuantizedLinear
 
     assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == 14
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])

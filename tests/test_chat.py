@@ -21,8 +21,8 @@ from anygpt_core.chat import (
     Turn,
     user_message,
 )
+from anygpt_core.engine.events import SpanClosed, SpanOpened, TokenEvent
 from anygpt_core.errors import InputError, PluginError
-from anygpt_core.generation import SpanClosed, SpanOpened, TokenEvent
 from anygpt_core.prompts import ANYGPT_CHAT, MMGPT_CHAT
 from anygpt_core.protocol import codes_to_string
 

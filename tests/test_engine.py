@@ -7,10 +7,11 @@ import threading
 import torch
 
 from anygpt_core import DecodingConfig
-from anygpt_core.backend import TransformersBackend
-from anygpt_core.constraint import Row, SpanConstraint
-from anygpt_core.generation import Done, Generator, Request, SpanClosed, TokenEvent
-from anygpt_core.hf import generate_ids
+from anygpt_core.engine.backends import TransformersBackend
+from anygpt_core.engine.constraint import Row, SpanConstraint
+from anygpt_core.engine.events import Done, Request, SpanClosed, TokenEvent
+from anygpt_core.engine.hf import generate_ids
+from anygpt_core.engine.loop import Generator
 
 GREEDY = DecodingConfig(do_sample=False)
 
@@ -230,9 +231,9 @@ def long_request(gpt, tokens=400):
 
 def test_a_stop_flag_set_from_another_thread_ends_a_blocked_caller(toy_gpt):
     """The caller is blocked waiting for events; the flag alone frees it and its rows."""
-    from anygpt_core.engine import Engine, Stop
+    from anygpt_core.engine.batcher import LocalEngine, Stop
 
-    engine = Engine(toy_gpt.generator, max_batch=1)
+    engine = LocalEngine(toy_gpt.generator, max_batch=1)
     first = engine.submit([long_request(toy_gpt, 4000)])
     next(first)  # the long request holds the only row
     cancel = threading.Event()
@@ -251,10 +252,10 @@ def test_a_stop_flag_set_from_another_thread_ends_a_blocked_caller(toy_gpt):
 def test_a_deadline_raises_for_a_queued_caller_and_frees_a_running_one(toy_gpt):
     import pytest
 
-    from anygpt_core.engine import Engine, Stop
+    from anygpt_core.engine.batcher import LocalEngine, Stop
     from anygpt_core.errors import DeadlineError
 
-    engine = Engine(toy_gpt.generator, max_batch=1)
+    engine = LocalEngine(toy_gpt.generator, max_batch=1)
     running = engine.submit([long_request(toy_gpt, 4000)], stop=Stop.after(0.5))
     next(running)
     queued = engine.submit([long_request(toy_gpt, 50)], stop=Stop.after(0.2))

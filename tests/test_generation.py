@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from anygpt_core import ConfigError, DecodingConfig, GenerationError
-from anygpt_core.generation import Done, Generator, SpanClosed, SpanOpened, TokenEvent, sample
+from anygpt_core.engine.events import Done, SpanClosed, SpanOpened, TokenEvent
+from anygpt_core.engine.loop import Generator
+from anygpt_core.engine.sampling import sample
 from anygpt_core.protocol import parse_response
 
 GREEDY = DecodingConfig(do_sample=False, max_new_tokens=64)

@@ -1,4 +1,4 @@
-"""The span rules as JSON (anygpt_core.layout): what a vLLM server rebuilds them from."""
+"""The span rules as JSON (anygpt_core.engine.wire): what a vLLM server rebuilds them from."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import torch
 from test_engine import toy_requests
 
 from anygpt_core import DecodingConfig
-from anygpt_core.constraint import Row, SpanConstraint
-from anygpt_core.errors import ConfigError
-from anygpt_core.generation import Done, SpanClosed, SpanOpened, TokenEvent
-from anygpt_core.layout import (
+from anygpt_core.engine.constraint import Row, SpanConstraint
+from anygpt_core.engine.events import Done, SpanClosed, SpanOpened, TokenEvent
+from anygpt_core.engine.wire import (
     constraint_from_layout,
     decode_payload,
     encode_payload,
@@ -20,6 +19,7 @@ from anygpt_core.layout import (
     row_to_json,
     space_layout,
 )
+from anygpt_core.errors import ConfigError
 
 
 def test_layout_rebuilds_the_same_rules(toy_gpt):

@@ -10,12 +10,17 @@ import pytest
 import torch
 from cli_runner import run_cli
 
-from anygpt_core import quantize
 from anygpt_core.api import AnyGPT, CodecSet
-from anygpt_core.backend import LlamaBackend
+from anygpt_core.engine import quantize
+from anygpt_core.engine.backends import LlamaBackend
+from anygpt_core.engine.quantize import (
+    QuantizedLinear,
+    check_quantize,
+    quantized_bytes,
+    working_modes,
+)
 from anygpt_core.errors import CheckpointError, ConfigError
 from anygpt_core.loading import cpu_dtype
-from anygpt_core.quantize import QuantizedLinear, check_quantize, quantized_bytes, working_modes
 
 CPU = torch.device("cpu")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from anygpt_core.engine.events import Done, TokenEvent
 from anygpt_core.errors import EngineUnavailableError, GenerationError
-from anygpt_core.generation import Done, TokenEvent
 from anygpt_core.testing import VLLMServer, free_port, run_cli
 
 ROOT = Path(__file__).parents[1]
@@ -111,7 +111,7 @@ TASKS = [
 
 
 def test_vllm_engine_replaces_the_local_one(gateway):
-    from anygpt_core.remote import VLLMEngine
+    from anygpt_core.engine.vllm import VLLMEngine
 
     assert isinstance(gateway.engine, VLLMEngine)
     assert gateway.model is None  # the gateway holds no weights
@@ -199,7 +199,7 @@ def test_vllm_sixteen_concurrent_requests(gateway, local, monkeypatch):
 
 
 def test_vllm_request_past_its_deadline_raises_and_a_cancelled_one_ends(gateway):
-    from anygpt_core.engine import Stop
+    from anygpt_core.engine.batcher import Stop
     from anygpt_core.errors import DeadlineError
 
     long = gateway.prepare(

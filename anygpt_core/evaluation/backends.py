@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from anygpt_core.engine import Stop
+from anygpt_core.engine.batcher import Stop
 from anygpt_core.errors import AnyGPTError, EngineUnavailableError, InputError, first_line
 from anygpt_core.tasks import Task
 
 if TYPE_CHECKING:
     from anygpt_core.api import AnyGPT, Prepared
-    from anygpt_core.generation import Event
+    from anygpt_core.engine.events import Event
 
 __all__ = ["Answer", "Backend", "Job", "LocalBackend", "ServerBackend"]
 
@@ -97,7 +97,7 @@ class LocalBackend:
 
     def describe(self) -> dict[str, Any]:
         """The model, the engine and its batch size."""
-        from anygpt_core.remote import VLLMEngine
+        from anygpt_core.engine.vllm import VLLMEngine
 
         engine = "vllm" if isinstance(self.gpt.engine, VLLMEngine) else "local"
         return {"model": self.model, "engine": engine, "max_batch": self.gpt.engine.max_batch}
@@ -150,7 +150,7 @@ class LocalBackend:
         put: Callable[[tuple[int, Answer] | BaseException], None],
     ) -> None:
         from anygpt_core.api import Prepared
-        from anygpt_core.generation import Done
+        from anygpt_core.engine.events import Done
 
         try:
             prepared: list[Prepared] = []

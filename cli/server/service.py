@@ -32,9 +32,9 @@ from anygpt_cli.server.media import (
 from anygpt_cli.server.schemas import SEED_MAX, ChatRequest, Message
 from anygpt_core.chat import MediaReady, PreparedTurn, Reply, TextPiece
 from anygpt_core.config import draw_seed
-from anygpt_core.engine import Stop
+from anygpt_core.engine.batcher import Stop
+from anygpt_core.engine.events import Event
 from anygpt_core.errors import AnyGPTError, DeadlineError, InputError, first_line
-from anygpt_core.generation import Event
 from anygpt_core.tasks import require_utf8
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 Registered in the `vllm.logits_processors` entry-point group, so every `vllm serve` of an
 environment where `anygpt-vllm` is installed loads it; it does nothing to a request unless that
 request's `extra_args` (`vllm_xargs` over HTTP) holds our payload under `"anygpt"`, which
-`anygpt_core.remote.VLLMEngine` sends. It changes the argmax (it masks), so vLLM runs it before its
+`anygpt_core.engine.vllm.VLLMEngine` sends. It changes the argmax (it masks), so vLLM runs it before its
 own penalties, temperature, top-k and top-p; the gateway sets those to neutral values and the
 processor applies the decoding config of each row's current state itself.
 """

@@ -1,6 +1,6 @@
 """The span rules of the requests of one vLLM batch, without vLLM: what the processor delegates to.
 
-Each request that carries our payload (`extra_args["anygpt"]`, see `anygpt_core.layout`) gets a
+Each request that carries our payload (`extra_args["anygpt"]`, see `anygpt_core.engine.wire`) gets a
 `Tracked` entry: its `SpanConstraint` (one per distinct layout, cached), its state, and the live
 list of its output ids that vLLM appends to. Before each sampling step the state catches up with
 the ids generated since, then the row's logits are masked to its legal ids and warped by the
@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from anygpt_core.constraint import SpanConstraint, SpanState
-from anygpt_core.generation import warp
-from anygpt_core.layout import constraint_from_layout, decode_payload
+from anygpt_core.engine.constraint import SpanConstraint, SpanState
+from anygpt_core.engine.sampling import warp
+from anygpt_core.engine.wire import constraint_from_layout, decode_payload
 
 if TYPE_CHECKING:
     import torch

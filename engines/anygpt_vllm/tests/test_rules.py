@@ -15,10 +15,10 @@ import torch
 from anygpt_vllm.rules import PAYLOAD_KEY, SpanRules
 
 from anygpt_core.config import DecodingConfig
-from anygpt_core.constraint import Row
+from anygpt_core.engine.constraint import Row
+from anygpt_core.engine.events import Done
+from anygpt_core.engine.wire import encode_payload, row_to_json, space_layout
 from anygpt_core.errors import ConfigError
-from anygpt_core.generation import Done
-from anygpt_core.layout import encode_payload, row_to_json, space_layout
 
 
 def test_processor_is_registered_for_vllm():

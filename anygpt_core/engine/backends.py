@@ -218,7 +218,7 @@ class LlamaBackend(TransformersBackend):
             and not config.mlp_bias
             and getattr(config, "_attn_implementation", "sdpa") == "sdpa"
             and not model.training
-            # it stacks plain weight matrices; quantised layers (anygpt_core.quantize) hold none
+            # it stacks plain weight matrices; quantised layers (anygpt_core.engine.quantize) hold none
             and isinstance(
                 getattr(model.get_decoder().layers[0].mlp.down_proj, "weight", None), torch.Tensor
             )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anygpt_core.config import DecodingConfig
-from anygpt_core.constraint import Row, SpanConstraint
+from anygpt_core.engine.constraint import Row, SpanConstraint
 from anygpt_core.errors import ConfigError, PluginError
 from anygpt_core.spec import Codec, Instructions, ModalitySpec
 from anygpt_core.tokens import ROLE_TOKENS, TokenSpace

@@ -1,10 +1,10 @@
-"""Generation on a vLLM server: the same interface as the in-process `Engine`, over HTTP.
+"""Generation on a vLLM server: the same interface as the in-process `LocalEngine`, over HTTP.
 
 `VLLMEngine.submit(requests)` yields `(request index, event)` pairs like `Engine.submit`, so an
 `AnyGPT` (and a server in front of it) runs unchanged on either. Each request goes to vLLM's
 OpenAI-compatible `/v1/completions` as prompt token ids, streamed, with `return_token_ids`,
 `skip_special_tokens: false`, the seed, and the span rules as `vllm_xargs["anygpt"]` for the
-`anygpt-vllm` logits processor (`anygpt_core.layout` is the wire format). The processor applies each
+`anygpt-vllm` logits processor (`anygpt_core.engine.wire` is the wire format). The processor applies each
 state's decoding config itself, so vLLM's own temperature, top-k, top-p and penalties are sent
 neutral (temperature 0 where every state is greedy). The returned ids are replayed through the same
 `SpanConstraint` here, which gives the loop's events (spans opened and closed, codes) and checks
@@ -26,17 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from anygpt_core.constraint import SpanConstraint
-from anygpt_core.engine import CANCELLED, Caller, Stop
+from anygpt_core.engine.batcher import CANCELLED, Caller, Stop
+from anygpt_core.engine.constraint import SpanConstraint
+from anygpt_core.engine.events import Done, Event, Request
+from anygpt_core.engine.replay import Replay
+from anygpt_core.engine.wire import encode_payload, space_layout
 from anygpt_core.errors import (
     CheckpointError,
     ConfigError,
     EngineUnavailableError,
     GenerationError,
 )
-from anygpt_core.generation import Done, Event, Request
-from anygpt_core.layout import encode_payload, space_layout
-from anygpt_core.replay import Replay
 from anygpt_core.tokens import ROLE_TOKENS, TokenSpace
 
 __all__ = ["ServerInfo", "VLLMEngine"]
@@ -213,7 +213,7 @@ class VLLMEngine:
 
         Raises `ConfigError` / `GenerationError` for a request that cannot run before anything is
         sent, and `EngineUnavailableError` when the server is down. Closing the iterator early, or
-        `stop` (as in `Engine.submit`), closes the streams still open, which makes vLLM abort
+        `stop` (as in `LocalEngine.submit`), closes the streams still open, which makes vLLM abort
         those requests.
         """
         for request in requests:

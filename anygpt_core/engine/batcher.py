@@ -20,11 +20,11 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from anygpt_core import generation
+from anygpt_core.engine import loop
+from anygpt_core.engine.events import Done, Event, Request
 from anygpt_core.errors import DeadlineError
-from anygpt_core.generation import Done, Event, Request
 
-__all__ = ["CANCELLED", "Caller", "Engine", "Stop"]
+__all__ = ["CANCELLED", "Caller", "LocalEngine", "Stop"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class _Cancelled:
         return self.jobs[row].gone
 
 
-class Engine:
+class LocalEngine:
     """Batches the requests of every caller of one `Generator` on a worker thread.
 
     Args:
@@ -138,7 +138,7 @@ class Engine:
     """
 
     def __init__(
-        self, generator: generation.Generator, *, max_batch: int = 8, gather: float = 0.005
+        self, generator: loop.Generator, *, max_batch: int = 8, gather: float = 0.005
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")

@@ -14,12 +14,14 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from anygpt_core.constraint import Row, SpanConstraint, SpanState
+from anygpt_core.engine.backends import left_pad
+from anygpt_core.engine.constraint import Row, SpanConstraint, SpanState
+from anygpt_core.engine.sampling import warp
 
 if TYPE_CHECKING:
     import torch
 
-    from anygpt_core.generation import Request
+    from anygpt_core.engine.events import Request
 
 __all__ = ["SpanLogitsProcessor", "generate_ids"]
 
@@ -98,8 +100,6 @@ class SpanLogitsProcessor:
         self, input_ids: torch.Tensor, scores: torch.Tensor, state: SpanState
     ) -> torch.Tensor:
         import torch
-
-        from anygpt_core.generation import warp
 
         configs = [self.constraint.config(state, i) for i in range(scores.shape[0])]
         if all(c.repetition_penalty == 1.0 and not c.do_sample for c in configs):
@@ -247,8 +247,6 @@ def generate_ids(
     """
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
-
-    from anygpt_core.backend import left_pad
 
     device = next(model.parameters()).device
     first = requests[0]

@@ -4,8 +4,8 @@
 batch whether it is in text or inside a span of modality m at code position p, and answers, as
 tensors over the whole batch: which ids are legal next (`mask`), which row has only one (`forced`),
 which decoding config is in force (`config`) and which rows are done. Every driver uses it: the
-in-process loop (`anygpt_core.generation`), `model.generate` through `SpanLogitsProcessor`
-(`anygpt_core.hf`), and an external engine such as vLLM, which is why it imports only torch.
+in-process loop (`anygpt_core.engine.loop`), `model.generate` through `SpanLogitsProcessor`
+(`anygpt_core.engine.hf`), and an external engine such as vLLM, which is why it imports only torch.
 
 The rules (the same as the reference's spans, made strict):
 - text: any id but codes, end tokens and the role tokens `[Human]`, `[MMGPT]`, `<eoh>` (with

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal, cast
 
-from anygpt_core.constraint import REASONS, Row, SpanConstraint
-from anygpt_core.generation import Done, Event, SpanClosed, SpanOpened, TokenEvent
+from anygpt_core.engine.constraint import REASONS, Row, SpanConstraint
+from anygpt_core.engine.events import Done, Event, SpanClosed, SpanOpened, TokenEvent
 
 if TYPE_CHECKING:
     from anygpt_core.tokens import TokenSpace

@@ -1,13 +1,13 @@
-"""The in-process drivers of the span rules: a batched KV-cached loop, and `model.generate`.
+"""The in-process driver of the span rules: a batched KV-cached loop (and beams through `hf`).
 
-What is legal next is decided by `SpanConstraint` (anygpt_core.constraint); this module only runs
+What is legal next is decided by `SpanConstraint` (anygpt_core.engine.constraint); this module only runs
 the model under it. The loop runs B sequences at once (different prompts, tasks, budgets, configs
 and seeds), left-padded; rows that finish leave the batch. Where every running row is inside a span
 at the same codebook, only that codebook's rows of the output embedding are scored (a slice, not a
 mask over the vocabulary). Each row samples with its own config and seeded generator over exactly
 its legal ids, so a row's tokens do not depend on the rows beside it (greedy ids are the same in a
 batch as alone). Beam search runs through transformers' `generate` with the constraint as a logits
-processor (`anygpt_core.hf`), so beams obey spans too.
+processor (`anygpt_core.engine.hf`), so beams obey spans too.
 """
 
 from __future__ import annotations
@@ -15,142 +15,23 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from anygpt_core.config import DecodingConfig
-from anygpt_core.constraint import REASONS, Row, SpanConstraint, SpanState
+from anygpt_core.engine.constraint import REASONS, Row, SpanConstraint, SpanState
+from anygpt_core.engine.events import Done, Event, Request, SpanClosed, SpanOpened, TokenEvent
+from anygpt_core.engine.hf import generate_ids
+from anygpt_core.engine.replay import Replay
+from anygpt_core.engine.sampling import sample
 from anygpt_core.errors import ConfigError
 from anygpt_core.tokens import TokenSpace
 
 if TYPE_CHECKING:
     import torch
 
-    from anygpt_core.backend import Backend, Head
+    from anygpt_core.engine.backends import Backend, Head
 
-__all__ = [
-    "Done",
-    "Event",
-    "Generator",
-    "Request",
-    "SpanClosed",
-    "SpanOpened",
-    "TokenEvent",
-    "sample",
-    "spans_json",
-    "warp",
-]
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """One generated token; `modality` is None in text, else the open span's modality."""
-
-    token_id: int
-    modality: str | None
-
-
-@dataclass(frozen=True)
-class SpanOpened:
-    """A span of `modality` was opened (by the model, or forced by the caller).
-
-    `max_tokens` is the most code tokens it can hold (frames × codebooks).
-    """
-
-    modality: str
-    max_tokens: int
-
-
-@dataclass(frozen=True)
-class SpanClosed:
-    """A span closed; `codes` is int64 [num_codebooks, T]; `forced` if a length rule closed it."""
-
-    modality: str
-    codes: torch.Tensor
-    forced: bool
-
-
-def spans_json(spans: Sequence[SpanClosed]) -> list[dict[str, Any]]:
-    """Spans as `--json` prints them: modality, codes shape, whether a length rule closed it."""
-    return [
-        {"modality": s.modality, "shape": list(s.codes.shape), "forced_end": s.forced}
-        for s in spans
-    ]
-
-
-@dataclass(frozen=True)
-class Done:
-    """Generation ended: `stop` (end-of-turn token), `length` (budget spent) or `span` (target closed)."""
-
-    token_ids: list[int]
-    reason: Literal["stop", "length", "span"]
-    spans: list[SpanClosed] = field(default_factory=list)
-
-
-Event = TokenEvent | SpanOpened | SpanClosed | Done
-
-
-@dataclass(frozen=True)
-class Request:
-    """One sequence to generate: a prompt, the span rules' `Row`, and a seed.
-
-    Attributes:
-        input_ids: the prompt, int64 [T] or [1, T]; with `row.open_span` it ends with that
-            modality's start token.
-        row: budget, configs and span options (see `Row`).
-        seed: seeds this sequence's sampling generator; None draws from torch's global one.
-    """
-
-    input_ids: torch.Tensor
-    row: Row
-    seed: int | None = None
-
-    @property
-    def num_beams(self) -> int:
-        """Beams of the answer: the config of its target state (the open span's, else text)."""
-        return self.row.config(self.row.open_span).num_beams
-
-
-def sample(
-    logits: torch.Tensor,
-    config: DecodingConfig,
-    *,
-    seen: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> int:
-    """Pick one column of `logits` (float32 [N]) as `config` says.
-
-    Applies, in transformers' order: repetition penalty (on columns where `seen` is True), then for
-    sampling temperature, top-k and top-p, then a multinomial draw with `generator`.
-    """
-    import torch
-
-    if config.repetition_penalty != 1.0 and seen is not None:
-        penalty = config.repetition_penalty
-        scaled = torch.where(logits < 0, logits * penalty, logits / penalty)
-        logits = torch.where(seen, scaled, logits)
-    if not config.do_sample:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(warp(logits, config), dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def warp(logits: torch.Tensor, config: DecodingConfig) -> torch.Tensor:
-    """Temperature, then top-k, then top-p of `config` on logits float32 [N] (cut ones: -inf)."""
-    import torch
-
-    if config.temperature != 1.0:
-        logits = logits / config.temperature
-    if config.top_k and config.top_k < logits.numel():
-        threshold = torch.topk(logits, config.top_k).values[-1]
-        logits = logits.masked_fill(logits < threshold, -math.inf)
-    if config.top_p < 1.0:
-        ordered, order = torch.sort(logits, descending=True)
-        probs = torch.softmax(ordered, dim=-1)
-        before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
-        drop = before > config.top_p
-        logits = logits.scatter(0, order, ordered.masked_fill(drop, -math.inf))
-    return logits
+__all__ = ["Generator"]
 
 
 class Generator:
@@ -482,8 +363,6 @@ class Generator:
         """
         from dataclasses import replace
 
-        from anygpt_core.hf import generate_ids
-
         model = getattr(self.backend, "model", None)
         if model is None or not hasattr(model, "generate"):
             raise ConfigError(
@@ -554,8 +433,6 @@ class Generator:
 
     def replay(self, request: Request, token_ids: Sequence[int]) -> Iterator[Event]:
         """The events of tokens another driver generated for `request`, up to its end."""
-        from anygpt_core.replay import Replay
-
         replay = Replay(self.constraint, self.space, request.row)
         yield from replay.opening()
         for token in token_ids:
