@@ -12,8 +12,7 @@ from anygpt_core.errors import (
     ModalityUnavailableError,
     PluginError,
 )
-from anygpt_core.hookspecs import hookimpl
-from anygpt_core.spec import Codec, CodecOption, Instructions, ModalitySpec
+from anygpt_core.spec import Codec, CodecOption, Instructions, ModalitySpec, hookimpl
 
 __version__ = "0.1.0"
 

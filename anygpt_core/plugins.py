@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import pluggy
 from pydantic import ValidationError
 
-from anygpt_core import hookspecs
+from anygpt_core import spec as hookspecs
 from anygpt_core.errors import PluginError, first_line
 from anygpt_core.spec import CodecOption, ModalitySpec
 

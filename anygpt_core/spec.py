@@ -1,13 +1,21 @@
-"""What a plugin declares: its modalities (`ModalitySpec`), their codecs (`Codec`) and CLI options."""
+# mypy: disable-error-code="empty-body"
+"""The plugin contract: what a plugin declares and the hooks it implements.
+
+A plugin declares its modalities (`ModalitySpec`), their codecs (`Codec`) and CLI options. It is a
+module named by an entry point in the group `anygpt` that implements some of the hooks below with
+`anygpt_core.hookimpl`. Hooks are called at discovery and must stay cheap: no weights, no network,
+no heavy imports (torch, transformers) at module import time.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, TypeVar, runtime_checkable
 
+import pluggy
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from anygpt_core.config import DecodingConfig
@@ -17,7 +25,27 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["Codec", "CodecOption", "Instructions", "ModalitySpec", "save_format", "save_suffix"]
+    from anygpt_core.evaluation.task import EvalTask
+
+__all__ = [
+    "PROJECT",
+    "Codec",
+    "CodecOption",
+    "Instructions",
+    "ModalitySpec",
+    "anygpt_demo_assets",
+    "anygpt_eval_tasks",
+    "anygpt_modalities",
+    "hookimpl",
+    "hookspec",
+    "save_format",
+    "save_suffix",
+]
+
+#: The plugin system's name: its entry point group and pluggy project.
+PROJECT = "anygpt"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 T = TypeVar("T")
@@ -272,3 +300,40 @@ class ModalitySpec(BaseModel):
     def token_strings(self) -> list[str]:
         """All token strings in the canonical order: codes, then start, then end."""
         return [self.code_token(i) for i in range(self.vocab_size)] + [self.start, self.end]
+
+
+# ---- hooks ----------------------------------------------------------------------------------
+
+
+@hookspec
+def anygpt_modalities() -> Sequence[ModalitySpec]:
+    """Return the modalities this plugin adds.
+
+    Called once at discovery; must not load weights or touch the network. A modality whose name,
+    prefix, start or end token clashes with an already registered one makes the plugin be skipped.
+    """
+
+
+@hookspec
+def anygpt_demo_assets(directory: Path) -> Mapping[str, Any]:
+    """Write tiny seeded codec checkpoints for the embedded demo model into `directory`.
+
+    Called when the demo is built (once per installed plugin set). `directory` is empty and belongs to
+    this plugin alone. Files must use the real published formats, so the demo exercises the same
+    loading code as real checkpoints; build them deterministically and in seconds, without network.
+
+    Returns:
+        Option values for this plugin's codec options (`CodecOption.name` -> value, e.g.
+        `{"music_tokenizer_path": str(directory / "encodec")}`) that the demo uses as defaults.
+    """
+
+
+@hookspec
+def anygpt_eval_tasks() -> Sequence[EvalTask]:
+    """Return the evaluation tasks this plugin adds (`anygpt eval NAME`).
+
+    Called when `anygpt eval` lists or runs tasks; must not load data, weights or scorers, nor
+    touch the network: an `EvalTask` names the functions that do, called when the task runs. A
+    task's name must be unique among the installed plugins (a clash is reported and the later
+    plugin's task skipped).
+    """

@@ -120,7 +120,7 @@ def test_every_hook_is_documented_and_tested():
     import inspect
     from pathlib import Path
 
-    from anygpt_core import hookspecs
+    from anygpt_core import spec as hookspecs
 
     contract = (Path(__file__).parents[1] / "docs" / "new-modality.md").read_text()
     source = Path(__file__).read_text()
