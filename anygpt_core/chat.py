@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -478,7 +478,7 @@ class Conversation:
         stop: Stop | None = None,
         incremental: bool = True,
         **kwargs: Any,  # noqa: ANN401 - `prepare`'s arguments
-    ) -> Iterator[TurnEvent]:
+    ) -> Generator[TurnEvent, None, None]:
         """Send one user turn, yielding its answer as it is made; the last item is the `Reply`.
 
         Yields the engine's events (`TokenEvent`, `SpanOpened`, `SpanClosed`, `Done`), a

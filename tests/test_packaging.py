@@ -28,7 +28,7 @@ IGNORED = shutil.ignore_patterns(
 def _packages(source: Path) -> dict[str, Path]:
     """Import name of each top-level package of a distribution, mapped to its source folder."""
     if source == ROOT:
-        return {"anygpt_core": ROOT / "anygpt_core", "anygpt_cli": ROOT / "cli"}
+        return {"anygpt_core": ROOT / "anygpt_core", "anygpt_cli": ROOT / "anygpt_cli"}
     name = source.name.replace("-", "_")
     return {name: source / name}
 

@@ -17,7 +17,12 @@ class Engine(Protocol):
     """Runs requests under the span rules for any number of callers (threads) at once.
 
     `LocalEngine` (a model in this process, batched) and `VLLMEngine` (a vLLM server) satisfy it.
+
+    Attributes:
+        max_batch: the most requests it runs at once (rows of a batch, or concurrent streams).
     """
+
+    max_batch: int
 
     def check(self, request: Request) -> None:
         """Raise `ConfigError` / `GenerationError` for a request that cannot run."""

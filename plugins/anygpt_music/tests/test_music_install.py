@@ -23,7 +23,7 @@ def test_music_entry_point_is_discovered_after_pip_install(tmp_path):
     core.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(CORE_ROOT / name, core / name)
-    for name in ("anygpt_core", "cli"):
+    for name in ("anygpt_core", "anygpt_cli"):
         shutil.copytree(
             CORE_ROOT / name,
             core / name,

@@ -283,8 +283,8 @@ class Service:
         except AnyGPTError as err:
             raise from_anygpt(err) from err
         first = PreparedTurn(turn, to, target, seed, prompt, input_ids, dropped, voice)
-        turns = [dataclasses.replace(first, seed=seed + k) for k in range(request.n)]
-        return ChatPlan(conversation, turns, audio_format=fmt, stream=request.stream)
+        choices = [dataclasses.replace(first, seed=seed + k) for k in range(request.n)]
+        return ChatPlan(conversation, choices, audio_format=fmt, stream=request.stream)
 
     @staticmethod
     def _text_only(message: Message, what: str) -> str:
