@@ -226,7 +226,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             config=config,
         )
         service = Service(gpt, settings, store)
-        application = wrap(create_app(service, limits), service, limits)
+        application = wrap(create_app(service), service, limits)
         _log_requests()
         bound_host, bound_port = sock.getsockname()[:2]
         where = f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}"

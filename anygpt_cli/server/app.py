@@ -1,6 +1,6 @@
 """The HTTP API: OpenAI's endpoints for every task, on one model shared through the engine.
 
-`create_app(service, limits)` builds the FastAPI application; `anygpt serve` runs it with uvicorn.
+`create_app(service)` builds the FastAPI application; `anygpt serve` runs it with uvicorn.
 Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions` (text, images, speech and
 music in and out; streaming), `/v1/audio/speech`, `/v1/audio/transcriptions`,
 `/v1/images/generations` and `/v1/audio/generations` (text to music, an extension).
@@ -20,14 +20,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
-from anygpt_cli.server.errors import APIError, payload
+from anygpt_cli.server.errors import APIError, from_anygpt
 from anygpt_cli.server.media import AUDIO_FORMATS, IMAGE_SIZES, Limits, png_at
 from anygpt_cli.server.schemas import ChatRequest, ImageRequest, MusicRequest, SpeechRequest
 from anygpt_cli.server.service import (
@@ -39,14 +40,20 @@ from anygpt_cli.server.service import (
     Service,
     timeout_error,
 )
-from anygpt_cli.server.tasks import add_task_route
+from anygpt_cli.server.tasks import TaskRequest, answer_task, check_task
+from anygpt_core.errors import AnyGPTError
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+    from anygpt_core.api import Result
+
 __all__ = ["create_app"]
 
 logger = logging.getLogger("anygpt.serve")
+
+#: What a request's blocking work returns.
+_Answered = TypeVar("_Answered")
 
 _MEDIA_TYPES = {
     "mp3": "audio/mpeg",
@@ -198,38 +205,46 @@ def _validation_message(errors: list[Any]) -> tuple[str, str | None]:
     return "; ".join(parts), param
 
 
-def create_app(service: Service, limits: Limits) -> FastAPI:
+def create_app(service: Service) -> FastAPI:
     """The FastAPI application of a loaded model."""
     app = FastAPI(title="AnyGPT", docs_url=None, redoc_url=None)
+    for family in (APIError, AnyGPTError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(family, _error_response)
+    _add_info_routes(app, service)
+    _add_chat_route(app, service)
+    _add_audio_routes(app, service)
+    _add_image_route(app, service)
+    _add_transcription_route(app, service)
+    _add_task_route(app, service)
+    return app
+
+
+async def _error_response(_: Request, err: Exception) -> JSONResponse:
+    """The one exception handler: any error a request raises, in OpenAI's shape and status."""
+    api = _api_error(err)
+    return JSONResponse(api.body(), status_code=api.status, headers=api.headers)
+
+
+def _api_error(err: Exception) -> APIError:
+    """The HTTP error of each family: ours as raised, the core's by family, a crash as a 500."""
+    if isinstance(err, APIError):
+        return err
+    if isinstance(err, AnyGPTError):
+        return from_anygpt(err)
+    if isinstance(err, RequestValidationError):
+        message, param = _validation_message(list(err.errors()))
+        return APIError(400, message, param=param, code="invalid_value")
+    if isinstance(err, HTTPException):  # no such route or method
+        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return APIError(err.status_code, str(err.detail), type=kind, headers=err.headers)
+    logger.error("internal error: %s: %s", type(err).__name__, err, exc_info=err)
+    return APIError(500, f"internal error: {type(err).__name__}", type="server_error")
+
+
+def _add_info_routes(app: FastAPI, service: Service) -> None:
     gpt = service.gpt
     model_name = service.settings.model_name
     created = int(time.time())
-
-    @app.exception_handler(APIError)
-    async def api_error(_: Request, err: APIError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(list(err.errors()))
-        return JSONResponse(
-            payload(message, "invalid_request_error", param=param, code="invalid_value"),
-            status_code=400,
-        )
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
-        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
-        return JSONResponse(
-            payload(str(err.detail), kind), status_code=err.status_code, headers=err.headers
-        )
-
-    @app.exception_handler(Exception)
-    async def crashed(_: Request, err: Exception) -> JSONResponse:
-        logger.error("internal error: %s: %s", type(err).__name__, err, exc_info=err)
-        return JSONResponse(
-            payload(f"internal error: {type(err).__name__}", "server_error"), status_code=500
-        )
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -244,8 +259,8 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
             ],
         }
 
-    # ---- chat -----------------------------------------------------------------------------
 
+def _add_chat_route(app: FastAPI, service: Service) -> None:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request) -> Response:
         service.check_model(body.model)
@@ -261,12 +276,12 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
             items.cancel.set()
         return JSONResponse(_chat_body(service, plan, completion_id, answers))
 
-    # ---- one-shot tasks -------------------------------------------------------------------
+
+def _add_audio_routes(app: FastAPI, service: Service) -> None:
+    from anygpt_core.tasks import Task
 
     @app.post("/v1/audio/speech", response_model=None)
     async def speech(body: SpeechRequest, request: Request) -> Response:
-        from anygpt_core.tasks import Task
-
         service.check_model(body.model)
         service.require(SPEECH, "model")
         fmt = service.audio_format(body.response_format, "response_format")
@@ -275,32 +290,28 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
         voice = service.voice(body.voice, "voice")
         task = Task("text", SPEECH, body.input, str(voice) if voice else None)
         results = await _run(service, request, [task], body.seed)
-        data = (
-            await _in_thread(service, results[0].media[0].data, "." + fmt)
-            if results[0].media
-            else b""
-        )
-        return Response(data, media_type=_MEDIA_TYPES[fmt])
+        return await _audio_response(service, results[0], fmt)
 
     @app.post("/v1/audio/generations", response_model=None)
     async def music(body: MusicRequest, request: Request) -> Response:
-        from anygpt_core.tasks import Task
-
         service.check_model(body.model)
         service.require(MUSIC, "model")
         fmt = service.audio_format(body.response_format, "response_format")
         results = await _run(service, request, [Task("text", MUSIC, body.prompt)], body.seed)
-        data = (
-            await _in_thread(service, results[0].media[0].data, "." + fmt)
-            if results[0].media
-            else b""
-        )
-        return Response(data, media_type=_MEDIA_TYPES[fmt])
+        return await _audio_response(service, results[0], fmt)
+
+
+async def _audio_response(service: Service, result: Result, fmt: str) -> Response:
+    """A one-shot task's audio answer, encoded as `fmt` (empty when it wrote no span)."""
+    data = await _in_thread(service, result.media[0].data, "." + fmt) if result.media else b""
+    return Response(data, media_type=_MEDIA_TYPES[fmt])
+
+
+def _add_image_route(app: FastAPI, service: Service) -> None:
+    from anygpt_core.tasks import Task
 
     @app.post("/v1/images/generations", response_model=None)
     async def images(body: ImageRequest, request: Request) -> Response:
-        from anygpt_core.tasks import Task
-
         service.check_model(body.model, required=False)
         service.require(IMAGE, "model")
         if body.response_format != "b64_json":
@@ -318,19 +329,26 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
             )
         tasks = [Task("text", IMAGE, body.prompt)] * body.n
         results = await _run(service, request, tasks, body.seed)
-        data = []
-        drawn = None
-        for result in results:
-            png = await _in_thread(service, result.media[0].data, ".png") if result.media else b""
-            if png:  # scaled to the size asked for; `drawn_size` says what the decoder drew
-                png, drawn = await _in_thread(service, png_at, png, body.size)
-            data.append({"b64_json": base64.b64encode(png).decode("ascii")})
-        answer: dict[str, Any] = {"created": int(time.time()), "data": data}
-        if drawn is not None:
-            answer |= {"size": body.size if body.size not in (None, "auto") else drawn}
-            answer |= {"drawn_size": drawn}
-        return JSONResponse(answer)
+        return JSONResponse(await _images_body(service, results, body.size))
 
+
+async def _images_body(service: Service, results: list[Result], size: str | None) -> dict[str, Any]:
+    """The images as base64 PNGs scaled to `size`; `drawn_size` says what the decoder drew."""
+    data = []
+    drawn = None
+    for result in results:
+        png = await _in_thread(service, result.media[0].data, ".png") if result.media else b""
+        if png:
+            png, drawn = await _in_thread(service, png_at, png, size)
+        data.append({"b64_json": base64.b64encode(png).decode("ascii")})
+    answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+    if drawn is not None:
+        answer |= {"size": size if size not in (None, "auto") else drawn}
+        answer |= {"drawn_size": drawn}
+    return answer
+
+
+def _add_transcription_route(app: FastAPI, service: Service) -> None:
     @app.post("/v1/audio/transcriptions", response_model=None)
     async def transcriptions(
         request: Request,
@@ -341,8 +359,6 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
         prompt: str | None = Form(None),
         temperature: float | None = Form(None),
     ) -> Response:
-        from anygpt_core.tasks import Task
-
         del language, prompt, temperature  # accepted as OpenAI's clients send them; not used
         service.check_model(model)
         service.require(SPEECH, "model")
@@ -358,22 +374,30 @@ def create_app(service: Service, limits: Limits) -> FastAPI:
         suffix = "." + (file.filename or "").rsplit(".", 1)[-1].lower()
         if suffix[1:] not in AUDIO_FORMATS:
             suffix = ".wav"
-
-        def transcribe() -> Any:  # noqa: ANN401 - the core's Result
-            with service.upload(data, suffix, "file") as path:
-                task = Task(SPEECH, "text", str(path))
-                prepared = service.prepare(task, seed=0, names={path: "file"})
-            return service.run_tasks([prepared], threading.Event())[0]
-
-        result = await _in_thread(service, transcribe)
+        result = await _in_thread(service, _transcribe, service, data, suffix)
         if response_format == "text":
             return PlainTextResponse(result.text)
         if response_format == "verbose_json":
             return JSONResponse(_verbose_transcription(service, result.prompt, result.text))
         return JSONResponse({"text": result.text})
 
-    add_task_route(app, service)
-    return app
+
+def _add_task_route(app: FastAPI, service: Service) -> None:
+    @app.post("/v1/anygpt/tasks", response_model=None)
+    async def run_task(body: TaskRequest, request: Request) -> JSONResponse:
+        seed = check_task(service, body)
+        work = partial(answer_task, service, body, seed)
+        return JSONResponse(await _until_done(service, request, work))
+
+
+def _transcribe(service: Service, data: bytes, suffix: str) -> Result:
+    """Speech recognition of an uploaded file (on a worker thread)."""
+    from anygpt_core.tasks import Task
+
+    with service.upload(data, suffix, "file") as path:
+        task = Task(SPEECH, "text", str(path))
+        prepared = service.prepare(task, seed=0, names={path: "file"})
+    return service.run_tasks([prepared], threading.Event())[0]
 
 
 def _verbose_transcription(service: Service, prompt: str, text: str) -> dict[str, Any]:
@@ -434,13 +458,20 @@ async def _run(service: Service, request: Request, tasks: list[Any], seed: int |
     prepared = [
         await _in_thread(service, service.prepare, t, first + i) for i, t in enumerate(tasks)
     ]
+    return list(await _until_done(service, request, partial(service.run_tasks, prepared)))
+
+
+async def _until_done(
+    service: Service, request: Request, work: Callable[[threading.Event], _Answered]
+) -> _Answered:
+    """`work(cancel)` on a worker thread; `cancel` is set once the client goes away, and at the end."""
     cancel = threading.Event()
-    job = asyncio.ensure_future(_in_thread(service, service.run_tasks, prepared, cancel))
+    job = asyncio.ensure_future(_in_thread(service, work, cancel))
     try:
         while True:
             done, _ = await asyncio.wait({job}, timeout=0.25)
             if done:
-                return list(job.result())
+                return job.result()
             if await request.is_disconnected():
                 cancel.set()
     finally:
@@ -550,11 +581,7 @@ def _chat_body(
         "system_fingerprint": _fingerprint(),
         "seed": plan.seed,
         "choices": choices,
-        "usage": {
-            "prompt_tokens": plan.prompt_tokens * len(answers),
-            "completion_tokens": completion,
-            "total_tokens": plan.prompt_tokens * len(answers) + completion,
-        },
+        "usage": _usage(plan.prompt_tokens * len(answers), completion),
     }
 
 
@@ -568,71 +595,77 @@ async def _chat_chunks(
     service: Service, plan: ChatPlan, completion_id: str, include_usage: bool
 ) -> AsyncIterator[str]:
     """Server-sent events of a streamed chat completion, ending with `[DONE]`."""
-    created = int(time.time())
+    chunks = _Chunks(service, plan, completion_id)
     items = _pumps(service, plan)
-    spoken = plan.to == SPEECH
-
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:  # noqa: ANN401
-        body = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": service.settings.model_name,
-            "system_fingerprint": _fingerprint(),
-            "choices": choices,
-            **extra,
-        }
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
     try:
         for index in range(len(plan.turns)):
-            first = {"role": "assistant", "content": None if spoken else ""}
-            yield chunk([{"index": index, "delta": first, "finish_reason": None}])
+            first = {"role": "assistant", "content": None if chunks.spoken else ""}
+            yield chunks.event([{"index": index, "delta": first, "finish_reason": None}])
         open_choices = len(plan.turns)
         completion = 0
-        audio_ids = [f"audio_{uuid.uuid4().hex[:24]}" for _ in plan.turns]
-        delta: dict[str, Any]
         while open_choices:
             kind, index, value = await items.queue.get()
             if kind == "error":
                 err: APIError = value
                 yield f"data: {json.dumps(err.body())}\n\n"
                 return
-            if kind == "text":
-                delta = (
-                    {"audio": {"id": audio_ids[index], "transcript": value}}
-                    if spoken
-                    else {"content": value}
-                )
-            elif kind == "media":
-                if spoken and value["modality"] == SPEECH:
-                    delta = {
-                        "audio": {
-                            "id": audio_ids[index],
-                            "data": value["data"],
-                            "expires_at": int(time.time()) + 3600,
-                        }
-                    }
-                else:
-                    delta = {"media": [value]}
-            else:
+            finish = None
+            delta: dict[str, Any] = {}
+            if kind == "done":
                 finish, tokens, _ = value
                 completion += tokens
                 open_choices -= 1
-                yield chunk([{"index": index, "delta": {}, "finish_reason": finish}])
-                continue
-            yield chunk([{"index": index, "delta": delta, "finish_reason": None}])
+            else:
+                delta = chunks.delta(kind, index, value)
+            yield chunks.event([{"index": index, "delta": delta, "finish_reason": finish}])
         if include_usage:
-            prompt = plan.prompt_tokens * len(plan.turns)
-            usage = {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            }
-            yield chunk([], usage=usage)
+            yield chunks.event([], usage=_usage(plan.prompt_tokens * len(plan.turns), completion))
         yield "data: [DONE]\n\n"
     finally:
         items.cancel.set()
+
+
+class _Chunks:
+    """The events of one streamed chat completion (OpenAI's `chat.completion.chunk`)."""
+
+    def __init__(self, service: Service, plan: ChatPlan, completion_id: str) -> None:
+        self.id = completion_id
+        self.created = int(time.time())
+        self.model = service.settings.model_name
+        self.spoken = plan.to == SPEECH
+        self.audio_ids = [f"audio_{uuid.uuid4().hex[:24]}" for _ in plan.turns]
+
+    def event(self, choices: list[dict[str, Any]], **extra: Any) -> str:  # noqa: ANN401
+        """One server-sent event holding `choices` (and `extra` fields, such as `usage`)."""
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": _fingerprint(),
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    def delta(self, kind: str, index: int, value: Any) -> dict[str, Any]:  # noqa: ANN401
+        """The delta of a pumped `text` or `media` item: a spoken answer streams as `audio`."""
+        if kind == "text":
+            if self.spoken:
+                return {"audio": {"id": self.audio_ids[index], "transcript": value}}
+            return {"content": value}
+        if self.spoken and value["modality"] == SPEECH:
+            audio = {"id": self.audio_ids[index], "data": value["data"]}
+            return {"audio": {**audio, "expires_at": int(time.time()) + 3600}}
+        return {"media": [value]}
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _event_stream(events: AsyncIterator[str]) -> Any:  # noqa: ANN401 - a starlette Response

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from anygpt_core.errors import (
@@ -42,7 +44,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         type: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -50,7 +52,7 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.type = type or _TYPES.get(status, "invalid_request_error")
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         """The JSON body."""
@@ -65,9 +67,15 @@ def payload(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def from_anygpt(err: AnyGPTError) -> APIError:
-    """The HTTP error of one of the core's errors: the client's fault is 4xx, the model's 5xx."""
+def from_anygpt(err: AnyGPTError, names: Mapping[Path, str] | None = None) -> APIError:
+    """The HTTP error of one of the core's errors: the client's fault is 4xx, the model's 5xx.
+
+    `names` calls each file the server keeps for a request what the request called it (the
+    message never shows a server path).
+    """
     message = first_line(err)
+    for path, what in (names or {}).items():
+        message = message.replace(str(path), what)
     if isinstance(err, EngineUnavailableError):
         return APIError(503, message, code="engine_unavailable", headers={"retry-after": "5"})
     if isinstance(err, PluginError):

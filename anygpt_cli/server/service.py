@@ -227,13 +227,28 @@ class Service:
 
     def plan_chat(self, request: ChatRequest) -> ChatPlan:
         """Encode the conversation's media and render its prompt, one request per choice."""
-        from anygpt_core.chat import TEMPLATES, Conversation, Turn
-
         to = self.chat_target(request)
         audio = request.audio
         voice = self.voice(audio.voice if audio else None, "audio.voice")
         fmt = self.audio_format(audio.format if audio else "mp3", "audio.format")
         seed = _seed(request.seed, request.n)
+        conversation = self._conversation(request)
+        turns = [(i, m) for i, m in enumerate(request.messages) if m.role in {"user", "assistant"}]
+        if not turns or turns[-1][1].role != "user":
+            raise APIError(400, "messages: the last message must be the user's", param="messages")
+        self._history(conversation, turns[:-1])
+        index, last = turns[-1]
+        turn = self._user_message(conversation, last, f"messages[{index}]")
+        target = conversation.target_config(to)
+        prompt, input_ids, dropped = conversation.fit(turn, to, target.max_new_tokens)
+        first = PreparedTurn(turn, to, target, seed, prompt, input_ids, dropped, voice)
+        choices = [dataclasses.replace(first, seed=seed + k) for k in range(request.n)]
+        return ChatPlan(conversation, choices, audio_format=fmt, stream=request.stream)
+
+    def _conversation(self, request: ChatRequest) -> Conversation:
+        """A conversation with the request's system text and sampling fields, its history empty."""
+        from anygpt_core.chat import TEMPLATES, Conversation
+
         budget = request.max_completion_tokens or request.max_tokens
         overrides = _overrides(request.temperature, request.top_p, request.top_k)
         template = TEMPLATES[self.settings.template]
@@ -241,18 +256,20 @@ class Service:
         if system:
             text = " ".join(self._text_only(m, f"messages[{i}]") for i, m in enumerate(system))
             template = dataclasses.replace(template, system=text)
-        conversation = Conversation(
+        return Conversation(
             self.gpt,
             template=template,
             config=self.settings.config,
             max_new_tokens=budget,
             **overrides,
         )
-        turns = [(i, m) for i, m in enumerate(request.messages) if m.role in {"user", "assistant"}]
-        if not turns or turns[-1][1].role != "user":
-            raise APIError(400, "messages: the last message must be the user's", param="messages")
+
+    def _history(self, conversation: Conversation, turns: list[tuple[int, Message]]) -> None:
+        """Add the earlier user and assistant messages, which must alternate, to the history."""
+        from anygpt_core.chat import Turn
+
         pending: str | None = None
-        for i, message in turns[:-1]:
+        for i, message in turns:
             if message.role == "user":
                 if pending is not None:
                     raise APIError(
@@ -275,16 +292,6 @@ class Service:
             raise APIError(
                 400, "messages: user and assistant messages must alternate", param="messages"
             )
-        index, last = turns[-1]
-        turn = self._user_message(conversation, last, f"messages[{index}]")
-        try:
-            target = conversation.target_config(to)
-            prompt, input_ids, dropped = conversation.fit(turn, to, target.max_new_tokens)
-        except AnyGPTError as err:
-            raise from_anygpt(err) from err
-        first = PreparedTurn(turn, to, target, seed, prompt, input_ids, dropped, voice)
-        choices = [dataclasses.replace(first, seed=seed + k) for k in range(request.n)]
-        return ChatPlan(conversation, choices, audio_format=fmt, stream=request.stream)
 
     @staticmethod
     def _text_only(message: Message, what: str) -> str:
@@ -306,10 +313,7 @@ class Service:
     def _user_message(self, conversation: Conversation, message: Message, what: str) -> str:
         """The user turn's protocol string: its media encoded (from the cache), then its text."""
         if message.content is None or isinstance(message.content, str):
-            try:
-                return conversation.message(_utf8(message.content or "", f"{what}.content"))
-            except AnyGPTError as err:
-                raise from_anygpt(err) from err
+            return conversation.message(_utf8(message.content or "", f"{what}.content"))
         texts: list[str] = []
         media: list[tuple[str, bytes, str, str]] = []  # modality, bytes, suffix, what
         for k, part in enumerate(message.content):
@@ -350,7 +354,7 @@ class Service:
             try:
                 return conversation.message(" ".join(texts), inputs=inputs)
             except AnyGPTError as err:
-                raise _named(err, names) from err
+                raise from_anygpt(err, names) from err
 
     def _input_suffix(self, modality: str, given: str | None, what: str) -> str:
         """The cache file's suffix of an `input_media` part: a format the modality reads."""
@@ -413,12 +417,13 @@ class Service:
         seed: int,
         *,
         names: dict[Path, str] | None = None,
+        **decoding: Any,  # noqa: ANN401 - decoding fields
     ) -> Prepared:
         """`AnyGPT.prepare` with the core's errors as HTTP errors (cache files called `names`)."""
         try:
-            return self.gpt.prepare(task, seed=seed, config=self.settings.config)
+            return self.gpt.prepare(task, seed=seed, config=self.settings.config, **decoding)
         except AnyGPTError as err:
-            raise _named(err, names or {}) from err
+            raise from_anygpt(err, names) from err
 
     def run_tasks(self, prepared: Sequence[Prepared], cancel: threading.Event) -> list[Result]:
         """Generate prepared tasks together (one engine call) and decode them, in memory."""
@@ -438,8 +443,6 @@ class Service:
             ]
         except DeadlineError as err:
             raise timeout_error(self.settings.request_timeout) from err
-        except AnyGPTError as err:
-            raise from_anygpt(err) from err
         finally:
             if stream is not None:
                 stream.close()  # type: ignore[attr-defined]
@@ -462,14 +465,6 @@ def _utf8(text: str, what: str) -> str:
         return require_utf8(text, what=what)
     except InputError as err:
         raise APIError(400, first_line(err), param=what) from None
-
-
-def _named(err: AnyGPTError, names: dict[Path, str]) -> APIError:
-    """The HTTP error of `err` with each cache file called what the request called it."""
-    api = from_anygpt(err)
-    for path, what in names.items():
-        api.message = api.message.replace(str(path), what)
-    return api
 
 
 def _finish(reason: str) -> str:

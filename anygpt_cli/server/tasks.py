@@ -13,27 +13,23 @@ config fields)}. Answer: `{"text", "prompt", "media": [{"modality", "format", "d
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from anygpt_cli.server.errors import APIError, from_anygpt
+from anygpt_cli.server.errors import APIError
 from anygpt_cli.server.media import decode_base64
 from anygpt_cli.server.schemas import SEED_MAX
-from anygpt_core.errors import AnyGPTError
 
 if TYPE_CHECKING:
     from anygpt_cli.server.service import Service
 
-__all__ = ["TaskRequest", "add_task_route"]
+__all__ = ["TaskRequest", "answer_task", "check_task"]
 
 
 class FilePart(BaseModel):
@@ -72,42 +68,21 @@ def _suffix(service: Service, modality: str, part: FilePart, param: str) -> str:
     return suffix
 
 
-def add_task_route(app: FastAPI, service: Service) -> None:
-    """Add `POST /v1/anygpt/tasks` to the app."""
+def check_task(service: Service, body: TaskRequest) -> int:
+    """Refuse a request that cannot run (400 naming the field) before anything is read; its seed."""
+    from anygpt_cli.server.service import _seed
+    from anygpt_core.config import DecodingConfig
 
-    @app.post("/v1/anygpt/tasks", response_model=None)
-    async def run_task(body: TaskRequest, request: Request) -> JSONResponse:
-        from anygpt_cli.server.service import _seed
-
-        service.check_model(body.model)
-        if (body.source == "text") != (body.input is not None):
-            raise APIError(
-                400, "give input for a text source, input_media otherwise", param="input"
-            )
-        if body.source != "text" and body.input_media is None:
-            raise APIError(400, f"input_media: a {body.source} file is needed", param="input_media")
-        from anygpt_core.config import DecodingConfig
-
-        fields = set(DecodingConfig.model_fields) | service.gpt.plugins.decoding_fields()
-        for name in body.decoding:
-            if name not in fields:
-                raise APIError(400, f"decoding.{name}: unknown field", param=f"decoding.{name}")
-        seed = _seed(body.seed)
-        cancel = threading.Event()
-        job = asyncio.ensure_future(_in_thread(lambda: _answer(service, body, seed, cancel)))
-        try:
-            while True:
-                done, _ = await asyncio.wait({job}, timeout=0.25)
-                if done:
-                    return JSONResponse(job.result())
-                if await request.is_disconnected():
-                    cancel.set()
-        finally:
-            cancel.set()
-
-
-async def _in_thread(func: Callable[[], Any]) -> Any:  # noqa: ANN401
-    return await asyncio.get_running_loop().run_in_executor(None, func)
+    service.check_model(body.model)
+    if (body.source == "text") != (body.input is not None):
+        raise APIError(400, "give input for a text source, input_media otherwise", param="input")
+    if body.source != "text" and body.input_media is None:
+        raise APIError(400, f"input_media: a {body.source} file is needed", param="input_media")
+    fields = set(DecodingConfig.model_fields) | service.gpt.plugins.decoding_fields()
+    for name in body.decoding:
+        if name not in fields:
+            raise APIError(400, f"decoding.{name}: unknown field", param=f"decoding.{name}")
+    return _seed(body.seed)
 
 
 @contextlib.contextmanager
@@ -124,18 +99,10 @@ def _upload(
         yield path
 
 
-def _named(err: AnyGPTError, names: dict[Path | None, str]) -> APIError:
-    """The HTTP error of `err`, each upload called what the request called it (no server path)."""
-    api = from_anygpt(err)
-    for path, what in names.items():
-        if path is not None:
-            api.message = api.message.replace(str(path), what)
-    return api
-
-
-def _answer(
+def answer_task(
     service: Service, body: TaskRequest, seed: int, cancel: threading.Event
 ) -> dict[str, Any]:
+    """Run the task (on a worker thread; `cancel` stops it): the endpoint's answer."""
     from anygpt_core.tasks import Task
 
     with (
@@ -144,13 +111,9 @@ def _answer(
     ):
         payload = body.input if source is None else str(source)
         task = Task(body.source, body.target, payload or "", str(condition) if condition else None)
-        names = {p: what for p, what in ((source, "input_media"), (condition, "condition_media"))}
-        try:
-            prepared = service.gpt.prepare(
-                task, seed=seed, config=service.settings.config, **body.decoding
-            )
-        except AnyGPTError as err:
-            raise _named(err, names) from err
+        uploads = ((source, "input_media"), (condition, "condition_media"))
+        names = {path: what for path, what in uploads if path is not None}
+        prepared = service.prepare(task, seed, names=names, **body.decoding)
         result = service.run_tasks([prepared], cancel)[0]
         media = [
             {
