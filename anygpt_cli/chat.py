@@ -13,21 +13,10 @@ import typer
 
 from anygpt_cli.catalogue import KNOWN_PLUGINS
 from anygpt_cli.common import (
-    ConfigFile,
-    Device,
-    Dtype,
-    MaxNewTokens,
-    ModelPath,
-    NumBeams,
-    Offload,
-    OutputDir,
-    Quantize,
-    Seed,
-    Temperature,
-    TopK,
-    TopP,
-    check_decoding,
-    check_low_memory,
+    ChatTemplate,
+    DecodingFlags,
+    ModelChoice,
+    check_template,
     load_model,
     stdin_lines,
 )
@@ -72,81 +61,39 @@ COMMANDS = """/image PATH[,PATH] · /speech PATH · /music PATH · /MODALITY PAT
 or a line interleaved|TEXT|MODALITY|IMAGE|VOICE_PROMPT|SPEECH|MUSIC"""
 
 
+_To = Annotated[str, typer.Option("--to", help="Answer modality of plain lines (change with /to).")]
+
+
 def register(app: typer.Typer, plugins: PluginSet) -> None:
     """Add the `chat` command with the installed plugins' options."""
 
     @app.command("chat", help=HELP)
     @with_codec_options(plugins.options(), plugins.option_panels())
+    @ModelChoice.options(output_dir=True)
+    @DecodingFlags.options()
     def chat_command(
         *,
-        model_name_or_path: ModelPath = None,
-        device: Device = "auto",
-        dtype: Dtype = "auto",
-        quantize: Quantize = None,
-        offload: Offload = None,
-        output_dir: OutputDir = Path("anygpt_output"),
-        chat_template: Annotated[
-            str,
-            typer.Option(
-                "--chat-template",
-                help="mmgpt (the seed chat tool's template) or anygpt (the SFT template).",
-            ),
-        ] = "mmgpt",
-        to: Annotated[
-            str, typer.Option("--to", help="Answer modality of plain lines (change with /to).")
-        ] = "text",
-        config: ConfigFile = None,
-        seed: Seed = None,
-        max_new_tokens: MaxNewTokens = None,
-        temperature: Temperature = None,
-        top_p: TopP = None,
-        top_k: TopK = None,
-        num_beams: NumBeams = None,
+        model: ModelChoice,
+        chat_template: ChatTemplate = "mmgpt",
+        to: _To = "text",
+        decoding: DecodingFlags,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per turn.")] = False,
         codec_options: dict[str, Any],
     ) -> None:
-        from anygpt_core.chat import TEMPLATES, Conversation
+        from anygpt_core.chat import Conversation
 
-        if chat_template not in TEMPLATES:
-            raise InputError(
-                f"--chat-template {chat_template}: choose one of {', '.join(TEMPLATES)}"
-            )
+        check_template(chat_template)
         to = to.strip().lower()
         if to != "text":
             plugins.modality(to)
-        check_low_memory(quantize, offload)  # an unknown mode fails before loading
-        check_decoding(  # a bad file or flag value fails before the model loads
-            config,
-            plugins=plugins,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            num_beams=num_beams,
-        )
-        check_output_dir(output_dir)  # before the model loads, not at the first media answer
-        gpt = load_model(
-            plugins,
-            model_name_or_path,
-            device=device,
-            dtype=dtype,
-            quantize=quantize,
-            offload=offload,
-            codec_options=codec_options,
-            output_dir=output_dir,
-        )
+        model.check()  # an unknown mode fails before loading
+        decoding.check(plugins)  # a bad file or flag value fails before the model loads
+        check_output_dir(model.output_dir)  # before the model loads, not at the first media answer
+        gpt = load_model(plugins, model, codec_options=codec_options)
         conversation = Conversation(
-            gpt,
-            template=chat_template,
-            config=config,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            num_beams=num_beams,
+            gpt, template=chat_template, config=decoding.config, **decoding.fields
         )
-        session = _Session(conversation, to=to, seed=seed, as_json=as_json)
+        session = _Session(conversation, to=to, seed=decoding.seed, as_json=as_json)
         failures = session.loop()
         if failures and not session.interactive:
             raise typer.Exit(1)

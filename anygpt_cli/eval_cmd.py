@@ -9,32 +9,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from anygpt_cli.catalogue import KNOWN_EVAL_TASKS
-from anygpt_cli.common import (
-    ConfigFile,
-    Device,
-    Dtype,
-    EngineName,
-    InstructionsFile,
-    MaxNewTokens,
-    ModelPath,
-    NumBeams,
-    Offload,
-    Quantize,
-    Temperature,
-    TopK,
-    TopP,
-    VLLMUrl,
-    check_decoding,
-    check_engine,
-    check_low_memory,
-    load_model,
-)
+from anygpt_cli.common import DecodingFlags, EngineChoice, InstructionsFile, ModelChoice, load_model
 from anygpt_cli.options import with_codec_options
 from anygpt_core.errors import ConfigError
 from anygpt_core.evaluation.metrics import require
 
 if TYPE_CHECKING:
     from anygpt_core.evaluation import Backend, EvalTask, Sample, TaskReport
+    from anygpt_core.evaluation.scorers import Scorers
     from anygpt_core.plugins import PluginSet
 
 __all__ = ["register"]
@@ -66,180 +48,111 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     return found
 
 
+_Tasks = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="TASK", help="Tasks to evaluate, e.g. librispeech-asr.", show_default=False
+    ),
+]
+_Data = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data",
+        metavar="TASK=PATH_OR_HUB_ID",
+        help="Where a task's data set lies: a folder in its published layout, or a "
+        "Hugging Face data set id[:FOLDER] (repeatable).",
+    ),
+]
+_Scorer = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--scorer",
+        metavar="KIND=PATH_OR_HUB_ID",
+        help="A scorer model (whisper, wavlm-sv, clip, clap) other than the default (repeatable).",
+    ),
+]
+_Limit = Annotated[
+    int | None,
+    typer.Option(
+        "--limit", min=1, metavar="N", help="Evaluate a seeded subset of N samples per task."
+    ),
+]
+_Seed = Annotated[
+    int, typer.Option("--seed", help="Seeds the data's choices, --limit and answers.")
+]
+_Decode = Annotated[
+    str,
+    typer.Option(
+        "--decode",
+        metavar="paper|model",
+        help="paper: the paper's decoding (5 beams for text; top-p 0.7 for image and "
+        "speech; repetition penalty 1.15 for music); model: the plugins' configs and "
+        "the decoding flags.",
+    ),
+]
+_Out = Annotated[Path, typer.Option("--out", help="Output directory (cache, samples, report).")]
+_Rescore = Annotated[
+    bool, typer.Option("--rescore", help="Score the cached answers again; generate nothing.")
+]
+_ListTasks = Annotated[bool, typer.Option("--list", help="List the installed tasks and stop.")]
+_BatchSize = Annotated[
+    int,
+    typer.Option("--batch-size", min=1, max=256, help="Samples generated together (or in flight)."),
+]
+_ScorerDevice = Annotated[
+    str, typer.Option("--scorer-device", help="Device of the scorer models: cpu, cuda.")
+]
+
+
 def register(app: typer.Typer, plugins: PluginSet) -> None:
     """Add the `eval` command with the installed plugins' codec options."""
 
     @app.command("eval", help=HELP)
     @with_codec_options(plugins.options(), plugins.option_panels())
+    @ModelChoice.options()
+    @EngineChoice.options(server=True)
+    @DecodingFlags.options(seed=False)
     def eval_command(
-        tasks: Annotated[
-            list[str] | None,
-            typer.Argument(
-                metavar="TASK",
-                help="Tasks to evaluate, e.g. librispeech-asr.",
-                show_default=False,
-            ),
-        ] = None,
+        tasks: _Tasks = None,
         *,
-        data: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--data",
-                metavar="TASK=PATH_OR_HUB_ID",
-                help="Where a task's data set lies: a folder in its published layout, or a "
-                "Hugging Face data set id[:FOLDER] (repeatable).",
-            ),
-        ] = None,
-        scorer: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--scorer",
-                metavar="KIND=PATH_OR_HUB_ID",
-                help="A scorer model (whisper, wavlm-sv, clip, clap) other "
-                "than the default (repeatable).",
-            ),
-        ] = None,
-        limit: Annotated[
-            int | None,
-            typer.Option(
-                "--limit",
-                min=1,
-                metavar="N",
-                help="Evaluate a seeded subset of N samples per task.",
-            ),
-        ] = None,
-        seed: Annotated[
-            int, typer.Option("--seed", help="Seeds the data's choices, --limit and answers.")
-        ] = 0,
-        decode: Annotated[
-            str,
-            typer.Option(
-                "--decode",
-                metavar="paper|model",
-                help="paper: the paper's decoding (5 beams for text; top-p 0.7 for image and "
-                "speech; repetition penalty 1.15 for music); model: the plugins' configs and "
-                "the decoding flags.",
-            ),
-        ] = "paper",
-        out: Annotated[
-            Path, typer.Option("--out", help="Output directory (cache, samples, report).")
-        ] = Path("anygpt_eval"),
-        rescore: Annotated[
-            bool,
-            typer.Option("--rescore", help="Score the cached answers again; generate nothing."),
-        ] = False,
-        list_tasks: Annotated[
-            bool, typer.Option("--list", help="List the installed tasks and stop.")
-        ] = False,
-        model_name_or_path: ModelPath = None,
-        device: Device = "auto",
-        dtype: Dtype = "auto",
-        quantize: Quantize = None,
-        offload: Offload = None,
-        engine: EngineName = "local",
-        vllm_url: VLLMUrl = None,
-        server: Annotated[
-            str | None,
-            typer.Option("--server", help="Base URL of an `anygpt serve` to answer instead."),
-        ] = None,
-        api_key: Annotated[
-            str | None,
-            typer.Option("--api-key", envvar="ANYGPT_API_KEY", help="Key for --server."),
-        ] = None,
-        batch_size: Annotated[
-            int,
-            typer.Option(
-                "--batch-size", min=1, max=256, help="Samples generated together (or in flight)."
-            ),
-        ] = 8,
-        scorer_device: Annotated[
-            str, typer.Option("--scorer-device", help="Device of the scorer models: cpu, cuda.")
-        ] = "cpu",
-        config: ConfigFile = None,
-        max_new_tokens: MaxNewTokens = None,
-        temperature: Temperature = None,
-        top_p: TopP = None,
-        top_k: TopK = None,
-        num_beams: NumBeams = None,
+        data: _Data = None,
+        scorer: _Scorer = None,
+        limit: _Limit = None,
+        seed: _Seed = 0,
+        decode: _Decode = "paper",
+        out: _Out = Path("anygpt_eval"),
+        rescore: _Rescore = False,
+        list_tasks: _ListTasks = False,
+        model: ModelChoice,
+        engine: EngineChoice,
+        batch_size: _BatchSize = 8,
+        scorer_device: _ScorerDevice = "cpu",
+        decoding: DecodingFlags,
         instructions: InstructionsFile = None,
         codec_options: dict[str, Any],
     ) -> None:
-        from anygpt_core.evaluation.scorers import Scorers
-
         if list_tasks:
             _list(plugins)
             return
-        if not tasks:
-            raise typer.BadParameter(
-                "name at least one task (anygpt eval --list)", param_hint="TASK"
-            )
-        chosen = [plugins.eval_task(name, KNOWN_EVAL_TASKS) for name in dict.fromkeys(tasks)]
-        paths = _pairs(data, "--data")
-        unknown = sorted(set(paths) - {t.name for t in chosen})
-        if unknown:
-            raise typer.BadParameter(
-                f"{unknown[0]}: not among the tasks asked for", param_hint="--data"
-            )
-        for task in chosen:
-            if task.name not in paths:
-                hub = f" or {task.name}={task.hub_ids[0]}" if task.hub_ids else ""
-                raise typer.BadParameter(
-                    f"{task.name}: no data; pass --data {task.name}=PATH ({task.data}){hub}",
-                    param_hint="--data",
-                )
-        if decode not in {"paper", "model"}:
-            raise ConfigError(f"--decode {decode}: use paper or model")
-        flags: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
-            "top_k": top_k,
-            "num_beams": num_beams,
-        }
-        if decode == "paper" and (config is not None or any(v is not None for v in flags.values())):
-            raise ConfigError("decoding flags and --config apply with --decode model")
-        check_decoding(config, plugins=plugins, **flags)
-        if config is not None:  # its fields travel with each job, to a server too
-            flags = {**json.loads(config.read_text(encoding="utf-8")), **_given(flags)}
-        url = check_engine(engine, vllm_url)
-        check_low_memory(quantize, offload)  # an unknown mode fails before loading
-        if server is not None and url is not None:
-            raise ConfigError("--server and --engine vllm are two engines; give one")
-        if url is not None and decode == "paper" and any(t.target == "text" for t in chosen):
-            raise ConfigError(
-                "--decode paper: text answers use beam search, which the vLLM engine does not "
-                "run; use the local engine or --server, or --decode model"
-            )
-        scorers = Scorers(_pairs(scorer, "--scorer"), device=scorer_device)
-        scorers.check(dict.fromkeys(kind for task in chosen for kind in task.scorers))
-        for module in dict.fromkeys(m for task in chosen for m in (*task.libraries, "matplotlib")):
-            require(module)  # a metric library missing fails now, not after generating
+        chosen, paths = _chosen(plugins, tasks, data)
+        flags = _flags(plugins, decode, decoding)
+        url = engine.url()
+        model.check()  # an unknown mode fails before loading
+        _check_engines(chosen, decode, engine, url)
+        scorers = _scorers(chosen, _pairs(scorer, "--scorer"), device=scorer_device)
         evaluation = _Run(out=out, scorers=scorers, seed=seed, limit=limit, decode=decode)
         samples = {t.name: evaluation.samples(t, paths[t.name]) for t in chosen}
         backend = None
         if not rescore:
             backend = _backend(
                 plugins,
-                server=server,
-                api_key=api_key,
-                model=model_name_or_path,
-                device=device,
-                dtype=dtype,
-                quantize=quantize,
-                offload=offload,
-                url=url,
+                model,
+                engine,
                 batch_size=batch_size,
                 codec_options=codec_options,
                 instructions=instructions,
             )
-        settings = {
-            "model": model_name_or_path or "demo",
-            "engine": "server" if server else engine,
-            "quantize": quantize,
-            "instructions": str(instructions) if instructions else None,
-            "config": str(config) if config else None,
-            "codec_options": codec_options,
-        }
+        settings = _settings(model, decoding, engine, instructions, codec_options)
         with evaluation.progress:
             reports = evaluation.run(
                 chosen, samples, backend=backend, overrides=flags, settings=settings
@@ -247,41 +160,112 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         _finish(out, reports, backend=backend, settings=settings, scorers=scorers)
 
 
+def _chosen(
+    plugins: PluginSet, names: list[str] | None, data: list[str] | None
+) -> tuple[list[EvalTask], dict[str, str]]:
+    """The tasks asked for and where each one's data lies; a usage error if one has none."""
+    if not names:
+        raise typer.BadParameter("name at least one task (anygpt eval --list)", param_hint="TASK")
+    chosen = [plugins.eval_task(name, KNOWN_EVAL_TASKS) for name in dict.fromkeys(names)]
+    paths = _pairs(data, "--data")
+    unknown = sorted(set(paths) - {t.name for t in chosen})
+    if unknown:
+        raise typer.BadParameter(
+            f"{unknown[0]}: not among the tasks asked for", param_hint="--data"
+        )
+    for task in chosen:
+        if task.name not in paths:
+            hub = f" or {task.name}={task.hub_ids[0]}" if task.hub_ids else ""
+            raise typer.BadParameter(
+                f"{task.name}: no data; pass --data {task.name}=PATH ({task.data}){hub}",
+                param_hint="--data",
+            )
+    return chosen, paths
+
+
+def _flags(plugins: PluginSet, decode: str, decoding: DecodingFlags) -> dict[str, Any]:
+    """The decoding fields each job carries: --config's and the flags' (with --decode model)."""
+    if decode not in {"paper", "model"}:
+        raise ConfigError(f"--decode {decode}: use paper or model")
+    flags = decoding.fields
+    if decode == "paper" and (
+        decoding.config is not None or any(v is not None for v in flags.values())
+    ):
+        raise ConfigError("decoding flags and --config apply with --decode model")
+    decoding.check(plugins)
+    if decoding.config is not None:  # its fields travel with each job, to a server too
+        flags = {**json.loads(decoding.config.read_text(encoding="utf-8")), **_given(flags)}
+    return flags
+
+
+def _check_engines(
+    chosen: list[EvalTask], decode: str, engine: EngineChoice, url: str | None
+) -> None:
+    """One engine at a time, and one that can decode as asked."""
+    if engine.server is not None and url is not None:
+        raise ConfigError("--server and --engine vllm are two engines; give one")
+    if url is not None and decode == "paper" and any(t.target == "text" for t in chosen):
+        raise ConfigError(
+            "--decode paper: text answers use beam search, which the vLLM engine does not "
+            "run; use the local engine or --server, or --decode model"
+        )
+
+
+def _scorers(chosen: list[EvalTask], models: dict[str, str], *, device: str) -> Scorers:
+    """The scorers; the scorer models and metric libraries the tasks need are checked now."""
+    from anygpt_core.evaluation.scorers import Scorers
+
+    scorers = Scorers(models, device=device)
+    scorers.check(dict.fromkeys(kind for task in chosen for kind in task.scorers))
+    for module in dict.fromkeys(m for task in chosen for m in (*task.libraries, "matplotlib")):
+        require(module)  # a metric library missing fails now, not after generating
+    return scorers
+
+
+def _settings(
+    model: ModelChoice,
+    decoding: DecodingFlags,
+    engine: EngineChoice,
+    instructions: Path | None,
+    codec_options: dict[str, Any],
+) -> dict[str, Any]:
+    """How the answers were made, for the report."""
+    return {
+        "model": model.model_name_or_path or "demo",
+        "engine": "server" if engine.server else engine.engine,
+        "quantize": model.quantize,
+        "instructions": str(instructions) if instructions else None,
+        "config": str(decoding.config) if decoding.config else None,
+        "codec_options": codec_options,
+    }
+
+
 def _backend(
     plugins: PluginSet,
+    model: ModelChoice,
+    engine: EngineChoice,
     *,
-    server: str | None,
-    api_key: str | None,
-    model: str | None,
-    device: str,
-    dtype: str,
-    quantize: str | None,
-    offload: str | None,
-    url: str | None,
     batch_size: int,
     codec_options: dict[str, Any],
     instructions: Path | None,
 ) -> Backend:
+    """What answers: the `anygpt serve` at --server, or the model loaded here."""
     from anygpt_core.evaluation import LocalBackend, ServerBackend
 
-    if server is not None:
-        backend = ServerBackend(server, api_key=api_key, concurrency=batch_size)
+    if engine.server is not None:
+        backend = ServerBackend(engine.server, api_key=engine.api_key, concurrency=batch_size)
         backend.model()  # a server that is down fails now, before any task
         return backend
     gpt = load_model(
         plugins,
         model,
-        device=device,
-        dtype=dtype,
         codec_options=codec_options,
         output_dir=Path("."),  # nothing is saved by the model: the runner writes the files
         instructions=instructions,
-        vllm_url=url,
-        quantize=quantize,
-        offload=offload,
+        vllm_url=engine.url(),
     )
     gpt.engine.max_batch = batch_size
-    return LocalBackend(gpt, model=model or "demo")
+    return LocalBackend(gpt, model=model.model_name_or_path or "demo")
 
 
 class _Run:

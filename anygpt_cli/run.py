@@ -11,25 +11,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from anygpt_cli.common import (
-    ConfigFile,
-    Device,
-    Dtype,
-    EngineName,
+    DecodingFlags,
+    EngineChoice,
     InstructionsFile,
-    MaxNewTokens,
-    ModelPath,
-    NumBeams,
-    Offload,
-    OutputDir,
-    Quantize,
-    Seed,
-    Temperature,
-    TopK,
-    TopP,
-    VLLMUrl,
-    check_decoding,
-    check_engine,
-    check_low_memory,
+    ModelChoice,
     load_model,
     stdin_lines,
 )
@@ -75,125 +60,118 @@ def _is_task(line: str) -> bool:
     return bool(line.strip()) and not line.lstrip().startswith("#")
 
 
+_Instruction = Annotated[
+    list[str] | None,
+    typer.Argument(help="Tasks like 'text|image|a red bus'.", show_default=False),
+]
+_InputFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--input-file",
+        help="Read instructions from a file, one per line.",
+        readable=False,  # ours says what is wrong, exit 3 (click's would exit 2)
+    ),
+]
+_NoForceSpan = Annotated[
+    bool,
+    typer.Option(
+        "--no-force-span",
+        help="For text->media, leave the span to the model (default: opened after the prompt).",
+    ),
+]
+_DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the prompt and stop.")]
+_BatchSize = Annotated[
+    int,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        max=256,
+        help="Generate up to N tasks together (output still per task, in input order).",
+    ),
+]
+
+
 def register(app: typer.Typer, plugins: PluginSet) -> None:
     """Add the `run` command with the installed plugins' options."""
 
     @app.command("run", help=HELP)
     @with_codec_options(plugins.options(), plugins.option_panels())
+    @ModelChoice.options(output_dir=True)
+    @DecodingFlags.options()
+    @EngineChoice.options()
     def run_command(
-        instruction: Annotated[
-            list[str] | None,
-            typer.Argument(help="Tasks like 'text|image|a red bus'.", show_default=False),
-        ] = None,
+        instruction: _Instruction = None,
         *,
-        input_file: Annotated[
-            Path | None,
-            typer.Option(
-                "--input-file",
-                help="Read instructions from a file, one per line.",
-                readable=False,  # ours says what is wrong, exit 3 (click's would exit 2)
-            ),
-        ] = None,
-        model_name_or_path: ModelPath = None,
-        device: Device = "auto",
-        dtype: Dtype = "auto",
-        quantize: Quantize = None,
-        offload: Offload = None,
-        output_dir: OutputDir = Path("anygpt_output"),
-        config: ConfigFile = None,
-        seed: Seed = None,
-        max_new_tokens: MaxNewTokens = None,
-        temperature: Temperature = None,
-        top_p: TopP = None,
-        top_k: TopK = None,
-        num_beams: NumBeams = None,
+        input_file: _InputFile = None,
+        model: ModelChoice,
+        decoding: DecodingFlags,
         instructions: InstructionsFile = None,
-        no_force_span: Annotated[
-            bool,
-            typer.Option(
-                "--no-force-span",
-                help="For text->media, leave the span to the model (default: opened after the prompt).",
-            ),
-        ] = False,
+        no_force_span: _NoForceSpan = False,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per task.")] = False,
-        dry_run: Annotated[
-            bool, typer.Option("--dry-run", help="Print the prompt and stop.")
-        ] = False,
-        batch_size: Annotated[
-            int,
-            typer.Option(
-                "--batch-size",
-                min=1,
-                max=256,
-                help="Generate up to N tasks together (output still per task, in input order).",
-            ),
-        ] = 1,
-        engine: EngineName = "local",
-        vllm_url: VLLMUrl = None,
+        dry_run: _DryRun = False,
+        batch_size: _BatchSize = 1,
+        engine: EngineChoice,
         codec_options: dict[str, Any],
     ) -> None:
-        from anygpt_core.tasks import parse_instruction
-
-        # one task fails before loading anything; in a batch, a bad task fails alone
-        for line in instruction if instruction and len(instruction) == 1 else []:
-            task = parse_instruction(line)
-            for name in {task.source, task.target} - {"text"}:
-                plugins.modality(name)
-        check_low_memory(quantize, offload)  # an unknown mode fails before loading
-        check_decoding(  # a bad file or flag value fails before the model loads
-            config,
-            plugins=plugins,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            num_beams=num_beams,
-        )
-        url = check_engine(engine, vllm_url)
+        _check_task(plugins, instruction)  # one task fails before loading anything
+        model.check()  # an unknown mode fails before loading
+        decoding.check(plugins)  # a bad file or flag value fails before the model loads
+        url = engine.url()
         if (
             not dry_run
         ):  # a file in the way, no permission or a full disk: found now, not at the end
-            check_output_dir(output_dir)
+            check_output_dir(model.output_dir)
         gpt = load_model(
-            plugins,
-            model_name_or_path,
-            device=device,
-            dtype=dtype,
-            quantize=quantize,
-            offload=offload,
-            codec_options=codec_options,
-            output_dir=output_dir,
-            instructions=instructions,
-            vllm_url=url,
+            plugins, model, codec_options=codec_options, instructions=instructions, vllm_url=url
         )
-        options = {
-            "config": config,
-            "seed": seed,
-            "force_span": not no_force_span,
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
-            "top_k": top_k,
-            "num_beams": num_beams,
-        }
         gpt.engine.max_batch = batch_size
+        options = {"config": decoding.config, "seed": decoding.seed, **decoding.fields}
+        options["force_span"] = not no_force_span
+        lines = _lines(instruction, input_file)
         single = len(instruction or []) == 1 and input_file is None
-        failures = 0
         if batch_size == 1 or dry_run:
-            for line in _lines(instruction, input_file):
-                try:
-                    _run_one(gpt, line.strip(), options, as_json=as_json, dry_run=dry_run)
-                except AnyGPTError as err:
-                    if single:
-                        raise
-                    failures += 1
-                    sys.stderr.write(f"Error: {first_line(err)}\n")
+            failures = _run_each(
+                gpt, lines, options, as_json=as_json, dry_run=dry_run, single=single
+            )
         else:
-            for chunk in _chunks(_lines(instruction, input_file), batch_size):
-                failures += _run_batch(gpt, chunk, options, as_json=as_json, single=single)
+            failures = sum(
+                _run_batch(gpt, chunk, options, as_json=as_json, single=single)
+                for chunk in _chunks(lines, batch_size)
+            )
         if failures:
             raise typer.Exit(1)
+
+
+def _check_task(plugins: PluginSet, instruction: list[str] | None) -> None:
+    """One task's modalities must be installed (in a batch, a bad task fails alone, later)."""
+    from anygpt_core.tasks import parse_instruction
+
+    for line in instruction if instruction and len(instruction) == 1 else []:
+        task = parse_instruction(line)
+        for name in {task.source, task.target} - {"text"}:
+            plugins.modality(name)
+
+
+def _run_each(
+    gpt: AnyGPT,
+    lines: Iterable[str],
+    options: dict[str, Any],
+    *,
+    as_json: bool,
+    dry_run: bool,
+    single: bool,
+) -> int:
+    """Run tasks one at a time; print each result or error; return the failures."""
+    failures = 0
+    for line in lines:
+        try:
+            _run_one(gpt, line.strip(), options, as_json=as_json, dry_run=dry_run)
+        except AnyGPTError as err:
+            if single:
+                raise
+            failures += 1
+            sys.stderr.write(f"Error: {first_line(err)}\n")
+    return failures
 
 
 def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:

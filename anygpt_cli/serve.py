@@ -6,31 +6,25 @@ import logging
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from anygpt_cli.common import (
-    ConfigFile,
-    Device,
-    Dtype,
-    EngineName,
-    InstructionsFile,
-    ModelPath,
-    Offload,
-    Quantize,
-    VLLMUrl,
-    check_decoding,
-    check_engine,
-    check_low_memory,
-    load_model,
-)
-from anygpt_cli.options import with_codec_options
+from anygpt_cli.common import DecodingFlags, EngineChoice, InstructionsFile, ModelChoice, load_model
+from anygpt_cli.options import with_codec_options, with_group
 from anygpt_core.errors import ConfigError, InputError, PluginError
 from anygpt_core.files import file_problem
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
+    from starlette.types import ASGIApp
+
+    from anygpt_cli.server.media import Limits, MediaStore
+    from anygpt_cli.server.service import Settings
+    from anygpt_core.api import AnyGPT
     from anygpt_core.plugins import PluginSet
 
 __all__ = ["register"]
@@ -39,6 +33,119 @@ HELP = """Serve the model over HTTP with OpenAI's API: chat completions (text, i
 music in and out, streaming), /v1/audio/speech, /v1/audio/transcriptions, /v1/images/generations
 and /v1/audio/generations (text to music). Requests in flight are generated together.
 """
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How `anygpt serve` listens, admits and limits requests (`--host` ... `--cache-dir`)."""
+
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1"
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")
+    ] = 8000
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="ANYGPT_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on /v1 (or set ANYGPT_API_KEY).",
+            show_default=False,
+        ),
+    ] = None
+    served_model_name: Annotated[
+        str | None,
+        typer.Option(
+            "--served-model-name",
+            help="The model id clients send (default: the model path or hub id; anygpt-demo).",
+        ),
+    ] = None
+    voice: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--voice",
+            metavar="NAME=FILE",
+            help="A named voice prompt (repeatable); clients pick it by name.",
+        ),
+    ] = None
+    chat_template: Annotated[
+        str, typer.Option("--chat-template", help="mmgpt (the reference chat) or anygpt.")
+    ] = "mmgpt"
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, max=256, help="Most rows generated together.")
+    ] = 16
+    max_queue: Annotated[
+        int,
+        typer.Option(
+            "--max-queue", min=1, help="Most requests in the server; beyond, 429 Retry-After."
+        ),
+    ] = 64
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            "--request-timeout", min=1, max=86400, help="Seconds a request may take (504)."
+        ),
+    ] = 300.0
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            "--read-timeout",
+            min=0.1,
+            max=3600,
+            help="Seconds a client has to send a request's head, and then its body (408).",
+        ),
+    ] = 30.0
+    max_body_mb: Annotated[
+        float, typer.Option("--max-body-mb", min=0.001, max=4096, help="Request body limit.")
+    ] = 25.0
+    max_audio_seconds: Annotated[
+        float,
+        typer.Option("--max-audio-seconds", min=0.1, max=3600, help="Per audio input."),
+    ] = 60.0
+    max_image_pixels: Annotated[
+        int,
+        typer.Option("--max-image-pixels", min=1, help="Per image input (width × height)."),
+    ] = 16_777_216
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Where request media wait while encoded (default: $ANYGPT_HOME/serve).",
+        ),
+    ] = None
+
+    def check(self) -> dict[str, Path]:
+        """Validate the options before anything loads; the named voices' files.
+
+        Raises:
+            ConfigError: an unknown chat template, or a limit that is not a finite number.
+            InputError: a `--voice` that is not NAME=FILE, or whose file cannot be read.
+        """
+        from anygpt_core.chat import TEMPLATES
+
+        if self.chat_template not in TEMPLATES:
+            raise ConfigError(
+                f"--chat-template {self.chat_template!r}: choose one of {', '.join(TEMPLATES)}"
+            )
+        finite = {
+            "max-body-mb": self.max_body_mb,
+            "request-timeout": self.request_timeout,
+            "read-timeout": self.read_timeout,
+        }
+        for name, value in finite.items():
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ConfigError(f"--{name}: must be a finite number")
+        return _voices(self.voice)
+
+    def limits(self) -> Limits:
+        """What one request may send."""
+        from anygpt_cli.server.media import Limits
+
+        return Limits(
+            max_body_bytes=int(self.max_body_mb * 1024 * 1024),
+            max_audio_seconds=self.max_audio_seconds,
+            max_image_pixels=self.max_image_pixels,
+            read_timeout=self.read_timeout,
+        )
 
 
 def _voices(values: list[str] | None) -> dict[str, Path]:
@@ -74,138 +181,31 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
 
     @app.command("serve", help=HELP)
     @with_codec_options(plugins.options(), plugins.option_panels())
+    @ModelChoice.options()
+    @DecodingFlags.options(seed=False, flags=False)
+    @EngineChoice.options()
+    @with_group(ServerOptions)
     def serve_command(
         *,
-        model_name_or_path: ModelPath = None,
-        device: Device = "auto",
-        dtype: Dtype = "auto",
-        quantize: Quantize = None,
-        offload: Offload = None,
-        config: ConfigFile = None,
-        engine: EngineName = "local",
-        vllm_url: VLLMUrl = None,
+        model: ModelChoice,
+        decoding: DecodingFlags,
+        engine: EngineChoice,
         instructions: InstructionsFile = None,
-        host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-        port: Annotated[
-            int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")
-        ] = 8000,
-        api_key: Annotated[
-            str | None,
-            typer.Option(
-                "--api-key",
-                envvar="ANYGPT_API_KEY",
-                help="Require 'Authorization: Bearer KEY' on /v1 (or set ANYGPT_API_KEY).",
-                show_default=False,
-            ),
-        ] = None,
-        served_model_name: Annotated[
-            str | None,
-            typer.Option(
-                "--served-model-name",
-                help="The model id clients send (default: the model path or hub id; anygpt-demo).",
-            ),
-        ] = None,
-        voice: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--voice",
-                metavar="NAME=FILE",
-                help="A named voice prompt (repeatable); clients pick it by name.",
-            ),
-        ] = None,
-        chat_template: Annotated[
-            str, typer.Option("--chat-template", help="mmgpt (the reference chat) or anygpt.")
-        ] = "mmgpt",
-        max_batch: Annotated[
-            int, typer.Option("--max-batch", min=1, max=256, help="Most rows generated together.")
-        ] = 16,
-        max_queue: Annotated[
-            int,
-            typer.Option(
-                "--max-queue", min=1, help="Most requests in the server; beyond, 429 Retry-After."
-            ),
-        ] = 64,
-        request_timeout: Annotated[
-            float,
-            typer.Option(
-                "--request-timeout", min=1, max=86400, help="Seconds a request may take (504)."
-            ),
-        ] = 300.0,
-        read_timeout: Annotated[
-            float,
-            typer.Option(
-                "--read-timeout",
-                min=0.1,
-                max=3600,
-                help="Seconds a client has to send a request's head, and then its body (408).",
-            ),
-        ] = 30.0,
-        max_body_mb: Annotated[
-            float, typer.Option("--max-body-mb", min=0.001, max=4096, help="Request body limit.")
-        ] = 25.0,
-        max_audio_seconds: Annotated[
-            float,
-            typer.Option("--max-audio-seconds", min=0.1, max=3600, help="Per audio input."),
-        ] = 60.0,
-        max_image_pixels: Annotated[
-            int,
-            typer.Option("--max-image-pixels", min=1, help="Per image input (width × height)."),
-        ] = 16_777_216,
-        cache_dir: Annotated[
-            Path | None,
-            typer.Option(
-                "--cache-dir",
-                help="Where request media wait while encoded (default: $ANYGPT_HOME/serve).",
-            ),
-        ] = None,
+        server: ServerOptions,
         codec_options: dict[str, Any],
     ) -> None:
-        try:
-            import fastapi  # noqa: F401
-            import uvicorn
-        except ImportError as err:
-            raise PluginError(
-                f"anygpt serve needs {err.name}: pip install fastapi uvicorn python-multipart"
-            ) from None
-        from anygpt_cli.server.app import create_app, wrap
-        from anygpt_cli.server.media import Limits, MediaStore
-        from anygpt_cli.server.protocol import with_head_deadline
-        from anygpt_cli.server.service import Service, Settings
-        from anygpt_core.chat import TEMPLATES
-        from anygpt_core.demo import anygpt_home
-
-        if chat_template not in TEMPLATES:
-            raise ConfigError(
-                f"--chat-template {chat_template!r}: choose one of {', '.join(TEMPLATES)}"
-            )
-        finite = {
-            "max-body-mb": max_body_mb,
-            "request-timeout": request_timeout,
-            "read-timeout": read_timeout,
-        }
-        for name, value in finite.items():
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ConfigError(f"--{name}: must be a finite number")
-        voices = _voices(voice)
-        check_low_memory(quantize, offload)  # an unknown mode fails before loading
-        check_decoding(config, plugins=plugins)
-        url = check_engine(engine, vllm_url)
-        sock = _bind(host, port)  # a taken port fails before the model loads
-        limits = Limits(
-            max_body_bytes=int(max_body_mb * 1024 * 1024),
-            max_audio_seconds=max_audio_seconds,
-            max_image_pixels=max_image_pixels,
-            read_timeout=read_timeout,
-        )
-        store = MediaStore(cache_dir or anygpt_home() / "serve", limits)
+        uvicorn = _import_server()
+        voices = server.check()
+        model.check()  # an unknown mode fails before loading
+        decoding.check(plugins)
+        url = engine.url()
+        sock = _bind(server.host, server.port)  # a taken port fails before the model loads
+        limits = server.limits()
+        store = _store(server, limits)
         try:
             gpt = load_model(
                 plugins,
-                model_name_or_path,
-                device=device,
-                dtype=dtype,
-                quantize=quantize,
-                offload=offload,
+                model,
                 codec_options=codec_options,
                 output_dir=store.dir,  # nothing is saved: media go back in the responses
                 instructions=instructions,
@@ -215,50 +215,104 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             store.close()
             sock.close()
             raise
-        gpt.engine.max_batch = max_batch
-        settings = Settings(
-            model_name=served_model_name or model_name_or_path or "anygpt-demo",
-            api_key=api_key or None,
-            max_queue=max_queue,
-            request_timeout=request_timeout,
-            voices=voices,
-            template=chat_template,
-            config=config,
-        )
-        service = Service(gpt, settings, store)
-        application = wrap(create_app(service), service, limits)
+        gpt.engine.max_batch = server.max_batch
+        settings = _settings(server, model, decoding, voices)
+        application = _application(gpt, settings, store, limits)
         _log_requests()
-        bound_host, bound_port = sock.getsockname()[:2]
-        where = f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}"
-        names = ", ".join(f"{i.name} {i.version or ''}".strip() for i in plugins.infos) or "none"
-        server = uvicorn.Server(
-            uvicorn.Config(
-                application,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=int(request_timeout) + 5,
-                http=with_head_deadline(read_timeout),
-                log_level="warning",
-            )
-        )
-        generation = f" on the vLLM server at {url}" if url else ""
-        sys.stderr.write(
-            f"Serving {settings.model_name}{generation} (plugins: {names}) on {where}"
-            f"{' with an API key' if settings.api_key else ''}; Ctrl-C or SIGTERM stops it\n"
-        )
-        sys.stderr.flush()
-        # uvicorn stops taking requests on SIGTERM, finishes those in flight, then raises the
-        # signal again for the handler it found: this one, so the cache is cleaned and we exit 0
-        previous = signal.signal(signal.SIGTERM, _stopped)
-        try:
-            server.run(sockets=[sock])
-        except _Stop:
-            sys.stderr.write("Stopped (SIGTERM) after the requests in flight finished\n")
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            store.close()
-            sock.close()
+        _announce(settings, plugins, sock, url)
+        _run(uvicorn, application, server, sock=sock, store=store)
+
+
+def _import_server() -> ModuleType:
+    """uvicorn, once FastAPI and the server's modules are known to import (the `serve` extra)."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as err:
+        raise PluginError(
+            f"anygpt serve needs {err.name}: pip install fastapi uvicorn python-multipart"
+        ) from None
+    import anygpt_cli.server.app  # noqa: F401 - the server's own imports fail before loading
+
+    return uvicorn
+
+
+def _store(server: ServerOptions, limits: Limits) -> MediaStore:
+    from anygpt_cli.server.media import MediaStore
+    from anygpt_core.demo import anygpt_home
+
+    return MediaStore(server.cache_dir or anygpt_home() / "serve", limits)
+
+
+def _settings(
+    server: ServerOptions, model: ModelChoice, decoding: DecodingFlags, voices: dict[str, Path]
+) -> Settings:
+    from anygpt_cli.server.service import Settings
+
+    return Settings(
+        model_name=server.served_model_name or model.model_name_or_path or "anygpt-demo",
+        api_key=server.api_key or None,
+        max_queue=server.max_queue,
+        request_timeout=server.request_timeout,
+        voices=voices,
+        template=server.chat_template,
+        config=decoding.config,
+    )
+
+
+def _application(gpt: AnyGPT, settings: Settings, store: MediaStore, limits: Limits) -> ASGIApp:
+    """The HTTP API of the loaded model behind its gate."""
+    from anygpt_cli.server.app import create_app, wrap
+    from anygpt_cli.server.service import Service
+
+    service = Service(gpt, settings, store)
+    return wrap(create_app(service), service, limits)
+
+
+def _announce(settings: Settings, plugins: PluginSet, sock: socket.socket, url: str | None) -> None:
+    """One line on stderr: what is served, where, and how to stop it."""
+    bound_host, bound_port = sock.getsockname()[:2]
+    where = f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}"
+    names = ", ".join(f"{i.name} {i.version or ''}".strip() for i in plugins.infos) or "none"
+    generation = f" on the vLLM server at {url}" if url else ""
+    sys.stderr.write(
+        f"Serving {settings.model_name}{generation} (plugins: {names}) on {where}"
+        f"{' with an API key' if settings.api_key else ''}; Ctrl-C or SIGTERM stops it\n"
+    )
+    sys.stderr.flush()
+
+
+def _run(
+    uvicorn: ModuleType,
+    application: ASGIApp,
+    server: ServerOptions,
+    *,
+    sock: socket.socket,
+    store: MediaStore,
+) -> None:
+    """Serve on `sock` until Ctrl-C or SIGTERM; then clean the media cache."""
+    from anygpt_cli.server.protocol import with_head_deadline
+
+    config = uvicorn.Config(
+        application,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=int(server.request_timeout) + 5,
+        http=with_head_deadline(server.read_timeout),
+        log_level="warning",
+    )
+    # uvicorn stops taking requests on SIGTERM, finishes those in flight, then raises the
+    # signal again for the handler it found: this one, so the cache is cleaned and we exit 0
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except _Stop:
+        sys.stderr.write("Stopped (SIGTERM) after the requests in flight finished\n")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        store.close()
+        sock.close()
 
 
 class _Stop(Exception):
