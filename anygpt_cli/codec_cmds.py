@@ -76,13 +76,20 @@ Demo = Annotated[
 ]
 
 
+_Modality = Annotated[str, typer.Argument(help="Modality name, e.g. music.")]
+
+
 def register(app: typer.Typer, plugins: PluginSet) -> None:
     """Add `encode` and `decode` with the installed plugins' options."""
+    _add_encode(app, plugins)
+    _add_decode(app, plugins)
 
+
+def _add_encode(app: typer.Typer, plugins: PluginSet) -> None:
     @app.command("encode")
     @with_codec_options(plugins.options(), plugins.option_panels())
     def encode_command(
-        modality: Annotated[str, typer.Argument(help="Modality name, e.g. music.")],
+        modality: _Modality,
         file: Annotated[
             Path, typer.Argument(help="Media file to encode.", readable=False)  # ours: exit 3
         ],
@@ -113,31 +120,36 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         else:
             typer.echo(codes_to_string(spec, codes))
 
+
+_Span = Annotated[
+    str, typer.Argument(help="The span `<somu>…<eomu>`, `@file` holding it, or `-` (stdin).")
+]
+_VoicePrompt = Annotated[
+    Path | None,
+    typer.Option(
+        "--voice-prompt",
+        "--condition",
+        help="Voice prompt (speech) or condition file.",
+        readable=False,  # check_input_file says what is wrong, exit 3
+    ),
+]
+_Seed = Annotated[int | None, typer.Option("--seed", help="Seed for sampling decoders.")]
+_Lenient = Annotated[
+    bool, typer.Option("--lenient", help="Repair a malformed span (with a warning).")
+]
+
+
+def _add_decode(app: typer.Typer, plugins: PluginSet) -> None:
     @app.command("decode")
     @with_codec_options(plugins.options(), plugins.option_panels())
     def decode_command(
-        modality: Annotated[str, typer.Argument(help="Modality name, e.g. music.")],
-        span: Annotated[
-            str,
-            typer.Argument(help="The span `<somu>…<eomu>`, `@file` holding it, or `-` (stdin)."),
-        ],
+        modality: _Modality,
+        span: _Span,
         *,
         output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
-        voice_prompt: Annotated[
-            Path | None,
-            typer.Option(
-                "--voice-prompt",
-                "--condition",
-                help="Voice prompt (speech) or condition file.",
-                readable=False,  # check_input_file says what is wrong, exit 3
-            ),
-        ] = None,
-        seed: Annotated[
-            int | None, typer.Option("--seed", help="Seed for sampling decoders.")
-        ] = None,
-        lenient: Annotated[
-            bool, typer.Option("--lenient", help="Repair a malformed span (with a warning).")
-        ] = False,
+        voice_prompt: _VoicePrompt = None,
+        seed: _Seed = None,
+        lenient: _Lenient = False,
         force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT.")] = False,
         demo: Demo = True,
         codec_options: dict[str, Any],
@@ -147,17 +159,11 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         Like `run` without a model, codec options you leave out are the embedded demo's (its media
         are meaningless): name the codec's checkpoints, or --no-demo for the published ones.
         """
-        from anygpt_core.config import check_seed
         from anygpt_core.files import write_bytes
         from anygpt_core.protocol import string_to_codes
         from anygpt_core.tasks import atomic_write
 
-        if seed is not None:
-            check_seed(seed)
-        if output.exists() and not force:
-            raise InputError(f"{output}: already exists; use --force to overwrite")
-        if voice_prompt is not None:
-            check_input_file(voice_prompt, what="voice prompt")
+        _check_decode(output, voice_prompt, seed=seed, force=force)
         codecs = _codecs(plugins, modality, codec_options, use_demo=demo)
         spec = codecs.spec(modality)
         codes = string_to_codes(spec, _read_span(span), strict=not lenient)
@@ -169,3 +175,17 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         data = codecs.to_bytes(modality, media, suffix=output.suffix or None)
         written = atomic_write(output, lambda tmp: write_bytes(tmp, data), overwrite=force)
         typer.echo(str(written))
+
+
+def _check_decode(
+    output: Path, voice_prompt: Path | None, *, seed: int | None, force: bool
+) -> None:
+    """The seed, OUTPUT and the voice prompt, before any codec loads."""
+    from anygpt_core.config import check_seed
+
+    if seed is not None:
+        check_seed(seed)
+    if output.exists() and not force:
+        raise InputError(f"{output}: already exists; use --force to overwrite")
+    if voice_prompt is not None:
+        check_input_file(voice_prompt, what="voice prompt")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,12 +14,41 @@ from anygpt_cli.options import with_codec_options
 from anygpt_core.errors import InputError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from anygpt_core.plugins import PluginSet
     from anygpt_core.training.data import PrepareSummary
 
 __all__ = ["register"]
 
 _SHOWN = 20
+
+
+_Manifest = Annotated[
+    Path,
+    typer.Argument(
+        help="JSONL manifest: text + media paths, or chats.",
+        readable=False,  # ours says what is wrong, exit 3 (click's would exit 2)
+    ),
+]
+_Out = Annotated[Path, typer.Argument(help="Training JSONL to write (resumed if interrupted).")]
+_MaxTokens = Annotated[
+    int, typer.Option("--max-tokens", help="Most span tokens per example; longer are skipped.")
+]
+_Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start again from scratch.")]
+_Shard = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="K/N",
+        help="Prepare only the K-th of N parts of the manifest (one per machine), "
+        "into OUT.0000K-of-0000N; join them with `anygpt data merge OUT`.",
+    ),
+]
+_Demo = Annotated[
+    bool,
+    typer.Option("--demo", help="Use the embedded demo's tiny codecs for options not given."),
+]
 
 
 def register(app: typer.Typer, plugins: PluginSet) -> None:
@@ -30,77 +59,22 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
     @group.command("prepare")
     @with_codec_options(plugins.options(), plugins.option_panels())
     def prepare_command(
-        manifest: Annotated[
-            Path,
-            typer.Argument(
-                help="JSONL manifest: text + media paths, or chats.",
-                readable=False,  # ours says what is wrong, exit 3 (click's would exit 2)
-            ),
-        ],
-        out: Annotated[
-            Path, typer.Argument(help="Training JSONL to write (resumed if interrupted).")
-        ],
+        manifest: _Manifest,
+        out: _Out,
         *,
         workers: Annotated[int, typer.Option("--workers", "-j", help="Encoding processes.")] = 1,
-        max_tokens: Annotated[
-            int,
-            typer.Option("--max-tokens", help="Most span tokens per example; longer are skipped."),
-        ] = 4096,
-        overwrite: Annotated[
-            bool, typer.Option("--overwrite", help="Start again from scratch.")
-        ] = False,
-        shard: Annotated[
-            str | None,
-            typer.Option(
-                "--shard",
-                metavar="K/N",
-                help="Prepare only the K-th of N parts of the manifest (one per machine), "
-                "into OUT.0000K-of-0000N; join them with `anygpt data merge OUT`.",
-            ),
-        ] = None,
-        demo: Annotated[
-            bool,
-            typer.Option(
-                "--demo", help="Use the embedded demo's tiny codecs for options not given."
-            ),
-        ] = False,
+        max_tokens: _MaxTokens = 4096,
+        overwrite: _Overwrite = False,
+        shard: _Shard = None,
+        demo: _Demo = False,
         codec_options: dict[str, Any],
     ) -> None:
         """Replace media paths by protocol strings; bad lines are skipped and listed by number."""
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        from anygpt_cli.console import stderr
         from anygpt_core.training.data import parse_shard, prepare_dataset
 
         part = parse_shard(shard) if shard is not None else None
-        options = dict(codec_options)
-        if demo:
-            from anygpt_core.demo import ensure_demo
-
-            stderr.print("[yellow]Using the demo codecs: their codes are meaningless.[/yellow]")
-            options = {**ensure_demo(plugins).options, **options}
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=stderr,
-            transient=True,
-            disable=not stderr.is_terminal,
-        )
-        task = progress.add_task("encoding", total=None)
-
-        def update(done: int, total: int, skipped: int) -> None:
-            progress.update(
-                task, completed=done, total=total, description=f"encoding ({skipped} skipped)"
-            )
-
+        options = _with_demo(plugins, codec_options) if demo else dict(codec_options)
+        progress, update = _progress()
         with progress, _write_errors(out):
             summary = prepare_dataset(
                 manifest,
@@ -117,6 +91,10 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         if summary.written == 0 and part is None:  # a shard's block may hold only bad lines
             raise InputError(f"{manifest}: no usable examples; nothing written to {out}")
 
+    _add_merge(group)
+
+
+def _add_merge(group: typer.Typer) -> None:
     @group.command("merge")
     def merge_command(
         out: Annotated[
@@ -134,6 +112,46 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         _report(summary)
         if summary.written == 0:
             raise InputError(f"{out}: the shards hold no usable examples")
+
+
+def _with_demo(plugins: PluginSet, codec_options: dict[str, Any]) -> dict[str, Any]:
+    """The demo's codec options under those given, said on stderr."""
+    from anygpt_cli.console import stderr
+    from anygpt_core.demo import ensure_demo
+
+    stderr.print("[yellow]Using the demo codecs: their codes are meaningless.[/yellow]")
+    return {**ensure_demo(plugins).options, **codec_options}
+
+
+def _progress() -> tuple[Progress, Callable[[int, int, int], None]]:
+    """A progress bar of the examples encoded (terminals only), and its update callback."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from anygpt_cli.console import stderr
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+        disable=not stderr.is_terminal,
+    )
+    task = progress.add_task("encoding", total=None)
+
+    def update(done: int, total: int, skipped: int) -> None:
+        progress.update(
+            task, completed=done, total=total, description=f"encoding ({skipped} skipped)"
+        )
+
+    return progress, update
 
 
 @contextlib.contextmanager
