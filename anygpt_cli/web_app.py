@@ -208,6 +208,52 @@ def _paths(value: Any) -> list[str]:  # noqa: ANN401 - a Gradio file value: None
     return [str(value)] if value else []
 
 
+class _Progress:
+    """What the page shows while a chat turn is written: the text so far and a status line."""
+
+    def __init__(self) -> None:
+        self.streamed = ""
+        self.span = ""
+        self.count = 0
+        self.total = 0
+        self.last = 0.0  # when the page was last refreshed
+
+    def answer(self) -> dict[str, Any]:
+        """The answer so far, as the chat's assistant message."""
+        return {"role": "assistant", "content": self.streamed.strip() or "…"}
+
+    def status(self, item: object) -> str | None:
+        """Take one item of the turn's stream; a new status line, or None."""
+        from anygpt_core.chat import MediaReady, TextPiece
+        from anygpt_core.engine.events import Done, SpanClosed, SpanOpened, TokenEvent
+
+        if isinstance(item, TextPiece):
+            self.streamed += item.text
+        elif isinstance(item, SpanOpened):
+            self.span, self.count, self.total = item.modality, 0, item.max_tokens
+            return f"Writing {self.span}…"
+        elif isinstance(item, TokenEvent) and item.modality is not None:
+            self.count += 1
+            bar = _bar(self.count, self.total)
+            return f"Writing {self.span}: {bar} {self.count}/{self.total} tokens"
+        elif isinstance(item, SpanClosed):
+            self.streamed += f" [{item.modality}] "
+            return f"Decoding the {item.modality} span…"
+        elif isinstance(item, MediaReady):
+            return f"Wrote a {item.span.modality} span"
+        elif isinstance(item, Done):
+            return "Finishing…"
+        return None
+
+    def due(self, status: str | None) -> bool:
+        """Whether to refresh the page: at a new status, or at most every `_REFRESH_SECONDS`."""
+        now = time.monotonic()
+        if now - self.last < _REFRESH_SECONDS and status is None:
+            return False
+        self.last = now
+        return True
+
+
 class WebApp:
     """The Gradio page over one loaded model.
 
@@ -299,6 +345,30 @@ class WebApp:
         to = gr.Radio(
             ["text", *self.modalities], value="text", label="Answer as", elem_id="answer-modality"
         )
+        inputs = self._attachments()
+        with gr.Row():
+            voice = self._voice() if SPEECH in self.modalities else None
+            seed = gr.Number(
+                self.seed, label="Seed (empty: a new one each turn)", precision=0, elem_id="seed"
+            )
+        downloads = gr.File(
+            label="Files of the last answer", file_count="multiple", interactive=False
+        )
+        #: the attachments' parameters of the chat endpoint, by modality
+        self._inputs = {name: _input_parameter(name) for name in inputs}
+        # the chat endpoint's parameters, by name: /chat(message, answer_as, image_files, ...)
+        fields: dict[str, Any] = {"message": text, "answer_as": to}
+        fields.update({self._inputs[name]: c for name, c in inputs.items()})
+        if voice is not None:
+            fields["voice_prompt"] = voice
+        fields.update(seed=seed, history=chatbot)
+        # the order of every value a chat handler returns or yields
+        outputs = [chatbot, status, downloads, text, *inputs.values()]
+        self._wire_chat(fields, outputs, (send, stop, clear))
+
+    def _attachments(self) -> dict[str, Any]:
+        """A file input per modality the model reads (speech: record or upload), in a row."""
+        gr = self.gr
         inputs: dict[str, Any] = {}
         with gr.Row():
             for name in self.modalities:
@@ -317,33 +387,27 @@ class WebApp:
                         elem_id=f"input-{name}",
                         height=140,
                     )
-        with gr.Row():
-            voice = (
-                gr.Audio(
-                    sources=["upload"],
-                    type="filepath",
-                    label="Voice of spoken answers (optional)",
-                    elem_id="voice",
-                )
-                if SPEECH in self.modalities
-                else None
-            )
-            seed = gr.Number(
-                self.seed, label="Seed (empty: a new one each turn)", precision=0, elem_id="seed"
-            )
-        downloads = gr.File(
-            label="Files of the last answer", file_count="multiple", interactive=False
+        return inputs
+
+    def _voice(self) -> Any:  # noqa: ANN401 - gr.Audio
+        return self.gr.Audio(
+            sources=["upload"],
+            type="filepath",
+            label="Voice of spoken answers (optional)",
+            elem_id="voice",
         )
-        #: the attachments' parameters of the chat endpoint, by modality
-        self._inputs = {name: _input_parameter(name) for name in inputs}
-        # the chat endpoint's parameters, by name: /chat(message, answer_as, image_files, ...)
-        fields: dict[str, Any] = {"message": text, "answer_as": to}
-        fields.update({self._inputs[name]: c for name, c in inputs.items()})
-        if voice is not None:
-            fields["voice_prompt"] = voice
-        fields.update(seed=seed, history=chatbot)
-        # the order of every value a chat handler returns or yields
-        outputs = [chatbot, status, downloads, text, *inputs.values()]
+
+    def _wire_chat(
+        self, fields: dict[str, Any], outputs: list[Any], buttons: tuple[Any, Any, Any]
+    ) -> None:
+        """The chat tab's events: /chat (Send or Enter), /stop, /clear, and a closed tab.
+
+        `fields` are the chat endpoint's inputs by parameter name, `outputs` what its handlers
+        return (the chat, the status line, ...), `buttons` Send, Stop and Clear.
+        """
+        gr = self.gr
+        send, stop, clear = buttons
+        status = outputs[1]
 
         def turn(request: Any, *values: Any) -> Iterator[list[Any]]:  # noqa: ANN401
             yield from self._turn(dict(zip(fields, values, strict=True)), _session(request))
@@ -371,14 +435,10 @@ class WebApp:
                 api_name=name,
                 trigger_mode="multiple",  # a send while answering is told so, not dropped
             )
-            for trigger, name in ((send.click, "chat"), (text.submit, False))
+            for trigger, name in ((send.click, "chat"), (fields["message"].submit, False))
         ]
         stop.click(stopped, outputs=[status], cancels=turns, api_name="stop")
-        clear.click(
-            clear_chat,
-            outputs=[chatbot, status, downloads, text, *inputs.values()],
-            api_name="clear",
-        )
+        clear.click(clear_chat, outputs=[*outputs], api_name="clear")
         self._unload_handler = unload
 
     def _tasks_tab(self) -> None:
@@ -398,21 +458,7 @@ class WebApp:
         gr = self.gr
         key = task.key
         config = self.gpt.config_for(task.target)
-        if task.source == "text":
-            source = gr.Textbox(label="Text", value=task.hint, elem_id=f"{key}-input")
-        elif task.source == SPEECH:
-            source = gr.Audio(
-                sources=["upload", "microphone"],
-                type="filepath",
-                label="Speech",
-                elem_id=f"{key}-input",
-            )
-        else:
-            source = gr.File(
-                label=f"{task.source.capitalize()} file",
-                file_types=self._types(task.source),
-                elem_id=f"{key}-input",
-            )
+        source = self._task_source(task)
         voice = None
         if task.target == SPEECH:
             voice = gr.Audio(
@@ -435,22 +481,55 @@ class WebApp:
         go = gr.Button("Run", variant="primary", elem_id=f"{key}-run")
         status = gr.Markdown("", label="Status", elem_id=f"{key}-status")
         text = gr.Textbox(label="Text answer", interactive=False, elem_id=f"{key}-text")
-        media: Any = None
-        if task.target == "image":
-            media = gr.Image(
-                label="Image", type="filepath", interactive=False, elem_id=f"{key}-out"
+        media = self._task_media(task)
+        files = gr.File(label="Files", file_count="multiple", interactive=False)
+        fields = [source, voice, temperature, top_p, top_k, max_new, sample, seed]
+        go.click(
+            self._task_handler(task, with_media=media is not None),
+            inputs=[f if f is not None else gr.State(None) for f in fields],
+            outputs=[status, text, *([media] if media is not None else []), files],
+            concurrency_limit=None,
+            api_name=key.replace("-", "_"),  # /text_image, /speech_text, ... (not /run_3)
+        )
+
+    def _task_source(self, task: OneShot) -> Any:  # noqa: ANN401 - a Gradio component
+        """The task's input: a text box, a recorder for speech, a file otherwise."""
+        gr = self.gr
+        if task.source == "text":
+            return gr.Textbox(label="Text", value=task.hint, elem_id=f"{task.key}-input")
+        if task.source == SPEECH:
+            return gr.Audio(
+                sources=["upload", "microphone"],
+                type="filepath",
+                label="Speech",
+                elem_id=f"{task.key}-input",
             )
-        elif task.target != "text":
-            media = gr.Audio(
+        return gr.File(
+            label=f"{task.source.capitalize()} file",
+            file_types=self._types(task.source),
+            elem_id=f"{task.key}-input",
+        )
+
+    def _task_media(self, task: OneShot) -> Any:  # noqa: ANN401 - a Gradio component or None
+        """Where the task's media answer shows: an image, a player, or nothing for text."""
+        gr = self.gr
+        if task.target == "image":
+            return gr.Image(
+                label="Image", type="filepath", interactive=False, elem_id=f"{task.key}-out"
+            )
+        if task.target != "text":
+            return gr.Audio(
                 label=task.target.capitalize(),
                 type="filepath",
                 interactive=False,
-                elem_id=f"{key}-out",
+                elem_id=f"{task.key}-out",
             )
-        files = gr.File(label="Files", file_count="multiple", interactive=False)
-        fields = [source, voice, temperature, top_p, top_k, max_new, sample, seed]
+        return None
 
-        def run(  # the parameters' names are the page's API (gradio_client, /gradio_api/info)
+    def _task_handler(self, task: OneShot, *, with_media: bool) -> Callable[..., list[Any]]:
+        """The task's endpoint: its parameters' names are the page's API (gradio_client)."""
+
+        def run(
             source: Any,  # noqa: ANN401 - text or an uploaded file's path
             voice_prompt: str | None = None,  # None: the API may leave it out
             temperature: float | None = None,  # None: the task's decoding config
@@ -470,16 +549,10 @@ class WebApp:
                 max_new_tokens,
                 do_sample,
                 seed,
-                with_media=media is not None,
+                with_media=with_media,
             )
 
-        go.click(
-            run,
-            inputs=[f if f is not None else gr.State(None) for f in fields],
-            outputs=[status, text, *([media] if media is not None else []), files],
-            concurrency_limit=None,
-            api_name=key.replace("-", "_"),  # /text_image, /speech_text, ... (not /run_3)
-        )
+        return run
 
     # --- handlers ----------------------------------------------------------------------------
 
@@ -517,40 +590,21 @@ class WebApp:
             shown = history + self._user_messages(text, attached)
             # the message leaves the box now: what is typed while it is answered stays there
             yield [shown, f"*Encoding the message… {number}*", None, "", *keep_inputs]
-            streamed, span, count, total, last = "", "", 0, 0, 0.0
-            from anygpt_core.chat import MediaReady, Reply, TextPiece
-            from anygpt_core.engine.events import Done, SpanClosed, SpanOpened, TokenEvent
+            from anygpt_core.chat import Reply
 
             turn = tab.conversation.stream(
                 text, inputs=attached, voice_prompt=voice, to=to, seed=seed
             )
+            progress = _Progress()
             try:
                 for item in turn:
                     if isinstance(item, Reply):
                         yield self._answered(item, history, text, attached, number)
                         return
-                    status = None
-                    if isinstance(item, TextPiece):
-                        streamed += item.text
-                    elif isinstance(item, SpanOpened):
-                        span, count, total = item.modality, 0, item.max_tokens
-                        status = f"Writing {span}…"
-                    elif isinstance(item, TokenEvent) and item.modality is not None:
-                        count += 1
-                        status = f"Writing {span}: {_bar(count, total)} {count}/{total} tokens"
-                    elif isinstance(item, SpanClosed):
-                        streamed += f" [{item.modality}] "
-                        status = f"Decoding the {item.modality} span…"
-                    elif isinstance(item, MediaReady):
-                        status = f"Wrote a {item.span.modality} span"
-                    elif isinstance(item, Done):
-                        status = "Finishing…"
-                    now = time.monotonic()
-                    if now - last < _REFRESH_SECONDS and status is None:
-                        continue
-                    last = now
-                    answer = {"role": "assistant", "content": streamed.strip() or "…"}
-                    yield [[*shown, answer], status or gr.update(), None, gr.update(), *keep_inputs]
+                    status = progress.status(item)
+                    if progress.due(status):
+                        chat = [*shown, progress.answer()]
+                        yield [chat, status or gr.update(), None, gr.update(), *keep_inputs]
             except Exception as err:  # noqa: BLE001 - one line; the conversation and the inputs stay
                 message = self._message(err, uploads)
                 yield [history, f"**Error** {number}: {message}", None, text, *keep_inputs]
