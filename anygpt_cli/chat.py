@@ -91,7 +91,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
         check_output_dir(model.output_dir)  # before the model loads, not at the first media answer
         gpt = load_model(plugins, model, codec_options=codec_options)
         conversation = Conversation(
-            gpt, template=chat_template, config=decoding.config, **decoding.fields
+            gpt, template=chat_template, config=decoding.config, **decoding.overrides
         )
         session = _Session(conversation, to=to, seed=decoding.seed, as_json=as_json)
         failures = session.loop()

@@ -143,11 +143,11 @@ class DecodingFlags:
     def options(cls, *, seed: bool = True, flags: bool = True) -> Callable[[Command], Command]:
         """Put `--config`, `--seed` and the decoding flags where the command takes these."""
         leave_out = [] if seed else ["seed"]
-        leave_out += [] if flags else list(cls().fields)
+        leave_out += [] if flags else list(cls().overrides)
         return with_group(cls, leave_out=leave_out)
 
     @property
-    def fields(self) -> dict[str, Any]:
+    def overrides(self) -> dict[str, Any]:
         """The decoding fields the flags set (None: not given), by field name."""
         return {
             "max_new_tokens": self.max_new_tokens,
@@ -173,7 +173,7 @@ class DecodingFlags:
             load_decoding_config(
                 self.config, base=DecodingConfig(), other_fields=plugins.decoding_fields()
             )
-        DecodingConfig().merged(**self.fields)
+        DecodingConfig().merged(**self.overrides)
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,7 @@ def _flags(plugins: PluginSet, decode: str, decoding: DecodingFlags) -> dict[str
     """The decoding fields each job carries: --config's and the flags' (with --decode model)."""
     if decode not in {"paper", "model"}:
         raise ConfigError(f"--decode {decode}: use paper or model")
-    flags = decoding.fields
+    flags = decoding.overrides
     if decode == "paper" and (
         decoding.config is not None or any(v is not None for v in flags.values())
     ):

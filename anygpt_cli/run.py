@@ -125,7 +125,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             plugins, model, codec_options=codec_options, instructions=instructions, vllm_url=url
         )
         gpt.engine.max_batch = batch_size
-        options = {"config": decoding.config, "seed": decoding.seed, **decoding.fields}
+        options = {"config": decoding.config, "seed": decoding.seed, **decoding.overrides}
         options["force_span"] = not no_force_span
         lines = _lines(instruction, input_file)
         single = len(instruction or []) == 1 and input_file is None

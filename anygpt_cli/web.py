@@ -69,7 +69,7 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
             template=chat_template,
             config=decoding.config,
             seed=decoding.seed,
-            overrides=decoding.fields,
+            overrides=decoding.overrides,
         )
         _serve(page, host, port)
 
