@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -27,6 +27,15 @@ from anygpt_speech.checkpoints import (
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     load_json,
+)
+from anygpt_speech.streaming import (
+    DEFAULT_CONTEXT,
+    DEFAULT_OVERLAP,
+    DEFAULT_WINDOW,
+    WaveStitcher,
+    check_stream_sizes,
+    predict_windows,
+    stitch,
 )
 
 if TYPE_CHECKING:
@@ -274,25 +283,173 @@ class SpeechCodec(LazyCodec[SpeechOptions]):
             codes: int64 [n_q, frames]; row 0 is `codes`, rows 1.. are predicted.
 
         Raises:
-            InputError: codes of the wrong shape or range, or a bad voice prompt file.
+            InputError: a bad voice prompt file.
+            GenerationError: codes of the wrong shape or range (`protocol.check_codes`).
         """
-        import torch
-
-        from anygpt_speech.tokenizer import encode_all_layers
-
         semantic = _check_codes(codes, self.tokenizer_config.codebook_size)
         steps = self.options.soundstorm_steps or steps or DEFAULT_VC_STEPS  # the flag wins
-        prompt = None
-        if condition is not None:
-            seconds = self.options.voice_prompt_seconds
-            voice = self._read(Path(condition), seconds, what="voice prompt", clip=True)
-            prompt = encode_all_layers(self.tokenizer, voice).T[None]  # (1, P, n_q)
+        prompt = self._voice_prompt(condition)
         soundstorm = self.soundstorm
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        generator = self._generator(seed)
+        return self._predict(soundstorm, semantic, prompt=prompt, steps=steps, generator=generator)
+
+    def decode_stream(
+        self,
+        codes: torch.Tensor | Iterable[torch.Tensor | int],
+        *,
+        condition: Path | None = None,
+        seed: int | None = None,
+        config: DecodingConfig | None = None,
+        window: int = DEFAULT_WINDOW,
+        context: int = DEFAULT_CONTEXT,
+        overlap: int = DEFAULT_OVERLAP,
+    ) -> Iterator[torch.Tensor]:
+        """Speech from semantic codes in chunks, the first before the last code has arrived.
+
+        SoundStorm runs over each `window` new frames with the `context` frames before them as
+        its prompt, after the voice prompt, which applies to every window; SpeechTokenizer's
+        decoder runs over the window with `context` frames on its left and holds back `overlap`
+        frames at each seam for the next decode (see `anygpt_speech.streaming`).
+
+        The defaults were measured against whole-span decoding (benchmarks/bench_stream_codec.py,
+        docs/streaming.md). Overlap 4: the decoder looks 3 frames ahead; with 4 its seams are
+        exact (SNR 128 dB, float precision; 2 frames: 43 dB). Context 50: the decoder's LSTM
+        needs 25 to be exact (10: 76 dB, 0: 22 dB), and SoundStorm's context is what carries a
+        sampled voice from window to window when no voice prompt is given, which random test
+        weights cannot measure, so twice that, 1 s, for 1.9x SoundStorm's work. Window 50: the
+        first audio waits for 50 codes (1 s of speech, 10 % of a 10 s answer); 25 costs 1.5x
+        the work of 50 and twice the seams, 100 doubles the wait.
+
+        A weight load, a bad voice prompt, bad options or window sizes raise here; codes from an
+        iterable are checked as they arrive, so a bad one raises from the iteration.
+
+        Args:
+            codes: int64 [1, frames] or [frames] semantic codes, or an iterable of the new codes
+                as they are generated: ints, or int64 [n] / [1, n] tensors.
+            condition: as `decode`.
+            seed: as `decode`; the same seed and window sizes give the same chunks.
+            config: as `decode`.
+            window: semantic frames per SoundStorm window (50 per second).
+            context: frames left of a window that SoundStorm and the decoder see again.
+            overlap: frames cross-faded at each seam (fewer than `window`).
+
+        Returns:
+            An iterator of waveform chunks float32 [n] at `sample_rate`; together they are
+            float32 [frames * 320], and with `window` >= frames exactly `decode`'s waveform.
+
+        Raises:
+            ConfigError: window sizes out of range, or bad options.
+            InputError: a bad voice prompt file.
+            GenerationError: codes of the wrong shape or range, as `decode` (from the iteration
+                for an iterable).
+        """
+        from anygpt_speech.tokenizer import decode_codes
+
+        check_stream_sizes(window=window, context=context, overlap=overlap)
+        steps = getattr(config, "vc_steps", None)  # the speech plugin's SpeechDecodingConfig
+        blocks = self.all_layers_stream(
+            codes, condition=condition, seed=seed, steps=steps, window=window, context=context
+        )
+        tokenizer = self.tokenizer
+        stitcher = WaveStitcher(
+            lambda layers: decode_codes(tokenizer, layers),
+            hop=self.tokenizer_config.hop_length,
+            context=context,
+            overlap=overlap,
+        )
+        return stitch(blocks, stitcher)
+
+    def all_layers_stream(
+        self,
+        codes: torch.Tensor | Iterable[torch.Tensor | int],
+        *,
+        condition: Path | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        window: int = DEFAULT_WINDOW,
+        context: int = DEFAULT_CONTEXT,
+    ) -> Iterator[torch.Tensor]:
+        """All RVQ codes window by window, as `decode_stream` predicts them.
+
+        Args: as `decode_stream`; `steps` as `all_layers`.
+
+        Returns:
+            An iterator of int64 [n_q, window] codes (the last window may be shorter); row 0 is
+            the semantic codes. With `window` >= frames, one block equal to `all_layers`'s.
+
+        Raises: as `decode_stream`.
+        """
+        check_stream_sizes(window=window, context=context)
+        pieces = self._code_pieces(codes)
+        steps = self.options.soundstorm_steps or steps or DEFAULT_VC_STEPS  # the flag wins
+        prompt = self._voice_prompt(condition)
+        soundstorm = self.soundstorm
+        generator = self._generator(seed)
+        return predict_windows(
+            lambda semantic, given: self._predict(
+                soundstorm, semantic, prompt=given, steps=steps, generator=generator
+            ),
+            pieces,
+            prompt,
+            window=window,
+            context=context,
+        )
+
+    def _code_pieces(
+        self, codes: torch.Tensor | Iterable[torch.Tensor | int]
+    ) -> Iterable[torch.Tensor]:
+        """Semantic codes int64 [n] checked as `decode` checks them: a tensor now, else lazily."""
+        import torch
+
+        size = self.tokenizer_config.codebook_size
+        if isinstance(codes, torch.Tensor):
+            return [_check_codes(codes, size)]
+
+        def checked() -> Iterator[torch.Tensor]:
+            frames = 0
+            for piece in codes:
+                given = torch.as_tensor(piece)
+                semantic = _check_codes(given[None] if given.ndim == 0 else given, size, empty=True)
+                frames += semantic.numel()
+                yield semantic
+            if not frames:
+                _check_codes(torch.zeros(1, 0, dtype=torch.long), size)  # "no codes to decode"
+
+        return checked()
+
+    def _voice_prompt(self, condition: Path | None) -> torch.Tensor | None:
+        """All RVQ codes int64 (1, P, n_q) of a voice prompt's first `--voice-prompt-seconds`."""
+        from anygpt_speech.tokenizer import encode_all_layers
+
+        if condition is None:
+            return None
+        seconds = self.options.voice_prompt_seconds
+        voice = self._read(Path(condition), seconds, what="voice prompt", clip=True)
+        return encode_all_layers(self.tokenizer, voice).T[None]  # (1, P, n_q)
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        import torch
+
+        if seed is None:
+            return None
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def _predict(
+        self,
+        soundstorm: SoundStorm,
+        semantic: torch.Tensor,
+        *,
+        prompt: torch.Tensor | None,
+        steps: int,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """All RVQ codes int64 [n_q, frames] of semantic codes int64 [frames] (SoundStorm)."""
+        import torch
+
         started = time.perf_counter()
         semantic = semantic[None].to(self.device)  # (1, frames)
+        if prompt is not None:
+            prompt = prompt.to(self.device)  # a window's context frames come from the CPU
         acoustic = soundstorm.generate(semantic, prompt=prompt, steps=steps, generator=generator)
         logger.info(
             "SoundStorm: %d frames in %.2f s (%d passes)",
@@ -347,9 +504,11 @@ class SpeechCodec(LazyCodec[SpeechOptions]):
         return wav
 
 
-def _check_codes(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
+def _check_codes(codes: torch.Tensor, codebook_size: int, *, empty: bool = False) -> torch.Tensor:
     """Semantic codes int64 [frames] from [1, frames] or [frames] (see `protocol.check_codes`)."""
-    checked = check_codes(codes, name="speech", num_codebooks=1, codebook_size=codebook_size)
+    checked = check_codes(
+        codes, name="speech", num_codebooks=1, codebook_size=codebook_size, allow_empty=empty
+    )
     return checked[0].cpu()
 
 
