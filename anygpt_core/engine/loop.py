@@ -164,7 +164,6 @@ class Generator:
                 yield b, self._opened(r.row.open_span, int(state.frames[b]))
         session, hidden = self.backend.prefill([r.input_ids for r in requests])
         rows = list(range(count))  # original index of each row still in the batch
-        names = constraint.names
         while True:
             layout = constraint.summary(state)
             tokens = self._choose(hidden, state, layout, seen, [rngs[b] for b in rows])
@@ -178,18 +177,10 @@ class Generator:
                 token = token_list[i]
                 number = layout[i][0]
                 new_ids[b].append(token)
-                yield b, TokenEvent(token, None if number == constraint.text else names[number])
-                if closed[i] >= 0:
-                    name = names[closed[i]]
-                    codes = self.space.ids_to_codes(name, torch.tensor(span_ids[b]))
-                    event = SpanClosed(name, codes, bool(state.forced_end[i]))
-                    spans[b].append(event)
-                    span_ids[b] = []
+                for event in self._token_events(
+                    token, number, closed[i], opened[i], state, i, span_ids[b], spans[b]
+                ):
                     yield b, event
-                elif number != constraint.text:
-                    span_ids[b].append(token)
-                if opened[i] >= 0:
-                    yield b, self._opened(names[opened[i]], int(state.frames[i]))
                 if finished[i]:
                     reason = cast(Literal["stop", "length", "span"], REASONS[int(state.reason[i])])
                     yield b, Done(new_ids[b], reason, spans[b])
@@ -206,6 +197,39 @@ class Generator:
                 tokens = tokens[index]
                 rows = [rows[i] for i in keep]
             hidden = self.backend.step(session, tokens)
+
+    def _token_events(
+        self,
+        token: int,
+        number: int,
+        closed: int,
+        opened: int,
+        state: SpanState,
+        i: int,
+        span_ids: list[int],
+        spans: list[SpanClosed],
+    ) -> Iterator[Event]:
+        """The events of one row's token: it, the span it closed, the span it opened.
+
+        `number` is the row's modality number before the token, `closed` / `opened` the numbers
+        of spans the step closed / opened (-1: none); the row's open span's ids gather in
+        `span_ids`, its closed spans in `spans`.
+        """
+        import torch
+
+        names = self.constraint.names
+        yield TokenEvent(token, None if number == self.constraint.text else names[number])
+        if closed >= 0:
+            name = names[closed]
+            codes = self.space.ids_to_codes(name, torch.tensor(span_ids, dtype=torch.long))
+            event = SpanClosed(name, codes, bool(state.forced_end[i]))
+            spans.append(event)
+            span_ids.clear()
+            yield event
+        elif number != self.constraint.text:
+            span_ids.append(token)
+        if opened >= 0:
+            yield self._opened(names[opened], int(state.frames[i]))
 
     def _opened(self, name: str, frames: int) -> SpanOpened:
         return SpanOpened(name, frames * self.space.modalities[name].spec.num_codebooks)
@@ -387,7 +411,6 @@ class Generator:
         import torch
 
         constraint = self.constraint
-        names = constraint.names
         state = constraint.start([r.row for r in requests])
         for b, r in enumerate(requests):
             if r.row.open_span is not None:
@@ -416,20 +439,10 @@ class Generator:
             for i, b in enumerate(rows):
                 token, number = tokens[i], numbers[i]
                 fed[b].append(token)
-                yield b, TokenEvent(token, None if number == constraint.text else names[number])
-                if closed[i] >= 0:
-                    name = names[closed[i]]
-                    codes = self.space.ids_to_codes(
-                        name, torch.tensor(span_ids[b], dtype=torch.long)
-                    )
-                    event = SpanClosed(name, codes, bool(state.forced_end[i]))
-                    spans[b].append(event)
-                    span_ids[b] = []
+                for event in self._token_events(
+                    token, number, closed[i], opened[i], state, i, span_ids[b], spans[b]
+                ):
                     yield b, event
-                elif number != constraint.text:
-                    span_ids[b].append(token)
-                if opened[i] >= 0:
-                    yield b, self._opened(names[opened[i]], int(state.frames[i]))
 
     def replay(self, request: Request, token_ids: Sequence[int]) -> Iterator[Event]:
         """The events of tokens another driver generated for `request`, up to its end."""
