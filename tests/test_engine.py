@@ -123,14 +123,14 @@ def test_constraint_replay_equals_step_by_step(toy_gpt):
     state = constraint.start(rows)
     for t in range(width):
         legal = constraint.mask(state)
-        running = ~state.done
+        running = torch.tensor([not done for done in state.done])
         # every generated token was legal where it was chosen
         assert bool(legal[running.nonzero().flatten(), tokens[running, t]].all())
         constraint.advance(state, tokens[:, t])
     replayed = constraint.replay(rows, tokens)
     for name in ("modality", "position", "produced", "reason", "frames"):
-        assert torch.equal(getattr(state, name), getattr(replayed, name))
-    assert bool(state.done.all())
+        assert getattr(state, name) == getattr(replayed, name)
+    assert all(state.done)
 
 
 def test_constraint_masks_per_state(toy_gpt):
@@ -156,7 +156,7 @@ def test_constraint_masks_per_state(toy_gpt):
     legal = constraint.mask(state)
     assert bool(legal[1, toy.end_id])  # a whole frame: the span may end
     assert constraint.config(state, 1) is GREEDY
-    assert [r for r in state.reason.tolist()] == [0, 0, 2, 0]  # row 2 spent its 2 tokens
+    assert state.reason == [0, 0, 2, 0]  # row 2 spent its 2 tokens
     assert constraint.mask(state)[2].nonzero().flatten().tolist() == list(space.stop_ids)
 
 
@@ -266,3 +266,55 @@ def test_a_deadline_raises_for_a_queued_caller_and_frees_a_running_one(toy_gpt):
     # both left: the next caller runs at once
     done = [e for _, e in engine.submit([long_request(toy_gpt, 20)]) if isinstance(e, Done)]
     assert len(done) == 1 and len(done[0].token_ids) == 20
+
+
+def staggered_ids(generator, requests, *, every=3):
+    """Ids from one `Batch` that admits a new request every `every` steps (continuous batching)."""
+    from anygpt_core.engine.loop import Batch
+
+    batch = Batch(generator)
+    done, waiting, steps = {}, list(enumerate(requests)), 0
+    with torch.inference_mode():
+        while waiting or batch:
+            if waiting and steps % every == 0:
+                index, request = waiting.pop(0)
+                list(batch.admit([request], [index]))
+            for key, event in batch.step():
+                if isinstance(event, Done):
+                    done[key] = event.token_ids
+            steps += 1
+    return [done[i] for i in range(len(requests))]
+
+
+def test_rows_that_join_a_running_batch_get_their_ids_alone(toy_gpt):
+    """Greedy and seeded rows admitted between steps, on both backends (their caches are joined,
+    left-padded): each row's ids are its ids alone."""
+    sampled = DecodingConfig(do_sample=True, temperature=1.3, top_p=0.9, repetition_penalty=1.2)
+    requests = toy_requests(toy_gpt)
+    requests += [
+        Request(r.input_ids, Row(sampled, {"toy": sampled}, r.row.max_new_tokens), seed=i)
+        for i, r in enumerate(requests)
+    ]
+    alone = [batch_ids(toy_gpt.generator, [r])[0] for r in requests]
+    assert staggered_ids(toy_gpt.generator, requests) == alone
+    generic = Generator(TransformersBackend(toy_gpt.model), toy_gpt.space)
+    assert staggered_ids(generic, requests, every=2) == alone
+
+
+def test_the_engine_fills_a_finished_row_at_once(toy_gpt):
+    """Two rows: a long answer and a short one; a third request takes the short one's place
+    while the long one runs, so it ends first (a static batch would wait for the long one)."""
+    from anygpt_core.engine.batcher import LocalEngine
+
+    long, short = toy_requests(toy_gpt)[3], toy_requests(toy_gpt)[2]
+    long = Request(long.input_ids, Row(DecodingConfig(do_sample=False, min_new_tokens=60), {}, 60))
+    requests = [long, short, short]
+    alone = [batch_ids(toy_gpt.generator, [r])[0] for r in requests]
+    engine = LocalEngine(toy_gpt.generator, max_batch=2)
+    order, ids = [], {}
+    for index, event in engine.submit(requests):
+        if isinstance(event, Done):
+            order.append(index)
+            ids[index] = event.token_ids
+    assert [ids[i] for i in range(3)] == alone
+    assert order == [1, 2, 0]

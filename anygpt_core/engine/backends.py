@@ -50,6 +50,14 @@ class Backend(Protocol):
         """Keep only the rows `rows` (int64 indices, in that order) of the session's batch."""
         ...
 
+    def join(self, session: Any, other: Any) -> None:  # noqa: ANN401
+        """Append the rows of `other` (a session `prefill` just made) to `session`'s batch.
+
+        Rows keep their own positions; columns of the cache that a row has no token for are
+        hidden from it, so each row attends to exactly what it did in its own session.
+        """
+        ...
+
     def head(self, rows: slice | torch.Tensor) -> Head:
         """The output-layer rows `rows` (a slice is a view; indices are gathered once)."""
         ...
@@ -136,6 +144,24 @@ class TransformersBackend:
         session.cache.batch_select_indices(rows)
         session.valid = session.valid[rows]
         session.positions = session.positions[rows]
+
+    def join(self, session: _Session, other: _Session) -> None:
+        """Append `other`'s rows to `session`, both caches left-padded to the longer one."""
+        import torch
+
+        length = max(session.valid.shape[1], other.valid.shape[1])
+        for mine, theirs in zip(session.cache.layers, other.cache.layers, strict=True):
+            if type(mine).__name__ != "DynamicLayer" or type(theirs) is not type(mine):
+                raise NotImplementedError(f"rows cannot join a {type(mine).__name__} cache")
+            mine.keys = torch.cat([_pad_left(mine.keys, length), _pad_left(theirs.keys, length)])
+            mine.values = torch.cat(
+                [_pad_left(mine.values, length), _pad_left(theirs.values, length)]
+            )
+        session.valid = torch.cat(
+            [_pad_left(session.valid, length, dim=1), _pad_left(other.valid, length, dim=1)]
+        )
+        session.positions = torch.cat([session.positions, other.positions])
+        session.padded = True
 
     def _run(
         self, session: _Session, input_ids: torch.Tensor, positions: torch.Tensor
@@ -277,6 +303,36 @@ class LlamaBackend(TransformersBackend):
         session.valid = session.valid[rows]
         session.positions = session.positions[rows]
 
+    def join(self, session: _Session, other: _Session) -> None:
+        """Append `other`'s rows to `session`: one new cache, each part right-aligned in it.
+
+        The columns a row has no token in are zeros (never garbage: a masked key still enters
+        the product) and hidden by the row's `valid` mask.
+        """
+        import torch
+
+        length = max(session.length, other.length)
+        capacity = max(256, 2 * length)
+        for layer in range(len(session.keys)):
+            for parts in (session.keys, session.values):
+                theirs = other.keys if parts is session.keys else other.values
+                mine, new = parts[layer], theirs[layer]
+                rows = mine.shape[0] + new.shape[0]
+                merged = mine.new_zeros((rows, self.heads, capacity, self.head_dim))
+                merged[: mine.shape[0], :, length - session.length : length] = mine[
+                    :, :, : session.length
+                ]
+                merged[mine.shape[0] :, :, length - other.length : length] = new[
+                    :, :, : other.length
+                ]
+                parts[layer] = merged
+        session.valid = torch.cat(
+            [_pad_left(_valid(session), length, dim=1), _pad_left(_valid(other), length, dim=1)]
+        )
+        session.positions = torch.cat([session.positions, other.positions])
+        session.length = length
+        session.padded = True
+
     def _cache(
         self, session: _Session, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -382,6 +438,28 @@ class LlamaBackend(TransformersBackend):
             h = h + F.linear(F.silu(gate) * up, wd)
         session.length = end
         return self._rms(h, self.norm)[:, -1]
+
+
+def _valid(session: _Session) -> torch.Tensor:
+    """Bool (B, length): the session's token columns (its mask stops growing while unpadded)."""
+    import torch
+
+    valid = session.valid
+    if valid.shape[1] < session.length:
+        ones = valid.new_ones((valid.shape[0], session.length - valid.shape[1]))
+        valid = torch.cat([valid, ones], dim=1)
+    return valid[:, : session.length]
+
+
+def _pad_left(x: torch.Tensor, length: int, *, dim: int = 2) -> torch.Tensor:
+    """`x` with zeros before its entries along `dim`, to `length` (keys: dim 2; masks: dim 1)."""
+    import torch.nn.functional as F
+
+    missing = length - x.shape[dim]
+    if missing == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim) + [missing, 0]
+    return F.pad(x, pad)
 
 
 def _stack(linears: list[Any]) -> torch.Tensor:

@@ -1,13 +1,13 @@
 """One loaded model shared by several callers: their requests are batched by one worker thread.
 
-Callers `submit` requests from any thread and iterate over their own events; a worker takes the
-waiting requests, up to `max_batch` rows, from every caller in arrival order, runs them as one
-batch through the `Generator`, and hands each event to the caller it belongs to. Each request
+Callers `submit` requests from any thread and iterate over their own events; a worker admits the
+waiting requests, oldest first, into the running batch whenever rows are free (continuous
+batching: between any two steps), and hands each event to the caller it belongs to. Each request
 samples with its own seeded generator, so its tokens are the same whatever it was batched with
 (greedy ids exactly). A caller that stops iterating (an interrupt, a closed stream, a client gone)
-gives its rows back: they leave the batch at the next step, and the engine serves the next call.
-A caller blocked in another thread can do the same through a `Stop` (a flag it sets, a deadline):
-its rows leave the batch, or the queue, without it iterating.
+gives its rows back: they leave the batch at the next step, and their places go to the next
+requests. A caller blocked in another thread can do the same through a `Stop` (a flag it sets, a
+deadline): its rows leave the batch, or the queue, without it iterating.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from anygpt_core.engine import loop
@@ -116,37 +117,42 @@ class _Job(Caller):
     open_rows: int = 0
 
 
-class _Cancelled:
-    """Whether the caller of each row of a batch gave up."""
-
-    def __init__(self, jobs: list[_Job]) -> None:
-        self.jobs = jobs
-
-    def __call__(self, row: int) -> bool:
-        return self.jobs[row].gone
-
-
 class LocalEngine:
-    """Batches the requests of every caller of one `Generator` on a worker thread.
+    """Runs the requests of every caller of one `Generator` on a worker thread, batched.
+
+    Scheduling is per step (continuous batching): between two steps the worker admits waiting
+    requests, oldest first, into the rows that are free, prefills them and lets them join the
+    running rows (`loop.Batch`); a row that ends frees its place at once. Beam searches run
+    whole, through `model.generate`, between steps.
 
     Args:
         generator: the drivers and span rules over the loaded model.
         max_batch: the most rows generated together (1: one request at a time, in order).
-        gather: seconds a new batch waits for more requests while it has fewer than `max_batch`
-            rows: callers that arrive together (a server's clients) start together, rather than
-            the first alone and the rest after it. A batch already full starts at once.
+        gather: seconds an idle engine waits, after a request arrives, for more to start with
+            it: callers that arrive together (a server's clients) share their prefill. A full
+            batch starts at once; a running batch admits newcomers without waiting.
+        prefill_tokens: the most prompt tokens prefilled between two steps (at least one
+            request is): a burst of long prompts does not stall the running rows for long.
     """
 
     def __init__(
-        self, generator: loop.Generator, *, max_batch: int = 8, gather: float = 0.005
+        self,
+        generator: loop.Generator,
+        *,
+        max_batch: int = 8,
+        gather: float = 0.005,
+        prefill_tokens: int = 4096,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if not 0 <= gather < 10:
             raise ValueError("gather must be in [0, 10) seconds")
+        if prefill_tokens < 1:
+            raise ValueError("prefill_tokens must be at least 1")
         self.generator = generator
         self.max_batch = max_batch
         self.gather = gather
+        self.prefill_tokens = prefill_tokens
         self._pending: list[tuple[_Job, int]] = []
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -196,33 +202,87 @@ class LocalEngine:
     def _serve(self) -> None:
         import torch
 
+        batch: loop.Batch[tuple[_Job, int]] = loop.Batch(self.generator)
         while True:
-            with self._wake:
+            taken = self._take(len(batch))
+            beams = [(job, i) for job, i in taken if job.requests[i].num_beams > 1]
+            joining = [(job, i) for job, i in taken if job.requests[i].num_beams == 1]
+            with torch.inference_mode():
+                if beams:  # beam searches run whole, through model.generate, between steps
+                    self._run(beams)
+                if joining:
+                    requests = [job.requests[i] for job, i in joining]
+                    self._deliver(partial(batch.admit, requests, joining), joining, batch)
+                if batch:
+                    self._deliver(partial(batch.step, _gone), [], batch)
+
+    def _take(self, running: int) -> list[tuple[_Job, int]]:
+        """The waiting rows that join now: FIFO, up to the free rows and the prefill budget.
+
+        With nothing running it waits for a request, then `gather` seconds for more.
+        """
+        with self._wake:
+            if not running:
                 while not self._pending:
                     self._wake.wait()
                 until = time.monotonic() + self.gather
                 while len(self._pending) < self.max_batch and time.monotonic() < until:
                     self._wake.wait(until - time.monotonic())
-                waiting = [(j, i) for j, i in self._pending if not j.gone]
-                taken, self._pending = waiting[: self.max_batch], waiting[self.max_batch :]
-            if not taken:
-                continue
-            batch = [job.requests[i] for job, i in taken]
-            try:
-                with torch.inference_mode():
-                    events = self.generator.generate_batch(
-                        batch, cancelled=_Cancelled([job for job, _ in taken])
-                    )
-                    for row, event in events:
-                        job, index = taken[row]
-                        if job.gone:
-                            continue
-                        job.events.put((index, event))
-                        if isinstance(event, Done):
-                            job.open_rows -= 1
-                            if job.open_rows == 0:
-                                job.events.put(None)
-            except BaseException as err:  # noqa: BLE001 - handed to the callers it belongs to
-                logger.debug("batch failed: %s", err)
-                for job in {job for job, _ in taken}:
-                    job.events.put(err)
+            waiting = [(j, i) for j, i in self._pending if not j.gone]
+            taken: list[tuple[_Job, int]] = []
+            tokens = 0
+            for job, i in waiting:
+                if running + len(taken) >= self.max_batch:
+                    break
+                size = job.requests[i].input_ids.numel()
+                if taken and tokens + size > self.prefill_tokens:
+                    break
+                taken.append((job, i))
+                tokens += size
+            self._pending = waiting[len(taken) :]
+            return taken
+
+    def _run(self, rows: list[tuple[_Job, int]]) -> None:
+        """Beam-search rows, all at once through the generator, their events delivered."""
+        requests = [job.requests[i] for job, i in rows]
+
+        def events() -> Iterator[tuple[tuple[_Job, int], Event]]:
+            for row, event in self.generator.generate_batch(
+                requests, cancelled=lambda row: rows[row][0].gone
+            ):
+                yield rows[row], event
+
+        self._deliver(events, rows, None)
+
+    def _deliver(
+        self,
+        events: Callable[[], Iterable[tuple[tuple[_Job, int], Event]]],
+        rows: list[tuple[_Job, int]],
+        batch: loop.Batch[tuple[_Job, int]] | None,
+    ) -> None:
+        """Hand each event to its caller; if producing them fails, the error to each of `rows`.
+
+        A failure while admitting rows to `batch` or stepping it leaves the batch in an unknown
+        state: its rows get the error too, and it starts empty.
+        """
+        try:
+            for (job, index), event in events():
+                if job.gone:
+                    continue
+                job.events.put((index, event))
+                if isinstance(event, Done):
+                    job.open_rows -= 1
+                    if job.open_rows == 0:
+                        job.events.put(None)
+        except BaseException as err:  # noqa: BLE001 - handed to the callers it belongs to
+            logger.debug("generation failed: %s", err)
+            failed = [*rows, *(batch.keys if batch is not None else [])]
+            for job in {job for job, _ in failed}:
+                job.events.put(err)
+            if batch is not None:
+                batch.drop(lambda key: True)
+
+
+def _gone(key: tuple[_Job, int]) -> bool:
+    """Whether the caller of a row gave up."""
+    return key[0].gone

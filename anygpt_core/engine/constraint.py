@@ -19,7 +19,7 @@ The rules (the same as the reference's spans, made strict):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from anygpt_core.config import DecodingConfig
@@ -67,72 +67,53 @@ class Row:
 
 @dataclass
 class SpanState:
-    """The state of every row of a batch, as int64 / bool tensors [B] on one device.
+    """The state of every row of a batch, as Python lists (one entry per row).
 
     `modality` is the open span's modality number (`SpanConstraint.names`), or M (their count)
     in text; `position` counts the codes written in the open span; `frames` is the most frames
     the open span may hold; `produced` counts generated tokens; `reason` is an index into
     `REASONS` (0 while running); `forced_end` tells whether the last span closed was cut by its
-    frame limit.
+    frame limit. Plain lists, not tensors: a step updates a few integers per row, which Python
+    does in about a microsecond, where each of the dozens of small tensor operations it would
+    take costs several (the loop's per-step bookkeeping; see `SpanConstraint.advance`).
     """
 
     rows: list[Row]
-    modality: torch.Tensor
-    position: torch.Tensor
-    frames: torch.Tensor
-    produced: torch.Tensor
-    reason: torch.Tensor
-    forced_end: torch.Tensor
-    budget: torch.Tensor
-    min_new: torch.Tensor
-    stop_after: torch.Tensor
-    allow_spans: torch.Tensor
-    #: `SpanConstraint._layout` of this state, computed once per step
-    layout: tuple[torch.Tensor, ...] | None = None
+    modality: list[int]
+    position: list[int]
+    frames: list[int]
+    produced: list[int]
+    reason: list[int]
+    forced_end: list[bool]
 
     @property
-    def done(self) -> torch.Tensor:
-        """Bool [B]: rows that ended."""
-        return self.reason > 0
+    def done(self) -> list[bool]:
+        """Per row: whether it ended."""
+        return [r > 0 for r in self.reason]
 
-    #: The per-row tensors (one value per row, dim 0), in the order the fields are declared.
-    ROW_TENSORS = (
-        "modality",
-        "position",
-        "frames",
-        "produced",
-        "reason",
-        "forced_end",
-        "budget",
-        "min_new",
-        "stop_after",
-        "allow_spans",
-    )
+    #: The per-row lists, in the order the fields are declared.
+    ROW_FIELDS = ("modality", "position", "frames", "produced", "reason", "forced_end")
 
-    def select(self, keep: torch.Tensor) -> SpanState:
-        """The state of the rows `keep` (int64 [B'] indices), in that order."""
-        picked = [self.rows[i] for i in keep.tolist()]
-        index = keep.to(self.modality.device)
-        tensors = {name: getattr(self, name)[index] for name in self.ROW_TENSORS}
-        return replace(self, rows=picked, layout=None, **tensors)
+    def select(self, keep: Sequence[int] | torch.Tensor) -> SpanState:
+        """The state of the rows `keep` (indices, a list or an int64 tensor), in that order."""
+        index = keep.tolist() if hasattr(keep, "tolist") else list(keep)
+        fields = {name: [getattr(self, name)[i] for i in index] for name in self.ROW_FIELDS}
+        return SpanState(rows=[self.rows[i] for i in index], **fields)
 
     @classmethod
     def concat(cls, states: Sequence[SpanState]) -> SpanState:
-        """One state of the rows of `states`, in order (their tensors on one device)."""
-        import torch
-
-        tensors = {name: torch.cat([getattr(s, name) for s in states]) for name in cls.ROW_TENSORS}
-        rows = [r for s in states for r in s.rows]
-        return replace(states[0], rows=rows, layout=None, **tensors)
+        """One state of the rows of `states`, in order."""
+        fields = {name: [v for s in states for v in getattr(s, name)] for name in cls.ROW_FIELDS}
+        return cls(rows=[r for s in states for r in s.rows], **fields)
 
 
 @dataclass(frozen=True)
 class Step:
-    """What one `advance` did, per row: tensors [B] (`opened`/`closed` hold modality numbers, -1)."""
+    """What one `advance` did, per row (`opened`/`closed` hold modality numbers, -1: none)."""
 
-    opened: torch.Tensor
-    closed: torch.Tensor
-    finished: torch.Tensor
+    opened: list[int]
+    closed: list[int]
+    finished: list[bool]
 
 
 class SpanConstraint:
@@ -202,6 +183,17 @@ class SpanConstraint:
         #: int64 [V]: modality number of each start id, -1 for other ids.
         self.start_of = torch.full((vocab,), -1, dtype=torch.long, device=self.device)
         self.start_of[self.start_ids] = torch.arange(count, device=self.device)
+        # The same tables as Python values, for the per-row bookkeeping of `advance`.
+        self._codebooks: list[int] = self.codebooks.tolist()
+        self._fixed: list[int] = self.fixed.tolist()
+        self._max_frames: list[int] = self.max_frames.tolist()
+        self._end_ids: list[int] = self.end_ids.tolist()
+        self._min_span: list[int] = self.min_span.tolist()
+        self._offsets: list[int] = self.offsets.tolist()
+        self._stop_set = frozenset(self.stop_ids.tolist())
+        self._start_of = {int(t): number for number, t in enumerate(self.start_ids.tolist())}
+        #: bool [V] rows of `mask`, one per distinct row state (a small set), built on first use
+        self._mask_rows: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _long(self, values: Sequence[int]) -> torch.Tensor:
         import torch
@@ -239,8 +231,6 @@ class SpanConstraint:
 
     def start(self, rows: Sequence[Row]) -> SpanState:
         """The state of new rows before their first token (spans of `open_span` already open)."""
-        import torch
-
         for row in rows:
             self.check(row)
         modality = [
@@ -250,129 +240,153 @@ class SpanConstraint:
             0 if m == self.text else self._frames(m, r.max_new_tokens)
             for m, r in zip(modality, rows, strict=True)
         ]
-        zeros = torch.zeros(len(rows), dtype=torch.long, device=self.device)
+        count = len(rows)
         return SpanState(
             rows=list(rows),
-            modality=self._long(modality),
-            position=zeros.clone(),
-            frames=self._long(frames),
-            produced=zeros.clone(),
-            reason=zeros.clone(),
-            forced_end=torch.zeros(len(rows), dtype=torch.bool, device=self.device),
-            budget=self._long([r.max_new_tokens for r in rows]),
-            min_new=self._long([r.text_config.min_new_tokens for r in rows]),
-            stop_after=torch.tensor(
-                [r.stop_after_span for r in rows], dtype=torch.bool, device=self.device
-            ),
-            allow_spans=torch.tensor(
-                [r.allow_spans for r in rows], dtype=torch.bool, device=self.device
-            ),
+            modality=modality,
+            position=[0] * count,
+            frames=frames,
+            produced=[0] * count,
+            reason=[0] * count,
+            forced_end=[False] * count,
         )
 
-    def _layout(
-        self, state: SpanState
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per row: in a span, its codebook, whether the end token is allowed, whether forced."""
-        if state.layout is not None:
-            in_span, layer, can_end, forced = state.layout
-            return in_span, layer, can_end, forced
-        m = state.modality
-        in_span = m != self.text
-        k = self.codebooks[m]
-        layer = state.position % k
-        frames_done = state.position // k
-        boundary = in_span & (layer == 0)
-        forced = boundary & (frames_done >= state.frames)
-        can_end = boundary & (frames_done > 0) & (self.fixed[m] == 0)
-        state.layout = (in_span, layer, can_end, forced)
-        return in_span, layer, can_end, forced
+    def _row_layout(self, state: SpanState, i: int) -> tuple[int, int, bool, bool]:
+        """Row `i`: `(modality number, codebook, end allowed, end forced)`."""
+        m = state.modality[i]
+        if m == self.text:
+            return m, 0, False, False
+        k = self._codebooks[m]
+        position = state.position[i]
+        if position % k:
+            return m, position % k, False, False
+        frames_done = position // k
+        forced = frames_done >= state.frames[i]
+        return m, 0, frames_done > 0 and self._fixed[m] == 0, forced
 
     def summary(self, state: SpanState) -> list[tuple[int, int, bool, bool]]:
-        """Per row `(modality number, codebook, end allowed, end forced)`, as Python values."""
-        import torch
-
-        _, layer, can_end, forced = self._layout(state)
-        packed = torch.stack([state.modality, layer, can_end.long(), forced.long()], dim=1)
-        return [(m, k, bool(e), bool(f)) for m, k, e, f in packed.tolist()]
+        """Per row `(modality number, codebook, end allowed, end forced)`."""
+        return [self._row_layout(state, i) for i in range(len(state.rows))]
 
     def forced(self, state: SpanState) -> torch.Tensor:
         """int64 [B]: the one legal id of rows that have only one (a full span's end), else -1."""
-        import torch
-
-        *_, forced = self._layout(state)
-        return torch.where(forced, self.end_ids[state.modality], -1)
+        ids = [self._end_ids[m] if f else -1 for m, _, _, f in self.summary(state)]
+        return self._long(ids)
 
     def mask(self, state: SpanState) -> torch.Tensor:
-        """Bool [B, V]: the ids legal next for each row (done rows: the end-of-turn ids)."""
+        """Bool [B, V], read-only: the ids legal next for each row (done rows: end-of-turn ids).
+
+        A row's legal ids depend on a few facts (its span and codebook, whether the end may or
+        must come; in text, which spans still fit, whether it may stop yet): each distinct
+        combination's row is built once and stacked.
+        """
         import torch
 
-        in_span, layer, can_end, forced = self._layout(state)
-        m = state.modality
-        index = (self.offsets[m] + layer) * in_span  # text rows use table row 0
-        legal = self.table[index]  # (B, V), a copy
-        rows = torch.arange(m.shape[0], device=self.device)
-        end = self.end_ids[m]
-        legal[rows, end] |= can_end
-        text = ~in_span
-        if self.start_ids.numel():
-            remaining = state.budget - state.produced
-            fits = remaining[:, None] >= self.min_span[None, :]  # (B, M)
-            legal[:, self.start_ids] = fits & (text & state.allow_spans)[:, None]
-        early = text & (state.produced < state.min_new)
-        legal[:, self.stop_ids] &= ~early[:, None]
-        if bool(forced.any()):
-            legal[forced] = False
-            legal[forced, end[forced]] = True
-        done = state.done
-        if bool(done.any()):
-            legal[done] = self.stop_mask
+        rows = [self._mask_row(self._mask_key(state, i)) for i in range(len(state.rows))]
+        if len(rows) == 1:
+            return rows[0][None]  # a view of the cached row: read it, never write it
+        if not rows:
+            return torch.zeros((0, self.vocab_size), dtype=torch.bool, device=self.device)
+        return torch.stack(rows)
+
+    def _mask_key(self, state: SpanState, i: int) -> tuple[int, ...]:
+        """What row `i`'s legal ids depend on, as a key of `_mask_rows`.
+
+        `(0,)` done; `(1, modality, codebook, end allowed, end forced)` in a span; `(2, too early
+        to stop, whether each modality's span fits...)` in text.
+        """
+        if state.reason[i]:
+            return (0,)
+        m, layer, can_end, forced = self._row_layout(state, i)
+        if m != self.text:
+            return (1, m, layer, can_end, forced)
+        row = state.rows[i]
+        produced = state.produced[i]
+        remaining = row.max_new_tokens - produced
+        early = produced < row.text_config.min_new_tokens
+        return (2, early, *(row.allow_spans and remaining >= need for need in self._min_span))
+
+    def _mask_row(self, key: tuple[int, ...]) -> torch.Tensor:
+        import torch
+
+        cached = self._mask_rows.get(key)
+        if cached is not None:
+            return cached
+        if key[0] == 0:
+            legal = self.stop_mask.clone()
+        elif key[0] == 1:
+            _, m, layer, can_end, forced = key
+            if forced:
+                legal = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
+            else:
+                legal = self.table[self._offsets[m] + layer].clone()
+            if can_end or forced:
+                legal[self._end_ids[m]] = True
+        else:
+            legal = self.table[0].clone()
+            if self.start_ids.numel():
+                fits = torch.tensor(key[2:], dtype=torch.bool, device=self.device)
+                legal[self.start_ids] = fits
+            if key[1]:
+                legal[self.stop_ids] = False
+        self._mask_rows[key] = legal
         return legal
 
     def config(self, state: SpanState, row: int) -> DecodingConfig:
         """The decoding config in force for `row`."""
-        number = int(state.modality[row])
+        number = state.modality[row]
         return state.rows[row].config(None if number == self.text else self.names[number])
 
-    def advance(self, state: SpanState, tokens: torch.Tensor) -> Step:
-        """Record each row's next token (int64 [B]; ignored for done rows) and update the state."""
-        import torch
+    def advance(self, state: SpanState, tokens: torch.Tensor | Sequence[int]) -> Step:
+        """Record each row's next token (ignored for done rows) and update the state.
 
-        tokens = tokens.to(self.device)
-        running = ~state.done
-        m = state.modality
-        in_span = m != self.text
-        *_, forced = self._layout(state)
-        none = torch.full_like(m, -1)
-        # text: a stop id ends the row, a start id opens a span
-        text = running & ~in_span
-        stop = text & self.stop_mask[tokens]
-        opened = torch.where(text & ~stop, self.start_of[tokens], none)
-        # span: its end token closes it, any other token is a code
-        span = running & in_span
-        closing = span & (tokens == self.end_ids[m])
-        closed = torch.where(closing, m, none)
-        state.produced = state.produced + running.long()
-        state.position = torch.where(span & ~closing, state.position + 1, state.position)
-        is_open = opened >= 0
-        if bool(is_open.any()):
-            budget = state.budget - state.produced  # tokens left for the span's codes and end
-            k = self.codebooks[opened.clamp(min=0)]
-            frames = torch.minimum((budget - 1) // k, self.max_frames[opened.clamp(min=0)])
-            fixed = self.fixed[opened.clamp(min=0)]
-            frames = torch.where(fixed > 0, fixed, frames)
-            state.frames = torch.where(is_open, frames, state.frames)
-            state.position = torch.where(is_open, 0, state.position)
-            state.modality = torch.where(is_open, opened, state.modality)
-        state.forced_end = torch.where(closing, forced & (self.fixed[m] == 0), state.forced_end)
-        state.modality = torch.where(closing, self.text, state.modality)
-        now_text = state.modality == self.text
-        reason = state.reason
-        reason = torch.where(stop, _STOP, reason)
-        reason = torch.where(closing & state.stop_after & (reason == 0), _SPAN, reason)
-        spent = running & now_text & (state.produced >= state.budget) & (reason == 0)
-        state.reason = torch.where(spent, _LENGTH, reason)
-        state.layout = None
-        return Step(opened, closed, running & state.done)
+        `tokens`: int64 [B], or a list. Per row, in Python: a few integers change, so a step costs
+        about a microsecond a row (benchmarks/bench_generate.py measures it).
+        """
+        values = tokens.tolist() if hasattr(tokens, "tolist") else list(tokens)
+        count = len(state.rows)
+        opened, closed, finished = [-1] * count, [-1] * count, [False] * count
+        text = self.text
+        for i in range(count):
+            if state.reason[i]:
+                continue
+            token = values[i]
+            row = state.rows[i]
+            m = state.modality[i]
+            state.produced[i] += 1
+            if m == text:
+                if token in self._stop_set:
+                    state.reason[i] = _STOP
+                else:
+                    number = self._start_of.get(token, -1)
+                    if number >= 0:
+                        self._open(state, i, number)
+                        opened[i] = number
+            elif token == self._end_ids[m]:
+                _, _, _, forced = self._row_layout(state, i)
+                state.forced_end[i] = forced and self._fixed[m] == 0
+                state.modality[i] = text
+                closed[i] = m
+                if row.stop_after_span:
+                    state.reason[i] = _SPAN
+            else:
+                state.position[i] += 1
+            if (
+                not state.reason[i]
+                and state.modality[i] == text
+                and state.produced[i] >= row.max_new_tokens
+            ):
+                state.reason[i] = _LENGTH
+            finished[i] = state.reason[i] > 0
+        return Step(opened, closed, finished)
+
+    def _open(self, state: SpanState, i: int, number: int) -> None:
+        """Row `i` opens a span of modality `number`: its frame limit from the budget left."""
+        budget = state.rows[i].max_new_tokens - state.produced[i]  # for its codes and end
+        frames = min((budget - 1) // self._codebooks[number], self._max_frames[number])
+        state.frames[i] = self._fixed[number] or frames
+        state.position[i] = 0
+        state.modality[i] = number
 
     def replay(self, rows: Sequence[Row], tokens: torch.Tensor) -> SpanState:
         """The state after the generated tokens int64 [B, L] of each row (rows done stay done).

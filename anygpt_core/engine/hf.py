@@ -290,11 +290,11 @@ def generate_ids(
     state = constraint.start([r.row for r in requests])
     results: list[list[int]] = [[] for _ in requests]
     for t in range(generated.shape[1]):
-        running = ~state.done
-        if not bool(running.any()):
+        running = [i for i, done in enumerate(state.done) if not done]
+        if not running:
             break
-        column = generated[:, t].to(constraint.device)
+        column = generated[:, t].tolist()
         constraint.advance(state, column)
-        for i in running.nonzero().flatten().tolist():
-            results[i].append(int(column[i]))
+        for i in running:
+            results[i].append(column[i])
     return results

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, cast
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar, cast
 
 from anygpt_core.config import DecodingConfig
 from anygpt_core.engine.constraint import REASONS, Row, SpanConstraint, SpanState
 from anygpt_core.engine.events import Done, Event, Request, SpanClosed, SpanOpened, TokenEvent
 from anygpt_core.engine.hf import generate_ids
 from anygpt_core.engine.replay import Replay
-from anygpt_core.engine.sampling import sample
+from anygpt_core.engine.sampling import sample_rows
 from anygpt_core.errors import ConfigError
 from anygpt_core.tokens import TokenSpace
 
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
 
     from anygpt_core.engine.backends import Backend, Head
 
-__all__ = ["Generator"]
+__all__ = ["Batch", "Generator"]
+
+K = TypeVar("K", bound=Hashable)
 
 
 class Generator:
@@ -142,61 +145,10 @@ class Generator:
     def _loop(
         self, requests: Sequence[Request], cancelled: Callable[[int], bool] | None
     ) -> Iterator[tuple[int, Event]]:
-        import torch
-
-        constraint = self.constraint
-        device = self.backend.device
-        count = len(requests)
-        state = constraint.start([r.row for r in requests])
-        rngs = [
-            None if r.seed is None else torch.Generator(device=device).manual_seed(r.seed)
-            for r in requests
-        ]
-        width = constraint.vocab_size
-        seen = torch.zeros((count, width), dtype=torch.bool, device=device)
-        for b, r in enumerate(requests):
-            seen[b, r.input_ids.reshape(-1).to(device)] = True
-        new_ids: list[list[int]] = [[] for _ in requests]
-        span_ids: list[list[int]] = [[] for _ in requests]
-        spans: list[list[SpanClosed]] = [[] for _ in requests]
-        for b, r in enumerate(requests):
-            if r.row.open_span is not None:
-                yield b, self._opened(r.row.open_span, int(state.frames[b]))
-        session, hidden = self.backend.prefill([r.input_ids for r in requests])
-        rows = list(range(count))  # original index of each row still in the batch
-        while True:
-            layout = constraint.summary(state)
-            tokens = self._choose(hidden, state, layout, seen, [rngs[b] for b in rows])
-            step = constraint.advance(state, tokens)
-            seen[torch.arange(len(rows), device=device), tokens] = True
-            token_list = tokens.tolist()
-            opened = step.opened.tolist()
-            closed = step.closed.tolist()
-            finished = step.finished.tolist()
-            for i, b in enumerate(rows):
-                token = token_list[i]
-                number = layout[i][0]
-                new_ids[b].append(token)
-                for event in self._token_events(
-                    token, number, closed[i], opened[i], state, i, span_ids[b], spans[b]
-                ):
-                    yield b, event
-                if finished[i]:
-                    reason = cast(Literal["stop", "length", "span"], REASONS[int(state.reason[i])])
-                    yield b, Done(new_ids[b], reason, spans[b])
-            if cancelled is not None:
-                finished = [f or cancelled(b) for f, b in zip(finished, rows, strict=True)]
-            if any(finished):
-                keep = [i for i, f in enumerate(finished) if not f]
-                if not keep:
-                    return
-                index = torch.tensor(keep, device=device)
-                state = state.select(index)
-                self.backend.select(session, index)
-                seen = seen[index]
-                tokens = tokens[index]
-                rows = [rows[i] for i in keep]
-            hidden = self.backend.step(session, tokens)
+        batch: Batch[int] = Batch(self)
+        yield from batch.admit(requests, range(len(requests)))
+        while batch:
+            yield from batch.step(cancelled)
 
     def _token_events(
         self,
@@ -206,14 +158,13 @@ class Generator:
         opened: int,
         state: SpanState,
         i: int,
-        span_ids: list[int],
-        spans: list[SpanClosed],
+        log: _RowLog,
     ) -> Iterator[Event]:
         """The events of one row's token: it, the span it closed, the span it opened.
 
         `number` is the row's modality number before the token, `closed` / `opened` the numbers
         of spans the step closed / opened (-1: none); the row's open span's ids gather in
-        `span_ids`, its closed spans in `spans`.
+        `log.span_ids`, its closed spans in `log.spans`.
         """
         import torch
 
@@ -221,15 +172,15 @@ class Generator:
         yield TokenEvent(token, None if number == self.constraint.text else names[number])
         if closed >= 0:
             name = names[closed]
-            codes = self.space.ids_to_codes(name, torch.tensor(span_ids, dtype=torch.long))
-            event = SpanClosed(name, codes, bool(state.forced_end[i]))
-            spans.append(event)
-            span_ids.clear()
+            codes = self.space.ids_to_codes(name, torch.tensor(log.span_ids, dtype=torch.long))
+            event = SpanClosed(name, codes, state.forced_end[i])
+            log.spans.append(event)
+            log.span_ids.clear()
             yield event
         elif number != self.constraint.text:
-            span_ids.append(token)
+            log.span_ids.append(token)
         if opened >= 0:
-            yield self._opened(names[opened], int(state.frames[i]))
+            yield self._opened(names[opened], state.frames[i])
 
     def _opened(self, name: str, frames: int) -> SpanOpened:
         return SpanOpened(name, frames * self.space.modalities[name].spec.num_codebooks)
@@ -298,7 +249,7 @@ class Generator:
             if key[0] != constraint.text:
                 ids, head = self._legal_rows(*key)
                 logits = self.backend.project(h, head)
-                chosen = self._sample_rows(logits, rows_seen[:, ids], cfgs, gens)
+                chosen = sample_rows(logits, cfgs, seen=rows_seen[:, ids], generators=gens)
                 picked = self._ids_tensor(ids)[chosen]
             else:
                 full = self.backend.project(h)
@@ -326,27 +277,35 @@ class Generator:
         configs: list[DecodingConfig],
         rngs: list[torch.Generator | None],
     ) -> torch.Tensor:
-        """Tokens int64 [B] from whole-vocabulary logits [B, V] and legal masks [B, V]."""
+        """Tokens int64 [B] from whole-vocabulary logits [B, V] and legal masks [B, V].
+
+        Text rows choose over the vocabulary masked to their legal ids, together; span rows
+        (only without `slice_logits`) over exactly their legal ids, each as in a slice.
+        """
         import torch
 
-        if all(not c.do_sample for c in configs):  # greedy rows: one masked argmax
-            penalty = torch.tensor([c.repetition_penalty for c in configs], device=full.device)
-            if bool((penalty != 1.0).any()):
-                p = penalty[:, None]
-                scaled = torch.where(full < 0, full * p, full / p)
-                full = torch.where(seen[:, : full.shape[1]] & (p != 1.0), scaled, full)
-            return full.masked_fill(~legal, -math.inf).argmax(dim=1)
-        out = []
+        seen = seen[:, : full.shape[1]]
+        text = [i for i, row in enumerate(layout) if row[0] == self.constraint.text]
+        if len(text) == len(layout):
+            masked = full.masked_fill(~legal, -math.inf)
+            return sample_rows(masked, configs, seen=seen, generators=rngs)
+        out = torch.empty(len(layout), dtype=torch.long, device=full.device)
         for i, (number, layer, can_end, _) in enumerate(layout):
-            # each row over exactly its legal ids, with its own generator
             if number == self.constraint.text:
-                row = full[i].masked_fill(~legal[i], -math.inf)
-                out.append(sample(row, configs[i], seen=seen[i, : row.numel()], generator=rngs[i]))
+                row = full[i : i + 1].masked_fill(~legal[i : i + 1], -math.inf)
+                out[i] = sample_rows(
+                    row, configs[i : i + 1], seen=seen[i : i + 1], generators=rngs[i : i + 1]
+                )[0]
             else:
                 index = self._ids_tensor(self._legal_rows(number, layer, can_end)[0])
-                column = sample(full[i, index], configs[i], seen=seen[i, index], generator=rngs[i])
-                out.append(int(index[column]))
-        return torch.tensor(out, dtype=torch.long, device=full.device)
+                column = sample_rows(
+                    full[i : i + 1, index],
+                    configs[i : i + 1],
+                    seen=seen[i : i + 1, index],
+                    generators=rngs[i : i + 1],
+                )
+                out[i] = index[column[0]]
+        return out
 
     def _ids_tensor(self, ids: slice | torch.Tensor) -> torch.Tensor:
         import torch
@@ -354,26 +313,6 @@ class Generator:
         if isinstance(ids, slice):
             return torch.arange(ids.start, ids.stop, device=self.backend.device)
         return ids
-
-    def _sample_rows(
-        self,
-        logits: torch.Tensor,
-        seen: torch.Tensor,
-        configs: list[DecodingConfig],
-        rngs: list[torch.Generator | None],
-    ) -> torch.Tensor:
-        """Column chosen in each row of `logits` [B, N]: int64 [B]."""
-        import torch
-
-        if all(not c.do_sample and c.repetition_penalty == 1.0 for c in configs):
-            return logits.argmax(dim=1)
-        return torch.tensor(
-            [
-                sample(logits[i], configs[i], seen=seen[i], generator=rngs[i])
-                for i in range(logits.shape[0])
-            ],
-            device=logits.device,
-        )
 
     def _beams(
         self, requests: Sequence[Request], indices: Sequence[int]
@@ -408,40 +347,37 @@ class Generator:
 
         Each row's events are those `replay` yields for it, in its order; rows interleave.
         """
-        import torch
-
         constraint = self.constraint
         state = constraint.start([r.row for r in requests])
         for b, r in enumerate(requests):
             if r.row.open_span is not None:
-                yield b, self._opened(r.row.open_span, int(state.frames[b]))
-        fed: list[list[int]] = [[] for _ in requests]
-        span_ids: list[list[int]] = [[] for _ in requests]
-        spans: list[list[SpanClosed]] = [[] for _ in requests]
+                yield b, self._opened(r.row.open_span, state.frames[b])
+        logs = [_RowLog() for _ in requests]
         rows = list(range(len(requests)))  # original index of each row still fed
         for t in range(max((len(ids) for ids in token_ids), default=0) + 1):
-            done = state.done.tolist()
+            done = state.done
             keep = [i for i, b in enumerate(rows) if not done[i] and t < len(token_ids[b])]
             kept = set(keep)
             for i, b in enumerate(rows):
                 if i not in kept:  # ended, or no more tokens: `length` (as `Replay.done`)
-                    reason = REASONS[int(state.reason[i])] or "length"
-                    yield b, Done(fed[b], cast(Literal["stop", "length", "span"], reason), spans[b])
+                    reason = REASONS[state.reason[i]] or "length"
+                    ending = cast(Literal["stop", "length", "span"], reason)
+                    yield b, Done(logs[b].ids, ending, logs[b].spans)
             if not keep:
                 return
             if len(keep) < len(rows):
-                state = state.select(torch.tensor(keep, device=state.modality.device))
+                state = state.select(keep)
                 rows = [rows[i] for i in keep]
-            numbers = state.modality.tolist()
+            numbers = list(state.modality)
             tokens = [token_ids[b][t] for b in rows]
-            step = constraint.advance(state, torch.tensor(tokens, dtype=torch.long))
-            closed, opened = step.closed.tolist(), step.opened.tolist()
+            step = constraint.advance(state, tokens)
             for i, b in enumerate(rows):
-                token, number = tokens[i], numbers[i]
-                fed[b].append(token)
-                for event in self._token_events(
-                    token, number, closed[i], opened[i], state, i, span_ids[b], spans[b]
-                ):
+                token, log = tokens[i], logs[b]
+                log.ids.append(token)
+                events = self._token_events(
+                    token, numbers[i], step.closed[i], step.opened[i], state, i, log
+                )
+                for event in events:
                     yield b, event
 
     def replay(self, request: Request, token_ids: Sequence[int]) -> Iterator[Event]:
@@ -453,3 +389,142 @@ class Generator:
             if replay.finished:
                 break
         yield replay.done()
+
+
+class Batch(Generic[K]):
+    """Rows that generate together, one token each per `step`; new rows join between steps.
+
+    Iteration-level scheduling (as in Orca and vLLM): a caller `admit`s requests whenever rows
+    are free, and they join the running rows at the next step; a row that ends leaves at once.
+    Newcomers are prefilled together, then their KV cache is appended to the batch's
+    (`Backend.join`), so no running row is recomputed or re-padded. Each row is known by the
+    key it was admitted with, which its events carry.
+
+    Args:
+        generator: the model and span rules.
+    """
+
+    def __init__(self, generator: Generator) -> None:
+        self.generator = generator
+        self._clear()
+
+    def _clear(self) -> None:
+        self.keys: list[K] = []
+        self._state: SpanState | None = None
+        self._session: object = None
+        self._hidden: torch.Tensor | None = None  # each row's next token is chosen from it
+        self._seen: torch.Tensor | None = None
+        self._rngs: list[torch.Generator | None] = []
+        self._rows: list[_RowLog] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def admit(self, requests: Sequence[Request], keys: Iterable[K]) -> Iterator[tuple[K, Event]]:
+        """Prefill `requests` (checked with `Generator.check`) and add them to the batch.
+
+        Yields the `SpanOpened` of each request that starts inside a span; the rows join the
+        batch when this iterator ends.
+        """
+        import torch
+
+        keys = list(keys)
+        if not requests:
+            return
+        generator = self.generator
+        backend = generator.backend
+        device = backend.device
+        state = generator.constraint.start([r.row for r in requests])
+        rngs = [
+            None if r.seed is None else torch.Generator(device=device).manual_seed(r.seed)
+            for r in requests
+        ]
+        width = generator.constraint.vocab_size
+        seen = torch.zeros((len(requests), width), dtype=torch.bool, device=device)
+        for b, r in enumerate(requests):
+            seen[b, r.input_ids.reshape(-1).to(device)] = True
+        for key, r, frames in zip(keys, requests, state.frames, strict=True):
+            if r.row.open_span is not None:
+                yield key, generator._opened(r.row.open_span, frames)
+        session, hidden = backend.prefill([r.input_ids for r in requests])
+        if self._state is None or self._hidden is None or self._seen is None:
+            self._state, self._session, self._hidden, self._seen = state, session, hidden, seen
+        else:
+            backend.join(self._session, session)
+            self._state = SpanState.concat([self._state, state])
+            self._hidden = torch.cat([self._hidden, hidden])
+            self._seen = torch.cat([self._seen, seen])
+        self.keys.extend(keys)
+        self._rngs.extend(rngs)
+        self._rows.extend(_RowLog() for _ in requests)
+
+    def step(self, cancelled: Callable[[K], bool] | None = None) -> Iterator[tuple[K, Event]]:
+        """Choose one token for every row and yield the events; the last of a row is `Done`.
+
+        Rows that end, or whose key `cancelled` says gave up, leave the batch; the others are
+        run over their new token, ready for the next step.
+        """
+        import torch
+
+        state, hidden, seen = self._state, self._hidden, self._seen
+        if state is None or hidden is None or seen is None:
+            return
+        generator = self.generator
+        layout = generator.constraint.summary(state)
+        tokens = generator._choose(hidden, state, layout, seen, self._rngs)
+        step = generator.constraint.advance(state, tokens)
+        seen[torch.arange(len(self.keys), device=seen.device), tokens] = True
+        for i, token in enumerate(tokens.tolist()):
+            key, log = self.keys[i], self._rows[i]
+            log.ids.append(token)
+            events = generator._token_events(
+                token, layout[i][0], step.closed[i], step.opened[i], state, i, log
+            )
+            for event in events:
+                yield key, event
+            if step.finished[i]:
+                reason = cast(Literal["stop", "length", "span"], REASONS[state.reason[i]])
+                yield key, Done(log.ids, reason, log.spans)
+        keep = [
+            i
+            for i, (key, ended) in enumerate(zip(self.keys, step.finished, strict=True))
+            if not ended and (cancelled is None or not cancelled(key))
+        ]
+        if self._keep(keep):
+            if len(keep) < len(tokens):
+                tokens = tokens[torch.tensor(keep, device=tokens.device)]
+            self._hidden = generator.backend.step(self._session, tokens)
+
+    def drop(self, gone: Callable[[K], bool]) -> None:
+        """Remove, without a step, the rows whose key `gone` says gave up."""
+        self._keep([i for i, key in enumerate(self.keys) if not gone(key)])
+
+    def _keep(self, keep: list[int]) -> bool:
+        """Keep only the rows `keep`; False when none is left."""
+        import torch
+
+        if not keep:
+            self._clear()
+            return False
+        if len(keep) == len(self.keys) or self._state is None:
+            return True
+        index = torch.tensor(keep, device=self.generator.backend.device)
+        self._state = self._state.select(keep)
+        self.generator.backend.select(self._session, index)
+        if self._seen is not None:
+            self._seen = self._seen[index]
+        if self._hidden is not None:
+            self._hidden = self._hidden[index]
+        self.keys = [self.keys[i] for i in keep]
+        self._rngs = [self._rngs[i] for i in keep]
+        self._rows = [self._rows[i] for i in keep]
+        return True
+
+
+@dataclass
+class _RowLog:
+    """What one row generated: its ids, the ids of its open span, its closed spans."""
+
+    ids: list[int] = field(default_factory=list)
+    span_ids: list[int] = field(default_factory=list)
+    spans: list[SpanClosed] = field(default_factory=list)

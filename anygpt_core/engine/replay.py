@@ -39,7 +39,7 @@ class Replay:
     @property
     def finished(self) -> bool:
         """Whether the row ended (stop, length or span)."""
-        return bool(self.state.done[0])
+        return self.state.reason[0] > 0
 
     def opening(self) -> Iterator[Event]:
         """The `SpanOpened` of a span the prompt opened (nothing for a text start)."""
@@ -56,10 +56,10 @@ class Replay:
         constraint = self.constraint
         names = constraint.names
         number = int(self.state.modality[0])
-        step = constraint.advance(self.state, torch.tensor([token]))
+        step = constraint.advance(self.state, [token])
         self.token_ids.append(token)
         yield TokenEvent(token, None if number == constraint.text else names[number])
-        closed, opened = int(step.closed[0]), int(step.opened[0])
+        closed, opened = step.closed[0], step.opened[0]
         if closed >= 0:
             name = names[closed]
             codes = self.space.ids_to_codes(name, torch.tensor(self._span_ids, dtype=torch.long))

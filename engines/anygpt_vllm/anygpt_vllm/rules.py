@@ -53,11 +53,9 @@ class Tracked:
 
     def catch_up(self) -> None:
         """Advance the state over the ids generated since the last call."""
-        import torch
-
         new = list(self.output[self.consumed :])
         for token in new:
-            self.constraint.advance(self.state, torch.tensor([token]))
+            self.constraint.advance(self.state, [token])
         self.consumed += len(new)
 
     def seen(self, width: int, device: torch.device) -> torch.Tensor:
@@ -130,8 +128,6 @@ class SpanRules:
         advances in one step; when rows come or go, each row's own state is brought up to date
         and the batch is stacked again.
         """
-        import torch
-
         members = [self.rows[i] for i in indices]
         constraint = members[0].constraint
         key = tuple(id(m) for m in members)
@@ -139,13 +135,13 @@ class SpanRules:
         steady = all(len(m.output) - m.consumed == 1 for m in members)
         if cached is not None and cached[0] == key and steady:
             state = cached[1]
-            constraint.advance(state, torch.tensor([m.output[m.consumed] for m in members]))
+            constraint.advance(state, [m.output[m.consumed] for m in members])
             for m in members:
                 m.consumed += 1
         else:
             if cached is not None:  # hand the old batch's rows back their own states
                 for j, old in enumerate(cached[2]):
-                    old.state = cached[1].select(torch.tensor([j]))
+                    old.state = cached[1].select([j])
             for m in members:
                 m.catch_up()
             state = SpanState.concat([m.state for m in members])
