@@ -17,9 +17,11 @@ holds exactly what the model said, text and spans as protocol strings, never the
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,8 @@ from anygpt_core.protocol import codes_to_string
 from anygpt_core.tokenization import longest_token
 
 if TYPE_CHECKING:
+    import torch
+
     from anygpt_core.api import AnyGPT, Media
     from anygpt_core.engine.batcher import Stop
     from anygpt_core.spec import ModalitySpec
@@ -50,10 +54,12 @@ __all__ = [
     "CHAT_TEXT_DECODING",
     "TEMPLATES",
     "VOICE",
+    "AudioChunk",
     "Conversation",
     "MediaReady",
     "PreparedTurn",
     "Reply",
+    "SpanAudio",
     "TextPiece",
     "TextStream",
     "Turn",
@@ -166,9 +172,40 @@ class MediaReady:
     file: Path | None = None
 
 
-#: What `Conversation.stream` yields: the engine's events, text pieces, decoded spans, and last
-#: the `Reply`.
-TurnEvent = TokenEvent | SpanOpened | SpanClosed | Done | TextPiece | MediaReady | Reply
+@dataclass(frozen=True)
+class AudioChunk:
+    """The next samples of a span's audio, decoded while the model still writes the span.
+
+    The chunks of a span, in `index` order, are its whole waveform: each starts where the one
+    before it ended (`offset`).
+
+    Attributes:
+        modality: the span's modality (speech).
+        samples: float32 [n] at `sample_rate`.
+        sample_rate: samples per second (the codec's: 16000 for speech).
+        span: which span of the answer (0 for the first).
+        index: the chunk's number in its span (0 for the first).
+        offset: where `samples` start in the span's waveform, in samples.
+    """
+
+    modality: str
+    samples: torch.Tensor
+    sample_rate: int
+    span: int
+    index: int
+    offset: int
+
+    @property
+    def seconds(self) -> float:
+        """Where the chunk ends in the span's audio, in seconds."""
+        return (self.offset + int(self.samples.numel())) / self.sample_rate
+
+
+#: What `Conversation.stream` yields: the engine's events, text pieces, audio chunks (with
+#: `stream_audio`), decoded spans, and last the `Reply`.
+TurnEvent = (
+    TokenEvent | SpanOpened | SpanClosed | Done | TextPiece | AudioChunk | MediaReady | Reply
+)
 
 
 @dataclass(frozen=True)
@@ -334,6 +371,222 @@ class TextStream:
         return re.sub(r"\s{2,}", " ", " ".join(t.strip() for s, t in self.parts if not s)).strip()
 
 
+class _Cancelled(Exception):
+    """Raised into a span's decoder when its turn is abandoned, so no window is decoded in vain."""
+
+
+class _SpanDecoder:
+    """One span's codes decoded on a thread of its own, chunk by chunk, as they arrive.
+
+    The thread holds the codec set's lock while the codec computes and lets it go while it waits
+    for the model's next code, so other requests' encodes and decodes take turns with it.
+
+    Args:
+        chunks: the codec's `decode_stream` with its options bound: codes (ints) -> waveforms.
+        lock: the codec set's lock.
+    """
+
+    def __init__(
+        self, chunks: Callable[[Iterable[int]], Iterator[torch.Tensor]], lock: threading.RLock
+    ) -> None:
+        self._codes: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._out: queue.SimpleQueue[torch.Tensor | BaseException | None] = queue.SimpleQueue()
+        self._lock = lock
+        self._cancelled = threading.Event()
+        self.finished = False
+        self.pieces: list[torch.Tensor] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(chunks,), name="anygpt-audio", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, code: int) -> None:
+        """One more code of the span."""
+        self._codes.put(code)
+
+    def end(self) -> None:
+        """The span closed: its last, shorter window is decoded."""
+        self._codes.put(None)
+
+    def cancel(self) -> None:
+        """Stop decoding: the turn was abandoned."""
+        self._cancelled.set()
+        self._codes.put(None)
+
+    def _arriving(self) -> Iterator[int]:
+        while True:
+            try:
+                code = self._codes.get_nowait()
+            except queue.Empty:
+                self._lock.release()  # held only while the codec computes
+                try:
+                    code = self._codes.get()
+                finally:
+                    self._lock.acquire()
+            if self._cancelled.is_set():
+                raise _Cancelled
+            if code is None:
+                return
+            yield code
+
+    def _run(self, chunks: Callable[[Iterable[int]], Iterator[torch.Tensor]]) -> None:
+        try:
+            with self._lock:
+                for chunk in chunks(self._arriving()):
+                    self._out.put(chunk)
+        except _Cancelled:
+            pass
+        except BaseException as err:  # noqa: BLE001 - raised again in the turn's thread
+            self._out.put(err)
+        finally:
+            self._out.put(None)
+
+    def take(self, *, wait: bool) -> Iterator[torch.Tensor]:
+        """The chunks decoded so far; with `wait`, every chunk until the span's last.
+
+        Raises:
+            AnyGPTError: the codec's error (a bad code, a weight load).
+        """
+        while not self.finished:
+            try:
+                item = self._out.get() if wait else self._out.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                self.finished = True
+            elif isinstance(item, BaseException):
+                self.finished = True
+                raise item
+            else:
+                self.pieces.append(item)
+                yield item
+
+
+class SpanAudio:
+    """An answer's spans turned into audio while they are generated, a window at a time.
+
+    Feed it the engine's events in order. A span whose codec streams (it has `decode_stream`,
+    one codebook, and the codecs are not offloaded) is decoded on a thread of its own as its
+    codes arrive, so generation never waits for it; `feed` returns the chunks ready by then, and
+    at the span's end waits for its last ones. Other spans give no chunks: they are decoded whole
+    when they close (`MediaReady`), as without streaming.
+
+    Usable on any event stream, a task's (`AnyGPT.stream`) as well as a turn's:
+
+    ```python
+    audio = SpanAudio(gpt, seed=0)
+    for event in gpt.stream(prepared):
+        for chunk in audio.feed(event):
+            player.write(chunk.samples.numpy())
+    ```
+
+    Args:
+        gpt: the loaded model.
+        seed: seeds the decoders, as `AnyGPT.decode_spans`.
+        configs: the decoding config of a modality (the answer's); others use their default.
+        conditions: a condition file per modality (a voice prompt).
+    """
+
+    def __init__(
+        self,
+        gpt: AnyGPT,
+        *,
+        seed: int | None,
+        configs: Mapping[str, DecodingConfig] | None = None,
+        conditions: Mapping[str, Path] | None = None,
+    ) -> None:
+        self.gpt = gpt
+        self.seed = seed
+        self.configs = dict(configs or {})
+        self.conditions = dict(conditions or {})
+        self.spans = 0  # spans opened so far
+        self._open: _SpanDecoder | None = None
+        self._rate = 0
+        self._modality = ""
+        self._offset = 0
+        self._index = 0
+        self.waveform: torch.Tensor | None = None
+
+    def streams(self, modality: str) -> bool:
+        """Whether spans of `modality` are decoded as they are generated."""
+        codecs = self.gpt.codecs
+        if codecs.offload or codecs.spec(modality).num_codebooks != 1:
+            return False
+        codec = codecs.codec(modality)
+        return callable(getattr(codec, "decode_stream", None)) and bool(
+            getattr(codec, "sample_rate", None)
+        )
+
+    def feed(self, event: Event) -> Iterator[AudioChunk]:
+        """Take the next engine event; yield the chunks decoded by now.
+
+        At a `SpanClosed` of a streamed span, waits for its last chunks; `waveform` is then the
+        whole span's audio (their concatenation), else None.
+
+        Raises:
+            AnyGPTError: the codec's error for a streamed span (a bad code, a weight load).
+        """
+        if isinstance(event, SpanOpened):
+            self._start(event.modality)
+        elif isinstance(event, TokenEvent) and self._open is not None:
+            code = int(self.gpt.space.id_to_code[event.token_id])
+            if event.modality == self._modality and code >= 0:
+                self._open.put(code)
+        elif isinstance(event, SpanClosed):
+            self.waveform = None
+            if self._open is not None:
+                self._open.end()
+                yield from self._chunks(self._open, wait=True)
+                import torch
+
+                self.waveform = torch.cat(self._open.pieces) if self._open.pieces else None
+                self._open = None
+            return
+        yield from self.ready()
+
+    def ready(self) -> Iterator[AudioChunk]:
+        """The chunks of the open span decoded since the last `feed` or `ready`, without waiting.
+
+        For a caller that polls between events (generation slower than decoding, a UI timer).
+        """
+        if self._open is not None:
+            yield from self._chunks(self._open, wait=False)
+
+    def close(self) -> None:
+        """Stop decoding an open span (the answer was abandoned)."""
+        if self._open is not None:
+            self._open.cancel()
+            self._open = None
+
+    def _start(self, modality: str) -> None:
+        self.close()
+        self.spans += 1
+        if not self.streams(modality):
+            return
+        codecs = self.gpt.codecs
+        codec: Any = codecs.codec(modality)
+        spec = codecs.spec(modality)
+        options = {
+            "condition": self.conditions.get(modality),
+            "seed": self.seed,
+            "config": self.configs.get(modality, spec.decoding),
+        }
+        self._modality, self._rate = modality, int(codec.sample_rate)
+        self._offset = self._index = 0
+        self._open = _SpanDecoder(
+            lambda codes: codec.decode_stream(codes, **options),
+            codecs._lock,  # the codec set's: its calls take turns
+        )
+
+    def _chunks(self, decoder: _SpanDecoder, *, wait: bool) -> Iterator[AudioChunk]:
+        for samples in decoder.take(wait=wait):
+            yield AudioChunk(
+                self._modality, samples, self._rate, self.spans - 1, self._index, self._offset
+            )
+            self._index += 1
+            self._offset += int(samples.numel())
+
+
 def _as_list(value: Sources) -> list[Source]:
     if value is None:
         return []
@@ -477,12 +730,14 @@ class Conversation:
         save: bool = True,
         stop: Stop | None = None,
         incremental: bool = True,
+        stream_audio: bool = False,
         **kwargs: Any,  # noqa: ANN401 - `prepare`'s arguments
     ) -> Generator[TurnEvent, None, None]:
         """Send one user turn, yielding its answer as it is made; the last item is the `Reply`.
 
         Yields the engine's events (`TokenEvent`, `SpanOpened`, `SpanClosed`, `Done`), a
-        `TextPiece` for each new piece of text, a `MediaReady` for each span once it is decoded
+        `TextPiece` for each new piece of text, with `stream_audio` an `AudioChunk` for each
+        piece of a span's audio as it is decoded, a `MediaReady` for each span once it is decoded
         (decoding runs here while the engine goes on generating), and last the `Reply`, after
         which the history holds the turn.
 
@@ -496,6 +751,9 @@ class Conversation:
                 `DeadlineError`.
             incremental: decode text as tokens come (without it, and with no end string to
                 watch for, `TextPiece`s are not yielded: the reply still has the text).
+            stream_audio: decode the spans whose codec streams (speech) in windows while they
+                are generated (`SpanAudio`), yielding `AudioChunk`s; their `MediaReady` then
+                holds the chunks joined, not a second decode. Other spans are decoded whole.
             kwargs: `prepare`'s arguments (voice_prompt, inputs, to, seed, attachments).
 
         Raises:
@@ -510,6 +768,7 @@ class Conversation:
         media: list[MediaReady] = []
         reason: str | None = None
         request = self.request(turn.input_ids, turn.to, turn.target, turn.seed)
+        audio = self.span_audio(turn) if stream_audio else None
         events = self.gpt.engine.submit([request], stop=stop)
         try:
             for _, event in events:
@@ -517,9 +776,12 @@ class Conversation:
                 piece = stream.feed(event)
                 if piece:
                     yield TextPiece(piece)
+                if audio is not None:
+                    yield from audio.feed(event)  # a span's end waits for its last chunks
                 if isinstance(event, SpanClosed):
                     spans.append(event)
-                    media.append(self._decode(event, turn, save=save))
+                    whole = audio.waveform if audio is not None else None
+                    media.append(self._decode(event, turn, save=save, waveform=whole))
                     yield media[-1]
                 elif isinstance(event, Done):
                     reason = event.reason
@@ -528,6 +790,8 @@ class Conversation:
                     break
         finally:
             events.close()  # an early end (a stop string, Ctrl-C) cancels the rest of the reply
+            if audio is not None:
+                audio.close()
         if reason is None:  # stopped by `stop`: no answer
             return
         reply = Reply(
@@ -581,8 +845,28 @@ class Conversation:
                 return item
         raise GenerationError("the turn was stopped before its answer ended")
 
-    def _decode(self, span: SpanClosed, turn: PreparedTurn, *, save: bool) -> MediaReady:
-        """Decode one span of the answer (and write it, with `save`)."""
+    def span_audio(self, turn: PreparedTurn) -> SpanAudio:
+        """A `SpanAudio` for a turn's answer: its seed, its decoding config, its voice."""
+        voices = {
+            name: turn.voice
+            for name, spec in self.gpt.plugins.modalities.items()
+            if turn.voice is not None and spec.condition == VOICE
+        }
+        return SpanAudio(
+            self.gpt, seed=turn.seed, configs={turn.to: turn.target}, conditions=voices
+        )
+
+    def _decode(
+        self,
+        span: SpanClosed,
+        turn: PreparedTurn,
+        *,
+        save: bool,
+        waveform: torch.Tensor | None = None,
+    ) -> MediaReady:
+        """Decode one span of the answer, or take its streamed `waveform`; write it with `save`."""
+        if waveform is not None:
+            return self._streamed(span, turn, waveform, save=save)
         voice = None
         if turn.voice is not None and self.gpt.codecs.spec(span.modality).condition == VOICE:
             voice = turn.voice
@@ -597,6 +881,21 @@ class Conversation:
             directory=self.output_dir,
         )
         return MediaReady(span, media[0], files[0] if files else None)
+
+    def _streamed(
+        self, span: SpanClosed, turn: PreparedTurn, waveform: torch.Tensor, *, save: bool
+    ) -> MediaReady:
+        """The `MediaReady` of a span whose audio was streamed: its chunks, joined."""
+        from anygpt_core.api import Media
+        from anygpt_core.tasks import output_name
+
+        codecs = self.gpt.codecs
+        suffix = codecs.extension(span.modality)
+        file = None
+        if save:
+            name = output_name(turn.name or span.modality, suffix)
+            file = codecs.save(span.modality, waveform, self.output_dir, name)
+        return MediaReady(span, Media(span.modality, waveform, suffix, codecs), file)
 
     def fit(self, message: str, to: str, budget: int) -> tuple[str, Any, int]:
         """The prompt, its ids and how many of the oldest turns were cut so it fits the context."""

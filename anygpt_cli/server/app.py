@@ -3,7 +3,8 @@
 `create_app(service)` builds the FastAPI application; `anygpt serve` runs it with uvicorn.
 Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions` (text, images, speech and
 music in and out; streaming), `/v1/audio/speech`, `/v1/audio/transcriptions`,
-`/v1/images/generations` and `/v1/audio/generations` (text to music, an extension).
+`/v1/images/generations`, `/v1/audio/generations` (text to music, an extension) and the
+`/v1/realtime` WebSocket (`anygpt_cli.server.realtime`).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from starlette.exceptions import HTTPException
 
 from anygpt_cli.server.errors import APIError, from_anygpt
 from anygpt_cli.server.media import AUDIO_FORMATS, IMAGE_SIZES, Limits, png_at
+from anygpt_cli.server.realtime import add_realtime_route
 from anygpt_cli.server.schemas import ChatRequest, ImageRequest, MusicRequest, SpeechRequest
 from anygpt_cli.server.service import (
     IMAGE,
     MUSIC,
     SPEECH,
+    SPEECH_PCM,
     ChatPlan,
     Item,
     Service,
@@ -60,6 +63,7 @@ _MEDIA_TYPES = {
     "opus": "audio/ogg; codecs=opus",
     "wav": "audio/wav",
     "flac": "audio/flac",
+    "pcm": "audio/pcm",
 }
 
 
@@ -216,6 +220,7 @@ def create_app(service: Service) -> FastAPI:
     _add_image_route(app, service)
     _add_transcription_route(app, service)
     _add_task_route(app, service)
+    add_realtime_route(app, service)
     return app
 
 
@@ -284,11 +289,13 @@ def _add_audio_routes(app: FastAPI, service: Service) -> None:
     async def speech(body: SpeechRequest, request: Request) -> Response:
         service.check_model(body.model)
         service.require(SPEECH, "model")
-        fmt = service.audio_format(body.response_format, "response_format")
+        fmt = service.audio_format(body.response_format, "response_format", raw=SPEECH_PCM)
         if body.speed != 1.0:
             raise APIError(400, "speed: only 1.0 is supported", param="speed")
         voice = service.voice(body.voice, "voice")
         task = Task("text", SPEECH, body.input, str(voice) if voice else None)
+        if body.stream_format is not None:
+            return await _speech_stream(service, task, body, fmt)
         results = await _run(service, request, [task], body.seed)
         return await _audio_response(service, results[0], fmt)
 
@@ -301,9 +308,25 @@ def _add_audio_routes(app: FastAPI, service: Service) -> None:
         return await _audio_response(service, results[0], fmt)
 
 
+async def _speech_stream(service: Service, task: Any, body: SpeechRequest, fmt: str) -> Response:  # noqa: ANN401
+    """A text-to-speech answer streamed as it is decoded: SSE events or the audio's bytes."""
+    from anygpt_cli.server.service import _seed
+    from anygpt_cli.server.speech_stream import audio_chunks, sse_events, start_speech
+
+    prepared = await _in_thread(service, service.prepare, task, _seed(body.seed))
+    items = start_speech(service, prepared, fmt)
+    if body.stream_format == "sse":
+        return _event_stream(sse_events(items))
+    return _event_stream(audio_chunks(items), media_type=_MEDIA_TYPES[fmt])
+
+
 async def _audio_response(service: Service, result: Result, fmt: str) -> Response:
     """A one-shot task's audio answer, encoded as `fmt` (empty when it wrote no span)."""
-    data = await _in_thread(service, result.media[0].data, "." + fmt) if result.media else b""
+    if not result.media:
+        return Response(b"", media_type=_MEDIA_TYPES[fmt])
+    media = result.media[0]
+    encode = partial(service.speech_bytes, media) if media.modality == SPEECH else None
+    data = await _in_thread(service, encode or media.data, fmt if encode else "." + fmt)
     return Response(data, media_type=_MEDIA_TYPES[fmt])
 
 
@@ -649,11 +672,18 @@ class _Chunks:
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     def delta(self, kind: str, index: int, value: Any) -> dict[str, Any]:  # noqa: ANN401
-        """The delta of a pumped `text` or `media` item: a spoken answer streams as `audio`."""
+        """The delta of a pumped `text`, `audio` or `media` item: a spoken answer streams as `audio`.
+
+        Audio in a format that streams (pcm16, wav) comes as `audio.data` pieces while the span is
+        decoded; joined, they are the whole answer's file.
+        """
         if kind == "text":
             if self.spoken:
                 return {"audio": {"id": self.audio_ids[index], "transcript": value}}
             return {"content": value}
+        if kind == "audio":
+            audio = {"id": self.audio_ids[index], "data": value}
+            return {"audio": {**audio, "expires_at": int(time.time()) + 3600}}
         if self.spoken and value["modality"] == SPEECH:
             audio = {"id": self.audio_ids[index], "data": value["data"]}
             return {"audio": {**audio, "expires_at": int(time.time()) + 3600}}
@@ -668,8 +698,11 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     }
 
 
-def _event_stream(events: AsyncIterator[str]) -> Any:  # noqa: ANN401 - a starlette Response
-    """A `text/event-stream` response that stops `events` as soon as the client goes away."""
+def _event_stream(
+    events: AsyncIterator[str | bytes],
+    media_type: str = "text/event-stream; charset=utf-8",
+) -> Any:  # noqa: ANN401 - a starlette Response
+    """A streamed response (server-sent events by default), stopped once the client goes away."""
     from starlette.responses import Response
 
     class EventStream(Response):
@@ -678,17 +711,22 @@ def _event_stream(events: AsyncIterator[str]) -> Any:  # noqa: ANN401 - a starle
             self.status_code = 200
 
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            await _stream(events, receive, send)
+            await _stream(events, receive, send, media_type)
 
     return EventStream()
 
 
-async def _stream(events: AsyncIterator[str], receive: Receive, send: Send) -> None:
-    """Send `events` as server-sent events; a client that goes away ends (and closes) them."""
+async def _stream(
+    events: AsyncIterator[str | bytes],
+    receive: Receive,
+    send: Send,
+    media_type: str,
+) -> None:
+    """Send `events` as they come (chunked); a client that goes away ends (and closes) them."""
     import anyio
 
     headers = [
-        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"content-type", media_type.encode()),
         (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no"),
     ]
@@ -703,7 +741,7 @@ async def _stream(events: AsyncIterator[str], receive: Receive, send: Send) -> N
         group.start_soon(watch)
         try:
             async for event in events:
-                body = event.encode()
+                body = event.encode() if isinstance(event, str) else event
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:

@@ -152,6 +152,8 @@ class SpeechRequest(_Body):
     response_format: str = "mp3"  # OpenAI's default
     speed: float = Field(1.0, ge=0.25, le=4.0, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    #: `sse` (speech.audio.delta events) or `audio` (the bytes, chunked); absent: the whole file.
+    stream_format: Literal["sse", "audio"] | None = None
 
 
 class ImageRequest(_Body):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anygpt_cli.server.audio_out import STREAMED, AudioStream, audio_bytes
 from anygpt_cli.server.errors import APIError, from_anygpt
 from anygpt_cli.server.media import (
     AUDIO_FORMATS,
@@ -30,7 +31,7 @@ from anygpt_cli.server.media import (
     suffix_for,
 )
 from anygpt_cli.server.schemas import SEED_MAX, ChatRequest, Message
-from anygpt_core.chat import MediaReady, PreparedTurn, Reply, TextPiece
+from anygpt_core.chat import AudioChunk, MediaReady, PreparedTurn, Reply, TextPiece
 from anygpt_core.config import draw_seed
 from anygpt_core.engine.batcher import Stop
 from anygpt_core.engine.events import Event
@@ -38,10 +39,18 @@ from anygpt_core.errors import AnyGPTError, DeadlineError, InputError, first_lin
 from anygpt_core.tasks import require_utf8
 
 if TYPE_CHECKING:
-    from anygpt_core.api import AnyGPT, Prepared, Result
+    from anygpt_core.api import AnyGPT, Media, Prepared, Result
     from anygpt_core.chat import Conversation
 
-__all__ = ["OPENAI_VOICES", "ChatPlan", "Item", "Service", "Settings", "timeout_error"]
+__all__ = [
+    "AUDIO_OUT",
+    "OPENAI_VOICES",
+    "ChatPlan",
+    "Item",
+    "Service",
+    "Settings",
+    "timeout_error",
+]
 
 logger = logging.getLogger("anygpt.serve")
 
@@ -66,10 +75,14 @@ OPENAI_VOICES = frozenset(
 #: The modality of OpenAI's audio (`input_audio`, `modalities: ["audio"]`, /v1/audio/*), and of
 #: `image_url` and /v1/images; the server maps OpenAI's API onto these installed modalities.
 SPEECH, IMAGE, MUSIC = "speech", "image", "music"
-#: Formats a spoken or musical answer can be returned in (OpenAI's, but for aac and pcm).
+#: Formats a spoken or musical answer can be returned in (OpenAI's, but for aac and raw PCM).
 AUDIO_OUT = ("mp3", "opus", "wav", "flac")
+#: OpenAI's raw PCM16 at 24 kHz (`audio_out.RAW`), by its name in chat completions and in
+#: /v1/audio/speech; spoken answers only.
+CHAT_PCM, SPEECH_PCM = "pcm16", "pcm"
 
-#: What a pump hands the event loop: (kind, choice, payload); kinds `text`, `media`, `done`, `error`.
+#: What a pump hands the event loop: (kind, choice, payload); kinds `text`, `audio` (streamed
+#: bytes, base64), `media`, `done`, `error`.
 Item = tuple[str, int, Any]
 
 
@@ -189,16 +202,26 @@ class Service:
         )
 
     @staticmethod
-    def audio_format(value: str, what: str) -> str:
-        """A supported audio answer format, or 400 listing them."""
+    def audio_format(value: str, what: str, *, raw: str | None = None) -> str:
+        """A supported audio answer format (or `raw`, a name of raw PCM16), or 400 listing them."""
         value = value.lower()
-        if value not in AUDIO_OUT:
+        formats = (*AUDIO_OUT, raw) if raw else AUDIO_OUT
+        if value not in formats:
             raise APIError(
                 400,
-                f"{what}: {value!r} is not supported; use {', '.join(AUDIO_OUT)}",
+                f"{what}: {value!r} is not supported; use {', '.join(formats)}",
                 param=what,
             )
         return value
+
+    @property
+    def speech_rate(self) -> int:
+        """The sample rate of the speech codec's waveforms."""
+        return int(getattr(self.gpt.codecs.codec(SPEECH), "sample_rate", 16000))
+
+    def speech_bytes(self, media: Media, fmt: str) -> bytes:
+        """A spoken answer as a file in `fmt` (OpenAI's name; raw PCM16 resampled to 24 kHz)."""
+        return audio_bytes(media, fmt, self.speech_rate)
 
     def media_suffix(self, modality: str, audio_format: str) -> str:
         """The file format a span is returned in: spoken answers as asked, images png."""
@@ -230,7 +253,7 @@ class Service:
         to = self.chat_target(request)
         audio = request.audio
         voice = self.voice(audio.voice if audio else None, "audio.voice")
-        fmt = self.audio_format(audio.format if audio else "mp3", "audio.format")
+        fmt = self.audio_format(audio.format if audio else "mp3", "audio.format", raw=CHAT_PCM)
         seed = _seed(request.seed, request.n)
         conversation = self._conversation(request)
         turns = [(i, m) for i, m in enumerate(request.messages) if m.role in {"user", "assistant"}]
@@ -376,21 +399,21 @@ class Service:
         emit: Callable[[Item], None],
         cancel: threading.Event,
     ) -> None:
-        """Generate one choice: text pieces as they come, each span's media once it closes."""
+        """Generate one choice: text pieces as they come, each span's media once it closes.
+
+        A streamed spoken answer in a format that streams (pcm16, wav) is sent as its audio is
+        decoded, window by window (`audio` items), not whole when its span closes.
+        """
         # the engine watches both: a row queued behind others leaves on time, not when it starts
         stop = Stop.after(self.settings.request_timeout, cancel)
+        spoken = plan.stream and plan.to == SPEECH and plan.audio_format in STREAMED
         turn = plan.conversation.stream(
-            plan.turns[choice], save=False, stop=stop, incremental=plan.stream
+            plan.turns[choice], save=False, stop=stop, incremental=plan.stream, stream_audio=spoken
         )
+        audio = AudioStream(plan.audio_format, self.speech_rate) if spoken else None
         try:
             for item in turn:  # ends once `cancel` is set; DeadlineError after the limit
-                if isinstance(item, TextPiece):
-                    emit(("text", choice, item.text))
-                elif isinstance(item, MediaReady):
-                    emit(("media", choice, self._media(item, plan)))
-                elif isinstance(item, Reply):
-                    done = (_finish(item.finish_reason), item.new_tokens, item.text)
-                    emit(("done", choice, done))
+                self._emit_chat_item(item, plan, choice, emit, audio)
         except DeadlineError:
             emit(("error", choice, timeout_error(self.settings.request_timeout)))
         except AnyGPTError as err:
@@ -401,13 +424,38 @@ class Service:
         finally:
             turn.close()
 
+    def _emit_chat_item(
+        self,
+        item: object,
+        plan: ChatPlan,
+        choice: int,
+        emit: Callable[[Item], None],
+        audio: AudioStream | None,
+    ) -> None:
+        """Hand one item of a choice's turn to the event loop (encoded here, off the loop)."""
+        if isinstance(item, TextPiece):
+            emit(("text", choice, item.text))
+        elif isinstance(item, AudioChunk) and audio is not None and item.modality == SPEECH:
+            emit(("audio", choice, _b64(audio.push(item.samples))))
+        elif isinstance(item, MediaReady):
+            if audio is not None and item.span.modality == SPEECH:
+                tail = audio.finish()  # its chunks went out as they came
+                if tail:
+                    emit(("audio", choice, _b64(tail)))
+            else:
+                emit(("media", choice, self._media(item, plan)))
+        elif isinstance(item, Reply):
+            emit(("done", choice, (_finish(item.finish_reason), item.new_tokens, item.text)))
+
     def _media(self, ready: MediaReady, plan: ChatPlan) -> dict[str, Any]:
-        suffix = self.media_suffix(ready.span.modality, plan.audio_format)
-        return {
-            "modality": ready.span.modality,
-            "format": suffix.lstrip("."),
-            "data": base64.b64encode(ready.media.data(suffix)).decode("ascii"),
-        }
+        modality = ready.span.modality
+        if modality == SPEECH:
+            fmt = plan.audio_format
+            data = self.speech_bytes(ready.media, fmt)
+        else:
+            suffix = self.media_suffix(modality, plan.audio_format)
+            fmt, data = suffix.lstrip("."), ready.media.data(suffix)
+        return {"modality": modality, "format": fmt, "data": _b64(data)}
 
     # ---- one-shot tasks (speech, images, music, transcription) -------------------------------
 
@@ -465,6 +513,10 @@ def _utf8(text: str, what: str) -> str:
         return require_utf8(text, what=what)
     except InputError as err:
         raise APIError(400, first_line(err), param=what) from None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _finish(reason: str) -> str:
