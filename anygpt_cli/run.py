@@ -134,9 +134,10 @@ def register(app: typer.Typer, plugins: PluginSet) -> None:
                 gpt, lines, options, as_json=as_json, dry_run=dry_run, single=single
             )
         else:
+            typed = not instruction and input_file is None and _terminal()
+            groups = _chunks(lines, batch_size) if typed else [list(lines)]
             failures = sum(
-                _run_batch(gpt, chunk, options, as_json=as_json, single=single)
-                for chunk in _chunks(lines, batch_size)
+                _run_batch(gpt, group, options, as_json=as_json, single=single) for group in groups
             )
         if failures:
             raise typer.Exit(1)
@@ -174,8 +175,14 @@ def _run_each(
     return failures
 
 
+def _terminal() -> bool:
+    """Whether stdin is a terminal: tasks typed there run a group at a time, as they come."""
+    isatty = getattr(sys.stdin, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
-    """Lines in groups of `size` (the last may be shorter); stdin is read a group at a time."""
+    """Lines in groups of `size` (the last may be shorter), as they are typed."""
     chunk: list[str] = []
     for line in lines:
         chunk.append(line.strip())
@@ -189,21 +196,29 @@ def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 def _run_batch(
     gpt: AnyGPT, lines: list[str], options: dict[str, Any], *, as_json: bool, single: bool
 ) -> int:
-    """Run tasks together; print each result or error in input order; return the failures."""
+    """Run tasks together; print each result or error in input order; return the failures.
+
+    All tasks go to the engine at once, so it refills a row as soon as one ends, and each
+    result is printed as soon as it and those before it are done.
+    """
     from anygpt_cli.console import stderr
 
-    with _BatchProgress(stderr, len(lines), enabled=not as_json and stderr.is_terminal) as bar:
-        results = gpt.run_many(lines, on_event=bar.update, **options)
-    failures = 0
-    for result in results:
+    failures: list[AnyGPTError] = []
+
+    def show(_: int, result: Result | AnyGPTError) -> None:
         if isinstance(result, AnyGPTError):
-            if single:
-                raise result
-            failures += 1
-            sys.stderr.write(f"Error: {first_line(result)}\n")
+            failures.append(result)
+            if not single:
+                sys.stderr.write(f"Error: {first_line(result)}\n")
         else:
             _show(result, as_json=as_json)
-    return failures
+
+    tasks = [line.strip() for line in lines]
+    with _BatchProgress(stderr, len(tasks), enabled=not as_json and stderr.is_terminal) as bar:
+        gpt.run_many(tasks, on_event=bar.update, on_result=show, **options)
+    if single and failures:
+        raise failures[0]
+    return len(failures)
 
 
 def _run_one(

@@ -11,9 +11,10 @@ result.text, result.files
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,6 +332,118 @@ def _check_codes(spec: ModalitySpec, codes: torch.Tensor) -> None:
     flatten_codes(spec, codes)  # raises GenerationError on a wrong shape or range
 
 
+#: What a task brings to the decode stage: its prepared task and events, or its error.
+_Finished = tuple[int, "Prepared | AnyGPTError", list[Event]]
+
+
+class _DecodeStage:
+    """Finishes `count` tasks on a worker thread as they end, while the engine generates others.
+
+    Spans decode in the order the tasks end; files are written and results released in task
+    order, so file names (a clash takes `-1`) and results are those of a one-by-one run. A
+    task's decode or write error is its result; anything else (a bug) is raised by `ready` or
+    `rest`. Use it as a context manager: leaving stops the worker, finished or not.
+
+    The worker runs torch with the caller's thread count: codecs' results depend on it
+    (SpeechTokenizer's and EnCodec's decoders in the last bits, which a 16-bit wav can keep),
+    and must not depend on whether a task ran alone or in a batch.
+    """
+
+    def __init__(self, gpt: AnyGPT, count: int, *, started: float, save: bool) -> None:
+        import torch
+
+        self.gpt = gpt
+        self.count = count
+        self.started = started
+        self.save = save
+        self.threads = torch.get_num_threads()
+        self._inbox: queue.SimpleQueue[_Finished | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[int, Result | AnyGPTError] | BaseException] = (
+            queue.SimpleQueue()
+        )
+        self._released = 0
+        self._thread = threading.Thread(target=self._work, name="anygpt-decode", daemon=True)
+
+    def __enter__(self) -> _DecodeStage:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inbox.put(None)  # the worker stops at once, whatever is left
+        self._thread.join()
+
+    def put(
+        self, index: int, task: Prepared | AnyGPTError, events: list[Event] | None = None
+    ) -> None:
+        """Hand over task `index`: its prepared task and its events ending in `Done`, or its error."""
+        self._inbox.put((index, task, events or []))
+
+    def ready(self) -> Iterator[tuple[int, Result | AnyGPTError]]:
+        """The results released so far and not yet taken, in task order (without waiting)."""
+        while True:
+            try:
+                item = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            yield self._taken(item)
+
+    def rest(self) -> Iterator[tuple[int, Result | AnyGPTError]]:
+        """The remaining results in task order, waiting for each."""
+        while self._released < self.count:
+            yield self._taken(self._outbox.get())
+
+    def _taken(
+        self, item: tuple[int, Result | AnyGPTError] | BaseException
+    ) -> tuple[int, Result | AnyGPTError]:
+        if isinstance(item, BaseException):
+            raise item
+        self._released += 1
+        return item
+
+    def _work(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)  # OpenMP's setting is per thread
+        pending: dict[int, AnyGPTError | tuple[Prepared, Result, list[Any]]] = {}
+        following = 0
+        try:
+            while following < self.count:
+                item = self._inbox.get()
+                if item is None:
+                    return
+                index, task, events = item
+                pending[index] = (
+                    task if isinstance(task, AnyGPTError) else self._decode(task, events)
+                )
+                while following in pending:
+                    self._outbox.put((following, self._complete(pending.pop(following))))
+                    following += 1
+        except BaseException as err:  # noqa: BLE001 - raised on the caller's thread by `ready`
+            self._outbox.put(err)
+
+    def _decode(
+        self, prepared: Prepared, events: list[Event]
+    ) -> AnyGPTError | tuple[Prepared, Result, list[Any]]:
+        try:
+            result = self.gpt._generated(prepared, events)
+            return prepared, result, self.gpt._decode_answer(prepared, result.spans)
+        except AnyGPTError as err:
+            return err
+
+    def _complete(
+        self, item: AnyGPTError | tuple[Prepared, Result, list[Any]]
+    ) -> Result | AnyGPTError:
+        if isinstance(item, AnyGPTError):
+            return item
+        prepared, result, values = item
+        try:
+            return self.gpt._complete(
+                prepared, result, values, started=self.started, save=self.save
+            )
+        except AnyGPTError as err:
+            return err
+
+
 class AnyGPT:
     """A loaded model with its token space, codecs and instruction phrasings.
 
@@ -595,16 +708,45 @@ class AnyGPT:
             save: write files; without it, only the media in memory.
             directory: where files go (default `output_dir`).
         """
-        media: list[Media] = []
-        files: list[Path] = []
-        for span in spans:
-            value = self.codecs.decode(
+        values = self._decode_values(
+            spans, target=target, config=config, seed=seed, conditions=conditions
+        )
+        return self._keep(spans, values, name=name, save=save, directory=directory)
+
+    def _decode_values(
+        self,
+        spans: Sequence[SpanClosed],
+        *,
+        target: str,
+        config: DecodingConfig,
+        seed: int,
+        conditions: Mapping[str, Path] | None = None,
+    ) -> list[Any]:
+        """The codecs' media of each span, in memory (see `decode_spans`)."""
+        return [
+            self.codecs.decode(
                 span.modality,
                 span.codes,
                 condition=(conditions or {}).get(span.modality),
                 seed=seed,
                 config=config if span.modality == target else None,
             )
+            for span in spans
+        ]
+
+    def _keep(
+        self,
+        spans: Sequence[SpanClosed],
+        values: Sequence[Any],
+        *,
+        name: str,
+        save: bool,
+        directory: Path | None = None,
+    ) -> tuple[list[Media], list[Path]]:
+        """Decoded spans as `Media`, each also written as a new file with `save`."""
+        media: list[Media] = []
+        files: list[Path] = []
+        for span, value in zip(spans, values, strict=True):
             suffix = self.codecs.extension(span.modality)
             media.append(Media(span.modality, value, suffix, self.codecs))
             if save:
@@ -677,17 +819,23 @@ class AnyGPT:
         tasks: Sequence[Task | str],
         *,
         on_event: Callable[[int, Event], None] | None = None,
+        on_result: Callable[[int, Result | AnyGPTError], None] | None = None,
         save: bool = True,
         **options: Any,  # noqa: ANN401 - see `prepare`
     ) -> list[Result | AnyGPTError]:
         """Run many tasks, generated together in batches; results in the order of `tasks`.
+
+        A task's spans decode as soon as its generation ends, on a decode stage beside the
+        engine, which goes on generating the others; files are written in task order, so
+        outputs are those of running the tasks one by one. `on_result(index, result)` is called
+        on this thread for each task in order, as soon as it and the tasks before it are done.
 
         A task that fails (a bad instruction, a missing file, a budget too small for its span, a
         span that cannot be decoded) gets its error in its place; the others run, as they would
         one by one. `seed` (in `options`) seeds every task alike.
         """
         started = time.perf_counter()
-        results: list[Result | AnyGPTError | None] = [None] * len(tasks)
+        stage = _DecodeStage(self, len(tasks), started=started, save=save)
         prepared: list[Prepared] = []
         requests: list[Request] = []
         where: list[int] = []
@@ -698,27 +846,44 @@ class AnyGPT:
                 # checked here, one by one: the engine refuses a whole submission for one bad row
                 self.engine.check(request)
             except AnyGPTError as err:
-                results[i] = err
+                stage.put(i, err)
                 continue
             prepared.append(one)
             requests.append(request)
             where.append(i)
+        results: list[Result | AnyGPTError | None] = [None] * len(tasks)
+
+        def release(ready: Iterable[tuple[int, Result | AnyGPTError]]) -> None:
+            for i, result in ready:
+                results[i] = result
+                if on_result is not None:
+                    on_result(i, result)
+
         events: list[list[Event]] = [[] for _ in prepared]
-        for index, event in self.engine.submit(requests):
-            if on_event is not None:
-                on_event(where[index], event)
-            events[index].append(event)
-        for index, (one, evs) in enumerate(zip(prepared, events, strict=True)):
-            try:
-                results[where[index]] = self.finish(one, evs, started=started, save=save)
-            except AnyGPTError as err:
-                results[where[index]] = err
+        with stage:
+            for index, event in self.engine.submit(requests):
+                if on_event is not None:
+                    on_event(where[index], event)
+                events[index].append(event)
+                if isinstance(event, Done):
+                    stage.put(where[index], prepared[index], events[index])
+                release(stage.ready())
+            for index, evs in enumerate(events):  # an engine that ended a task without its Done
+                if not (evs and isinstance(evs[-1], Done)):
+                    stage.put(where[index], prepared[index], evs)
+            release(stage.rest())
         return [r for r in results if r is not None]
 
     def finish(
         self, prepared: Prepared, events: list[Event], *, started: float, save: bool = True
     ) -> Result:
         """A task's result from its events: text, and each span decoded (and saved with `save`)."""
+        result = self._generated(prepared, events)
+        values = self._decode_answer(prepared, result.spans)
+        return self._complete(prepared, result, values, started=started, save=save)
+
+    def _generated(self, prepared: Prepared, events: list[Event]) -> Result:
+        """A task's result before decoding: its text, spans, token count and finish reason."""
         result = Result(
             prepared.task.instruction, prepared.prompt, seed=prepared.seed, notices=prepared.notices
         )
@@ -729,18 +894,34 @@ class AnyGPT:
         result.finish_reason = done.reason
         result.spans = done.spans
         result.text = self.text_of(events)
+        return result
+
+    def _decode_answer(self, prepared: Prepared, spans: Sequence[SpanClosed]) -> list[Any]:
+        """The media of a task's spans: its target's with its config (and condition file)."""
         task = prepared.task
         conditions = {}
         if task.condition:
             conditions[task.target] = Path(task.condition).expanduser()
-        result.media, result.files = self.decode_spans(
-            done.spans,
+        return self._decode_values(
+            spans,
             target=task.target,
             config=prepared.target_config,
             seed=prepared.seed,
-            name=task.payload,
             conditions=conditions,
-            save=save,
+        )
+
+    def _complete(
+        self,
+        prepared: Prepared,
+        result: Result,
+        values: Sequence[Any],
+        *,
+        started: float,
+        save: bool,
+    ) -> Result:
+        """`result` with its decoded media, written as files with `save`, and its time."""
+        result.media, result.files = self._keep(
+            result.spans, values, name=prepared.task.payload, save=save
         )
         result.seconds = time.perf_counter() - started
         return result

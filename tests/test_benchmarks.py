@@ -56,3 +56,10 @@ def test_eval_benchmark_compares_batched_and_one_by_one_answers():
     out = run("bench_eval.py", "--quick")
     assert re.search(r"answers identical one by one and batched: \d+/4", out)
     assert re.search(r"speed-up at batch 8: \d+\.\d+x", out)
+
+
+def test_run_benchmark_checks_identical_outputs_at_both_batch_sizes():
+    out = run("bench_run.py", "--quick")
+    assert "outputs identical at batch 1 and 8 (4 tasks, texts and files)" in out
+    assert re.search(r"batch  8: .* decoding after generation \d+\.\d s", out)
+    assert re.search(r": \d+\.\d+x \(target >= 3x\)$", out, re.M)
