@@ -360,14 +360,14 @@ class _Output:
 
     def show(self, turn: Iterator[TurnEvent]) -> Reply:
         """Show a turn's stream as it comes; its reply."""
-        from anygpt_core.chat import MediaReady, Reply, TextPiece
+        from anygpt_core.chat import AudioChunk, MediaReady, Reply, TextPiece
 
         for item in turn:
             if isinstance(item, TextPiece):
                 self.text(item.text)
             elif isinstance(item, Reply):
                 return item
-            elif not isinstance(item, MediaReady):
+            elif not isinstance(item, MediaReady | AudioChunk):
                 self.event(item)
         raise AssertionError("a turn's stream ends with its reply")  # pragma: no cover
 

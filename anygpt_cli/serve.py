@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 HELP = """Serve the model over HTTP with OpenAI's API: chat completions (text, images, speech and
-music in and out, streaming), /v1/audio/speech, /v1/audio/transcriptions, /v1/images/generations
-and /v1/audio/generations (text to music). Requests in flight are generated together.
+music in and out, streaming), /v1/audio/speech (streamed too), /v1/audio/transcriptions,
+/v1/images/generations, /v1/audio/generations (text to music) and the /v1/realtime WebSocket
+(spoken turns, PCM16 at 24 kHz). Requests in flight are generated together.
 """
 
 
@@ -48,7 +49,8 @@ class ServerOptions:
         typer.Option(
             "--api-key",
             envvar="ANYGPT_API_KEY",
-            help="Require 'Authorization: Bearer KEY' on /v1 (or set ANYGPT_API_KEY).",
+            help="Require 'Authorization: Bearer KEY' on /v1, /v1/realtime too (or set "
+            "ANYGPT_API_KEY).",
             show_default=False,
         ),
     ] = None
