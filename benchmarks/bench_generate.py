@@ -6,24 +6,32 @@
 (b) inside a speech span on the small model: scoring only the span's 1,025 legal rows of the output
     embedding vs full-vocabulary logits then a gather; target >= 2x.
 (c) batching on the small model: 16 different tasks (text answers, image, speech and music spans, prompts
-    and budgets of different lengths), greedy, in batches of 1, 2, 4, 8, 16 vs the same tasks one by one
-    in the same run: aggregate tokens/s and the ratio; every task's ids must be identical; target >= 4x
-    at batch 8.
+    and budgets of different lengths), greedy, static batches of 2, 4, 8, 16 (chunks run until their
+    longest row ends) and continuous batches (the engine refills a row as it ends) vs the same tasks one
+    by one in the same run: aggregate tokens/s and the ratio; every task's ids must be identical;
+    targets (continuous) >= 5x at batch 8, >= 7x at 16.
 (d) the same span constraint through `model.generate` (a logits processor) vs our loop, same requests,
     identical ids, batch 1 and 4.
+(e) 32 requests arriving as a Poisson process (about twice what one-at-a-time serving keeps up with),
+    max batch 8: continuous batching (the engine) vs static batching (take what arrived, run it to
+    its end): throughput, p50 and p95 latency, identical ids.
 
 Median of interleaved repetitions for (a) and (b), best of `--reps` for (c) and (d) (in (c)
 interleaved too).
-Usage: python benchmarks/bench_generate.py [--reps 5] [--tokens 256] [--only a,b,c,d] [--quick]
+Usage: python benchmarks/bench_generate.py [--reps 5] [--tokens 256] [--only a,b,c,d,e] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
+import math
+import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +40,8 @@ import torch
 
 from anygpt_core import DecodingConfig, Instructions, ModalitySpec
 from anygpt_core.engine.backends import make_backend
-from anygpt_core.engine.constraint import Row
+from anygpt_core.engine.batcher import LocalEngine
+from anygpt_core.engine.constraint import Row, SpanConstraint
 from anygpt_core.engine.events import Done, Request
 from anygpt_core.engine.hf import generate_ids
 from anygpt_core.engine.loop import Generator
@@ -246,6 +255,7 @@ def task_pool(space: TokenSpace, count: int, budget: int) -> list[Request]:
 
 
 def batched_ids(loop: Generator, requests: list[Request], size: int) -> dict[int, list[int]]:
+    """Static batching: chunks of `size` requests, each run until its longest row ends."""
     ids: dict[int, list[int]] = {}
     with torch.inference_mode():
         for first in range(0, len(requests), size):
@@ -255,19 +265,27 @@ def batched_ids(loop: Generator, requests: list[Request], size: int) -> dict[int
     return ids
 
 
+def continuous_ids(loop: Generator, requests: list[Request], size: int) -> dict[int, list[int]]:
+    """Continuous batching: the engine keeps `size` rows busy, refilling each as it ends."""
+    engine = LocalEngine(loop, max_batch=size)
+    return {i: e.token_ids for i, e in engine.submit(requests) if isinstance(e, Done)}
+
+
 def compare_batching(model: torch.nn.Module, space: TokenSpace, budget: int, reps: int) -> None:
     loop = Generator(make_backend(model), space)
     requests = task_pool(space, 16, budget)
     alone_ids = batched_ids(loop, requests, 1)
     lengths = [len(alone_ids[i]) for i in range(len(requests))]
     tokens = sum(lengths)
-    sizes = (1, 2, 4, 8, 16)
-    # chunk size of each run; "batch  1" repeats the baseline: its ratio shows the noise
-    runs = {"one by one": 1, **{f"batch {size:2d}": size for size in sizes}}
+    # each run: (driver, rows); "one by one" repeats the baseline: its ratio shows the noise
+    runs = {"one by one": (batched_ids, 1)}
+    for size in (2, 4, 8, 16):
+        runs[f"static batch {size:2d}"] = (batched_ids, size)
+        runs[f"continuous batch {size:2d}"] = (continuous_ids, size)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(reps):  # interleaved: a change in the shared machine's load hits every run
-        for name, size in runs.items():
-            t, ids = timed(lambda size=size: batched_ids(loop, requests, size))
+        for name, (driver, size) in runs.items():
+            t, ids = timed(lambda driver=driver, size=size: driver(loop, requests, size))
             times[name].append(t)
             if ids != alone_ids:
                 raise SystemExit(f"{name}: token ids differ from the one-by-one run")
@@ -276,13 +294,142 @@ def compare_batching(model: torch.nn.Module, space: TokenSpace, budget: int, rep
         f"(c) 16 tasks (text, image, speech, music), {tokens} tokens: one by one "
         f"{tokens / t_alone:.0f} tokens/s"
     )
-    for name, size in list(runs.items())[1:]:
+    for name, (driver, size) in list(runs.items())[1:]:
         best = min(times[name])
-        # rows that finish leave their chunk and none join: a chunk runs as long as its longest
-        steps = sum(max(lengths[i : i + size]) for i in range(0, len(lengths), size))
+        if driver is batched_ids:  # a chunk runs as long as its longest row; none join
+            steps = sum(max(lengths[i : i + size]) for i in range(0, len(lengths), size))
+        else:
+            steps = continuous_steps(lengths, size)
         logger.info(
             f"(c) {name}: {tokens / best:.0f} tokens/s, identical ids, {tokens / steps:.1f} rows "
             f"per step on average -> {t_alone / best:.2f}x one by one"
+        )
+
+
+def continuous_steps(lengths: list[int], size: int) -> int:
+    """Steps a continuous batch of `size` rows takes for rows of `lengths`, admitted in order."""
+    running: list[int] = []
+    waiting = list(lengths)
+    steps = 0
+    while running or waiting:
+        while waiting and len(running) < size:
+            running.append(waiting.pop(0))
+        steps += 1
+        running = [left - 1 for left in running if left > 1]
+    return steps
+
+
+def poisson_arrivals(
+    loop: Generator, requests: list[Request], rate: float, size: int, seed: int
+) -> dict[str, object]:
+    """Requests arriving as a Poisson process (`rate` per second), continuous vs static batching.
+
+    Static: a worker takes what has arrived (up to `size`) and runs it until its longest row
+    ends, then takes the next group (the engine before continuous batching). Continuous: the
+    engine, each request submitted from its own thread at its arrival time.
+    """
+    rng = random.Random(seed)
+    arrivals = list(itertools.accumulate(rng.expovariate(rate) for _ in requests))
+    results: dict[str, object] = {}
+
+    def static() -> tuple[list[float], float, dict[int, list[int]]]:
+        start = time.perf_counter()
+        latency = [0.0] * len(requests)
+        ids: dict[int, list[int]] = {}
+        next_up = 0
+        while next_up < len(requests):
+            now = time.perf_counter() - start
+            if arrivals[next_up] > now:
+                time.sleep(arrivals[next_up] - now)
+                now = arrivals[next_up]
+            group = [i for i in range(next_up, len(requests)) if arrivals[i] <= now][:size]
+            with torch.inference_mode():
+                for row, event in loop.generate_batch([requests[i] for i in group]):
+                    if isinstance(event, Done):
+                        index = group[row]
+                        ids[index] = event.token_ids
+                        latency[index] = time.perf_counter() - start - arrivals[index]
+            next_up = group[-1] + 1
+        return latency, time.perf_counter() - start, ids
+
+    def continuous() -> tuple[list[float], float, dict[int, list[int]]]:
+        engine = LocalEngine(loop, max_batch=size)
+        start = time.perf_counter()
+        latency = [0.0] * len(requests)
+        ids: dict[int, list[int]] = {}
+
+        def client(index: int) -> None:
+            time.sleep(max(0.0, arrivals[index] - (time.perf_counter() - start)))
+            for _, event in engine.submit([requests[index]]):
+                if isinstance(event, Done):
+                    ids[index] = event.token_ids
+            latency[index] = time.perf_counter() - start - arrivals[index]
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return latency, time.perf_counter() - start, ids
+
+    for name, run in (("static", static), ("continuous", continuous)):
+        results[name] = run()
+    return results
+
+
+def compare_arrivals(model: torch.nn.Module, space: TokenSpace, budget: int, size: int) -> None:
+    loop = Generator(make_backend(model), space)
+    requests = task_pool(space, 32, budget)
+    batched_ids(loop, requests[:1], 1)  # warm up
+    t_one, _ = timed(lambda: batched_ids(loop, requests[:4], 1))
+    # about twice as many requests a second as one at a time could serve: a loaded server
+    rate = 2 * 4 / t_one
+    runs = poisson_arrivals(loop, requests, rate, size, seed=0)
+    reference = batched_ids(loop, requests, size)
+    tokens = sum(len(ids) for ids in reference.values())
+    summary = {}
+    for name, (latency, wall, ids) in runs.items():  # type: ignore[misc]
+        if ids != reference:
+            raise SystemExit(f"(e) {name}: token ids differ from a static batch's")
+        p50 = statistics.median(latency)
+        p95 = statistics.quantiles(latency, n=20)[18]
+        summary[name] = (tokens / wall, p50, p95)
+        logger.info(
+            f"(e) 32 requests, Poisson arrivals at {rate:.1f}/s, max batch {size}, {name}: "
+            f"{tokens / wall:.0f} tokens/s, latency p50 {p50:.2f} s, p95 {p95:.2f} s"
+        )
+    (tput_s, p50_s, p95_s), (tput_c, p50_c, p95_c) = summary["static"], summary["continuous"]
+    logger.info(
+        f"(e) continuous vs static: throughput {tput_c / tput_s:.2f}x, p50 latency "
+        f"{p50_s / p50_c:.2f}x lower, p95 latency {p95_s / p95_c:.2f}x lower; identical ids"
+    )
+
+
+def bookkeeping(space: TokenSpace, reps: int) -> None:
+    """The span rules' per-step cost for one row: layout, config, advance (and a text mask)."""
+    constraint = SpanConstraint(space, vocab_size=49418)
+    greedy = DecodingConfig(do_sample=False)
+    speech = space.require("speech")
+    code = int(speech.layer_ids[0][5])
+    for name, row, token, masked in (
+        ("speech span", Row(greedy, {}, 10**9, open_span="speech"), code, False),
+        ("text", Row(greedy, {}, 10**9), 500, True),
+    ):
+        state = constraint.start([row])
+        steps = 5000
+        best = math.inf
+        for _ in range(max(reps, 3)):
+            start = time.perf_counter()
+            for _ in range(steps):
+                constraint.summary(state)
+                constraint.config(state, 0)
+                if masked:
+                    constraint.mask(state)
+                constraint.advance(state, [token])
+            best = min(best, (time.perf_counter() - start) / steps)
+        logger.info(
+            f"(a) span rules' bookkeeping per step, one row in {name}: {best * 1e3:.3f} ms "
+            "(target <= 0.1 ms)"
         )
 
 
@@ -317,7 +464,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--only", default="a,b,c,d", help="Which parts to run, e.g. c,d.")
+    parser.add_argument("--only", default="a,b,c,d,e", help="Which parts to run, e.g. c,e.")
     parser.add_argument("--quick", action="store_true", help="Few tokens, one repetition.")
     args = parser.parse_args()
     if args.quick:
@@ -327,6 +474,7 @@ def main() -> None:
     logger.info(f"backend for LLaMA models: {type(make_backend(small_model())).__name__}")
 
     if "a" in parts:
+        bookkeeping(TokenSpace(VocabOnly(), {"speech": SPEECH}), args.reps)
         model, tokenizer = demo_model()
         space = TokenSpace(tokenizer, {})
         prompt = tokenizer(
@@ -358,6 +506,8 @@ def main() -> None:
         compare_batching(small, full, max(args.tokens // 2, floor), args.reps)
     if "d" in parts:
         compare_drivers(small, full, max(args.tokens // 4, floor - 8), args.reps)
+    if "e" in parts:
+        compare_arrivals(small, full, max(args.tokens // 2, floor), 8)
 
 
 if __name__ == "__main__":

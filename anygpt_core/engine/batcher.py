@@ -195,7 +195,7 @@ class LocalEngine:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                yield from item  # one step's events of this caller
         finally:
             job.cancelled = True  # rows still running leave the batch at the next step
 
@@ -260,27 +260,35 @@ class LocalEngine:
         rows: list[tuple[_Job, int]],
         batch: loop.Batch[tuple[_Job, int]] | None,
     ) -> None:
-        """Hand each event to its caller; if producing them fails, the error to each of `rows`.
+        """Hand each caller its events, together (one wake-up of its thread per step).
 
-        A failure while admitting rows to `batch` or stepping it leaves the batch in an unknown
-        state: its rows get the error too, and it starts empty.
+        If producing them fails, the error goes to each of `rows`; a failure while admitting
+        rows to `batch` or stepping it leaves the batch in an unknown state: its rows get the
+        error too, and it starts empty.
         """
+        ready: dict[_Job, list[tuple[int, Event]]] = {}
         try:
             for (job, index), event in events():
-                if job.gone:
-                    continue
-                job.events.put((index, event))
-                if isinstance(event, Done):
-                    job.open_rows -= 1
-                    if job.open_rows == 0:
-                        job.events.put(None)
+                if not job.gone:
+                    ready.setdefault(job, []).append((index, event))
         except BaseException as err:  # noqa: BLE001 - handed to the callers it belongs to
             logger.debug("generation failed: %s", err)
+            self._hand(ready)
             failed = [*rows, *(batch.keys if batch is not None else [])]
             for job in {job for job, _ in failed}:
                 job.events.put(err)
             if batch is not None:
                 batch.drop(lambda key: True)
+            return
+        self._hand(ready)
+
+    @staticmethod
+    def _hand(ready: dict[_Job, list[tuple[int, Event]]]) -> None:
+        for job, items in ready.items():
+            job.events.put(items)
+            job.open_rows -= sum(isinstance(event, Done) for _, event in items)
+            if job.open_rows == 0:
+                job.events.put(None)
 
 
 def _gone(key: tuple[_Job, int]) -> bool:
