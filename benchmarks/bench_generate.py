@@ -271,7 +271,9 @@ def continuous_ids(loop: Generator, requests: list[Request], size: int) -> dict[
     return {i: e.token_ids for i, e in engine.submit(requests) if isinstance(e, Done)}
 
 
-def compare_batching(model: torch.nn.Module, space: TokenSpace, budget: int, reps: int) -> None:
+def compare_batching(
+    model: torch.nn.Module, space: TokenSpace, budget: int, reps: int, sizes: tuple[int, ...]
+) -> None:
     loop = Generator(make_backend(model), space)
     requests = task_pool(space, 16, budget)
     alone_ids = batched_ids(loop, requests, 1)
@@ -279,7 +281,7 @@ def compare_batching(model: torch.nn.Module, space: TokenSpace, budget: int, rep
     tokens = sum(lengths)
     # each run: (driver, rows); "one by one" repeats the baseline: its ratio shows the noise
     runs = {"one by one": (batched_ids, 1)}
-    for size in (2, 4, 8, 16):
+    for size in sizes:
         runs[f"static batch {size:2d}"] = (batched_ids, size)
         runs[f"continuous batch {size:2d}"] = (continuous_ids, size)
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -465,7 +467,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--only", default="a,b,c,d,e", help="Which parts to run, e.g. c,e.")
-    parser.add_argument("--quick", action="store_true", help="Few tokens, one repetition.")
+    parser.add_argument(
+        "--quick", action="store_true", help="Few tokens, one repetition, (c) at batch 4 only."
+    )
     args = parser.parse_args()
     if args.quick:
         args.reps, args.tokens = 1, 24
@@ -503,7 +507,8 @@ def main() -> None:
     full = TokenSpace(vocab, {"image": IMAGE, "speech": SPEECH, "music": MUSIC})
     floor = 16 if args.quick else 48  # --quick: a test checks the ids, not the speed
     if "c" in parts:
-        compare_batching(small, full, max(args.tokens // 2, floor), args.reps)
+        sizes = (4,) if args.quick else (2, 4, 8, 16)
+        compare_batching(small, full, max(args.tokens // 2, floor), args.reps, sizes)
     if "d" in parts:
         compare_drivers(small, full, max(args.tokens // 4, floor - 8), args.reps)
     if "e" in parts:

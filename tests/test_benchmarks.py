@@ -31,12 +31,15 @@ def test_gpu_benchmark_runs_on_the_cpu_at_tiny_size():
     assert all("tokens/s" in line for line in lines)
 
 
-def test_batching_and_driver_benchmarks_check_identical_ids():
-    out = run("bench_generate.py", "--quick", "--only", "c,d")
-    batches = [line for line in out.splitlines() if line.startswith("(c) batch")]
-    assert len(batches) == 5 and all("identical ids" in line for line in batches)
-    drivers = [line for line in out.splitlines() if line.startswith("(d)")]
+def test_batching_driver_and_arrival_benchmarks_check_identical_ids():
+    out = run("bench_generate.py", "--quick", "--only", "c,d,e")
+    lines = out.splitlines()
+    batches = [line for line in lines if line.startswith(("(c) static", "(c) continuous"))]
+    assert len(batches) == 2 and all("identical ids" in line for line in batches)
+    drivers = [line for line in lines if line.startswith("(d)")]
     assert len(drivers) == 2 and all("identical ids" in line for line in drivers)
+    arrivals = [line for line in lines if line.startswith("(e)")]
+    assert len(arrivals) == 3 and "identical ids" in arrivals[-1]
 
 
 def test_serve_benchmark_runs_and_checks_identical_answers():
