@@ -4,7 +4,7 @@ Builds an AnyGPT-shaped small model (LLaMA, hidden 256, intermediate 688 as LLaM
 4 layers, the demo's tokenizer), starts `anygpt serve` on a free loopback port (text only), and
 in the same run measures:
   * throughput of 16 greedy requests sent at once against the same 16 sent one by one (target
-    >= 3x), with p50 / p95 latency of each, and that every answer is identical both ways;
+    >= 8x), with p50 / p95 latency of each, and that every answer is identical both ways;
   * one request over HTTP against the same turn through the Python API in this process
     (`Conversation.send`, same model, same greedy answer): target <= 1.15x.
 Prints ratios, never asserts timings.
@@ -177,7 +177,7 @@ def main() -> None:
             f"together:   {par_time:.2f} s, {tokens / par_time:.0f} tokens/s, latency p50 "
             f"{percentile(par_lat, 0.5):.3f} s p95 {percentile(par_lat, 0.95):.3f} s"
         )
-        say(f"throughput ratio: {seq_time / par_time:.2f}x (target >= 3x)")
+        say(f"throughput ratio: {seq_time / par_time:.2f}x (target >= 8x)")
 
         gpt = AnyGPT.load(model, device="cpu")
         conversation = Conversation(gpt, do_sample=False, max_new_tokens=args.tokens)
