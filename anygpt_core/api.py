@@ -380,12 +380,8 @@ class _DecodeStage:
 
     def ready(self) -> Iterator[tuple[int, Result | AnyGPTError]]:
         """The results released so far and not yet taken, in task order (without waiting)."""
-        while True:
-            try:
-                item = self._outbox.get_nowait()
-            except queue.Empty:
-                return
-            yield self._taken(item)
+        while not self._outbox.empty():  # only this thread takes from it
+            yield self._taken(self._outbox.get())
 
     def rest(self) -> Iterator[tuple[int, Result | AnyGPTError]]:
         """The remaining results in task order, waiting for each."""

@@ -30,8 +30,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from anygpt_core.api import AnyGPT, Result
@@ -39,6 +40,7 @@ from anygpt_core.engine.events import Done, Event
 from anygpt_core.errors import AnyGPTError
 
 logger = logging.getLogger("bench")
+T = TypeVar("T")
 
 #: The time in an output file's name (`output_name`): runs differ there and nowhere else.
 STAMP = re.compile(r"_\d{4}_\d{6}")
@@ -160,6 +162,91 @@ def together(
     return seconds, results, note
 
 
+def generation_alone(gpt: AnyGPT, lines: list[str], options: dict[str, Any], size: int) -> float:
+    """Seconds the engine takes to generate every task at batch `size`, nothing decoded."""
+    prepared = [gpt.prepare(line, **options) for line in lines]
+    gpt.engine.max_batch = size
+    started = time.perf_counter()
+    for _ in gpt.stream_many(prepared):
+        pass
+    return time.perf_counter() - started
+
+
+def codec_batching(gpt: AnyGPT, spans: int, frames: int) -> None:
+    """Whether the codecs that take batches decode `spans` spans faster in one call, identically.
+
+    SoundStorm: `spans` semantic spans of `frames` frames through its network, one call against
+    one by one (outputs compared), and its whole mask-predict `generate`, timed only (one
+    generator serves a batch, so its draws differ). unCLIP: `spans` pictures in one pipeline
+    call with a generator per picture against `render` one by one (pixels compared).
+    """
+    from anygpt_image.unclip import render
+
+    draw = torch.Generator().manual_seed(0)
+    speech = gpt.codecs.codec("speech").soundstorm  # type: ignore[attr-defined]
+    semantic = torch.randint(0, speech.config.codebook_size, (spans, frames), generator=draw)
+    acoustic = torch.full((spans, frames, speech.config.num_quantizers), speech.mask_id)
+    with torch.inference_mode():
+        condition = speech.semantic_token_emb(semantic)
+        alone, each = timed(
+            lambda: [speech.net(acoustic[i : i + 1], condition[i : i + 1]) for i in range(spans)]
+        )
+        batched, together = timed(lambda: speech.net(acoustic, condition))
+        same = all(torch.equal(each[i][0], together[i]) for i in range(spans))
+        alone_all, _ = timed(lambda: [speech.generate(semantic[i : i + 1]) for i in range(spans)])
+        batched_all, _ = timed(lambda: speech.generate(semantic))
+    logger.info(
+        f"(codecs) SoundStorm network, {spans} spans of {frames} frames: one call {batched:.2f} s "
+        f"against {alone:.2f} s one by one ({alone / batched:.2f}x), logits "
+        f"{'identical' if same else 'different'}; whole generate {batched_all:.2f} s against "
+        f"{alone_all:.2f} s ({alone_all / batched_all:.2f}x)"
+    )
+    image = gpt.codecs.codec("image")
+    pipe, options = image.pipeline, image.options  # type: ignore[attr-defined]
+    codes = [torch.randint(0, 8192, (1, 32), generator=draw) for _ in range(spans)]
+    embeds = torch.cat([image.embed(c) for c in codes])  # type: ignore[attr-defined]
+    settings = {"steps": options.image_steps, "guidance_scale": options.image_guidance_scale}
+    alone, singles = timed(
+        lambda: [render(pipe, embeds[i : i + 1], seed=i, **settings) for i in range(spans)]
+    )
+    batched, pictures = timed(lambda: render_batch(pipe, embeds, options))
+    levels = [
+        int(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max())
+        for a, b in zip(singles, pictures, strict=True)
+    ]
+    logger.info(
+        f"(codecs) unCLIP, {spans} pictures: one call {batched:.2f} s against {alone:.2f} s one "
+        f"by one ({alone / batched:.2f}x); {sum(d > 0 for d in levels)} of {spans} pictures "
+        f"differ (at most {max(levels)} levels)"
+    )
+
+
+def render_batch(pipe: Any, embeds: torch.Tensor, options: Any) -> list[Any]:  # noqa: ANN401
+    """unCLIP over a batch of embeddings, picture i drawn as `render(..., seed=i)` draws it."""
+    generators = [torch.Generator("cpu").manual_seed(i) for i in range(len(embeds))]
+    unet = pipe.unet
+    shape = (1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    latents = torch.cat([torch.randn(shape, generator=g) for g in generators])
+    return list(
+        pipe(
+            image_embeds=embeds,
+            prompt=[""] * len(embeds),
+            guidance_scale=options.image_guidance_scale,
+            noise_level=0,
+            num_inference_steps=options.image_steps,
+            latents=latents * pipe.scheduler.init_noise_sigma,
+            generator=generators,
+        ).images
+    )
+
+
+def timed(run: Callable[[], T]) -> tuple[float, T]:
+    """Seconds `run` took, and what it returned."""
+    started = time.perf_counter()
+    value = run()
+    return time.perf_counter() - started, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=32)
@@ -167,6 +254,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=None, help="max_new_tokens for every task")
     parser.add_argument("--quick", action="store_true", help="4 tasks of 40 tokens, once each.")
+    parser.add_argument(
+        "--codecs", action="store_true", help="Also time batched SoundStorm and unCLIP calls."
+    )
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.repeat, args.tokens = 4, 1, 40
@@ -183,6 +273,8 @@ def main() -> None:
         stages = Stages(gpt)
         gpt.run_many(tasks(4), save=False, **options)  # codecs load once, outside the timings
         compare(gpt, lines, options, args, stages, Path(tmp))
+        if args.codecs:
+            codec_batching(gpt, spans=2 if args.quick else 8, frames=25 if args.quick else 1500)
 
 
 def compare(
@@ -199,6 +291,7 @@ def compare(
         args.batch: lambda: together(gpt, lines, options, args.batch, stages),
     }
     best: dict[int, float] = {}
+    bound = {"generate": float("inf"), "decode": float("inf")}
     reference: list[tuple[Any, ...]] | None = None
     for rep in range(args.repeat):
         for size, run in runs.items():
@@ -207,20 +300,38 @@ def compare(
             seconds, results, note = run()
             made = answers(results, gpt.output_dir)
             reference = reference or made
-            same = sum(a == b for a, b in zip(made, reference, strict=True))
-            if same != len(made):
-                for line, a, b in zip(lines, made, reference, strict=True):
-                    if a != b:
-                        what = [i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y]
-                        logger.info(f"batch {size}: {line}: differs in fields {what}")
-                raise SystemExit(1)
+            check(lines, made, reference, size)
             best[size] = min(best.get(size, seconds), seconds)
             logger.info(f"batch {size:2d}: {seconds:6.1f} s; {note}")
+            if size == args.batch:
+                bound["decode"] = min(bound["decode"], sum(stages.decode.values()))
+        alone = generation_alone(gpt, lines, options, args.batch)
+        bound["generate"] = min(bound["generate"], alone)
+        logger.info(f"batch {args.batch:2d}: generation alone (nothing decoded) {alone:.1f} s")
     ratio = best[1] / best[args.batch]
+    logger.info(
+        f"bound at batch {args.batch}: the larger of generation alone {bound['generate']:.1f} s "
+        f"and decoding {bound['decode']:.1f} s (best of each); "
+        f"{best[1] / max(bound.values()):.2f}x at most"
+    )
     logger.info(
         f"outputs identical at batch 1 and {args.batch} ({len(lines)} tasks, texts and files); "
         f"best {best[1]:.1f} s against {best[args.batch]:.1f} s: {ratio:.2f}x (target >= 3x)"
     )
+
+
+def check(
+    lines: list[str], made: list[tuple[Any, ...]], reference: list[tuple[Any, ...]], size: int
+) -> None:
+    """Stop with the tasks whose outputs differ from the first run's."""
+    differ = [
+        f"{line}: fields {[i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y]}"
+        for line, a, b in zip(lines, made, reference, strict=True)
+        if a != b
+    ]
+    if differ:
+        logger.info(f"batch {size}: outputs differ from the first run's: {'; '.join(differ)}")
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,10 @@ def test_eval_benchmark_compares_batched_and_one_by_one_answers():
 
 
 def test_run_benchmark_checks_identical_outputs_at_both_batch_sizes():
-    out = run("bench_run.py", "--quick")
+    out = run("bench_run.py", "--quick", "--codecs")
     assert "outputs identical at batch 1 and 8 (4 tasks, texts and files)" in out
     assert re.search(r"batch  8: .* decoding after generation \d+\.\d s", out)
+    assert re.search(r"bound at batch 8: .* \d+\.\d+x at most$", out, re.M)
     assert re.search(r": \d+\.\d+x \(target >= 3x\)$", out, re.M)
+    assert re.search(r"\(codecs\) SoundStorm .* logits (identical|different)", out)
+    assert re.search(r"\(codecs\) unCLIP, 2 pictures: .* \d of 2 pictures differ", out)
