@@ -230,26 +230,34 @@ class Generator:
         constraint = self.constraint
         configs = [constraint.config(state, i) for i in range(len(layout))]
         device = hidden.device
-        tokens = torch.full((len(layout),), -1, dtype=torch.long, device=device)
+        tokens = torch.empty((len(layout),), dtype=torch.long, device=device)
+        forced: dict[int, int] = {}  # row: its one legal id (a full span's end; no random draw)
         groups: dict[tuple[int, int, bool], list[int]] = {}
-        for i, (number, layer, can_end, forced) in enumerate(layout):
-            if forced:  # a full span's end: nothing to choose, no random draw
-                tokens[i] = constraint.end_ids[number]
+        for i, (number, layer, can_end, must_end) in enumerate(layout):
+            if must_end:
+                forced[i] = constraint._end_ids[number]
             elif number == constraint.text or not self.slice_logits:
                 groups.setdefault((constraint.text, 0, False), []).append(i)
             else:
                 groups.setdefault((number, layer, can_end), []).append(i)
+        if forced:
+            index = torch.tensor(list(forced), device=device)
+            tokens[index] = torch.tensor(list(forced.values()), device=device)
         whole = len(layout)
         for key, members in groups.items():
             pick = None if len(members) == whole else torch.tensor(members, device=device)
             h = hidden if pick is None else hidden[pick]
-            rows_seen = seen if pick is None else seen[pick]
             cfgs = [configs[i] for i in members]
             gens = [rngs[i] for i in members]
+            # which ids each row has seen matters only to a repetition penalty
+            rows_seen = None
+            if any(c.repetition_penalty != 1.0 for c in cfgs):
+                rows_seen = seen if pick is None else seen[pick]
             if key[0] != constraint.text:
                 ids, head = self._legal_rows(*key)
                 logits = self.backend.project(h, head)
-                chosen = sample_rows(logits, cfgs, seen=rows_seen[:, ids], generators=gens)
+                span_seen = None if rows_seen is None else rows_seen[:, ids]
+                chosen = sample_rows(logits, cfgs, seen=span_seen, generators=gens)
                 picked = self._ids_tensor(ids)[chosen]
             else:
                 full = self.backend.project(h)
@@ -263,7 +271,7 @@ class Generator:
                     gens,
                 )
             if pick is None:
-                tokens = torch.where(tokens < 0, picked, tokens)
+                tokens = picked
             else:
                 tokens[pick] = picked
         return tokens
@@ -272,7 +280,7 @@ class Generator:
         self,
         full: torch.Tensor,
         legal: torch.Tensor,
-        seen: torch.Tensor,
+        seen: torch.Tensor | None,
         layout: list[tuple[int, int, bool, bool]],
         configs: list[DecodingConfig],
         rngs: list[torch.Generator | None],
@@ -284,25 +292,24 @@ class Generator:
         """
         import torch
 
-        seen = seen[:, : full.shape[1]]
+        if seen is not None:
+            seen = seen[:, : full.shape[1]]
         text = [i for i, row in enumerate(layout) if row[0] == self.constraint.text]
         if len(text) == len(layout):
             masked = torch.where(legal, full, -math.inf)  # one pass; masked_fill(~legal) takes two
             return sample_rows(masked, configs, seen=seen, generators=rngs)
         out = torch.empty(len(layout), dtype=torch.long, device=full.device)
         for i, (number, layer, can_end, _) in enumerate(layout):
+            one = slice(i, i + 1)
             if number == self.constraint.text:
-                row = full[i : i + 1].masked_fill(~legal[i : i + 1], -math.inf)
-                out[i] = sample_rows(
-                    row, configs[i : i + 1], seen=seen[i : i + 1], generators=rngs[i : i + 1]
-                )[0]
+                row = torch.where(legal[one], full[one], -math.inf)
+                row_seen = None if seen is None else seen[one]
+                out[i] = sample_rows(row, configs[one], seen=row_seen, generators=rngs[one])[0]
             else:
                 index = self._ids_tensor(self._legal_rows(number, layer, can_end)[0])
+                row_seen = None if seen is None else seen[one, index]
                 column = sample_rows(
-                    full[i : i + 1, index],
-                    configs[i : i + 1],
-                    seen=seen[i : i + 1, index],
-                    generators=rngs[i : i + 1],
+                    full[one, index], configs[one], seen=row_seen, generators=rngs[one]
                 )
                 out[i] = index[column[0]]
         return out
