@@ -491,6 +491,34 @@ def test_batch_size_gives_the_same_outputs_in_input_order(toy_env, capsys, tmp_p
     assert outputs["1"] == outputs["3"] and outputs["1files"] == outputs["3files"]
 
 
+@pytest.mark.parametrize(("typed", "groups"), [(False, [3]), (True, [2, 1])])
+def test_batched_stdin_goes_to_the_engine_at_once_unless_typed(
+    text_only_env, capsys, monkeypatch, typed, groups
+):
+    """A piped file fills the engine's rows with every task; typed lines run N at a time."""
+    import io
+
+    from anygpt_core.api import AnyGPT
+
+    calls = []
+    run_many = AnyGPT.run_many
+
+    def counted(self, tasks, **options):
+        calls.append(len(tasks))
+        return run_many(self, tasks, **options)
+
+    monkeypatch.setattr(AnyGPT, "run_many", counted)
+    stdin = io.StringIO("text|text|one\ntext|text|two\ntext|text|three\n")
+    stdin.isatty = lambda: typed
+    monkeypatch.setattr(sys, "stdin", stdin)
+    args = ["run", "--json", "--max-new-tokens", "3", "--seed", "1", "--batch-size", "2"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert calls == groups
+    rows = [json.loads(line)["instruction"] for line in out.splitlines()]
+    assert rows == ["text|text|one", "text|text|two", "text|text|three"]
+
+
 def test_a_bad_task_in_a_batch_fails_alone(toy_env, capsys, tmp_path):
     args = ["run", "text|toy|a wave", "toy|text|nope.txt", "text|text|hi", "--seed", "0"]
     args += ["--json", "--batch-size", "4", "--output-dir", str(tmp_path)]
