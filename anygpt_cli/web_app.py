@@ -15,8 +15,10 @@ url = page.launch(host="127.0.0.1", port=7860, block=False)
 from __future__ import annotations
 
 import inspect
+import io
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -208,6 +210,17 @@ def _paths(value: Any) -> list[str]:  # noqa: ANN401 - a Gradio file value: None
     return [str(value)] if value else []
 
 
+def _wav(samples: Any, rate: int) -> bytes:  # noqa: ANN401 - float32 torch [n]
+    """A 16-bit wav file of float samples: one piece of a streamed spoken answer."""
+    import numpy as np
+    import soundfile
+
+    buffer = io.BytesIO()
+    array = np.asarray(samples.detach().cpu(), dtype=np.float32)
+    soundfile.write(buffer, array, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
 class _Progress:
     """What the page shows while a chat turn is written: the text so far and a status line."""
 
@@ -285,6 +298,8 @@ class WebApp:
         )
         #: modalities this model reads and writes, in the plugins' order
         self.modalities = [name for name in gpt.plugins.modalities if name in gpt.space.modalities]
+        #: spoken answers play as they are decoded (Gradio streams audio through ffmpeg)
+        self.speaks = SPEECH in self.modalities and shutil.which("ffmpeg") is not None
         self.blocks = self._build()
 
     # --- layout ------------------------------------------------------------------------------
@@ -327,6 +342,7 @@ class WebApp:
     def _chat_tab(self) -> None:
         gr = self.gr
         chatbot = gr.Chatbot(label="Conversation", elem_id="chat", height=360)
+        speaker = self._speaker() if self.speaks else None
         status = gr.Markdown("", label="Status", elem_id="status")  # the label names the API's
         with gr.Row():
             text = gr.Textbox(
@@ -362,9 +378,26 @@ class WebApp:
         if voice is not None:
             fields["voice_prompt"] = voice
         fields.update(seed=seed, history=chatbot)
-        # the order of every value a chat handler returns or yields
+        # the order of every value a chat handler returns or yields (`_outputs`)
         outputs = [chatbot, status, downloads, text, *inputs.values()]
+        if speaker is not None:
+            outputs.append(speaker)
         self._wire_chat(fields, outputs, (send, stop, clear))
+
+    def _speaker(self) -> Any:  # noqa: ANN401 - gr.Audio
+        """The spoken answer, playing from its first decoded second while the model goes on."""
+        return self.gr.Audio(
+            label="Spoken answer (plays as it is spoken)",
+            streaming=True,
+            autoplay=True,
+            interactive=False,
+            sources=["microphone"],  # Gradio streams only an Audio that names the microphone
+            elem_id="spoken-answer",
+        )
+
+    def _outputs(self, values: list[Any], audio: bytes | None = None) -> list[Any]:
+        """A chat handler's values, with the next piece of the spoken answer where it plays."""
+        return [*values, audio] if self.speaks else values
 
     def _attachments(self) -> dict[str, Any]:
         """A file input per modality the model reads (speech: record or upload), in a row."""
@@ -561,7 +594,7 @@ class WebApp:
         tab = self.sessions.tab(key)
         with tab.lock:
             tab.conversation.clear()
-        return [[], "History cleared.", None, "", *([None] * len(self._inputs))]
+        return self._outputs([[], "History cleared.", None, "", *([None] * len(self._inputs))])
 
     def _turn(self, values: dict[str, Any], key: str) -> Iterator[list[Any]]:
         """One chat turn, streamed: the page's chat, status line, files and cleared inputs."""
@@ -582,18 +615,25 @@ class WebApp:
         tab = self.sessions.tab(key)
         if not tab.lock.acquire(blocking=False):  # the message stays in the box, not lost
             busy = f"Still answering message {tab.sent}: this one waits in the box (or Stop)"
-            yield [gr.update(), busy, gr.update(), gr.update(), *keep_inputs]
+            yield self._outputs([gr.update(), busy, gr.update(), gr.update(), *keep_inputs])
             return
         try:
             tab.sent += 1
             number = f"(message {tab.sent})"
             shown = history + self._user_messages(text, attached)
             # the message leaves the box now: what is typed while it is answered stays there
-            yield [shown, f"*Encoding the message… {number}*", None, "", *keep_inputs]
+            yield self._outputs(
+                [shown, f"*Encoding the message… {number}*", None, "", *keep_inputs]
+            )
             from anygpt_core.chat import Reply
 
             turn = tab.conversation.stream(
-                text, inputs=attached, voice_prompt=voice, to=to, seed=seed
+                text,
+                inputs=attached,
+                voice_prompt=voice,
+                to=to,
+                seed=seed,
+                stream_audio=self.speaks,
             )
             progress = _Progress()
             try:
@@ -601,17 +641,37 @@ class WebApp:
                     if isinstance(item, Reply):
                         yield self._answered(item, history, text, attached, number)
                         return
-                    status = progress.status(item)
-                    if progress.due(status):
-                        chat = [*shown, progress.answer()]
-                        yield [chat, status or gr.update(), None, gr.update(), *keep_inputs]
+                    shown_now = self._progress(item, progress, shown, keep_inputs)
+                    if shown_now is not None:
+                        yield shown_now
             except Exception as err:  # noqa: BLE001 - one line; the conversation and the inputs stay
                 message = self._message(err, uploads)
-                yield [history, f"**Error** {number}: {message}", None, text, *keep_inputs]
+                failed = [history, f"**Error** {number}: {message}", None, text, *keep_inputs]
+                yield self._outputs(failed)
             finally:
                 turn.close()  # the page went away or Stop: the rows leave the engine's batch
         finally:
             tab.lock.release()
+
+    def _progress(
+        self, item: object, progress: _Progress, shown: list[Any], keep_inputs: list[Any]
+    ) -> list[Any] | None:
+        """The page while a turn is written; None when nothing is due.
+
+        A piece of the spoken answer goes out at once; the text and status line at most every
+        `_REFRESH_SECONDS`.
+        """
+        from anygpt_core.chat import AudioChunk
+
+        gr = self.gr
+        if isinstance(item, AudioChunk):  # played as soon as it is decoded
+            unchanged = [gr.update(), gr.update(), None, gr.update(), *keep_inputs]
+            return self._outputs(unchanged, _wav(item.samples, item.sample_rate))
+        status = progress.status(item)
+        if not progress.due(status):
+            return None
+        chat = [*shown, progress.answer()]
+        return self._outputs([chat, status or gr.update(), None, gr.update(), *keep_inputs])
 
     def _answered(
         self,
@@ -630,7 +690,7 @@ class WebApp:
         if reply.dropped:
             note += f" · dropped the {reply.dropped} oldest turn(s) to fit the context"
         files = [str(f) for f in reply.files] or None
-        return [final, note, files, self.gr.update(), *[None] * len(self._inputs)]
+        return self._outputs([final, note, files, self.gr.update(), *[None] * len(self._inputs)])
 
     def _user_messages(self, text: str, attached: Mapping[str, list[str]]) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = [
