@@ -318,3 +318,21 @@ def test_the_engine_fills_a_finished_row_at_once(toy_gpt):
             ids[index] = event.token_ids
     assert [ids[i] for i in range(3)] == alone
     assert order == [1, 2, 0]
+
+
+def test_a_prefill_budget_admits_the_waiting_rows_a_few_at_a_time(toy_gpt):
+    """With room for one prompt per step, rows join one by one, oldest first; answers unchanged."""
+    from anygpt_core.engine.batcher import LocalEngine
+
+    requests = toy_requests(toy_gpt)
+    alone = [batch_ids(toy_gpt.generator, [r])[0] for r in requests]
+    engine = LocalEngine(toy_gpt.generator, max_batch=8, prefill_tokens=1)
+    first_events: list[int] = []
+    ids = {}
+    for index, event in engine.submit(requests):
+        if index not in first_events:
+            first_events.append(index)
+        if isinstance(event, Done):
+            ids[index] = event.token_ids
+    assert [ids[i] for i in range(len(requests))] == alone
+    assert first_events == list(range(len(requests)))  # admitted in arrival order
