@@ -421,6 +421,7 @@ class Batch(Generic[K]):
         self._session: object = None
         self._hidden: torch.Tensor | None = None  # each row's next token is chosen from it
         self._seen: torch.Tensor | None = None
+        self._penalised = False  # some row has a repetition penalty: `_seen` is kept up to date
         self._rngs: list[torch.Generator | None] = []
         self._rows: list[_RowLog] = []
 
@@ -463,6 +464,7 @@ class Batch(Generic[K]):
             self._seen = torch.cat([self._seen, seen])
         self.keys.extend(keys)
         self._rngs.extend(rngs)
+        self._penalised = self._penalised or any(_penalises(r.row) for r in requests)
         self._rows.extend(_RowLog() for _ in requests)
 
     def step(self, cancelled: Callable[[K], bool] | None = None) -> Iterator[tuple[K, Event]]:
@@ -480,7 +482,8 @@ class Batch(Generic[K]):
         layout = generator.constraint.summary(state)
         tokens = generator._choose(hidden, state, layout, seen, self._rngs)
         step = generator.constraint.advance(state, tokens)
-        seen[torch.arange(len(self.keys), device=seen.device), tokens] = True
+        if self._penalised:  # only a repetition penalty reads which ids a row has seen
+            seen[torch.arange(len(self.keys), device=seen.device), tokens] = True
         for i, token in enumerate(tokens.tolist()):
             key, log = self.keys[i], self._rows[i]
             log.ids.append(token)
@@ -535,3 +538,9 @@ class _RowLog:
     ids: list[int] = field(default_factory=list)
     span_ids: list[int] = field(default_factory=list)
     spans: list[SpanClosed] = field(default_factory=list)
+
+
+def _penalises(row: Row) -> bool:
+    """Whether any decoding config of `row` has a repetition penalty."""
+    configs = [row.text_config, *row.span_configs.values()]
+    return any(c.repetition_penalty != 1.0 for c in configs)
