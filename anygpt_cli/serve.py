@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import signal
 import socket
@@ -236,6 +237,8 @@ def _import_server() -> ModuleType:
         ) from None
     import anygpt_cli.server.app  # noqa: F401 - the server's own imports fail before loading
 
+    if not any(importlib.util.find_spec(name) for name in ("websockets", "wsproto")):
+        sys.stderr.write("Note: /v1/realtime needs a WebSocket library: pip install websockets\n")
     return uvicorn
 
 

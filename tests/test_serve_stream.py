@@ -120,12 +120,13 @@ def test_speech_stream_format_is_checked(server):
 # ---- chat completions ------------------------------------------------------------------------
 
 
-def test_chat_stream_sends_pcm16_audio_deltas_as_decoded(server):
+@pytest.mark.parametrize("fmt", ["pcm16", "wav"])
+def test_chat_stream_sends_audio_deltas_as_decoded(server, fmt):
     stream = server.client().chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Say hello"}],
         modalities=["text", "audio"],
-        audio={"voice": "alloy", "format": "pcm16"},
+        audio={"voice": "alloy", "format": fmt},
         stream=True,
         seed=3,
     )
@@ -139,7 +140,11 @@ def test_chat_stream_sends_pcm16_audio_deltas_as_decoded(server):
             finish = choice.finish_reason or finish
     assert len([d for d in data if d]) > 2 and len(ids) == 1 and finish in {"stop", "length"}
     audio = b"".join(data)
-    assert len(audio) % (320 * 3) == 0  # whole code frames of PCM16 at 24 kHz
+    if fmt == "pcm16":
+        assert len(audio) % (320 * 3) == 0  # whole code frames of PCM16 at 24 kHz
+    else:  # a streamed wav: its header, then whole code frames of PCM16 at the codec's rate
+        assert audio[:4] == b"RIFF" and int.from_bytes(audio[24:28], "little") == CODEC
+        assert (len(audio) - 44) % (320 * 2) == 0
 
 
 # ---- /v1/realtime ----------------------------------------------------------------------------
