@@ -13,6 +13,10 @@ space, modalities in the `turn_rank` order their specs declare, then the text; a
 `turn_template` (speech: the `Speech-Instruction` task prompt) wraps the whole when present. The history
 holds exactly what the model said, text and spans as protocol strings, never the prompt's echo
 (REFERENCE.md §9.5-9.7).
+
+`Conversation.stream` yields a turn as it is made; with `stream_audio=True` a spoken answer also
+comes in `AudioChunk`s, decoded window by window beside generation (`SpanAudio`,
+docs/streaming.md).
 """
 
 from __future__ import annotations
