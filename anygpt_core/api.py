@@ -362,6 +362,7 @@ class _DecodeStage:
             queue.SimpleQueue()
         )
         self._released = 0
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._work, name="anygpt-decode", daemon=True)
 
     def __enter__(self) -> _DecodeStage:
@@ -369,7 +370,8 @@ class _DecodeStage:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._inbox.put(None)  # the worker stops at once, whatever is left
+        self._closed.set()  # the worker stops after the task it is decoding, whatever is left
+        self._inbox.put(None)
         self._thread.join()
 
     def put(
@@ -405,7 +407,7 @@ class _DecodeStage:
         try:
             while following < self.count:
                 item = self._inbox.get()
-                if item is None:
+                if item is None or self._closed.is_set():
                     return
                 index, task, events = item
                 pending[index] = (

@@ -58,15 +58,20 @@ def test_spans_decode_while_the_engine_generates_and_errors_stay_per_task(
 class _Tasks:
     """What the decode stage asks of `AnyGPT`, with a record of the order of each step."""
 
-    def __init__(self, fail: int | None = None) -> None:
+    def __init__(self, fail: int | None = None, gate: threading.Event | None = None) -> None:
         self.decoded: list[int] = []
         self.written: list[int] = []
         self.fail = fail
+        self.gate = gate
+        self.decoding = threading.Event()
 
     def _generated(self, prepared, events):
         return SimpleNamespace(index=prepared, spans=[])
 
     def _decode_answer(self, prepared, spans):
+        self.decoding.set()
+        if self.gate is not None:
+            self.gate.wait(5)
         if prepared == self.fail:
             raise RuntimeError("a bug in a codec")
         self.decoded.append(prepared)
@@ -99,4 +104,18 @@ def test_a_bug_on_the_decode_stage_reaches_the_caller_and_stops_the_worker():
         stage.put(0, 0, [])
         stage.put(1, 1, [])
         list(stage.rest())
+    assert not any(t.name == "anygpt-decode" for t in threading.enumerate())
+
+
+def test_a_caller_that_leaves_early_stops_the_decode_stage_after_its_current_task():
+    from anygpt_core.api import _DecodeStage
+
+    gate = threading.Event()
+    gpt = _Tasks(gate=gate)
+    with _DecodeStage(gpt, 3, started=0.0, save=True) as stage:
+        for index in range(3):
+            stage.put(index, index, [])
+        assert gpt.decoding.wait(5)
+        threading.Timer(0.2, gate.set).start()  # the caller leaves while task 0 decodes
+    assert gpt.decoded == [0] and gpt.written == [0]
     assert not any(t.name == "anygpt-decode" for t in threading.enumerate())
