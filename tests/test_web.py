@@ -67,13 +67,13 @@ def served(tmp_path_factory):
     out = tmp_path_factory.mktemp("web_out")
     gpt = AnyGPT.load(device="cpu", output_dir=out)
     rows: list[int] = []
-    generate_batch = gpt.generator.generate_batch
+    prefill = gpt.generator.backend.prefill
 
-    def counted(batch, **kwargs):  # the real loop, counting the rows the engine hands it
-        rows.append(len(batch))
-        return generate_batch(batch, **kwargs)
+    def counted(prompts):  # the real model, counting the rows the engine admits
+        rows.append(len(prompts))
+        return prefill(prompts)
 
-    gpt.generator.generate_batch = counted  # type: ignore[method-assign]
+    gpt.generator.backend.prefill = counted  # type: ignore[method-assign]
     app = WebApp(gpt, output_dir=out, seed=0, overrides={"max_new_tokens": 300})  # short answers
     url = app.launch(host="127.0.0.1", port=free_port(), block=False)
     app.rows = rows  # type: ignore[attr-defined]
