@@ -379,9 +379,11 @@ def poisson_arrivals(
     return results
 
 
-def compare_arrivals(model: torch.nn.Module, space: TokenSpace, budget: int, size: int) -> None:
+def compare_arrivals(
+    model: torch.nn.Module, space: TokenSpace, budget: int, size: int, count: int
+) -> None:
     loop = Generator(make_backend(model), space)
-    requests = task_pool(space, 32, budget)
+    requests = task_pool(space, count, budget)
     batched_ids(loop, requests[:1], 1)  # warm up
     t_one, _ = timed(lambda: batched_ids(loop, requests[:4], 1))
     # about twice as many requests a second as one at a time could serve: a loaded server
@@ -397,7 +399,7 @@ def compare_arrivals(model: torch.nn.Module, space: TokenSpace, budget: int, siz
         p95 = statistics.quantiles(latency, n=20)[18]
         summary[name] = (tokens / wall, p50, p95)
         logger.info(
-            f"(e) 32 requests, Poisson arrivals at {rate:.1f}/s, max batch {size}, {name}: "
+            f"(e) {count} requests, Poisson arrivals at {rate:.1f}/s, max batch {size}, {name}: "
             f"{tokens / wall:.0f} tokens/s, latency p50 {p50:.2f} s, p95 {p95:.2f} s"
         )
     (tput_s, p50_s, p95_s), (tput_c, p50_c, p95_c) = summary["static"], summary["continuous"]
@@ -468,7 +470,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--only", default="a,b,c,d,e", help="Which parts to run, e.g. c,e.")
     parser.add_argument(
-        "--quick", action="store_true", help="Few tokens, one repetition, (c) at batch 4 only."
+        "--quick",
+        action="store_true",
+        help="Few tokens, one repetition, (c) at batch 4 only, (e) with 12 requests.",
     )
     args = parser.parse_args()
     if args.quick:
@@ -512,7 +516,8 @@ def main() -> None:
     if "d" in parts:
         compare_drivers(small, full, max(args.tokens // 4, floor - 8), args.reps)
     if "e" in parts:
-        compare_arrivals(small, full, max(args.tokens // 2, floor), 8)
+        count = 12 if args.quick else 32
+        compare_arrivals(small, full, max(args.tokens // 2, floor), 8, count)
 
 
 if __name__ == "__main__":
