@@ -154,6 +154,14 @@ class CodecSet:
         self._codecs: dict[str, Codec] = {}
         self._lock = threading.RLock()
 
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock the set's encodes and decodes take turns on (codecs are not thread-safe).
+
+        A caller that runs a codec itself (a streamed decode) holds it while the codec computes.
+        """
+        return self._lock
+
     def spec(self, modality: str) -> ModalitySpec:
         """The modality's spec (PluginError naming the package to install if absent)."""
         return self.plugins.modality(modality)

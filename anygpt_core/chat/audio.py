@@ -227,7 +227,7 @@ class SpanAudio:
         self._offset = self._index = 0
         self._open = _SpanDecoder(
             lambda codes: codec.decode_stream(codes, **options),
-            codecs._lock,  # the codec set's: its calls take turns
+            codecs.lock,  # the codec set's: its calls take turns
         )
 
     def _chunks(self, decoder: _SpanDecoder, *, wait: bool) -> Iterator[AudioChunk]:
