@@ -336,3 +336,26 @@ def test_a_prefill_budget_admits_the_waiting_rows_a_few_at_a_time(toy_gpt):
             ids[index] = event.token_ids
     assert [ids[i] for i in range(len(requests))] == alone
     assert first_events == list(range(len(requests)))  # admitted in arrival order
+
+
+def test_a_cache_rows_cannot_join_runs_its_batch_to_the_end_first(toy_gpt):
+    """A backend whose cache cannot take new rows (a sliding window): newcomers wait for the
+    running batch to end, as in static batching, and every answer is its answer alone."""
+    from anygpt_core.engine.batcher import LocalEngine
+
+    class Fixed(TransformersBackend):
+        def can_join(self, session):
+            return False
+
+    generator = Generator(Fixed(toy_gpt.model), toy_gpt.space)
+    long, short = toy_requests(toy_gpt)[3], toy_requests(toy_gpt)[2]
+    long = Request(long.input_ids, Row(DecodingConfig(do_sample=False, min_new_tokens=60), {}, 60))
+    requests = [long, short, short]
+    alone = [batch_ids(toy_gpt.generator, [r])[0] for r in requests]
+    order, ids = [], {}
+    for index, event in LocalEngine(generator, max_batch=2).submit(requests):
+        if isinstance(event, Done):
+            order.append(index)
+            ids[index] = event.token_ids
+    assert [ids[i] for i in range(3)] == alone
+    assert order == [1, 0, 2]

@@ -50,6 +50,10 @@ class Backend(Protocol):
         """Keep only the rows `rows` (int64 indices, in that order) of the session's batch."""
         ...
 
+    def can_join(self, session: Any) -> bool:  # noqa: ANN401
+        """Whether `join` can append rows to `session` (else new rows wait for it to end)."""
+        ...
+
     def join(self, session: Any, other: Any) -> None:  # noqa: ANN401
         """Append the rows of `other` (a session `prefill` just made) to `session`'s batch.
 
@@ -145,14 +149,18 @@ class TransformersBackend:
         session.valid = session.valid[rows]
         session.positions = session.positions[rows]
 
+    def can_join(self, session: _Session) -> bool:
+        """Whether rows can join `session`: its cache is plain (no sliding window, no offload)."""
+        return all(type(layer).__name__ == "DynamicLayer" for layer in session.cache.layers)
+
     def join(self, session: _Session, other: _Session) -> None:
         """Append `other`'s rows to `session`, both caches left-padded to the longer one."""
         import torch
 
+        if not (self.can_join(session) and self.can_join(other)):
+            raise RuntimeError("rows cannot join this model's cache (see `can_join`)")
         length = max(session.valid.shape[1], other.valid.shape[1])
         for mine, theirs in zip(session.cache.layers, other.cache.layers, strict=True):
-            if type(mine).__name__ != "DynamicLayer" or type(theirs) is not type(mine):
-                raise NotImplementedError(f"rows cannot join a {type(mine).__name__} cache")
             mine.keys = torch.cat([_pad_left(mine.keys, length), _pad_left(theirs.keys, length)])
             mine.values = torch.cat(
                 [_pad_left(mine.values, length), _pad_left(theirs.values, length)]
@@ -302,6 +310,10 @@ class LlamaBackend(TransformersBackend):
         session.values = [v[rows] for v in session.values]
         session.valid = session.valid[rows]
         session.positions = session.positions[rows]
+
+    def can_join(self, session: _Session) -> bool:
+        """Rows can always join the lean path's cache."""
+        return True
 
     def join(self, session: _Session, other: _Session) -> None:
         """Append `other`'s rows to `session`: one new cache, each part right-aligned in it.

@@ -204,7 +204,7 @@ class LocalEngine:
 
         batch: loop.Batch[tuple[_Job, int]] = loop.Batch(self.generator)
         while True:
-            taken = self._take(len(batch))
+            taken = self._take(len(batch), joinable=batch.joinable())
             beams = [(job, i) for job, i in taken if job.requests[i].num_beams > 1]
             joining = [(job, i) for job, i in taken if job.requests[i].num_beams == 1]
             with torch.inference_mode():
@@ -216,11 +216,14 @@ class LocalEngine:
                 if batch:
                     self._deliver(partial(batch.step, _gone), [], batch)
 
-    def _take(self, running: int) -> list[tuple[_Job, int]]:
+    def _take(self, running: int, *, joinable: bool = True) -> list[tuple[_Job, int]]:
         """The waiting rows that join now: FIFO, up to the free rows and the prefill budget.
 
-        With nothing running it waits for a request, then `gather` seconds for more.
+        With nothing running it waits for a request, then `gather` seconds for more. A running
+        batch that rows cannot join (a cache `Backend.join` cannot extend) takes none.
         """
+        if running and not joinable:
+            return []
         with self._wake:
             if not running:
                 while not self._pending:

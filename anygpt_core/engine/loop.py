@@ -428,6 +428,13 @@ class Batch(Generic[K]):
     def __len__(self) -> int:
         return len(self.keys)
 
+    def joinable(self) -> bool:
+        """Whether new rows can be admitted now (always when empty; else as the backend says)."""
+        if self._state is None:
+            return True
+        can_join = getattr(self.generator.backend, "can_join", None)
+        return can_join is not None and bool(can_join(self._session))
+
     def admit(self, requests: Sequence[Request], keys: Iterable[K]) -> Iterator[tuple[K, Event]]:
         """Prefill `requests` (checked with `Generator.check`) and add them to the batch.
 
