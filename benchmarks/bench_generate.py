@@ -321,9 +321,13 @@ def continuous_steps(lengths: list[int], size: int) -> int:
     return steps
 
 
+#: One arrival run: each request's latency, the wall time, each request's ids.
+Run = tuple[list[float], float, dict[int, list[int]]]
+
+
 def poisson_arrivals(
     loop: Generator, requests: list[Request], rate: float, size: int, seed: int
-) -> dict[str, object]:
+) -> dict[str, Run]:
     """Requests arriving as a Poisson process (`rate` per second), continuous vs static batching.
 
     Static: a worker takes what has arrived (up to `size`) and runs it until its longest row
@@ -332,9 +336,9 @@ def poisson_arrivals(
     """
     rng = random.Random(seed)
     arrivals = list(itertools.accumulate(rng.expovariate(rate) for _ in requests))
-    results: dict[str, object] = {}
+    results: dict[str, Run] = {}
 
-    def static() -> tuple[list[float], float, dict[int, list[int]]]:
+    def static() -> Run:
         start = time.perf_counter()
         latency = [0.0] * len(requests)
         ids: dict[int, list[int]] = {}
@@ -354,7 +358,7 @@ def poisson_arrivals(
             next_up = group[-1] + 1
         return latency, time.perf_counter() - start, ids
 
-    def continuous() -> tuple[list[float], float, dict[int, list[int]]]:
+    def continuous() -> Run:
         engine = LocalEngine(loop, max_batch=size)
         start = time.perf_counter()
         latency = [0.0] * len(requests)
@@ -392,7 +396,7 @@ def compare_arrivals(
     reference = batched_ids(loop, requests, size)
     tokens = sum(len(ids) for ids in reference.values())
     summary = {}
-    for name, (latency, wall, ids) in runs.items():  # type: ignore[misc]
+    for name, (latency, wall, ids) in runs.items():
         if ids != reference:
             raise SystemExit(f"(e) {name}: token ids differ from a static batch's")
         p50 = statistics.median(latency)
