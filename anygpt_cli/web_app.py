@@ -93,11 +93,17 @@ ONE_SHOT_TASKS = (
 
 @dataclass
 class _Tab:
-    """One browser tab's conversation; `lock` lets one turn run at a time; `sent` counts messages."""
+    """One browser tab's conversation; `lock` lets one turn run at a time; `sent` counts messages.
+
+    `stop` is set by the Stop button while a turn runs; `kept` says whether the last turn's answer
+    reached the conversation (it had ended before Stop took effect).
+    """
 
     conversation: Conversation
     lock: threading.Lock = field(default_factory=threading.Lock)
     sent: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    kept: bool = False
 
 
 class Sessions:
@@ -453,10 +459,10 @@ class WebApp:
         def unload(request: Any) -> None:  # noqa: ANN401 - gr.Request
             self.sessions.drop(_session(request))
 
-        def stopped() -> str:
-            return "Stopped: the answer was not kept; send again to retry"
+        def stopped(request: Any) -> Any:  # noqa: ANN401 - gr.Request; a status or no change
+            return self._stop(_session(request))
 
-        for handler in (turn, clear_chat, unload):
+        for handler in (turn, clear_chat, unload, stopped):
             _wants_request(handler, gr.Request)
         turns = [
             trigger(
@@ -589,6 +595,23 @@ class WebApp:
 
     # --- handlers ----------------------------------------------------------------------------
 
+    def _stop(self, key: str, wait: float = 30.0) -> Any:  # noqa: ANN401 - a status or no change
+        """Stop the tab's running turn; the status says once it has ended whether it was kept.
+
+        Gradio cancels the turn's event too, but a turn whose answer is already complete may still
+        deliver it: the status then says so instead of claiming the answer was dropped.
+        """
+        tab = self.sessions.tab(key)
+        if not tab.lock.locked():
+            return self.gr.update()  # nothing is being answered: the status stays
+        tab.stop.set()
+        if not tab.lock.acquire(timeout=wait):  # the turn ends at its next event
+            return "Stopping…"
+        tab.lock.release()
+        if tab.kept:
+            return f"Answered (message {tab.sent}) before Stop took effect"
+        return "Stopped: the answer was not kept; send again to retry"
+
     def _clear(self, key: str) -> list[Any]:
         """Empty the tab's history: the page's chat, status, files, message and attachments."""
         tab = self.sessions.tab(key)
@@ -618,6 +641,8 @@ class WebApp:
             yield self._outputs([gr.update(), busy, gr.update(), gr.update(), *keep_inputs])
             return
         try:
+            tab.stop.clear()
+            tab.kept = False
             tab.sent += 1
             number = f"(message {tab.sent})"
             shown = history + self._user_messages(text, attached)
@@ -639,7 +664,10 @@ class WebApp:
             try:
                 for item in turn:
                     if isinstance(item, Reply):
+                        tab.kept = True
                         yield self._answered(item, history, text, attached, number)
+                        return
+                    if tab.stop.is_set():  # Stop: nothing more is shown, the answer is dropped
                         return
                     shown_now = self._progress(item, progress, shown, keep_inputs)
                     if shown_now is not None:

@@ -13,6 +13,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -262,15 +263,68 @@ def test_a_message_sent_while_answering_is_kept_and_said(served):
     assert tab.conversation.history == []
 
 
-def test_stop_sets_the_status_and_the_chat_goes_on(page):
+def test_stop_sets_the_status_and_the_chat_goes_on(page, served, monkeypatch):
+    app, _ = served
+    backend = app.gpt.generator.backend
+    step = backend.step
+
+    def slow(*args, **kwargs):  # the answer is surely still being written when Stop is pressed
+        time.sleep(0.05)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "step", slow)
     page.fill("#message textarea", "Tell me a long story")
     page.click("#send")
     page.locator("#chat [data-testid='user']", has_text="long story").wait_for()  # it started
     page.click("#stop")
     page.locator("#status").get_by_text("Stopped: the answer was not kept").wait_for()
+    monkeypatch.setattr(backend, "step", step)
     page.sent = 1
     send(page, "Then just say hello")
     assert "Answered (message 2)" in page.inner_text("#status")
+
+
+def test_stop_says_whether_the_answer_was_kept(served, monkeypatch):
+    """Stop drops a running answer; one complete before Stop took effect is kept, and said so."""
+    app, _ = served
+    assert app._stop("stop-tab") == app.gr.update()  # nothing running: the status stays
+    backend = app.gpt.generator.backend
+    step = backend.step
+    started = threading.Event()
+
+    def slow(*args, **kwargs):
+        started.set()
+        time.sleep(0.05)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "step", slow)
+    shown: list = []
+    turn = threading.Thread(
+        target=lambda: shown.extend(app._turn({"message": "A long story"}, "stop-tab"))
+    )
+    turn.start()
+    assert started.wait(60)
+    assert app._stop("stop-tab").startswith("Stopped: the answer was not kept")
+    turn.join(5)
+    assert not turn.is_alive()
+    assert not any(str(values[1]).startswith("Answered") for values in shown)
+    tab = app.sessions.tab("stop-tab")
+    assert tab.conversation.history == []  # the stopped turn left nothing behind
+
+    ended = threading.Event()
+
+    def answered_as_stop_came() -> None:  # its Reply had arrived: the conversation kept it
+        with tab.lock:
+            tab.stop.clear()  # as a new turn does
+            tab.kept = True
+            ended.set()
+            tab.stop.wait(5)
+
+    late = threading.Thread(target=answered_as_stop_came)
+    late.start()
+    assert ended.wait(5)
+    assert app._stop("stop-tab") == f"Answered (message {tab.sent}) before Stop took effect"
+    late.join(5)
 
 
 def test_page_api_endpoints_are_named(served):
