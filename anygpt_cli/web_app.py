@@ -105,6 +105,13 @@ class _Tab:
     stop: threading.Event = field(default_factory=threading.Event)
     kept: bool = False
 
+    def begin(self) -> str:
+        """A new turn (the caller holds `lock`): its number as the status line shows it."""
+        self.stop.clear()
+        self.kept = False
+        self.sent += 1
+        return f"(message {self.sent})"
+
 
 class Sessions:
     """One `Conversation` per browser tab, all over one `AnyGPT` (and so one engine).
@@ -641,10 +648,7 @@ class WebApp:
             yield self._outputs([gr.update(), busy, gr.update(), gr.update(), *keep_inputs])
             return
         try:
-            tab.stop.clear()
-            tab.kept = False
-            tab.sent += 1
-            number = f"(message {tab.sent})"
+            number = tab.begin()
             shown = history + self._user_messages(text, attached)
             # the message leaves the box now: what is typed while it is answered stays there
             yield self._outputs(

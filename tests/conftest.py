@@ -1,12 +1,25 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each xdist worker gets its own system temp (and so do the processes it starts): a test that
+    # watches the temp folder sees only what its own worker made.
+    _temp = Path(tempfile.mkdtemp(prefix=f"anygpt-tests-{worker}-"))
+    os.environ["TMPDIR"] = str(_temp)
+    tempfile.tempdir = str(_temp)
+
+    def pytest_unconfigure(config: pytest.Config) -> None:
+        shutil.rmtree(_temp, ignore_errors=True)
+
 
 TOY_DIR = Path(__file__).parent / "toy"
 TOY_PLUGINS = {
