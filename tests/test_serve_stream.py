@@ -320,9 +320,13 @@ def quick_chat(server) -> float:
 
 def test_realtime_cancel_stops_the_answer_and_frees_its_row(server):
     with raw_socket(server, additional_headers={"Authorization": f"Bearer {KEY}"}) as socket:
-        long_text_answer(socket)
-        socket.send(json.dumps({"type": "response.cancel"}))
-        done = events_until(socket, "response.done")[-1]["response"]
+        for _ in range(5):
+            long_text_answer(socket)
+            socket.send(json.dumps({"type": "response.cancel"}))
+            done = events_until(socket, "response.done")[-1]["response"]
+            if done["status"] != "completed":
+                break
+            # the demo model sampled its stop token before the cancel arrived: ask again
         assert done["status"] == "cancelled"
         assert quick_chat(server) < 5  # --max-batch 1: the row is free (4000 tokens take longer)
 
