@@ -95,13 +95,15 @@ ONE_SHOT_TASKS = (
 class _Tab:
     """One browser tab's conversation; `lock` lets one turn run at a time; `sent` counts messages.
 
-    `stop` is set by the Stop button while a turn runs; `kept` says whether the last turn's answer
-    reached the conversation (it had ended before Stop took effect).
+    `running` says a turn is being answered (Clear holds `lock` too); `stop` is set by the Stop
+    button while it runs; `kept` says whether the last turn's answer reached the conversation (it
+    had ended before Stop took effect).
     """
 
     conversation: Conversation
     lock: threading.Lock = field(default_factory=threading.Lock)
     sent: int = 0
+    running: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
     kept: bool = False
 
@@ -109,6 +111,7 @@ class _Tab:
         """A new turn (the caller holds `lock`): its number as the status line shows it."""
         self.stop.clear()
         self.kept = False
+        self.running = True
         self.sent += 1
         return f"(message {self.sent})"
 
@@ -609,7 +612,7 @@ class WebApp:
         deliver it: the status then says so instead of claiming the answer was dropped.
         """
         tab = self.sessions.tab(key)
-        if not tab.lock.locked():
+        if not tab.running:
             return self.gr.update()  # nothing is being answered: the status stays
         tab.stop.set()
         if not tab.lock.acquire(timeout=wait):  # the turn ends at its next event
@@ -683,6 +686,7 @@ class WebApp:
             finally:
                 turn.close()  # the page went away or Stop: the rows leave the engine's batch
         finally:
+            tab.running = False
             tab.lock.release()
 
     def _progress(

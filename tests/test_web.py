@@ -315,16 +315,19 @@ def test_stop_says_whether_the_answer_was_kept(served, monkeypatch):
 
     def answered_as_stop_came() -> None:  # its Reply had arrived: the conversation kept it
         with tab.lock:
-            tab.stop.clear()  # as a new turn does
+            tab.begin()  # as a turn does
             tab.kept = True
             ended.set()
             tab.stop.wait(5)
+            tab.running = False
 
     late = threading.Thread(target=answered_as_stop_came)
     late.start()
     assert ended.wait(5)
     assert app._stop("stop-tab") == f"Answered (message {tab.sent}) before Stop took effect"
     late.join(5)
+    with tab.lock:  # a Clear holds the lock, but no turn runs: nothing to stop
+        assert app._stop("stop-tab") == app.gr.update()
 
 
 def test_page_api_endpoints_are_named(served):
