@@ -278,16 +278,19 @@ class SpanConstraint:
 
         A row's legal ids depend on a few facts (its span and codebook, whether the end may or
         must come; in text, which spans still fit, whether it may stop yet): each distinct
-        combination's row is built once and stacked.
+        combination's row is built once and stacked. Where every row has the same one (the
+        beams of one answer, a batch of text answers), the result is that row expanded, a view
+        that costs no copy.
         """
         import torch
 
-        rows = [self._mask_row(self._mask_key(state, i)) for i in range(len(state.rows))]
-        if len(rows) == 1:
-            return rows[0][None]  # a view of the cached row: read it, never write it
-        if not rows:
+        keys = [self._mask_key(state, i) for i in range(len(state.rows))]
+        if not keys:
             return torch.zeros((0, self.vocab_size), dtype=torch.bool, device=self.device)
-        return torch.stack(rows)
+        first = keys[0]
+        if all(key == first for key in keys):
+            return self._mask_row(first).expand(len(keys), -1)  # read it, never write it
+        return torch.stack([self._mask_row(key) for key in keys])
 
     def _mask_key(self, state: SpanState, i: int) -> tuple[int, ...]:
         """What row `i`'s legal ids depend on, as a key of `_mask_rows`.

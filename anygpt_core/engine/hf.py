@@ -60,6 +60,12 @@ class SpanLogitsProcessor:
         )
         self.prompt_length = prompt_length
         self.warp = warp
+        #: whether any row may need warping: some config of a row samples or penalises
+        self._warps = warp and any(
+            c.do_sample or c.repetition_penalty != 1.0
+            for row in self.rows
+            for c in (row.text_config, *row.span_configs.values())
+        )
         self._state: SpanState | None = None
         self._tokens: torch.Tensor | None = None
 
@@ -93,8 +99,8 @@ class SpanLogitsProcessor:
         if legal.shape[1] < width:  # output rows beyond the tokenizer: never legal
             pad = legal.new_zeros((legal.shape[0], width - legal.shape[1]))
             legal = torch.cat([legal, pad], dim=1)
-        scores = scores.masked_fill(~legal, -math.inf)  # masks before the cut, as in the loop
-        return self._warp(input_ids, scores, state) if self.warp else scores
+        scores = torch.where(legal, scores, -math.inf)  # masks before the cut, as in the loop
+        return self._warp(input_ids, scores, state) if self._warps else scores
 
     def _warp(
         self, input_ids: torch.Tensor, scores: torch.Tensor, state: SpanState
