@@ -239,7 +239,7 @@ class SpeechCodec(LazyCodec[SpeechOptions]):
         from anygpt_speech.tokenizer import encode_all_layers
 
         wav = self._read(source, self.options.speech_max_seconds, what="speech input")
-        return encode_all_layers(self.tokenizer, wav)[:1].cpu()
+        return encode_all_layers(self.tokenizer, wav, layers=1).cpu()
 
     def decode(
         self,

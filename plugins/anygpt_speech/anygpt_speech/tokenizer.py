@@ -201,13 +201,21 @@ def calibrate_codebooks(model: SpeechTokenizer, *, seed: int = 0, seconds: float
         residual = residual - embed[book.quantize(residual)]
 
 
-def encode_all_layers(model: SpeechTokenizer, wav: torch.Tensor) -> torch.Tensor:
-    """All RVQ codes int64 [n_q, frames] of a mono waveform float32 [T] at the model's rate."""
+def encode_all_layers(
+    model: SpeechTokenizer, wav: torch.Tensor, layers: int | None = None
+) -> torch.Tensor:
+    """RVQ codes int64 [n_q, frames] of a mono waveform float32 [T] at the model's rate.
+
+    `layers` keeps only the first so many RVQ layers (None: all). Each layer quantises what the
+    layers before it left, so the first layers' codes are the same either way; the semantic
+    tokens the language model reads need only layer 0, and the seven acoustic layers' nearest-
+    code searches are skipped.
+    """
     import torch
 
     with torch.inference_mode():
-        codes = model.encode(wav.reshape(1, 1, -1).to(_device_of(model)))  # (n_q, 1, frames)
-    return codes[:, 0].long()
+        codes = model.encode(wav.reshape(1, 1, -1).to(_device_of(model)), n_q=layers)
+    return codes[:, 0].long()  # (n_q, 1, frames) -> (n_q, frames)
 
 
 def decode_codes(model: SpeechTokenizer, codes: torch.Tensor) -> torch.Tensor:
