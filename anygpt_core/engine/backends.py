@@ -84,6 +84,8 @@ class _Session:
     positions: Any = None
     length: int = 0
     padded: bool = False
+    #: more than every row's next position (0: not known yet); sizes the rotary tables
+    top: int = 0
     keys: list[Any] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
 
@@ -286,8 +288,9 @@ class LlamaBackend(TransformersBackend):
         self.rope_scale = self.body.rotary_emb.attention_scaling
         self.dtype = self.embed.dtype
         self._lock = threading.Lock()
-        # rotary tables (positions, head_dim), grown on use and replaced, never written in place
-        self._tables = (torch.empty(0), torch.empty(0))
+        # rotary tables (positions, head_dim): cos, sin, and sin with its first half negated (see
+        # `_run`); grown on use and replaced, never written in place
+        self._tables = (torch.empty(0), torch.empty(0), torch.empty(0))
 
     def prefill(self, prompts: Sequence[torch.Tensor]) -> tuple[_Session, torch.Tensor]:
         """Run the prompts with an empty cache; return the session and hidden states [B, H]."""
@@ -342,6 +345,7 @@ class LlamaBackend(TransformersBackend):
             [_pad_left(_valid(session), length, dim=1), _pad_left(_valid(other), length, dim=1)]
         )
         session.positions = torch.cat([session.positions, other.positions])
+        session.top = max(session.top, other.top)
         session.length = length
         session.padded = True
 
@@ -380,23 +384,29 @@ class LlamaBackend(TransformersBackend):
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * (x if dtype == torch.float32 else x.to(dtype))
 
-    def _rotary(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables (positions, head_dim) covering [0, end), computed as transformers does."""
+    def _rotary(self, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """cos, sin and signed sin tables (positions, head_dim) covering [0, end).
+
+        cos and sin as transformers computes them; the signed table is sin with its first half
+        negated, for the rotation in `_run`.
+        """
         import torch
 
-        cos, sin = self._tables
-        if cos.shape[0] >= end:
-            return cos, sin
+        tables = self._tables
+        if tables[0].shape[0] >= end:
+            return tables
         with self._lock:  # several sessions may grow it at once; each gets a complete table
-            cos, sin = self._tables
-            if cos.shape[0] < end:
+            tables = self._tables
+            if tables[0].shape[0] < end:
                 positions = torch.arange(max(256, 2 * end), device=self.device)
                 freqs = positions[:, None].float() * self.inv_freq.float()[None, :]
                 emb = torch.cat((freqs, freqs), dim=-1)
                 cos = (emb.cos() * self.rope_scale).to(self.dtype)
                 sin = (emb.sin() * self.rope_scale).to(self.dtype)
-                self._tables = (cos, sin)
-        return cos, sin
+                half = self.head_dim // 2
+                signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+                tables = self._tables = (cos, sin, signed)
+        return tables
 
     def _run(
         self, session: _Session, input_ids: torch.Tensor, positions: torch.Tensor
@@ -408,9 +418,13 @@ class LlamaBackend(TransformersBackend):
         h = F.embedding(input_ids, self.embed)  # (B, T, H)
         past = session.length
         end = past + steps
-        cos, sin = self._rotary(int(positions.max()) + 1)
+        # the rotary table must cover every row's position: after the first call, one more
+        # than the last call's bound (each step adds one to every row's position)
+        top = session.top if steps == 1 and session.top else int(positions.max()) + 1
+        session.top = top + 1
+        cos, _, signed = self._rotary(top)
         cos = cos[positions][:, :, None, None, :]  # (B, T, 1, 1, head_dim)
-        sin = sin[positions][:, :, None, None, :]
+        sin = signed[positions][:, :, None, None, :]
         half = self.head_dim // 2
         width = self.heads * self.head_dim
         mask = None  # no padding: a prompt on an empty cache, or one new token: SDPA's causal rule
@@ -428,9 +442,13 @@ class LlamaBackend(TransformersBackend):
         for i, (ln1, wqkv, wo, ln2, wgu, wd) in enumerate(self.layers):
             x = self._rms(h, ln1)
             qkv = F.linear(x, wqkv).view(batch, steps, 3, self.heads, self.head_dim)
-            # q and k rotated together: the same elementwise products as separately, half the calls
+            # q and k rotated together: the same elementwise products as separately, half the
+            # calls. transformers' rotate_half(x) * sin is cat(-x2, x1) * sin; rolling x by half
+            # gives cat(x2, x1), and the signed table cat(-sin1, sin2) puts the minus on the other
+            # factor, which rounds the same: the products are equal bit for bit, in two calls
+            # instead of five.
             qk = qkv[:, :, :2]
-            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
+            qk = qk * cos + qk.roll(half, -1) * sin
             q = qk[:, :, 0].transpose(1, 2)  # (B, heads, T, head_dim)
             k = qk[:, :, 1].transpose(1, 2)
             v = qkv[:, :, 2].transpose(1, 2)
