@@ -169,7 +169,8 @@ def until(connection, kind: str) -> list:
     raise AssertionError(f"closed before {kind}")
 
 
-def test_realtime_spoken_turn_with_the_openai_client(server):
+def spoken_turn(server) -> list:
+    """One spoken answer (at most 120 tokens) to a second of tone, on a new connection."""
     with server.client().realtime.connect(model=MODEL) as connection:
         assert until(connection, "session.created")[-1].session.audio.output.format.rate == WIRE
         connection.session.update(
@@ -183,17 +184,36 @@ def test_realtime_spoken_turn_with_the_openai_client(server):
         created = until(connection, "conversation.item.created")[-1]
         assert created.item.id == committed.item_id and created.item.role == "user"
         connection.response.create()
-        events = until(connection, "response.done")
-    kinds = [e.type for e in events]
-    audio = [base64.b64decode(e.delta) for e in events if e.type == "response.output_audio.delta"]
-    assert kinds[0] == "response.created" and len(audio) > 2  # streamed, window by window
-    assert kinds.index("response.output_audio.delta") < kinds.index("response.output_audio.done")
-    done = events[-1].response
-    assert done.status == "completed" and done.usage.output_tokens == 120
-    total = sum(len(a) for a in audio)  # whole code frames of PCM16 at 24 kHz
-    assert total % (320 * 3) == 0 and 100 <= total // (320 * 3) <= 120
-    transcript = [e for e in events if e.type == "response.output_audio_transcript.done"]
-    assert len(transcript) == 1 and done.output[0].content[0].transcript == transcript[0].transcript
+        return until(connection, "response.done")
+
+
+def test_realtime_spoken_turn_with_the_openai_client(server):
+    # The answer starts in a speech span, and the demo model samples (unseeded: the realtime API
+    # has no seed) when to close it: 17 of 40 seeds close it before frame 100, and the text after
+    # it takes the rest of the budget. Streaming window by window needs a long span, so answers
+    # are asked for until one spends at least 100 frames on speech (each is checked).
+    for _ in range(10):
+        events = spoken_turn(server)
+        kinds = [e.type for e in events]
+        audio = [
+            base64.b64decode(e.delta) for e in events if e.type == "response.output_audio.delta"
+        ]
+        assert kinds[0] == "response.created" and audio
+        assert kinds.index("response.output_audio.delta") < kinds.index(
+            "response.output_audio.done"
+        )
+        done = events[-1].response
+        assert done.status == "completed" and done.usage.output_tokens <= 120
+        total = sum(len(a) for a in audio)  # whole code frames of PCM16 at 24 kHz
+        assert total % (320 * 3) == 0 and 1 <= total // (320 * 3) <= 119
+        transcript = [e for e in events if e.type == "response.output_audio_transcript.done"]
+        assert len(transcript) == 1
+        assert done.output[0].content[0].transcript == transcript[0].transcript
+        if total // (320 * 3) >= 100:
+            break
+    else:
+        raise AssertionError("ten spoken answers all closed their speech span before frame 100")
+    assert len(audio) > 2  # streamed, window by window
 
 
 def test_realtime_text_turns_keep_a_history(server):
