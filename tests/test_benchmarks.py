@@ -69,3 +69,11 @@ def test_run_benchmark_checks_identical_outputs_at_both_batch_sizes():
     assert re.search(r": \d+\.\d+x \(target >= 3x\)$", out, re.M)
     assert re.search(r"\(codecs\) SoundStorm .* logits (identical|different)", out)
     assert re.search(r"\(codecs\) unCLIP, 2 pictures: .* \d of 2 pictures differ", out)
+
+
+def test_decode_batch_benchmark_reports_each_batch_size_for_both_models():
+    out = run("bench_decode_batch.py", "--quick", "--batches", "1,3")
+    for model in ("AnyGPT-shaped small model", "tiny LLaMA, int8"):
+        rows = re.findall(rf"^{model}: batch +(\d+): .* tokens/s, +(\d+\.\d+)x batch 1$", out, re.M)
+        assert [batch for batch, _ in rows] == ["1", "3"], out
+        assert rows[0][1] == "1.00"
