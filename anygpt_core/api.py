@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anygpt_core.config import DecodingConfig, draw_seed, load_decoding_config
+from anygpt_core.engine import threads
 from anygpt_core.engine.backends import make_backend
 from anygpt_core.engine.base import Engine
 from anygpt_core.engine.batcher import LocalEngine, Stop
@@ -396,6 +397,8 @@ class _DecodeStage:
     def rest(self) -> Iterator[tuple[int, Result | AnyGPTError]]:
         """The remaining results in task order, waiting for each."""
         while self._released < self.count:
+            if self._outbox.empty():
+                threads.release()  # waiting while the decode stage computes
             yield self._taken(self._outbox.get())
 
     def _taken(
@@ -414,6 +417,8 @@ class _DecodeStage:
         following = 0
         try:
             while following < self.count:
+                if self._inbox.empty():
+                    threads.release()  # waiting for the next task while the engine computes
                 item = self._inbox.get()
                 if item is None or self._closed.is_set():
                     return

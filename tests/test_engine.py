@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
+import pytest
 import torch
 
 from anygpt_core import DecodingConfig
@@ -359,3 +362,78 @@ def test_a_cache_rows_cannot_join_runs_its_batch_to_the_end_first(toy_gpt):
             ids[index] = event.token_ids
     assert [ids[i] for i in range(3)] == alone
     assert order == [1, 0, 2]
+
+
+def os_threads() -> set[str]:
+    """The ids of the process's threads, OpenMP's helpers included."""
+    return set(os.listdir("/proc/self/task"))
+
+
+def eventually(check, seconds=5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def needs_libgomp():
+    from anygpt_core.engine import threads
+
+    if threads._libgomp_pause() is None or torch.get_num_threads() < 2:
+        pytest.skip("torch here runs on one thread or not on libgomp")
+
+
+def parallel_work():
+    torch.ones(4_000_000).mul_(2)  # large enough for an OpenMP parallel region
+
+
+def test_release_lets_a_threads_idle_openmp_helpers_exit():
+    """While another thread's idle team exists, libgomp wakes helpers on every operation."""
+    from anygpt_core.engine import threads
+
+    needs_libgomp()
+    seen: dict[str, object] = {}
+
+    def work():
+        before = os_threads()
+        parallel_work()
+        team = os_threads() - before
+        seen["team"] = len(team)
+        threads.release()
+        seen["left"] = eventually(lambda: not team & os_threads())
+        parallel_work()  # the team starts again when needed
+        seen["again"] = len(os_threads() - before)
+        threads.release()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=60)
+    assert seen == {"team": torch.get_num_threads() - 1, "left": True, "again": seen["team"]}
+
+
+def test_an_idle_engine_and_its_waiting_caller_hold_no_openmp_team(toy_gpt, monkeypatch):
+    from anygpt_core.engine import threads
+    from anygpt_core.engine.batcher import LocalEngine
+
+    needs_libgomp()
+    backend = toy_gpt.generator.backend
+    step = backend.step
+
+    def working_step(session, tokens):
+        parallel_work()  # the toy model's operations are too small to start a team
+        return step(session, tokens)
+
+    monkeypatch.setattr(backend, "step", working_step)
+    requests = toy_requests(toy_gpt)[:2]  # (tokenizing may start the tokenizers' own threads)
+    threads.release()
+    before = os_threads()
+    parallel_work()  # the caller's team, as a thread that loaded a model has
+    assert os_threads() - before
+    engine = LocalEngine(toy_gpt.generator, max_batch=2)
+    events = list(engine.submit(requests))
+    assert sum(isinstance(event, Done) for _, event in events) == 2
+    # the worker thread stays, waiting; its helpers and the caller's have gone
+    worker = {str(engine._worker.native_id)}
+    assert eventually(lambda: os_threads() - before == worker)

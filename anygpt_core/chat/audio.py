@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from anygpt_core.chat.turns import AudioChunk
 from anygpt_core.config import DecodingConfig
+from anygpt_core.engine import threads
 from anygpt_core.engine.events import (
     Event,
     SpanClosed,
@@ -71,6 +72,7 @@ class _SpanDecoder:
                 code = self._codes.get_nowait()
             except queue.Empty:
                 self._lock.release()  # held only while the codec computes
+                threads.release()  # and so are its OpenMP helpers: the model goes on meanwhile
                 try:
                     code = self._codes.get()
                 finally:

@@ -13,6 +13,8 @@ Layers, each importing only those above it:
 - `wire`: the rules and a request's row as JSON, for a vLLM server's processor.
 - `base`: the `Engine` protocol; `batcher`: `LocalEngine`, which batches every caller's requests
   on one `Generator`; `vllm`: `VLLMEngine`, the same over a vLLM server's HTTP API.
+- `threads`: `release()`, which a thread calls before it waits for another to compute, so its
+  idle OpenMP helpers do not slow the one computing.
 
 The package imports nothing itself, so `anygpt_core.engine.events` stays light (no torch).
 """

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from anygpt_core.engine import loop
+from anygpt_core.engine import loop, threads
 from anygpt_core.engine.events import Done, Event, Request
 from anygpt_core.errors import DeadlineError
 
@@ -99,6 +99,10 @@ class Caller:
         What was queued is delivered first; then, once the deadline has passed, `DeadlineError`.
         Without a `Stop` it simply waits.
         """
+        try:
+            return self.events.get_nowait()
+        except queue.Empty:
+            threads.release()  # while it waits, another thread computes
         if self.stop.cancel is None and self.stop.deadline is None:
             return self.events.get()
         while True:
@@ -226,6 +230,8 @@ class LocalEngine:
             return []
         with self._wake:
             if not running:
+                if not self._pending:
+                    threads.release()  # idle: the callers' threads compute at full speed
                 while not self._pending:
                     self._wake.wait()
                 until = time.monotonic() + self.gather

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from anygpt_core.engine import threads
 from anygpt_core.engine.batcher import Stop
 from anygpt_core.errors import AnyGPTError, EngineUnavailableError, InputError, first_line
 from anygpt_core.tasks import Task
@@ -126,6 +127,8 @@ class LocalBackend:
                 groups.submit(self._group, [ready[i] for i in where], where, stop, results.put)
             try:
                 for _ in jobs:
+                    if results.empty():
+                        threads.release()  # waiting while the pipeline's threads compute
                     item = results.get()
                     if isinstance(item, BaseException):
                         raise item
@@ -141,6 +144,8 @@ class LocalBackend:
             return self.gpt.prepare(job.task, seed=job.seed, **job.decoding)
         except AnyGPTError as err:
             return Answer(error=first_line(err))
+        finally:
+            threads.release()  # this pool thread waits next, while the engine computes
 
     def _group(
         self,
@@ -179,6 +184,8 @@ class LocalBackend:
                         put((rows[row], Answer(prompt=prepared[row].prompt, error=first_line(err))))
         except BaseException as err:  # noqa: BLE001 - handed to the caller, raised there
             put(err)
+        finally:
+            threads.release()  # this pool thread waits next, while the engine computes
 
     def _finish(self, prepared: Prepared, events: list[Event], started: float) -> Answer:
         try:
