@@ -312,11 +312,21 @@ class LlamaBackend(TransformersBackend):
         return self._run(session, tokens[:, None], positions)
 
     def select(self, session: _Session, rows: torch.Tensor) -> None:
-        """Keep the batch rows `rows` of the session's cache (a copy of what is kept)."""
+        """Keep the batch rows `rows` of the session's cache (a copy of what is kept).
+
+        Columns no kept row has a token in are dropped from the left: rows that joined a
+        long-running batch were right-aligned to its length, and without this the cache (and
+        every step's attention) would keep the width of the batch's whole history.
+        """
         rows = rows.to(self.device)
-        session.keys = [k[rows] for k in session.keys]
-        session.values = [v[rows] for v in session.values]
-        session.valid = session.valid[rows]
+        valid = _valid(session)[rows]
+        used = valid.any(0)
+        start = int(used.int().argmax()) if session.padded else 0  # the first column in use
+        session.keys = [k[rows, :, start:] for k in session.keys]
+        session.values = [v[rows, :, start:] for v in session.values]
+        session.valid = valid[:, start:]
+        session.length -= start
+        session.padded = not bool(session.valid.all())
         session.positions = session.positions[rows]
 
     def can_join(self, session: _Session) -> bool:
