@@ -557,6 +557,9 @@ class AnyGPT:
             prompt_encoder=encoder,
             engine=engine,
         )
+        # loading ran on this thread's OpenMP team; from here on the engine's worker computes
+        # (this thread may go on to wait in a server's event loop, never calling torch again)
+        threads.release()
         return gpt
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:

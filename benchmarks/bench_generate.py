@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from anygpt_core import DecodingConfig, Instructions, ModalitySpec
+from anygpt_core.engine import threads
 from anygpt_core.engine.backends import make_backend
 from anygpt_core.engine.batcher import LocalEngine
 from anygpt_core.engine.constraint import Row, SpanConstraint
@@ -359,6 +360,9 @@ def poisson_arrivals(
         return latency, time.perf_counter() - start, ids
 
     def continuous() -> Run:
+        # this thread only waits from here, as a server's loop does: its idle OpenMP team
+        # would slow the engine's worker (see anygpt_core.engine.threads)
+        threads.release()
         engine = LocalEngine(loop, max_batch=size)
         start = time.perf_counter()
         latency = [0.0] * len(requests)
@@ -371,10 +375,10 @@ def poisson_arrivals(
                     ids[index] = event.token_ids
             latency[index] = time.perf_counter() - start - arrivals[index]
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
-        for thread in threads:
+        clients = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
+        for thread in clients:
             thread.start()
-        for thread in threads:
+        for thread in clients:
             thread.join()
         return latency, time.perf_counter() - start, ids
 
