@@ -162,11 +162,16 @@ def test_stacking_shares_the_models_memory():
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
-def test_the_cache_narrows_to_the_rows_left_after_a_long_row_leaves():
+@pytest.mark.parametrize("kind", [LlamaBackend, TransformersBackend])
+def test_the_cache_narrows_to_the_rows_left_after_a_long_row_leaves(kind):
     """A row that joins a long-running batch is right-aligned to its width; once the long row
     leaves, the columns nobody holds a token in are dropped, and the row's states are unchanged."""
     model = tiny_llama()
-    backend = LlamaBackend(model)
+    backend = kind(model)
+
+    def width(session):
+        return session.length if kind is LlamaBackend else session.cache.get_seq_length()
+
     gen = torch.Generator().manual_seed(5)
     long, short = (
         torch.randint(0, 300, (60,), generator=gen),
@@ -181,12 +186,12 @@ def test_the_cache_narrows_to_the_rows_left_after_a_long_row_leaves():
             backend.step(batch, torch.tensor([t]))
         newcomer, hidden = backend.prefill([short])
         backend.join(batch, newcomer)
-        assert batch.length == 80
+        assert width(batch) == 80
         hidden = backend.step(batch, torch.tensor([1, int(steps[0])]))
         torch.testing.assert_close(hidden[1], alone[1], rtol=0, atol=1e-5)
         backend.select(batch, torch.tensor([1]))  # the long row ends
-        assert batch.length == 4 + 1 and not batch.padded
+        assert width(batch) == 4 + 1 and batch.valid.all()
         for t in range(1, 8):
             hidden = backend.step(batch, steps[t : t + 1])
             torch.testing.assert_close(hidden[0], alone[t + 1], rtol=0, atol=1e-5)
-        assert batch.length == 4 + 8
+        assert width(batch) == 4 + 8

@@ -145,11 +145,21 @@ class TransformersBackend:
         return self._run(session, tokens[:, None], positions)
 
     def select(self, session: _Session, rows: torch.Tensor) -> None:
-        """Keep the batch rows `rows` of the session's cache."""
+        """Keep the batch rows `rows` of the session's cache.
+
+        Columns no kept row has a token in are dropped from the left, as `LlamaBackend.select`
+        does; the session stays padded, so each row's positions are still passed explicitly.
+        """
         rows = rows.to(self.device)
         session.cache.batch_select_indices(rows)
         session.valid = session.valid[rows]
         session.positions = session.positions[rows]
+        if session.padded and self.can_join(session):  # plain layers: their tensors are the cache
+            start = int(session.valid.any(0).int().argmax())
+            for layer in session.cache.layers:
+                layer.keys = layer.keys[:, :, start:]
+                layer.values = layer.values[:, :, start:]
+            session.valid = session.valid[:, start:]
 
     def can_join(self, session: _Session) -> bool:
         """Whether rows can join `session`: its cache is plain (no sliding window, no offload)."""
