@@ -202,8 +202,12 @@ def test_vllm_request_past_its_deadline_raises_and_a_cancelled_one_ends(gateway)
     from anygpt_core.engine.batcher import Stop
     from anygpt_core.errors import DeadlineError
 
-    long = gateway.prepare(
-        "text|text|tell me a long story", seed=0, do_sample=False, max_new_tokens=1500
+    long = gateway.prepare(  # surely long: a greedy answer could end early, before the cancel
+        "text|text|tell me a long story",
+        seed=0,
+        do_sample=False,
+        max_new_tokens=1500,
+        min_new_tokens=1500,
     )
     with pytest.raises(DeadlineError, match=r"limit of 0\.3 s"):
         list(gateway.stream_many([long], stop=Stop.after(0.3)))
