@@ -13,8 +13,8 @@ and waits for requests, a decode stage decodes spans and waits for the next. Eac
 before it waits, so a team exists only on threads that are working. `release` is libgomp's
 `omp_pause_resource_all` (OpenMP 5.0), which lets the calling thread's helpers exit; the next
 parallel operation on that thread starts them again, with the same thread count, so results are
-unchanged. With another OpenMP runtime, or none found, it does nothing (LLVM's and Intel's
-runtimes do not throttle this way, and their pause is not per thread).
+unchanged. With another OpenMP runtime (LLVM's, Intel's), or none found, it does nothing: their
+pause is not per thread, and their behaviour here was not measured.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def _loaded_libgomp() -> list[str]:
     maps = Path("/proc/self/maps")
     if maps.is_file():
         for line in maps.read_text().splitlines():
-            path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+            fields = line.split(maxsplit=5)  # address, perms, offset, device, inode[, path]
+            path = fields[5] if len(fields) == 6 else ""
             if Path(path).name.startswith("libgomp") and path not in names:
                 names.insert(0, path)  # the path itself: an auditwheel copy has another soname
     return names
