@@ -437,3 +437,16 @@ def test_an_idle_engine_and_its_waiting_caller_hold_no_openmp_team(toy_gpt, monk
     # the worker thread stays, waiting; its helpers and the caller's have gone
     worker = {str(engine._worker.native_id)}
     assert eventually(lambda: os_threads() - before == worker)
+
+
+def test_release_without_torch_loaded_does_not_load_it():
+    """A caller of a remote engine (vLLM) waits through the same code and needs no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from anygpt_core.engine import threads; threads.release(); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def release() -> None:
     Call it before the thread blocks while other threads compute. Never call it between two
     operations of one computation: the helpers would start again at once.
     """
+    if "torch" not in sys.modules:  # no torch, no team of its own (and no import on a wait)
+        return
     pause = _libgomp_pause()
     if pause is not None:
         pause(_PAUSE_SOFT)
