@@ -397,9 +397,7 @@ class _DecodeStage:
     def rest(self) -> Iterator[tuple[int, Result | AnyGPTError]]:
         """The remaining results in task order, waiting for each."""
         while self._released < self.count:
-            if self._outbox.empty():
-                threads.release()  # waiting while the decode stage computes
-            yield self._taken(self._outbox.get())
+            yield self._taken(threads.take(self._outbox))  # the decode stage computes meanwhile
 
     def _taken(
         self, item: tuple[int, Result | AnyGPTError] | BaseException
@@ -417,9 +415,7 @@ class _DecodeStage:
         following = 0
         try:
             while following < self.count:
-                if self._inbox.empty():
-                    threads.release()  # waiting for the next task while the engine computes
-                item = self._inbox.get()
+                item = threads.take(self._inbox)  # the engine computes meanwhile
                 if item is None or self._closed.is_set():
                     return
                 index, task, events = item

@@ -155,7 +155,7 @@ class TransformersBackend:
         session.valid = session.valid[rows]
         session.positions = session.positions[rows]
         if session.padded and self.can_join(session):  # plain layers: their tensors are the cache
-            start = int(session.valid.any(0).int().argmax())
+            start = _first_used(session.valid)
             for layer in session.cache.layers:
                 layer.keys = layer.keys[:, :, start:]
                 layer.values = layer.values[:, :, start:]
@@ -330,8 +330,7 @@ class LlamaBackend(TransformersBackend):
         """
         rows = rows.to(self.device)
         valid = _valid(session)[rows]
-        used = valid.any(0)
-        start = int(used.int().argmax()) if session.padded else 0  # the first column in use
+        start = _first_used(valid) if session.padded else 0
         session.keys = [k[rows, :, start:] for k in session.keys]
         session.values = [v[rows, :, start:] for v in session.values]
         session.valid = valid[:, start:]
@@ -512,6 +511,11 @@ def _valid(session: _Session) -> torch.Tensor:
         ones = valid.new_ones((valid.shape[0], session.length - valid.shape[1]))
         valid = torch.cat([valid, ones], dim=1)
     return valid[:, : session.length]
+
+
+def _first_used(valid: torch.Tensor) -> int:
+    """The first column of a bool (B, length) mask that some row holds a token in."""
+    return int(valid.any(0).int().argmax())
 
 
 def _pad_left(x: torch.Tensor, length: int, *, dim: int = 2) -> torch.Tensor:

@@ -22,11 +22,15 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import queue
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["release"]
+__all__ = ["release", "take"]
+
+T = TypeVar("T")
 
 #: omp_pause_soft: the runtime may let go of resources it can recreate.
 _PAUSE_SOFT = 1
@@ -43,6 +47,15 @@ def release() -> None:
     pause = _libgomp_pause()
     if pause is not None:
         pause(_PAUSE_SOFT)
+
+
+def take(source: queue.SimpleQueue[T]) -> T:
+    """The next item of `source`; a thread that has to wait for it calls `release` first."""
+    try:
+        return source.get_nowait()
+    except queue.Empty:
+        release()
+        return source.get()
 
 
 @functools.cache

@@ -127,9 +127,7 @@ class LocalBackend:
                 groups.submit(self._group, [ready[i] for i in where], where, stop, results.put)
             try:
                 for _ in jobs:
-                    if results.empty():
-                        threads.release()  # waiting while the pipeline's threads compute
-                    item = results.get()
+                    item = threads.take(results)  # the pipeline's threads compute meanwhile
                     if isinstance(item, BaseException):
                         raise item
                     yield item
