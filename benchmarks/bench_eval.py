@@ -15,6 +15,10 @@ one run then does not decide the ratio. Every run's answers are compared with th
 (the first group of 8 waits for its 8 inputs to be encoded, a group of 1 for one) and end are then
 a small part of the time, as in a real run. With 32 samples they weigh about a tenth more.
 
+It also prints the ceiling that this machine's kernels put on the ratio (`ceiling.py`): one
+request's 5 beams against 8 requests' 40 rows, each step's body, vocabulary projection,
+log-softmax and top-k timed bare, at the median length of the samples' prompts.
+
 Usage: python benchmarks/bench_eval.py [--samples 96] [--batch 8] [--tokens 48] [--repeat 2] [--quick]
 """
 
@@ -135,6 +139,7 @@ def main() -> None:
         args.samples, args.tokens, args.repeat = 4, 8, 1
 
     import torch
+    from ceiling import ceiling
 
     from anygpt_core.api import AnyGPT
     from anygpt_core.demo import ensure_demo
@@ -153,6 +158,9 @@ def main() -> None:
             model, device="cpu", dtype="float32", plugins=plugins, codec_options=demo.options
         )
         samples = Evaluation(root / "x", backend=None, scorers=None).samples(task, data)  # type: ignore[arg-type]
+        prompt = int(
+            np.median([gpt.prepare(s.task).input_ids.shape[1] for s in samples])  # type: ignore[union-attr]
+        )
         # warm-up: the codec loads and the first forward passes are not timed
         evaluate(gpt, task, samples[:1], root / "warm", 1, 2)
         times: dict[int, list[float]] = {1: [], args.batch: []}
@@ -163,6 +171,9 @@ def main() -> None:
                 seconds, said = evaluate(gpt, task, samples, out, batch, args.tokens)
                 times[batch].append(seconds)
                 answers.append(said)
+        bound, alone, together = ceiling(
+            gpt.generator.backend, [None] * args.batch, args.batch, prompt=prompt, beams=5
+        )
     first = answers[0]
     same = min(sum(a == b for a, b in zip(first, said, strict=True)) for said in answers)
     n = len(samples)
@@ -178,6 +189,16 @@ def main() -> None:
         logger.info("batch %d: %.2f samples/s (best of %s s)", batch, n / best, shown)
     logger.info("answers identical one by one and batched: %d/%d (every run)", same, n)
     logger.info("speed-up at batch %d: %.2fx (target >= 3x)", args.batch, one / many)
+    logger.info(
+        "ceiling on this machine at batch %d: %.2fx (a step of 5 beams %.2f ms, of %d rows %.2f "
+        "ms; body, vocabulary projection, log-softmax and top-k timed bare, %d-token prompts)",
+        args.batch,
+        bound,
+        alone,
+        5 * args.batch,
+        together,
+        prompt,
+    )
 
 
 if __name__ == "__main__":

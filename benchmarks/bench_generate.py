@@ -9,7 +9,9 @@
     and budgets of different lengths), greedy, static batches of 2, 4, 8, 16 (chunks run until their
     longest row ends) and continuous batches (the engine refills a row as it ends) vs the same tasks one
     by one in the same run: aggregate tokens/s and the ratio; every task's ids must be identical;
-    targets (continuous) >= 5x at batch 8, >= 7x at 16.
+    targets (continuous) >= 5x at batch 8, >= 7x at 16. With each size, the ceiling that this
+    machine's kernels put on the ratio (`ceiling.py`): the same mix of rows, every row busy, each
+    step's body, projections and argmax timed bare.
 (d) the same span constraint through `model.generate` (a logits processor) vs our loop, same requests,
     identical ids, batch 1 and 4.
 (e) 32 requests arriving as a Poisson process (about twice what one-at-a-time serving keeps up with),
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from ceiling import ceiling
 
 from anygpt_core import DecodingConfig, Instructions, ModalitySpec
 from anygpt_core.engine import threads
@@ -306,6 +309,18 @@ def compare_batching(
         logger.info(
             f"(c) {name}: {tokens / best:.0f} tokens/s, identical ids, {tokens / steps:.1f} rows "
             f"per step on average -> {t_alone / best:.2f}x one by one"
+        )
+    heads = [  # what each task's rows project onto: the vocabulary, or codebook 0 of its span
+        None
+        if r.row.open_span is None
+        else loop.backend.head(slice(*space.modalities[r.row.open_span].layer_ranges[0]))
+        for r in requests
+    ]
+    for size in sizes:
+        bound, alone, together = ceiling(loop.backend, heads, size)
+        logger.info(
+            f"(c) ceiling at batch {size:2d}: {bound:.2f}x (a row's step {alone:.2f} ms, a "
+            f"batch's {together:.2f} ms; bare operations, every row busy)"
         )
 
 

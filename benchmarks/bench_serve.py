@@ -7,6 +7,8 @@ in the same run measures:
     >= 8x), with p50 / p95 latency of each, and that every answer is identical both ways;
   * one request over HTTP against the same turn through the Python API in this process
     (`Conversation.send`, same model, same greedy answer): target <= 1.15x.
+It also prints the ceiling that this machine's kernels put on the throughput ratio (`ceiling.py`):
+one text row's step against 16 rows', body, vocabulary projection and argmax timed bare.
 Prints ratios, never asserts timings.
 """
 
@@ -25,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from ceiling import ceiling
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["ANYGPT_LOAD_PLUGINS"] = "__none__"  # text only: a random model's spans are noise
@@ -198,6 +201,14 @@ def main() -> None:
         say(
             f"one request: HTTP {http * 1000:.1f} ms vs Python API {api * 1000:.1f} ms: "
             f"{http / api:.2f}x (target <= 1.15x), answers {'identical' if same else 'DIFFERENT'}"
+        )
+        prompt = len(gpt.tokenizer(f"[Human]: {prompts[0]}<eoh> [MMGPT]:").input_ids)
+        bound, alone, batch = ceiling(
+            gpt.generator.backend, [None] * args.requests, args.requests, prompt=prompt
+        )
+        say(
+            f"ceiling on this machine at {args.requests} together: {bound:.2f}x (a row's step "
+            f"{alone:.2f} ms, {args.requests} rows' {batch:.2f} ms; bare operations)"
         )
     finally:
         if proc is not None:

@@ -36,6 +36,7 @@ def test_batching_driver_and_arrival_benchmarks_check_identical_ids():
     lines = out.splitlines()
     batches = [line for line in lines if line.startswith(("(c) static", "(c) continuous"))]
     assert len(batches) == 2 and all("identical ids" in line for line in batches)
+    assert re.search(r"^\(c\) ceiling at batch  4: \d+\.\d+x \(a row's step", out, re.M)
     drivers = [line for line in lines if line.startswith("(d)")]
     assert len(drivers) == 2 and all("identical ids" in line for line in drivers)
     arrivals = [line for line in lines if line.startswith("(e)")]
@@ -47,6 +48,7 @@ def test_serve_benchmark_runs_and_checks_identical_answers():
     assert "answers identical one by one and together" in out
     assert "throughput ratio:" in out and "p95" in out
     assert re.search(r"one request: HTTP .* answers identical", out)
+    assert re.search(r"ceiling on this machine at 3 together: \d+\.\d+x", out)
 
 
 def test_tokenize_benchmark_checks_identical_ids():
@@ -59,6 +61,7 @@ def test_eval_benchmark_compares_batched_and_one_by_one_answers():
     out = run("bench_eval.py", "--quick")
     assert re.search(r"answers identical one by one and batched: \d+/4", out)
     assert re.search(r"speed-up at batch 8: \d+\.\d+x", out)
+    assert re.search(r"ceiling on this machine at batch 8: \d+\.\d+x .* of 40 rows", out)
 
 
 def test_run_benchmark_checks_identical_outputs_at_both_batch_sizes():
