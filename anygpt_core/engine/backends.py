@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from anygpt_core.engine.prefix import MIN_REUSE, PrefixCache
+
 if TYPE_CHECKING:
     import torch
 
@@ -59,6 +61,14 @@ class Backend(Protocol):
 
         Rows keep their own positions; columns of the cache that a row has no token for are
         hidden from it, so each row attends to exactly what it did in its own session.
+        """
+        ...
+
+    def remember(self, session: Any, row: int, tokens: torch.Tensor) -> None:  # noqa: ANN401
+        """Keep row `row`'s keys and values for later prompts that start with `tokens` (optional).
+
+        `tokens` (int64 [T]) are every token the row has run, prompt first; a backend with no
+        prefix cache ignores it.
         """
         ...
 
@@ -122,9 +132,33 @@ class TransformersBackend:
         self.bias: torch.Tensor | None = getattr(head, "bias", None)
         self.vocab_size = int(self.weight.shape[0])
         self.device = self.weight.device
+        #: keys and values of prompts and answers already run, which later prompts that start
+        #: with them reuse (`anygpt_core.engine.prefix`); None runs every prompt in full
+        self.prefix_cache: PrefixCache | None = PrefixCache()
 
     def prefill(self, prompts: Sequence[torch.Tensor]) -> tuple[_Session, torch.Tensor]:
-        """Run the prompts with a fresh cache and return the session and hidden states [B, H]."""
+        """Run the prompts and return the session and hidden states [B, H].
+
+        With a prefix cache, each prompt's longest cached start is copied into the session and
+        only the rest runs; every prompt is then kept in the cache.
+        """
+        flat = [p.reshape(-1) for p in prompts]
+        cache = self.prefix_cache
+        if cache is None or not cache.budget:
+            return self._prefill(flat)
+        hits = [cache.match(p.cpu()) for p in flat]
+        reused = sum(n for n, _ in hits)
+        if reused:
+            session, hidden = self._prefill_after(flat, hits)
+        else:
+            session, hidden = self._prefill(flat)
+        cache.count(reused, sum(p.numel() for p in flat) - reused)
+        for row, tokens in enumerate(flat):
+            self.remember(session, row, tokens)
+        return session, hidden
+
+    def _prefill(self, prompts: Sequence[torch.Tensor]) -> tuple[_Session, torch.Tensor]:
+        """Run the prompts with a fresh cache: the session and hidden states [B, H]."""
         from transformers import DynamicCache
 
         ids, mask = left_pad(prompts, self.device)
@@ -133,6 +167,73 @@ class TransformersBackend:
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         session.positions = positions[:, -1] + 1
         return session, self._run(session, ids, positions)
+
+    def _prefill_after(
+        self, prompts: Sequence[torch.Tensor], hits: Sequence[tuple[int, torch.Tensor | None]]
+    ) -> tuple[_Session, torch.Tensor]:
+        """Run what follows each prompt's cached start (`hits`: `PrefixCache.match` per prompt).
+
+        The cached starts end at one column, A (the longest's length), each right-aligned before
+        it; the rest of the prompts are left-padded after it. Columns a row has no token in are
+        zeros, hidden by its `valid` mask, and its positions count only its own tokens.
+        """
+        import torch
+
+        reuse = [n for n, _ in hits]
+        ids, mask = left_pad([p[n:] for p, n in zip(prompts, reuse, strict=True)], self.device)
+        start = max(reuse)
+        valid = torch.zeros((len(prompts), start + ids.shape[1]), dtype=torch.bool)
+        valid = valid.to(self.device)
+        valid[:, start:] = mask
+        for row, n in enumerate(reuse):
+            valid[row, start - n : start] = True
+        offset = torch.tensor(reuse, device=self.device)[:, None]
+        positions = (offset + mask.long().cumsum(1) - 1).clamp(min=0)
+        session = self._seeded(hits, start, ids.shape[1])
+        session.valid = valid
+        session.padded = True
+        session.positions = positions[:, -1] + 1
+        hidden = self._run(session, ids, positions)
+        return session, hidden
+
+    def _seeded(
+        self, hits: Sequence[tuple[int, torch.Tensor | None]], start: int, more: int
+    ) -> _Session:
+        """A session whose cache holds each row's cached start before column `start`."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for layer, (keys, values) in enumerate(_seed_layers(hits, start, start)):
+            cache.update(keys, values, layer)
+        return _Session(cache=cache)
+
+    def _layers(self, session: _Session) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's keys and values (B, heads, columns, head_dim) of the session."""
+        return [(layer.keys, layer.values) for layer in session.cache.layers]
+
+    def _columns(self, session: _Session) -> torch.Tensor:
+        """Bool (B, columns): the columns each row holds a token in."""
+        return session.valid
+
+    def remember(self, session: _Session, row: int, tokens: torch.Tensor) -> None:
+        """Keep row `row`'s keys and values in the prefix cache, under `tokens` (all it ran)."""
+        import torch
+
+        cache = self.prefix_cache
+        if cache is None or not cache.budget or tokens.numel() < MIN_REUSE:
+            return
+        if not self.can_join(session):  # a sliding window or offloaded cache: not every column
+            return
+        columns = self._columns(session)[row].nonzero().squeeze(1)
+        layers = self._layers(session)
+        if columns.numel() != tokens.numel() or not layers:
+            return
+        keys = layers[0][0]
+        size = 2 * len(layers) * keys.shape[1] * columns.numel() * keys.shape[3]
+        if size * keys.element_size() > cache.budget:
+            return
+        kv = torch.stack([torch.stack((k[row, :, columns], v[row, :, columns])) for k, v in layers])
+        cache.add(tokens.reshape(-1).cpu(), kv)
 
     def step(self, session: _Session, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row int64 [B] and return the hidden states [B, H]."""
@@ -307,13 +408,36 @@ class LlamaBackend(TransformersBackend):
         # `_run`); grown on use and replaced, never written in place
         self._tables = (torch.empty(0), torch.empty(0), torch.empty(0))
 
-    def prefill(self, prompts: Sequence[torch.Tensor]) -> tuple[_Session, torch.Tensor]:
+    def _prefill(self, prompts: Sequence[torch.Tensor]) -> tuple[_Session, torch.Tensor]:
         """Run the prompts with an empty cache; return the session and hidden states [B, H]."""
         ids, mask = left_pad(prompts, self.device)
         session = _Session(valid=mask, padded=not bool(mask.all()))
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         session.positions = positions[:, -1] + 1
         return session, self._run(session, ids, positions)
+
+    def _seeded(
+        self, hits: Sequence[tuple[int, torch.Tensor | None]], start: int, more: int
+    ) -> _Session:
+        """A session whose buffers hold each row's cached start before column `start`."""
+        session = _Session(length=start)
+        capacity = max(256, 2 * (start + more))
+        for keys, values in _seed_layers(hits, start, capacity):
+            session.keys.append(keys)
+            session.values.append(values)
+        return session
+
+    def _layers(self, session: _Session) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's keys and values (B, heads, columns, head_dim): views of the buffers."""
+        end = session.length
+        return [
+            (k[:, :, :end], v[:, :, :end])
+            for k, v in zip(session.keys, session.values, strict=True)
+        ]
+
+    def _columns(self, session: _Session) -> torch.Tensor:
+        """Bool (B, columns): the columns each row holds a token in."""
+        return _valid(session)
 
     def step(self, session: _Session, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row int64 [B] and return the hidden states [B, H]."""
@@ -500,6 +624,29 @@ class LlamaBackend(TransformersBackend):
             h = h + F.linear(F.silu(gate) * up, wd)
         session.length = end
         return self._rms(h, self.norm)[:, -1]
+
+
+def _seed_layers(
+    hits: Sequence[tuple[int, torch.Tensor | None]], start: int, capacity: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, keys and values (B, heads, capacity, head_dim) seeded from `hits`.
+
+    `hits` holds `(n, kv)` per row, kv as `PrefixCache` keeps it: the row's first n tokens end
+    right before column `start`; other columns are zeros.
+    """
+    kv = next(kv for _, kv in hits if kv is not None)
+    layers, _, heads, _, width = kv.shape
+    shape = (len(hits), heads, capacity, width)
+    out = []
+    for layer in range(layers):
+        keys = kv.new_zeros(shape)
+        values = kv.new_zeros(shape)
+        for row, (n, cached) in enumerate(hits):
+            if cached is not None and n:
+                keys[row, :, start - n : start] = cached[layer, 0, :, :n]
+                values[row, :, start - n : start] = cached[layer, 1, :, :n]
+        out.append((keys, values))
+    return out
 
 
 def _valid(session: _Session) -> torch.Tensor:

@@ -472,7 +472,7 @@ class Batch(Generic[K]):
         self.keys.extend(keys)
         self._rngs.extend(rngs)
         self._penalised = self._penalised or any(_penalises(r.row) for r in requests)
-        self._rows.extend(_RowLog() for _ in requests)
+        self._rows.extend(_RowLog(prompt=r.input_ids.reshape(-1)) for r in requests)
 
     def step(self, cancelled: Callable[[K], bool] | None = None) -> Iterator[tuple[K, Event]]:
         """Choose one token for every row and yield the events; the last of a row is `Done`.
@@ -500,6 +500,7 @@ class Batch(Generic[K]):
             for event in events:
                 yield key, event
             if step.finished[i]:
+                self._remember(i, log)
                 reason = cast(Literal["stop", "length", "span"], REASONS[state.reason[i]])
                 yield key, Done(log.ids, reason, log.spans)
         keep = [
@@ -511,6 +512,20 @@ class Batch(Generic[K]):
             if len(keep) < len(tokens):
                 tokens = tokens[torch.tensor(keep, device=tokens.device)]
             self._hidden = generator.backend.step(self._session, tokens)
+
+    def _remember(self, i: int, log: _RowLog) -> None:
+        """Offer row `i`'s prompt and answer to the backend's prefix cache.
+
+        A chat's next turn starts with them. The answer's last token was never run, so it is
+        left out.
+        """
+        import torch
+
+        remember = getattr(self.generator.backend, "remember", None)
+        if remember is None or log.prompt is None:
+            return
+        answer = torch.tensor(log.ids[:-1], dtype=torch.long)
+        remember(self._session, i, torch.cat([log.prompt.cpu(), answer]))
 
     def drop(self, gone: Callable[[K], bool]) -> None:
         """Remove, without a step, the rows whose key `gone` says gave up."""
@@ -540,8 +555,12 @@ class Batch(Generic[K]):
 
 @dataclass
 class _RowLog:
-    """What one row generated: its ids, the ids of its open span, its closed spans."""
+    """What one row generated: its ids, the ids of its open span, its closed spans.
 
+    `prompt` (int64 [T]) is what it was prefilled with, when known.
+    """
+
+    prompt: torch.Tensor | None = None
     ids: list[int] = field(default_factory=list)
     span_ids: list[int] = field(default_factory=list)
     spans: list[SpanClosed] = field(default_factory=list)

@@ -1,0 +1,147 @@
+"""The prefix cache: prompts and answers already run lend their keys and values to later prompts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anygpt_core import DecodingConfig
+from anygpt_core.engine.backends import LlamaBackend, TransformersBackend
+from anygpt_core.engine.constraint import Row
+from anygpt_core.engine.events import Done, Request
+from anygpt_core.engine.prefix import MIN_REUSE, PrefixCache
+
+GREEDY = DecodingConfig(do_sample=False)
+
+
+def kv(tokens: int) -> torch.Tensor:
+    """Keys and values as the cache holds them: 2 layers, 1 head of 4; 64 bytes a token."""
+    return torch.zeros(2, 2, 1, tokens, 4)
+
+
+def test_the_longest_shared_start_is_reused_and_one_token_is_left_to_run():
+    cache = PrefixCache(budget=10**6)
+    cache.add(torch.arange(20), kv(20))
+    cache.add(torch.arange(50, 80), kv(30))
+    assert cache.match(torch.cat([torch.arange(12), torch.tensor([99, 98])]))[0] == 12
+    assert cache.match(torch.arange(30))[0] == 20
+    assert cache.match(torch.arange(20))[0] == 19  # the last token runs: its hidden state is needed
+    assert cache.match(torch.arange(50, 90))[0] == 30
+    assert cache.match(torch.arange(MIN_REUSE))[0] == 0  # too short a start to be worth it
+    assert cache.match(torch.full((20,), 7))[0] == 0
+    n, found = cache.match(torch.arange(40))
+    assert n == 20 and found is not None and found.shape == (2, 2, 1, 20, 4)
+
+
+def test_an_entry_held_by_a_longer_one_goes_and_the_budget_evicts_the_oldest():
+    cache = PrefixCache(budget=64 * 50)
+    cache.add(torch.arange(10), kv(10))
+    cache.add(torch.arange(20), kv(20))  # holds the first: it goes
+    assert len(cache) == 1 and cache.bytes == 64 * 20
+    cache.add(torch.arange(15), kv(15))  # held by the entry there
+    assert len(cache) == 1
+    cache.add(torch.arange(100, 120), kv(20))
+    assert cache.match(torch.arange(25))[0] == 20  # used: now the newest
+    cache.add(torch.arange(200, 220), kv(20))  # 60 tokens of room for 50: the oldest goes
+    assert cache.bytes == 64 * 40
+    assert cache.match(torch.arange(100, 125))[0] == 0
+    assert cache.match(torch.arange(25))[0] == 20
+    assert cache.match(torch.arange(200, 225))[0] == 20
+    nothing = PrefixCache(budget=0)
+    nothing.add(torch.arange(20), kv(20))
+    assert len(nothing) == 0
+    with pytest.raises(ValueError, match="budget"):
+        PrefixCache(budget=-1)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("kind", [LlamaBackend, TransformersBackend])
+def test_a_prompt_after_its_cached_start_has_the_states_of_one_run_in_full(tiny_llama, kind):
+    cached, plain = kind(tiny_llama), kind(tiny_llama)
+    plain.prefix_cache = None
+    first = torch.arange(3, 40)
+    longer = torch.cat([torch.arange(3, 30), torch.arange(60, 75)])  # shares 27 tokens
+    other = torch.arange(80, 90)  # shares nothing
+    tokens = torch.tensor([5, 6, 7])
+    with torch.inference_mode():
+        cached.prefill([first])
+        session, hidden = cached.prefill([longer, other, first])
+        reference, expected = plain.prefill([longer, other, first])
+        assert cached.prefix_cache.reused == 27 + 36  # `first` again: all but its last token
+        torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=1e-5)
+        for _ in range(6):
+            hidden = cached.step(session, tokens)
+            expected = plain.step(reference, tokens)
+        torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=1e-5)
+        cached.select(session, torch.tensor([2, 0]))
+        plain.select(reference, torch.tensor([2, 0]))
+        torch.testing.assert_close(
+            cached.step(session, tokens[:2]),
+            plain.step(reference, tokens[:2]),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def answer(generator, prompt, tokens=12):
+    with torch.inference_mode():
+        events = list(generator.generate_batch([Request(prompt, Row(GREEDY, {}, tokens))]))
+    done = events[-1][1]
+    assert isinstance(done, Done)
+    return done.token_ids
+
+
+def test_a_next_turn_reuses_the_answer_and_answers_as_without_the_cache(toy_gpt):
+    generator = toy_gpt.generator
+    backend = generator.backend
+    kept = backend.prefix_cache
+    prompt = toy_gpt.tokenizer("[Human]: Tell me a story<eoh> [MMGPT]:", return_tensors="pt")
+    first = prompt.input_ids
+    more = toy_gpt.tokenizer("[Human]: and then?<eoh> [MMGPT]:", return_tensors="pt").input_ids
+    try:
+        backend.prefix_cache = None
+        said = answer(generator, first)
+        turn = torch.cat([first[0], torch.tensor(said), more[0, 1:]])[None]
+        expected = answer(generator, turn)
+        backend.prefix_cache = cache = PrefixCache()
+        assert answer(generator, first) == said
+        before = cache.reused
+        assert answer(generator, turn) == expected
+        # the first turn's prompt and answer, but the answer's last token (never run)
+        assert cache.reused - before == first.shape[1] + len(said) - 1
+    finally:
+        backend.prefix_cache = kept
+
+
+def test_a_conversation_reuses_its_history(toy_gpt):
+    from anygpt_core.chat import Conversation
+
+    backend = toy_gpt.generator.backend
+    kept = backend.prefix_cache
+    try:
+        replies = {}
+        for cache in (None, PrefixCache()):
+            backend.prefix_cache = cache
+            chat = Conversation(toy_gpt, do_sample=False, max_new_tokens=10)
+            replies[cache is None] = [chat.send(text).text for text in ("Hello", "And then?")]
+            if cache is not None:
+                assert cache.reused > 0
+        assert replies[True] == replies[False]
+    finally:
+        backend.prefix_cache = kept
