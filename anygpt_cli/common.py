@@ -79,6 +79,15 @@ class ModelChoice:
             show_default=False,
         ),
     ] = None
+    prefix_cache_mb: Annotated[
+        int,
+        typer.Option(
+            "--prefix-cache-mb",
+            help="Memory for the keys and values of prompts and answers already run, which later "
+            "prompts that start with them (a chat's history, a shared system line) reuse instead "
+            "of running again; 0 turns it off. Local engine only.",
+        ),
+    ] = 256
     output_dir: Annotated[
         Path, typer.Option("--output-dir", help="Where output files are written.")
     ] = Path("anygpt_output")
@@ -89,7 +98,7 @@ class ModelChoice:
         return with_group(cls, leave_out=() if output_dir else ("output_dir",))
 
     def check(self) -> None:
-        """Validate `--quantize` and `--offload` before anything loads.
+        """Validate `--quantize`, `--offload` and `--prefix-cache-mb` before anything loads.
 
         Whether this device has the quantisation kernel is checked when the model loads, before
         its weights do.
@@ -105,6 +114,8 @@ class ModelChoice:
             raise ConfigError(f"--quantize {self.quantize}: expected one of {modes}")
         if self.offload not in (None, "codecs"):
             raise ConfigError(f"--offload {self.offload}: expected codecs")
+        if self.prefix_cache_mb < 0:
+            raise ConfigError(f"--prefix-cache-mb {self.prefix_cache_mb}: expected 0 or more")
 
 
 @dataclass(frozen=True)
@@ -308,4 +319,5 @@ def load_model(
             vllm_url=vllm_url,
             quantize=model.quantize,
             offload_codecs=model.offload == "codecs",
+            prefix_cache_mb=model.prefix_cache_mb,
         )

@@ -28,6 +28,7 @@ from anygpt_core.engine.batcher import LocalEngine, Stop
 from anygpt_core.engine.constraint import Row
 from anygpt_core.engine.events import Done, Event, Request, SpanClosed, TokenEvent, spans_json
 from anygpt_core.engine.loop import Generator
+from anygpt_core.engine.prefix import DEFAULT_BYTES, PrefixCache
 from anygpt_core.engine.vllm import VLLMEngine
 from anygpt_core.errors import AnyGPTError, GenerationError, InputError
 from anygpt_core.files import check_input_file, write_bytes
@@ -505,6 +506,7 @@ class AnyGPT:
         vllm_url: str | None = None,
         quantize: str | None = None,
         offload_codecs: bool = False,
+        prefix_cache_mb: int = DEFAULT_BYTES // 2**20,
     ) -> AnyGPT:
         """Load a model by directory or hub id; with `model=None`, the embedded demo.
 
@@ -513,7 +515,9 @@ class AnyGPT:
         tokenizer loads (no weights): generation goes to the vLLM server there, which must serve
         the same model with the `anygpt-vllm` processor installed; it is asked for its model now.
         `quantize` (int8, int4) quantises the LLM's layers as they load; `offload_codecs` keeps
-        the codecs off the device between their calls (see `CodecSet`).
+        the codecs off the device between their calls (see `CodecSet`). `prefix_cache_mb` is the
+        local engine's memory for keys and values that later prompts reuse (0: none; see
+        `anygpt_core.engine.prefix`).
         """
         from anygpt_core.demo import ensure_demo
         from anygpt_core.loading import load_language_model, load_tokenizer, resolve_model_dir
@@ -553,6 +557,9 @@ class AnyGPT:
             prompt_encoder=encoder,
             engine=engine,
         )
+        if engine is None:
+            budget = prefix_cache_mb * 2**20
+            gpt.backend.prefix_cache = PrefixCache(budget) if budget else None
         # loading ran on this thread's OpenMP team; from here on the engine's worker computes
         # (this thread may go on to wait in a server's event loop, never calling torch again)
         threads.release()
