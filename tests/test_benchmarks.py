@@ -80,3 +80,10 @@ def test_decode_batch_benchmark_reports_each_batch_size_for_both_models():
         rows = re.findall(rf"^{model}: batch +(\d+): .* tokens/s, +(\d+\.\d+)x batch 1$", out, re.M)
         assert [batch for batch, _ in rows] == ["1", "3"], out
         assert rows[0][1] == "1.00"
+
+
+def test_prefix_benchmark_holds_the_same_chat_with_and_without_the_cache():
+    out = run("bench_prefix.py", "--quick")
+    assert "answers identical with and without the cache: 3/3" in out
+    assert re.search(r"the cache supplied [1-9]\d* of \d+ prompt tokens", out)
+    assert re.search(r"^last turn: \d+\.\d+x faster with the prefix cache$", out, re.M)
