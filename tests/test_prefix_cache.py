@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -145,3 +147,16 @@ def test_a_conversation_reuses_its_history(toy_gpt):
         assert replies[True] == replies[False]
     finally:
         backend.prefix_cache = kept
+
+
+def test_run_answers_the_same_with_the_cache_off(capsys, tmp_path):
+    from cli_runner import run_cli
+
+    outputs = []
+    for megabytes in ("0", "256"):
+        args = ["run", "--device", "cpu", "--seed", "0", "--prefix-cache-mb", megabytes]
+        args += ["--output-dir", str(tmp_path / megabytes), "text|text|Hello there, how are you?"]
+        code, out, err = run_cli(args, capsys)
+        assert code == 0, err
+        outputs.append(re.sub(r" in \d+\.\d+ s", "", out))  # the time it took differs
+    assert outputs[0] == outputs[1]

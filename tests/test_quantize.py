@@ -164,6 +164,7 @@ def test_quantized_size_is_what_the_memory_check_counts(tmp_path):
     [
         (["--quantize", "int3"], "Error: --quantize int3: expected one of int8, int4\n"),
         (["--offload", "llm"], "Error: --offload llm: expected codecs\n"),
+        (["--prefix-cache-mb", "-1"], "Error: --prefix-cache-mb -1: expected 0 or more\n"),
     ],
 )
 @pytest.mark.parametrize("command", ["run", "chat", "serve", "web"])
