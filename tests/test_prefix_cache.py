@@ -99,6 +99,9 @@ def test_a_prompt_after_its_cached_start_has_the_states_of_one_run_in_full(tiny_
             atol=1e-5,
             rtol=1e-5,
         )
+        # a prompt whose start is all cached, alone: no hole, no padding, so its steps need no mask
+        again, _ = cached.prefill([first])
+        assert not again.padded and cached.prefix_cache.reused == 27 + 36 + 36
 
 
 def answer(generator, prompt, tokens=12):

@@ -194,6 +194,8 @@ class TransformersBackend:
         session.padded = True
         session.positions = positions[:, -1] + 1
         hidden = self._run(session, ids, positions)
+        # the prompts ran with the mask; with no hole and no padding left, steps need none
+        session.padded = not bool(session.valid.all())
         return session, hidden
 
     def _seeded(
