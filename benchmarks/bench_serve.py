@@ -74,7 +74,9 @@ def build_model(directory: Path) -> Path:
     return target
 
 
-def start(model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    model: Path, log: Path, prefix_cache_mb: int = 256
+) -> tuple[subprocess.Popen[bytes], str]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
@@ -90,6 +92,8 @@ def start(model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
                 "16",
                 "--served-model-name",
                 "bench",
+                "--prefix-cache-mb",
+                str(prefix_cache_mb),
             ],
             stdout=subprocess.DEVNULL,
             stderr=out,
@@ -136,6 +140,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument(
+        "--prefix-cache-mb", type=int, default=256, help="the server's (0: every prompt in full)"
+    )
     args = parser.parse_args()
 
     from anygpt_core.api import AnyGPT
@@ -145,7 +152,7 @@ def main() -> None:
     proc = None
     try:
         model = build_model(work)
-        proc, url = start(model, work / "server.log")
+        proc, url = start(model, work / "server.log", args.prefix_cache_mb)
         prompts = [f"Tell me about topic number {i}, please." for i in range(args.requests)]
         client = httpx.Client(base_url=url, timeout=600)
         ask(client, prompts[0], 4)  # warm-up
@@ -182,7 +189,7 @@ def main() -> None:
         )
         say(f"throughput ratio: {seq_time / par_time:.2f}x (target >= 8x)")
 
-        gpt = AnyGPT.load(model, device="cpu")
+        gpt = AnyGPT.load(model, device="cpu", prefix_cache_mb=args.prefix_cache_mb)
         conversation = Conversation(gpt, do_sample=False, max_new_tokens=args.tokens)
         api_times, http_times = [], []
         same = True
