@@ -11,7 +11,7 @@ from anygpt_core import DecodingConfig
 from anygpt_core.engine.backends import LlamaBackend, TransformersBackend
 from anygpt_core.engine.constraint import Row
 from anygpt_core.engine.events import Done, Request
-from anygpt_core.engine.prefix import MIN_REUSE, PrefixCache
+from anygpt_core.engine.prefix import BLOCK, MIN_REUSE, PrefixCache
 
 GREEDY = DecodingConfig(do_sample=False)
 
@@ -23,37 +23,53 @@ def kv(tokens: int) -> torch.Tensor:
 
 def test_the_longest_shared_start_is_reused_and_one_token_is_left_to_run():
     cache = PrefixCache(budget=10**6)
-    cache.add(torch.arange(20), kv(20))
-    cache.add(torch.arange(50, 80), kv(30))
-    assert cache.match(torch.cat([torch.arange(12), torch.tensor([99, 98])]))[0] == 12
-    assert cache.match(torch.arange(30))[0] == 20
-    assert cache.match(torch.arange(20))[0] == 19  # the last token runs: its hidden state is needed
-    assert cache.match(torch.arange(50, 90))[0] == 30
-    assert cache.match(torch.arange(MIN_REUSE))[0] == 0  # too short a start to be worth it
+    cache.add(torch.arange(40), kv(40))
+    cache.add(torch.arange(100, 140), kv(40))
+    assert cache.match(torch.cat([torch.arange(20), torch.tensor([999, 998])]))[0] == 20
+    assert cache.match(torch.arange(60))[0] == 40
+    assert cache.match(torch.arange(40))[0] == 39  # the last token runs: its hidden state is needed
+    assert cache.match(torch.arange(100, 150))[0] == 40
+    # less than a whole block (BLOCK tokens) in common: not worth fitting in
+    assert MIN_REUSE == BLOCK
+    assert cache.match(torch.cat([torch.arange(BLOCK - 1), torch.full((10,), 7)]))[0] == 0
     assert cache.match(torch.full((20,), 7))[0] == 0
-    n, found = cache.match(torch.arange(40))
-    assert n == 20 and found is not None and found.shape == (2, 2, 1, 20, 4)
+    n, found = cache.match(torch.arange(80))
+    assert n == 40 and found is not None and found.shape == (2, 2, 1, 40, 4)
 
 
 def test_an_entry_held_by_a_longer_one_goes_and_the_budget_evicts_the_oldest():
-    cache = PrefixCache(budget=64 * 50)
-    cache.add(torch.arange(10), kv(10))
-    cache.add(torch.arange(20), kv(20))  # holds the first: it goes
-    assert len(cache) == 1 and cache.bytes == 64 * 20
-    cache.add(torch.arange(15), kv(15))  # held by the entry there
+    cache = PrefixCache(budget=64 * 100)
+    cache.add(torch.arange(20), kv(20))
+    cache.add(torch.arange(40), kv(40))  # holds the first: it goes
+    assert len(cache) == 1 and cache.bytes == 64 * 40
+    cache.add(torch.arange(30), kv(30))  # held by the entry there
     assert len(cache) == 1
-    cache.add(torch.arange(100, 120), kv(20))
-    assert cache.match(torch.arange(25))[0] == 20  # used: now the newest
-    cache.add(torch.arange(200, 220), kv(20))  # 60 tokens of room for 50: the oldest goes
-    assert cache.bytes == 64 * 40
-    assert cache.match(torch.arange(100, 125))[0] == 0
-    assert cache.match(torch.arange(25))[0] == 20
-    assert cache.match(torch.arange(200, 225))[0] == 20
+    cache.add(torch.arange(100, 140), kv(40))
+    assert cache.match(torch.arange(50))[0] == 40  # used: now the newest
+    cache.add(torch.arange(200, 240), kv(40))  # 120 tokens of room for 100: the oldest goes
+    assert cache.bytes == 64 * 80
+    assert cache.match(torch.arange(100, 150))[0] == 0
+    assert cache.match(torch.arange(50))[0] == 40
+    assert cache.match(torch.arange(200, 250))[0] == 40
     nothing = PrefixCache(budget=0)
     nothing.add(torch.arange(20), kv(20))
     assert len(nothing) == 0
     with pytest.raises(ValueError, match="budget"):
         PrefixCache(budget=-1)
+
+
+def test_lookups_go_through_the_block_index_among_thousands_of_entries():
+    cache = PrefixCache(budget=10**9)
+    shared = torch.arange(48)  # a system line every entry starts with
+    for i in range(3000):
+        cache.add(torch.cat([shared, torch.arange(1000 + 60 * i, 1060 + 60 * i)]), kv(108))
+    assert len(cache) == 3000
+    probe = torch.cat([shared, torch.arange(1000 + 60 * 1234, 1030 + 60 * 1234), shared])
+    assert cache.match(probe)[0] == 48 + 30
+    assert cache.match(torch.cat([shared, torch.tensor([5, 5, 5])]))[0] == 48
+    # the index, not a scan, finds them: each entry has its blocks and its last block's hash
+    assert len(cache._ends) == 3000
+    assert len(cache._index[next(iter(cache._entries.values())).chain[0]]) == 3000
 
 
 @pytest.fixture(scope="module")

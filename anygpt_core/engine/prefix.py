@@ -7,6 +7,10 @@ prompt; `Batch` stores a finished answer, prompt and generated tokens together).
 the longest start it shares with any entry and runs only the rest. Entries are dropped least
 recently used first once their bytes pass the budget.
 
+Entries are found by blocks of 16 tokens: each entry is indexed under a chained hash of each of its
+whole blocks (as vLLM's prefix caching does), so a lookup costs one hash per block of the prompt and
+one comparison with the entry found, however many entries there are.
+
 Keys and values of a prefix do not depend on what follows it (attention is causal), so a prompt
 computed after a cached prefix attends to the same values as one run from its first token; the
 floating-point sums may be grouped differently (another batch shape), as between a prompt run
@@ -17,18 +21,40 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEFAULT_BYTES", "PrefixCache"]
+__all__ = ["BLOCK", "DEFAULT_BYTES", "MIN_REUSE", "PrefixCache"]
 
 #: The default budget: 256 MiB (512 tokens of a 7B LLaMA in float16, far more for small models).
 DEFAULT_BYTES = 256 * 2**20
 
-#: Shorter shared starts are run again: fitting them into the batch costs about what they save.
-MIN_REUSE = 8
+#: Tokens per indexed block; a prompt reuses an entry only when they share a whole block or more.
+BLOCK = 16
+
+#: The shortest start worth reusing (shorter ones cost about what they save to fit into a batch).
+MIN_REUSE = BLOCK
+
+#: How many of the newest entries holding a new sequence's blocks `add` compares it with.
+_HELD_CHECKS = 8
+
+
+class _Entry(NamedTuple):
+    ids: tuple[int, ...]
+    kv: torch.Tensor
+    #: the chained hash after each whole block of `ids`
+    chain: tuple[int, ...]
+
+
+def _chain(ids: tuple[int, ...], blocks: int) -> tuple[int, ...]:
+    """Chained hashes of the first `blocks` whole blocks of `ids`: each covers all before it."""
+    out, value = [], 0
+    for k in range(blocks):
+        value = hash((value, ids[k * BLOCK : (k + 1) * BLOCK]))
+        out.append(value)
+    return tuple(out)
 
 
 class PrefixCache:
@@ -44,7 +70,11 @@ class PrefixCache:
         if budget < 0:
             raise ValueError("a prefix cache's budget must be >= 0 bytes")
         self.budget = budget
-        self._entries: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        #: chained block hash -> the entries holding those blocks (oldest first)
+        self._index: dict[int, dict[int, None]] = {}
+        #: chained block hash -> the entries whose last whole block it is
+        self._ends: dict[int, dict[int, None]] = {}
         self._bytes = 0
         self._next = 0
         self._lock = threading.Lock()
@@ -64,32 +94,39 @@ class PrefixCache:
         """Forget every entry."""
         with self._lock:
             self._entries.clear()
+            self._index.clear()
+            self._ends.clear()
             self._bytes = 0
 
     def match(self, tokens: torch.Tensor) -> tuple[int, torch.Tensor | None]:
-        """`(n, kv)`: the first `n` of `tokens` (int64 [T], CPU) are cached, `kv` holds them.
+        """`(n, kv)`: the first `n` of `tokens` (int64 [T]) are cached, `kv` holds them.
 
         `kv` is (layers, 2, heads, at least n, head_dim); n leaves at least one token to run and
-        is 0 (kv None) when less than `MIN_REUSE` tokens would be reused.
+        is 0 (kv None) when they share less than a whole block.
         """
-        best, found = 0, None
+        ids = tuple(tokens.reshape(-1).tolist())
+        usable = len(ids) - 1
+        chain = _chain(ids, usable // BLOCK)
         with self._lock:
-            for key, (ids, _) in self._entries.items():
-                length = min(ids.numel(), tokens.numel() - 1)
-                if length <= best:
-                    continue
-                differ = (ids[:length] != tokens[:length]).nonzero()
-                shared = length if differ.numel() == 0 else int(differ[0, 0])
-                if shared > best:
-                    best, found = shared, key
-            if found is None or best < MIN_REUSE:
+            found, blocks = None, 0
+            for value in chain:
+                holders = self._index.get(value)
+                if not holders:
+                    break
+                found = next(reversed(holders))  # the newest entry with these blocks
+                blocks += 1
+            if found is None:
+                return 0, None
+            entry = self._entries[found]
+            length = min(len(entry.ids), usable)
+            shared = _shared(entry.ids, ids, length, blocks * BLOCK)
+            if shared < MIN_REUSE:  # only a hash collision gets here
                 return 0, None
             self._entries.move_to_end(found)
-            kv = self._entries[found][1]
-        return best, kv
+            return shared, entry.kv
 
     def add(self, tokens: torch.Tensor, kv: torch.Tensor) -> None:
-        """Keep `kv` (layers, 2, heads, T, head_dim) for `tokens` (int64 [T], CPU).
+        """Keep `kv` (layers, 2, heads, T, head_dim) for `tokens` (int64 [T]).
 
         Entries whose tokens start the new one are dropped (it holds them); nothing is added
         when an entry already starts with `tokens`, or when `kv` alone passes the budget.
@@ -97,27 +134,58 @@ class PrefixCache:
         size = kv.numel() * kv.element_size()
         if size > self.budget or tokens.numel() < MIN_REUSE:
             return
+        ids = tuple(tokens.reshape(-1).tolist())
+        chain = _chain(ids, len(ids) // BLOCK)
         with self._lock:
-            for key, (ids, _) in list(self._entries.items()):
-                common = min(ids.numel(), tokens.numel())
-                if not bool((ids[:common] == tokens[:common]).all()):
-                    continue
-                if ids.numel() >= tokens.numel():  # an entry holds all of these already
+            holders = list(self._index.get(chain[-1], ()))[-_HELD_CHECKS:]
+            for key in reversed(holders):
+                held = self._entries[key].ids
+                if len(held) >= len(ids) and held[: len(ids)] == ids:
                     self._entries.move_to_end(key)
                     return
-                self._drop(key)
-            self._entries[self._next] = (tokens, kv)
+            for value in chain:
+                for key in list(self._ends.get(value, ())):
+                    held = self._entries[key].ids
+                    if len(held) <= len(ids) and ids[: len(held)] == held:
+                        self._drop(key)
+            key = self._next
             self._next += 1
+            self._entries[key] = _Entry(ids, kv, chain)
+            for value in chain:
+                self._index.setdefault(value, {})[key] = None
+            self._ends.setdefault(chain[-1], {})[key] = None
             self._bytes += size
             while self._bytes > self.budget:
                 self._drop(next(iter(self._entries)))
 
     def _drop(self, key: int) -> None:
-        _, kv = self._entries.pop(key)
-        self._bytes -= kv.numel() * kv.element_size()
+        entry = self._entries.pop(key)
+        self._bytes -= entry.kv.numel() * entry.kv.element_size()
+        for value in entry.chain:
+            holders = self._index[value]
+            del holders[key]
+            if not holders:
+                del self._index[value]
+        ends = self._ends[entry.chain[-1]]
+        del ends[key]
+        if not ends:
+            del self._ends[entry.chain[-1]]
 
     def count(self, reused: int, computed: int) -> None:
         """Record a prefill's prompt tokens taken from the cache and run."""
         with self._lock:
             self.reused += reused
             self.computed += computed
+
+
+def _shared(held: tuple[int, ...], ids: tuple[int, ...], length: int, checked: int) -> int:
+    """How many of the first `length` tokens `held` and `ids` share, from the start.
+
+    Their first `checked` tokens have equal block hashes: compared at once, then token by token.
+    """
+    if held[:length] == ids[:length]:
+        return length
+    low = checked if held[:checked] == ids[:checked] else 0  # else: a hash collision
+    while low < length and held[low] == ids[low]:
+        low += 1
+    return low
