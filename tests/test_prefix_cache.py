@@ -42,8 +42,12 @@ def test_an_entry_held_by_a_longer_one_goes_and_the_budget_evicts_the_oldest():
     cache.add(torch.arange(20), kv(20))
     cache.add(torch.arange(40), kv(40))  # holds the first: it goes
     assert len(cache) == 1 and cache.bytes == 64 * 40
-    cache.add(torch.arange(30), kv(30))  # held by the entry there
+    assert not cache.wants(torch.arange(30), 64 * 30)  # held by the entry there
+    cache.add(torch.arange(30), kv(30))
     assert len(cache) == 1
+    assert cache.wants(torch.arange(50), 64 * 50)
+    assert not cache.wants(torch.arange(50), 64 * 101)  # more than the whole budget
+    assert not cache.wants(torch.arange(BLOCK - 1), 64)
     cache.add(torch.arange(100, 140), kv(40))
     assert cache.match(torch.arange(50))[0] == 40  # used: now the newest
     cache.add(torch.arange(200, 240), kv(40))  # 120 tokens of room for 100: the oldest goes

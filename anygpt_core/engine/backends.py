@@ -232,10 +232,11 @@ class TransformersBackend:
             return
         keys = layers[0][0]
         size = 2 * len(layers) * keys.shape[1] * columns.numel() * keys.shape[3]
-        if size * keys.element_size() > cache.budget:
+        tokens = tokens.reshape(-1).cpu()
+        if not cache.wants(tokens, size * keys.element_size()):  # before copying anything
             return
         kv = torch.stack([torch.stack((k[row, :, columns], v[row, :, columns])) for k, v in layers])
-        cache.add(tokens.reshape(-1).cpu(), kv)
+        cache.add(tokens, kv)
 
     def step(self, session: _Session, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row int64 [B] and return the hidden states [B, H]."""

@@ -125,6 +125,27 @@ class PrefixCache:
             self._entries.move_to_end(found)
             return shared, entry.kv
 
+    def wants(self, tokens: torch.Tensor, size: int) -> bool:
+        """Whether `add` would keep `size` bytes for `tokens` (int64 [T]): ask before copying them.
+
+        No when they pass the budget, are shorter than a block, or an entry holds them already.
+        """
+        if size > self.budget or tokens.numel() < MIN_REUSE:
+            return False
+        ids = tuple(tokens.reshape(-1).tolist())
+        chain = _chain(ids, len(ids) // BLOCK)
+        with self._lock:
+            return self._holder(ids, chain) is None
+
+    def _holder(self, ids: tuple[int, ...], chain: tuple[int, ...]) -> int | None:
+        """An entry that starts with `ids` (among the newest holding its blocks), or None."""
+        holders = list(self._index.get(chain[-1], ()))[-_HELD_CHECKS:]
+        for key in reversed(holders):
+            held = self._entries[key].ids
+            if len(held) >= len(ids) and held[: len(ids)] == ids:
+                return key
+        return None
+
     def add(self, tokens: torch.Tensor, kv: torch.Tensor) -> None:
         """Keep `kv` (layers, 2, heads, T, head_dim) for `tokens` (int64 [T]).
 
@@ -137,12 +158,10 @@ class PrefixCache:
         ids = tuple(tokens.reshape(-1).tolist())
         chain = _chain(ids, len(ids) // BLOCK)
         with self._lock:
-            holders = list(self._index.get(chain[-1], ()))[-_HELD_CHECKS:]
-            for key in reversed(holders):
-                held = self._entries[key].ids
-                if len(held) >= len(ids) and held[: len(ids)] == ids:
-                    self._entries.move_to_end(key)
-                    return
+            holder = self._holder(ids, chain)
+            if holder is not None:
+                self._entries.move_to_end(holder)
+                return
             for value in chain:
                 for key in list(self._ends.get(value, ())):
                     held = self._entries[key].ids
