@@ -160,6 +160,19 @@ def test_health_models_and_start_line(server):
     assert server.logged(r"GET /v1/models 200 \d+\.\d+s"), server.text()  # a line per request
 
 
+def test_health_reports_the_prefix_cache(server):
+    before = httpx.get(server.url + "/health").json()["prefix_cache"]
+    assert before["budget_bytes"] == 256 * 2**20
+    client = server.client()
+    messages = [{"role": "user", "content": "A question long enough to be worth keeping, surely."}]
+    for _ in range(2):  # the second time, its prompt is all in the cache but its last token
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
+    after = httpx.get(server.url + "/health").json()["prefix_cache"]
+    assert after["computed_tokens"] > before["computed_tokens"]
+    assert after["reused_tokens"] > before["reused_tokens"]
+    assert after["entries"] >= 1 and 0 < after["bytes"] <= after["budget_bytes"]
+
+
 def test_chat_text_is_seeded_and_matches_the_python_api(server):
     from anygpt_core.api import AnyGPT
     from anygpt_core.chat import Conversation

@@ -253,7 +253,21 @@ def _add_info_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_name, "modalities": list(gpt.plugins.modalities)}
+        body: dict[str, Any] = {
+            "status": "ok",
+            "model": model_name,
+            "modalities": list(gpt.plugins.modalities),
+        }
+        cache = getattr(getattr(gpt, "backend", None), "prefix_cache", None)
+        if cache is not None:  # the local engine's (`--prefix-cache-mb`); vLLM keeps its own
+            body["prefix_cache"] = {
+                "entries": len(cache),
+                "bytes": cache.bytes,
+                "budget_bytes": cache.budget,
+                "reused_tokens": cache.reused,
+                "computed_tokens": cache.computed,
+            }
+        return body
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
