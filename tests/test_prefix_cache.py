@@ -164,9 +164,14 @@ def test_a_conversation_reuses_its_history(toy_gpt):
         for cache in (None, PrefixCache()):
             backend.prefix_cache = cache
             chat = Conversation(toy_gpt, do_sample=False, max_new_tokens=10)
-            replies[cache is None] = [chat.send(text).text for text in ("Hello", "And then?")]
+            sent = [chat.send(text) for text in ("Hello", "And then?")]
+            replies[cache is None] = [reply.text for reply in sent]
             if cache is not None:
                 assert cache.reused > 0
+                # the second turn's history came from the cache: what it reports is what it took
+                assert sent[1].cached_tokens == cache.reused > 0
+            else:
+                assert [reply.cached_tokens for reply in sent] == [0, 0]
         assert replies[True] == replies[False]
     finally:
         backend.prefix_cache = kept

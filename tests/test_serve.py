@@ -165,8 +165,20 @@ def test_health_reports_the_prefix_cache(server):
     assert before["budget_bytes"] == 256 * 2**20
     client = server.client()
     messages = [{"role": "user", "content": "A question long enough to be worth keeping, surely."}]
-    for _ in range(2):  # the second time, its prompt is all in the cache but its last token
-        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
+    usages = [  # the second time, its prompt is all in the cache but its last token
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4).usage
+        for _ in range(2)
+    ]
+    assert usages[1].prompt_tokens_details.cached_tokens == usages[1].prompt_tokens - 1
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = [chunk.usage for chunk in stream if chunk.usage is not None][-1]
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
     after = httpx.get(server.url + "/health").json()["prefix_cache"]
     assert after["computed_tokens"] > before["computed_tokens"]
     assert after["reused_tokens"] > before["reused_tokens"]

@@ -549,6 +549,7 @@ class _Answer:
     media: list[dict[str, Any]] = field(default_factory=list)
     finish: str = "stop"
     tokens: int = 0
+    cached: int | None = None
 
 
 async def _collect(items: _Items, n: int, request: Request) -> list[_Answer]:
@@ -568,7 +569,8 @@ async def _collect(items: _Items, n: int, request: Request) -> list[_Answer]:
         if kind == "media":
             answers[choice].media.append(value)
         elif kind == "done":
-            answers[choice].finish, answers[choice].tokens, answers[choice].text = value
+            answer = answers[choice]
+            answer.finish, answer.tokens, answer.text, answer.cached = value
             open_choices -= 1
     return answers
 
@@ -618,7 +620,7 @@ def _chat_body(
         "system_fingerprint": _fingerprint(),
         "seed": plan.seed,
         "choices": choices,
-        "usage": _usage(plan.prompt_tokens * len(answers), completion),
+        "usage": _usage(plan.prompt_tokens * len(answers), completion, _total(answers)),
     }
 
 
@@ -640,6 +642,7 @@ async def _chat_chunks(
             yield chunks.event([{"index": index, "delta": first, "finish_reason": None}])
         open_choices = len(plan.turns)
         completion = 0
+        done: list[_Answer] = []
         while open_choices:
             kind, index, value = await items.queue.get()
             if kind == "error":
@@ -649,14 +652,16 @@ async def _chat_chunks(
             finish = None
             delta: dict[str, Any] = {}
             if kind == "done":
-                finish, tokens, _ = value
+                finish, tokens, _, hit = value
                 completion += tokens
+                done.append(_Answer(cached=hit))
                 open_choices -= 1
             else:
                 delta = chunks.delta(kind, index, value)
             yield chunks.event([{"index": index, "delta": delta, "finish_reason": finish}])
         if include_usage:
-            yield chunks.event([], usage=_usage(plan.prompt_tokens * len(plan.turns), completion))
+            usage = _usage(plan.prompt_tokens * len(plan.turns), completion, _total(done))
+            yield chunks.event([], usage=usage)
         yield "data: [DONE]\n\n"
     finally:
         items.cancel.set()
@@ -704,12 +709,22 @@ class _Chunks:
         return {"media": [value]}
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {
+def _total(answers: list[_Answer]) -> int | None:
+    """The prompt tokens the prefix cache supplied to all `answers`; None if one does not say."""
+    counts = [a.cached for a in answers]
+    return None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
+
+
+def _usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; `cached`: prompt tokens the prefix cache supplied, where known."""
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
 
 
 def _event_stream(

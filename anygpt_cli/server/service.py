@@ -445,7 +445,8 @@ class Service:
             else:
                 emit(("media", choice, self._media(item, plan)))
         elif isinstance(item, Reply):
-            emit(("done", choice, (_finish(item.finish_reason), item.new_tokens, item.text)))
+            done = (_finish(item.finish_reason), item.new_tokens, item.text, item.cached_tokens)
+            emit(("done", choice, done))
 
     def _media(self, ready: MediaReady, plan: ChatPlan) -> dict[str, Any]:
         modality = ready.span.modality

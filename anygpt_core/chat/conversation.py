@@ -221,6 +221,7 @@ class Conversation:
         spans: list[SpanClosed] = []
         media: list[MediaReady] = []
         reason: str | None = None
+        cached: int | None = None
         request = self.request(turn.input_ids, turn.to, turn.target, turn.seed)
         audio = self.span_audio(turn) if stream_audio else None
         events = self.gpt.engine.submit([request], stop=stop)
@@ -238,7 +239,7 @@ class Conversation:
                     media.append(self._decode(event, turn, save=save, waveform=whole))
                     yield media[-1]
                 elif isinstance(event, Done):
-                    reason = event.reason
+                    reason, cached = event.reason, event.cached_tokens
                 if stream.stopped:
                     reason = "stop"
                     break
@@ -257,6 +258,7 @@ class Conversation:
             spans=spans,
             finish_reason=reason,
             new_tokens=stream.tokens,
+            cached_tokens=cached,
             seed=turn.seed,
             dropped=turn.dropped,
         )

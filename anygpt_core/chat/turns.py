@@ -63,6 +63,8 @@ class Reply:
         to: the answer modality asked for.
         finish_reason: `stop` (end of turn), `length` (max_new_tokens spent; the turn is closed).
         dropped: how many of the oldest turns were cut so the prompt fits the context.
+        cached_tokens: prompt tokens the local engine's prefix cache supplied (the history it
+            had run); None where the engine does not say.
     """
 
     text: str
@@ -73,6 +75,7 @@ class Reply:
     spans: list[SpanClosed] = field(default_factory=list)
     finish_reason: str = "stop"
     new_tokens: int = 0
+    cached_tokens: int | None = None
     seconds: float = 0.0
     seed: int | None = None
     dropped: int = 0
@@ -100,6 +103,7 @@ class Reply:
             "spans": spans_json(self.spans),
             "prompt": self.prompt,
             "new_tokens": self.new_tokens,
+            "cached_tokens": self.cached_tokens,
             "finish_reason": self.finish_reason,
             "dropped_turns": self.dropped,
             "seconds": round(self.seconds, 3),

@@ -98,6 +98,8 @@ class _Session:
     top: int = 0
     keys: list[Any] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
+    #: per row, the prompt tokens `prefill` took from the prefix cache
+    reused: list[int] = field(default_factory=list)
 
 
 def left_pad(
@@ -152,6 +154,7 @@ class TransformersBackend:
             session, hidden = self._prefill_after(flat, hits)
         else:
             session, hidden = self._prefill(flat)
+        session.reused = [n for n, _ in hits]
         cache.count(reused, sum(p.numel() for p in flat) - reused)
         for row, tokens in enumerate(flat):
             self.remember(session, row, tokens)

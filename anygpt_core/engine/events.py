@@ -61,6 +61,9 @@ class Done:
     token_ids: list[int]
     reason: Literal["stop", "length", "span"]
     spans: list[SpanClosed] = field(default_factory=list)
+    #: prompt tokens whose keys and values came from the local engine's prefix cache (not run
+    #: again); None where the driver does not say (beams, vLLM)
+    cached_tokens: int | None = field(default=None, compare=False)  # not part of the answer
 
 
 Event = TokenEvent | SpanOpened | SpanClosed | Done

@@ -462,6 +462,7 @@ class Batch(Generic[K]):
             if r.row.open_span is not None:
                 yield key, generator._opened(r.row.open_span, frames)
         session, hidden = backend.prefill([r.input_ids for r in requests])
+        cached = list(getattr(session, "reused", None) or [0] * len(requests))
         if self._state is None or self._hidden is None or self._seen is None:
             self._state, self._session, self._hidden, self._seen = state, session, hidden, seen
         else:
@@ -472,7 +473,10 @@ class Batch(Generic[K]):
         self.keys.extend(keys)
         self._rngs.extend(rngs)
         self._penalised = self._penalised or any(_penalises(r.row) for r in requests)
-        self._rows.extend(_RowLog(prompt=r.input_ids.reshape(-1)) for r in requests)
+        self._rows.extend(
+            _RowLog(prompt=r.input_ids.reshape(-1), cached=n)
+            for r, n in zip(requests, cached, strict=True)
+        )
 
     def step(self, cancelled: Callable[[K], bool] | None = None) -> Iterator[tuple[K, Event]]:
         """Choose one token for every row and yield the events; the last of a row is `Done`.
@@ -502,7 +506,7 @@ class Batch(Generic[K]):
             if step.finished[i]:
                 self._remember(i, log)
                 reason = cast(Literal["stop", "length", "span"], REASONS[state.reason[i]])
-                yield key, Done(log.ids, reason, log.spans)
+                yield key, Done(log.ids, reason, log.spans, log.cached)
         keep = [
             i
             for i, (key, ended) in enumerate(zip(self.keys, step.finished, strict=True))
@@ -557,10 +561,13 @@ class Batch(Generic[K]):
 class _RowLog:
     """What one row generated: its ids, the ids of its open span, its closed spans.
 
-    `prompt` (int64 [T]) is what it was prefilled with, when known.
+    `prompt` (int64 [T]) is what it was prefilled with, when known; `cached`, how many of its
+    tokens the prefix cache supplied.
     """
 
     prompt: torch.Tensor | None = None
+    #: prompt tokens the prefix cache supplied
+    cached: int = 0
     ids: list[int] = field(default_factory=list)
     span_ids: list[int] = field(default_factory=list)
     spans: list[SpanClosed] = field(default_factory=list)
