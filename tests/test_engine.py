@@ -450,3 +450,17 @@ def test_release_without_torch_loaded_does_not_load_it():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_set_stop_flag_ends_the_events_even_those_already_queued():
+    """A producer faster than its reader may have queued a whole answer before the flag."""
+    from anygpt_core.engine.batcher import CANCELLED, Caller, Stop
+
+    cancel = threading.Event()
+    caller = Caller(stop=Stop(cancel=cancel))
+    caller.events.put("first")
+    caller.events.put("the rest, and the answer's end")
+    assert caller.next_item() == "first"
+    cancel.set()
+    assert caller.next_item() is CANCELLED
+    assert caller.gone

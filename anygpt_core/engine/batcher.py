@@ -96,9 +96,13 @@ class Caller:
     def next_item(self) -> Any:  # noqa: ANN401 - what the producer queued
         """The next queued item, or `CANCELLED` once the `Stop` flag is set.
 
-        What was queued is delivered first; then, once the deadline has passed, `DeadlineError`.
-        Without a `Stop` it simply waits.
+        A set flag ends the caller's events at once, even those already queued (a producer
+        faster than its reader may have queued the whole answer: the caller asked for no more).
+        Before a deadline, what was queued is delivered first; then `DeadlineError`. Without a
+        `Stop` it simply waits.
         """
+        if self.stop.cancelled:
+            return CANCELLED
         try:
             return self.events.get_nowait()
         except queue.Empty:
