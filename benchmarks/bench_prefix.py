@@ -1,12 +1,13 @@
 """A multi-turn chat with the prefix cache against the same chat without it, in the same run.
 
 Every turn of a chat sends the whole history; without the prefix cache each turn runs it all again.
-This builds a LLaMA model with the demo's tokenizer (random weights, seeded; hidden 1024, 8 layers by
-default: big enough that a prompt's prefill is real work on a CPU), then holds the same chat twice
-through `Conversation` (greedy, `--turns` turns of a `--words`-word message and a `--tokens`-token
-answer each): once with `prefix_cache_mb=0`, once with the default cache. It prints each turn's
-seconds both ways, the last turn's ratio (the target of the feature: a long history costs little),
-how many prompt tokens the cache supplied, and whether the answers are identical.
+This builds a LLaMA model with the demo's tokenizer (`small_llama.py`: random weights, seeded;
+hidden 1024, 8 layers by default: big enough that a prompt's prefill is real work on a CPU), then
+holds the same chat twice through `Conversation` (greedy, `--turns` turns of a `--words`-word
+message and a `--tokens`-token answer each): once with `prefix_cache_mb=0`, once with the default
+cache. It prints each turn's seconds both ways, the last turn's ratio (the target of the feature:
+a long history costs little), how many prompt tokens the cache supplied, and whether the answers
+are identical.
 
 Usage: python benchmarks/bench_prefix.py [--turns 8] [--words 40] [--tokens 32] [--hidden 1024]
        [--layers 8] [--quick]
@@ -22,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from small_llama import build_model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["ANYGPT_LOAD_PLUGINS"] = "__none__"  # text only: a random model's spans are noise
 
@@ -31,41 +34,6 @@ TEXT = "the river ran past old stone walls where children played until the eveni
 def say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def build_model(directory: Path, hidden: int, layers: int) -> Path:
-    """A LLaMA of `hidden` and `layers` (LLaMA-2-7B's ratios) with the demo's tokenizer files."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from anygpt_core.demo import ensure_demo
-    from anygpt_core.plugins import discover
-
-    demo = ensure_demo(discover(load_only=[]), home=directory / "home")
-    target = directory / "model"
-    target.mkdir()
-    for item in demo.model_dir.iterdir():
-        if item.name not in {"model.safetensors", "config.json"}:
-            shutil.copy(item, target / item.name)
-    base = LlamaConfig.from_pretrained(demo.model_dir)
-    config = LlamaConfig(
-        vocab_size=base.vocab_size,
-        hidden_size=hidden,
-        intermediate_size=hidden * 11008 // 4096,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 128,
-        num_key_value_heads=hidden // 128,
-        max_position_embeddings=4096,
-        bos_token_id=base.bos_token_id,
-        eos_token_id=base.eos_token_id,
-        pad_token_id=base.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 0.5)  # peaked logits: answers run their whole budget
-    model.save_pretrained(target)
-    return target
 
 
 def chat(gpt: object, turns: int, words: int, tokens: int) -> tuple[list[float], list[str]]:
@@ -99,7 +67,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-prefix-"))
     try:
-        model = build_model(work, args.hidden, args.layers)
+        model = build_model(work, hidden=args.hidden, layers=args.layers)
         runs = {}
         for name, megabytes in (("without", 0), ("with", 256)):
             gpt = AnyGPT.load(model, device="cpu", dtype="float32", prefix_cache_mb=megabytes)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 from ceiling import ceiling
+from small_llama import build_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["ANYGPT_LOAD_PLUGINS"] = "__none__"  # text only: a random model's spans are noise
@@ -37,41 +38,6 @@ ANYGPT = Path(sys.executable).with_name("anygpt")
 def say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def build_model(directory: Path) -> Path:
-    """The AnyGPT-shaped small model, with the demo's tokenizer files, in `directory`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from anygpt_core.demo import ensure_demo
-    from anygpt_core.plugins import discover
-
-    demo = ensure_demo(discover(load_only=[]), home=directory / "home")
-    target = directory / "model"
-    target.mkdir()
-    for item in demo.model_dir.iterdir():
-        if item.name not in {"model.safetensors", "config.json"}:
-            shutil.copy(item, target / item.name)
-    base = LlamaConfig.from_pretrained(demo.model_dir)
-    config = LlamaConfig(
-        vocab_size=base.vocab_size,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        bos_token_id=base.bos_token_id,
-        eos_token_id=base.eos_token_id,
-        pad_token_id=base.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 0.5)  # peaked logits: varied, long greedy answers
-    model.save_pretrained(target)
-    return target
 
 
 def start(
