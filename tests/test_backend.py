@@ -2,25 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cli_runner import tiny_llama
 
 from anygpt_core.engine.backends import LlamaBackend, TransformersBackend, make_backend
-
-
-def tiny_llama(**overrides):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    values = dict(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=128,
-    )
-    config = LlamaConfig(**{**values, **overrides})
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from cli_runner import run_cli, tiny_llama
 
 from anygpt_core import DecodingConfig
 from anygpt_core.engine.backends import LlamaBackend, TransformersBackend
@@ -77,25 +78,13 @@ def test_lookups_go_through_the_block_index_among_thousands_of_entries():
 
 
 @pytest.fixture(scope="module")
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(config).eval()
+def llama():
+    return tiny_llama(max_position_embeddings=512)
 
 
 @pytest.mark.parametrize("kind", [LlamaBackend, TransformersBackend])
-def test_a_prompt_after_its_cached_start_has_the_states_of_one_run_in_full(tiny_llama, kind):
-    cached, plain = kind(tiny_llama), kind(tiny_llama)
+def test_a_prompt_after_its_cached_start_has_the_states_of_one_run_in_full(llama, kind):
+    cached, plain = kind(llama), kind(llama)
     plain.prefix_cache = None
     first = torch.arange(3, 40)
     longer = torch.cat([torch.arange(3, 30), torch.arange(60, 75)])  # shares 27 tokens
@@ -178,8 +167,6 @@ def test_a_conversation_reuses_its_history(toy_gpt):
 
 
 def test_run_answers_the_same_with_the_cache_off(capsys, tmp_path):
-    from cli_runner import run_cli
-
     outputs = []
     for megabytes in ("0", "256"):
         args = ["run", "--device", "cpu", "--seed", "0", "--prefix-cache-mb", megabytes]
