@@ -620,7 +620,9 @@ def _chat_body(
         "system_fingerprint": _fingerprint(),
         "seed": plan.seed,
         "choices": choices,
-        "usage": _usage(plan.prompt_tokens * len(answers), completion, _total(answers)),
+        "usage": _usage(
+            plan.prompt_tokens * len(answers), completion, _total([a.cached for a in answers])
+        ),
     }
 
 
@@ -642,7 +644,7 @@ async def _chat_chunks(
             yield chunks.event([{"index": index, "delta": first, "finish_reason": None}])
         open_choices = len(plan.turns)
         completion = 0
-        done: list[_Answer] = []
+        cached: list[int | None] = []
         while open_choices:
             kind, index, value = await items.queue.get()
             if kind == "error":
@@ -654,13 +656,13 @@ async def _chat_chunks(
             if kind == "done":
                 finish, tokens, _, hit = value
                 completion += tokens
-                done.append(_Answer(cached=hit))
+                cached.append(hit)
                 open_choices -= 1
             else:
                 delta = chunks.delta(kind, index, value)
             yield chunks.event([{"index": index, "delta": delta, "finish_reason": finish}])
         if include_usage:
-            usage = _usage(plan.prompt_tokens * len(plan.turns), completion, _total(done))
+            usage = _usage(plan.prompt_tokens * len(plan.turns), completion, _total(cached))
             yield chunks.event([], usage=usage)
         yield "data: [DONE]\n\n"
     finally:
@@ -709,10 +711,10 @@ class _Chunks:
         return {"media": [value]}
 
 
-def _total(answers: list[_Answer]) -> int | None:
-    """The prompt tokens the prefix cache supplied to all `answers`; None if one does not say."""
-    counts = [a.cached for a in answers]
-    return None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
+def _total(counts: list[int | None]) -> int | None:
+    """The prompt tokens the prefix cache supplied to all choices; None if one does not say."""
+    known = [c for c in counts if c is not None]
+    return sum(known) if len(known) == len(counts) else None
 
 
 def _usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
